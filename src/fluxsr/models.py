@@ -1,0 +1,537 @@
+"""Build and load the FluxSR components: FLUX transformer, FLUX-layout VAE, cached text conditioning, LoRA.
+
+A fluxsr *model folder* holds::
+
+    fluxsr.json                  # ModelSpec: T_L, guidance, ... (what inference needs besides weights)
+    transformer/                 # diffusers FluxTransformer2DModel (config.json + safetensors)
+    vae/                         # diffusers AutoencoderKL in the FLUX layout
+    prompt_embeds.safetensors    # cached T5 / CLIP embeddings: text encoders never load at inference
+    lora.safetensors             # optional: a FluxSR LoRA applied on top of transformer/
+
+FLUX.1-dev itself can be read from a diffusers folder (``transformer/``, ``vae/``) or from Black Forest Labs single
+files (``flux1-dev.safetensors`` + ``ae.safetensors``); the BFL key mapping here reads every dimension from the
+tensors, so it works for any size, the tiny test models included.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file
+from torch import Tensor
+
+from .cache import atomic_save_safetensors
+
+SPEC_FILE = "fluxsr.json"
+EMBEDS_FILE = "prompt_embeds.safetensors"
+LORA_FILE = "lora.safetensors"
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Specs
+# ----------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class ModelSpec:
+    """What inference needs besides the weights (stored as ``fluxsr.json`` in a model folder).
+
+    t_l: flow time assigned to the LR latent; one step goes from ``t_l`` to 0 (docs/method.md, section 3).
+    guidance: value given to FLUX's guidance embedding (ignored by models without one).
+    name / description: shown by the CLI and the web demo.
+    note: a sentence the CLI prints when this model is used (e.g. "small demo model").
+    """
+
+    t_l: float = 0.25
+    guidance: float = 1.0
+    name: str = "fluxsr"
+    description: str = ""
+    note: str = ""
+
+    @classmethod
+    def from_dict(cls, d: dict) -> ModelSpec:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"{SPEC_FILE}: unknown key(s) {unknown}")
+        return cls(**d)
+
+
+@dataclass
+class TextCond:
+    """Cached text conditioning: T5 sequence embeddings (1, L, D) and pooled CLIP embedding (1, P)."""
+
+    prompt_embeds: Tensor
+    pooled_embeds: Tensor
+    prompt: str = ""
+
+    def to(self, device=None, dtype=None) -> TextCond:
+        return TextCond(self.prompt_embeds.to(device, dtype), self.pooled_embeds.to(device, dtype), self.prompt)
+
+    def save(self, path: Path) -> None:
+        atomic_save_safetensors(
+            {"prompt_embeds": self.prompt_embeds, "pooled_prompt_embeds": self.pooled_embeds},
+            path, metadata={"prompt": self.prompt},
+        )
+
+    @classmethod
+    def load(cls, path: Path) -> TextCond:
+        with safe_open(str(path), "pt") as f:
+            meta = f.metadata() or {}
+            return cls(f.get_tensor("prompt_embeds"), f.get_tensor("pooled_prompt_embeds"), meta.get("prompt", ""))
+
+
+@dataclass
+class FluxSRModel:
+    """The parts of a one-step FluxSR model, ready to run."""
+
+    transformer: torch.nn.Module
+    vae: torch.nn.Module
+    cond: TextCond
+    spec: ModelSpec = field(default_factory=ModelSpec)
+
+    @property
+    def vae_scale(self) -> int:
+        """Pixels per latent pixel (8 for FLUX)."""
+        return 2 ** (len(self.vae.config.block_out_channels) - 1)
+
+    @property
+    def multiple(self) -> int:
+        """Image sizes must be multiples of this (VAE factor x 2x2 token packing): 16 for FLUX."""
+        return self.vae_scale * 2
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Configurations
+# ----------------------------------------------------------------------------------------------------------------
+
+FLUX_DEV_TRANSFORMER = dict(
+    patch_size=1, in_channels=64, num_layers=19, num_single_layers=38, attention_head_dim=128,
+    num_attention_heads=24, joint_attention_dim=4096, pooled_projection_dim=768, guidance_embeds=True,
+    axes_dims_rope=(16, 56, 56),
+)
+FLUX_VAE = dict(
+    in_channels=3, out_channels=3, latent_channels=16, block_out_channels=(128, 256, 512, 512), layers_per_block=2,
+    down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
+    norm_num_groups=32, use_quant_conv=False, use_post_quant_conv=False, scaling_factor=0.3611, shift_factor=0.1159,
+)
+TINY_TRANSFORMER = dict(
+    patch_size=1, in_channels=64, num_layers=1, num_single_layers=1, attention_head_dim=16, num_attention_heads=2,
+    joint_attention_dim=32, pooled_projection_dim=32, guidance_embeds=True, axes_dims_rope=(4, 6, 6),
+)
+TINY_VAE = dict(FLUX_VAE, block_out_channels=(8, 16, 16, 16), layers_per_block=1, norm_num_groups=4)
+TINY_TEXT_LEN = 8
+
+
+def build_transformer(config: dict, *, meta: bool = False):
+    """A FluxTransformer2DModel from a config dict; ``meta=True`` allocates no memory (shapes only)."""
+    from diffusers import FluxTransformer2DModel
+
+    if meta:
+        from accelerate import init_empty_weights
+
+        with init_empty_weights():
+            return FluxTransformer2DModel(**config)
+    return FluxTransformer2DModel(**config)
+
+
+def build_vae(config: dict):
+    """An AutoencoderKL from a config dict (the FLUX layout by default: 16 latent channels, no quant convs)."""
+    from diffusers import AutoencoderKL
+
+    return AutoencoderKL(**config)
+
+
+def random_cond(transformer, text_len: int, seed: int = 0) -> TextCond:
+    """Random text conditioning of the right shapes (for random-weight models: tests, benchmarks)."""
+    g = torch.Generator().manual_seed(seed)
+    cfg = transformer.config
+    return TextCond(
+        torch.randn(1, text_len, cfg.joint_attention_dim, generator=g),
+        torch.randn(1, cfg.pooled_projection_dim, generator=g),
+        prompt="<random>",
+    )
+
+
+def build_tiny(seed: int = 0) -> FluxSRModel:
+    """The ``tiny`` preset: FLUX-architecture transformer and VAE with random weights, for tests on CPU."""
+    torch.manual_seed(seed)
+    transformer = build_transformer(TINY_TRANSFORMER)
+    vae = build_vae(TINY_VAE)
+    return FluxSRModel(transformer, vae, random_cond(transformer, TINY_TEXT_LEN, seed),
+                       ModelSpec(name="tiny", description="random-weight tiny FLUX (tests only)",
+                                 note="tiny has random weights: its output is not a real upscale"))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Model folders (fluxsr's own format)
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def save_model_folder(model: FluxSRModel, path: Path, *, lora_state: dict | None = None,
+                      lora_config: dict | None = None) -> Path:
+    """Write ``model`` as a fluxsr model folder (see module docstring). Returns ``path``."""
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    model.transformer.save_pretrained(path / "transformer", safe_serialization=True)
+    model.vae.save_pretrained(path / "vae", safe_serialization=True)
+    model.cond.save(path / EMBEDS_FILE)
+    if lora_state is not None:
+        save_lora(lora_state, lora_config or {}, path / LORA_FILE)
+    (path / SPEC_FILE).write_text(json.dumps(asdict(model.spec), indent=2) + "\n")
+    return path
+
+
+def is_model_folder(path: Path) -> bool:
+    return (Path(path) / SPEC_FILE).is_file()
+
+
+def load_model_folder(path: Path, *, lora_scale: float = 1.0, merge_lora: bool = True) -> FluxSRModel:
+    """Load a fluxsr model folder (fp32 on CPU; move and cast with :func:`to_device`)."""
+    from diffusers import AutoencoderKL, FluxTransformer2DModel
+
+    path = Path(path)
+    if not is_model_folder(path):
+        raise FileNotFoundError(f"{path} is not a fluxsr model folder (no {SPEC_FILE})")
+    spec = ModelSpec.from_dict(json.loads((path / SPEC_FILE).read_text()))
+    transformer = FluxTransformer2DModel.from_pretrained(path / "transformer", local_files_only=True)
+    vae = AutoencoderKL.from_pretrained(path / "vae", local_files_only=True)
+    model = FluxSRModel(transformer, vae, TextCond.load(path / EMBEDS_FILE), spec)
+    if (path / LORA_FILE).is_file():
+        apply_lora(model.transformer, path / LORA_FILE, scale=lora_scale, merge=merge_lora)
+    return model
+
+
+def to_device(model: FluxSRModel, device, dtype) -> FluxSRModel:
+    """Move all parts to ``device``; the transformer and conditioning take ``dtype``, the VAE too."""
+    model.transformer.to(device=device, dtype=dtype).eval().requires_grad_(False)
+    model.vae.to(device=device, dtype=dtype).eval().requires_grad_(False)
+    model.cond = model.cond.to(device, dtype)
+    return model
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# FLUX.1-dev: diffusers folders and Black Forest Labs single files
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def load_flux_diffusers(path: Path, cond: TextCond, spec: ModelSpec | None = None) -> FluxSRModel:
+    """FLUX.1-dev from a local diffusers folder (``transformer/``, ``vae/``; text encoders are not loaded)."""
+    from diffusers import AutoencoderKL, FluxTransformer2DModel
+
+    path = Path(path)
+    for sub in ("transformer", "vae"):
+        if not (path / sub / "config.json").is_file():
+            raise FileNotFoundError(f"{path} is not a diffusers FLUX folder: {sub}/config.json is missing")
+    transformer = FluxTransformer2DModel.from_pretrained(path, subfolder="transformer", local_files_only=True)
+    vae = AutoencoderKL.from_pretrained(path, subfolder="vae", local_files_only=True)
+    return FluxSRModel(transformer, vae, cond, spec or ModelSpec(name=f"flux:{path.name}"))
+
+
+def _keys(modules: list[tuple[str, str]], params: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """Full (diffusers, BFL) key pairs: each module's weight and bias, plus single parameters."""
+    return [(f"{d}.{p}", f"{b}.{p}") for d, b in modules for p in ("weight", "bias")] + params
+
+
+# (diffusers, BFL) names inside a double block, a single block and at the top; fused q/k/v are split apart.
+_DOUBLE_KEYS = _keys(
+    [("norm1.linear", "img_mod.lin"), ("norm1_context.linear", "txt_mod.lin"), ("ff.net.0.proj", "img_mlp.0"),
+     ("ff.net.2", "img_mlp.2"), ("ff_context.net.0.proj", "txt_mlp.0"), ("ff_context.net.2", "txt_mlp.2"),
+     ("attn.to_out.0", "img_attn.proj"), ("attn.to_add_out", "txt_attn.proj")],
+    [("attn.norm_q.weight", "img_attn.norm.query_norm.scale"), ("attn.norm_k.weight", "img_attn.norm.key_norm.scale"),
+     ("attn.norm_added_q.weight", "txt_attn.norm.query_norm.scale"),
+     ("attn.norm_added_k.weight", "txt_attn.norm.key_norm.scale")],
+)
+_DOUBLE_QKV = {"img_attn": ("attn.to_q", "attn.to_k", "attn.to_v"),
+               "txt_attn": ("attn.add_q_proj", "attn.add_k_proj", "attn.add_v_proj")}
+_SINGLE_KEYS = _keys(
+    [("norm.linear", "modulation.lin"), ("proj_out", "linear2")],
+    [("attn.norm_q.weight", "norm.query_norm.scale"), ("attn.norm_k.weight", "norm.key_norm.scale")],
+)
+_SINGLE_LINEAR1 = ("attn.to_q", "attn.to_k", "attn.to_v", "proj_mlp")
+_TOP_KEYS = _keys(
+    [("time_text_embed.timestep_embedder.linear_1", "time_in.in_layer"),
+     ("time_text_embed.timestep_embedder.linear_2", "time_in.out_layer"),
+     ("time_text_embed.text_embedder.linear_1", "vector_in.in_layer"),
+     ("time_text_embed.text_embedder.linear_2", "vector_in.out_layer"),
+     ("time_text_embed.guidance_embedder.linear_1", "guidance_in.in_layer"),
+     ("time_text_embed.guidance_embedder.linear_2", "guidance_in.out_layer"),
+     ("context_embedder", "txt_in"), ("x_embedder", "img_in"), ("proj_out", "final_layer.linear")], [])
+# The final AdaLayerNorm stores (shift, scale) in BFL and (scale, shift) in diffusers.
+_FINAL_NORM = _keys([("norm_out.linear", "final_layer.adaLN_modulation.1")], [])
+
+
+def _swap_halves(t: Tensor) -> Tensor:
+    a, b = t.chunk(2, dim=0)
+    return torch.cat([b, a], dim=0)
+
+
+def _block_indices(keys, prefix: str) -> list[int]:
+    return sorted({int(k[len(prefix) + 1:].split(".")[0]) for k in keys if k.startswith(prefix + ".")})
+
+
+def bfl_to_diffusers(sd: dict[str, Tensor]) -> dict[str, Tensor]:
+    """Map a Black Forest Labs FLUX transformer state dict to diffusers names (any size; dims from the tensors)."""
+    sd = {k.removeprefix("model.diffusion_model."): v for k, v in sd.items()}
+    out = {d: sd[b] for d, b in _TOP_KEYS if b in sd}
+    out.update({d: _swap_halves(sd[b]) for d, b in _FINAL_NORM})
+    inner = sd["img_in.weight"].shape[0]
+    for i in _block_indices(sd, "double_blocks"):
+        src, dst = f"double_blocks.{i}.", f"transformer_blocks.{i}."
+        out.update({dst + d: sd[src + b] for d, b in _DOUBLE_KEYS})
+        for stream, names in _DOUBLE_QKV.items():
+            for p in ("weight", "bias"):
+                out.update({f"{dst}{n}.{p}": t for n, t in zip(names, sd[f"{src}{stream}.qkv.{p}"].chunk(3), strict=True)})
+    for i in _block_indices(sd, "single_blocks"):
+        src, dst = f"single_blocks.{i}.", f"single_transformer_blocks.{i}."
+        out.update({dst + d: sd[src + b] for d, b in _SINGLE_KEYS})
+        for p in ("weight", "bias"):
+            w = sd[f"{src}linear1.{p}"]
+            parts = w.split([inner, inner, inner, w.shape[0] - 3 * inner])
+            out.update({f"{dst}{n}.{p}": t for n, t in zip(_SINGLE_LINEAR1, parts, strict=True)})
+    return out
+
+
+def diffusers_to_bfl(sd: dict[str, Tensor]) -> dict[str, Tensor]:
+    """Inverse of :func:`bfl_to_diffusers`: a diffusers FLUX transformer with BFL single-file names (for export)."""
+    out = {b: sd[d] for d, b in _TOP_KEYS if d in sd}
+    out.update({b: _swap_halves(sd[d]) for d, b in _FINAL_NORM})
+    for i in _block_indices(sd, "transformer_blocks"):
+        src, dst = f"transformer_blocks.{i}.", f"double_blocks.{i}."
+        out.update({dst + b: sd[src + d] for d, b in _DOUBLE_KEYS})
+        for stream, names in _DOUBLE_QKV.items():
+            for p in ("weight", "bias"):
+                out[f"{dst}{stream}.qkv.{p}"] = torch.cat([sd[f"{src}{n}.{p}"] for n in names])
+    for i in _block_indices(sd, "single_transformer_blocks"):
+        src, dst = f"single_transformer_blocks.{i}.", f"single_blocks.{i}."
+        out.update({dst + b: sd[src + d] for d, b in _SINGLE_KEYS})
+        for p in ("weight", "bias"):
+            out[f"{dst}linear1.{p}"] = torch.cat([sd[f"{src}{n}.{p}"] for n in _SINGLE_LINEAR1])
+    return out
+
+
+def transformer_config_from_bfl(sd: dict[str, Tensor], metadata: dict[str, str] | None = None) -> dict:
+    """Infer a FluxTransformer2DModel config from BFL tensors (rotary axes from metadata unless head dim is 128)."""
+    sd = {k.removeprefix("model.diffusion_model."): v for k, v in sd.items()}
+    inner, in_ch = sd["img_in.weight"].shape
+    head = sd["double_blocks.0.img_attn.norm.query_norm.scale"].shape[0]
+    meta = metadata or {}
+    if "axes_dims_rope" in meta:
+        axes = tuple(json.loads(meta["axes_dims_rope"]))
+    elif head == 128:
+        axes = (16, 56, 56)
+    else:
+        raise ValueError(f"head dim {head}: rotary axes unknown; store 'axes_dims_rope' in the file's metadata")
+    return dict(
+        patch_size=1, in_channels=in_ch, num_layers=len(_block_indices(sd, "double_blocks")),
+        num_single_layers=len(_block_indices(sd, "single_blocks")), attention_head_dim=head,
+        num_attention_heads=inner // head, joint_attention_dim=sd["txt_in.weight"].shape[1],
+        pooled_projection_dim=sd["vector_in.in_layer.weight"].shape[1],
+        guidance_embeds="guidance_in.in_layer.weight" in sd, axes_dims_rope=axes,
+    )
+
+
+def vae_config_from_ldm(sd: dict[str, Tensor], metadata: dict[str, str] | None = None) -> dict:
+    """Infer an AutoencoderKL config (FLUX layout) from an LDM/BFL ``ae.safetensors`` state dict."""
+    downs = _block_indices(sd, "encoder.down")
+    chans = tuple(sd[f"encoder.down.{i}.block.0.conv1.weight"].shape[0] for i in downs)
+    per_block = len({k.split(".")[4] for k in sd if k.startswith("encoder.down.0.block.")})
+    meta = metadata or {}
+    return dict(
+        FLUX_VAE, in_channels=sd["encoder.conv_in.weight"].shape[1], out_channels=sd["decoder.conv_out.weight"].shape[0],
+        latent_channels=sd["encoder.conv_out.weight"].shape[0] // 2, block_out_channels=chans,
+        layers_per_block=per_block, down_block_types=("DownEncoderBlock2D",) * len(chans),
+        up_block_types=("UpDecoderBlock2D",) * len(chans),
+        norm_num_groups=int(meta.get("norm_num_groups", 32)),
+        use_quant_conv="quant_conv.weight" in sd, use_post_quant_conv="post_quant_conv.weight" in sd,
+        scaling_factor=float(meta.get("scaling_factor", FLUX_VAE["scaling_factor"])),
+        shift_factor=float(meta.get("shift_factor", FLUX_VAE["shift_factor"])),
+    )
+
+
+def vae_to_ldm(sd: dict[str, Tensor], num_blocks: int) -> dict[str, Tensor]:
+    """A diffusers AutoencoderKL state dict with LDM/BFL ``ae.safetensors`` names (inverse of diffusers' converter).
+
+    ``num_blocks`` is ``len(block_out_channels)``: LDM numbers the decoder's up blocks in reverse.
+    """
+    rules = [
+        (r"^encoder\.down_blocks\.(\d+)\.resnets\.", lambda m: f"encoder.down.{m[1]}.block."),
+        (r"^encoder\.down_blocks\.(\d+)\.downsamplers\.0\.", lambda m: f"encoder.down.{m[1]}.downsample."),
+        (r"^decoder\.up_blocks\.(\d+)\.resnets\.", lambda m: f"decoder.up.{num_blocks - 1 - int(m[1])}.block."),
+        (r"^decoder\.up_blocks\.(\d+)\.upsamplers\.0\.", lambda m: f"decoder.up.{num_blocks - 1 - int(m[1])}.upsample."),
+        (r"\.mid_block\.resnets\.(\d+)\.", lambda m: f".mid.block_{int(m[1]) + 1}."),
+        (r"\.mid_block\.attentions\.0\.", lambda m: ".mid.attn_1."),
+        (r"conv_shortcut", lambda m: "nin_shortcut"), (r"conv_norm_out", lambda m: "norm_out"),
+        (r"attn_1\.group_norm", lambda m: "attn_1.norm"), (r"attn_1\.to_out\.0", lambda m: "attn_1.proj_out"),
+        (r"attn_1\.to_([qkv])\.", lambda m: f"attn_1.{m[1]}."),
+    ]
+    out = {}
+    for key, t in sd.items():
+        for pattern, repl in rules:
+            key = re.sub(pattern, repl, key)
+        if ".attn_1." in key and key.endswith("weight") and t.ndim == 2:
+            t = t[:, :, None, None]  # LDM stores the attention projections as 1x1 convolutions
+        out[key] = t
+    return out
+
+
+def _read_safetensors(path: Path) -> tuple[dict[str, Tensor], dict[str, str]]:
+    with safe_open(str(path), "pt") as f:
+        meta = f.metadata() or {}
+    return load_file(str(path)), meta
+
+
+def load_flux_single_file(transformer_file: Path, ae_file: Path, cond: TextCond,
+                          spec: ModelSpec | None = None) -> FluxSRModel:
+    """FLUX.1-dev from Black Forest Labs single files (``flux1-dev.safetensors`` and ``ae.safetensors``)."""
+    from diffusers.loaders.single_file_utils import convert_ldm_vae_checkpoint
+
+    sd, meta = _read_safetensors(transformer_file)
+    transformer = build_transformer(transformer_config_from_bfl(sd, meta), meta=True)
+    transformer.load_state_dict(bfl_to_diffusers(sd), strict=True, assign=True)
+    ae, ae_meta = _read_safetensors(ae_file)
+    vae_cfg = vae_config_from_ldm(ae, ae_meta)
+    vae = build_vae(vae_cfg)
+    vae.load_state_dict(convert_ldm_vae_checkpoint(ae, vae_cfg), strict=True)
+    return FluxSRModel(transformer, vae, cond, spec or ModelSpec(name=f"flux:{Path(transformer_file).name}"))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# LoRA (peft)
+# ----------------------------------------------------------------------------------------------------------------
+
+DEFAULT_LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0", "add_q_proj", "add_k_proj", "add_v_proj", "to_add_out",
+                        "ff.net.0.proj", "ff.net.2", "ff_context.net.0.proj", "ff_context.net.2", "proj_mlp",
+                        "proj_out")
+
+
+def add_lora(transformer, rank: int, alpha: float, targets: tuple[str, ...] = DEFAULT_LORA_TARGETS,
+             adapter: str = "fluxsr") -> dict:
+    """Attach a trainable LoRA to ``transformer`` with peft; returns the LoRA config dict (stored with the weights).
+
+    Targets are module-name suffixes; the top-level ``proj_out`` is excluded so only block projections adapt.
+    """
+    from peft import LoraConfig
+
+    pattern = r".*(transformer_blocks|single_transformer_blocks)\.\d+\.(" + "|".join(
+        re.escape(t) for t in targets) + r")$"
+    cfg = dict(r=rank, lora_alpha=alpha, target_modules=pattern, init_lora_weights=True)
+    transformer.add_adapter(LoraConfig(**cfg), adapter_name=adapter)
+    return cfg
+
+
+def lora_state_dict(transformer, adapter: str = "fluxsr") -> dict[str, Tensor]:
+    """The LoRA weights of ``adapter`` (peft names without the adapter suffix)."""
+    from peft import get_peft_model_state_dict
+
+    return {k: v.detach().cpu() for k, v in get_peft_model_state_dict(transformer, adapter_name=adapter).items()}
+
+
+def save_lora(state: dict[str, Tensor], config: dict, path: Path) -> None:
+    """Save LoRA weights as safetensors, with the LoRA config as JSON metadata (``lora_config``)."""
+    atomic_save_safetensors(state, Path(path), metadata={"lora_config": json.dumps(config), "format": "fluxsr-lora"})
+
+
+def apply_lora(transformer, path: Path, *, scale: float = 1.0, merge: bool = False, adapter: str = "fluxsr") -> None:
+    """Load a FluxSR LoRA file onto ``transformer``; ``merge=True`` folds it into the base weights (faster)."""
+    from peft import LoraConfig, set_peft_model_state_dict
+
+    state, meta = _read_safetensors(Path(path))
+    if "lora_config" not in meta:
+        raise ValueError(f"{path}: not a fluxsr LoRA file (no 'lora_config' metadata)")
+    cfg = json.loads(meta["lora_config"])
+    transformer.add_adapter(LoraConfig(**cfg), adapter_name=adapter)
+    result = set_peft_model_state_dict(transformer, state, adapter_name=adapter)
+    missing = [k for k in getattr(result, "unexpected_keys", []) if "lora" in k]
+    if missing:
+        raise ValueError(f"{path}: {len(missing)} LoRA tensors do not match this transformer, e.g. {missing[0]}")
+    if merge:
+        transformer.fuse_lora(lora_scale=scale, adapter_names=[adapter])
+        transformer.unload_lora()
+    elif scale != 1.0:
+        transformer.set_adapters([adapter], weights=[scale])
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Running the transformer, and finding a model from a name
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def velocity(model: FluxSRModel, z: Tensor, t: float | Tensor, offset: tuple[int, int] = (0, 0),
+             guidance: float | None = None) -> Tensor:
+    """The transformer's velocity for latents ``z`` (B, C, h, w) at flow time ``t`` (a float or one per sample).
+
+    Tokens get position ids of a tile placed at latent ``offset`` in the whole image; text conditioning is the
+    model's cached embeddings; ``guidance`` defaults to the model spec's value.
+    """
+    from .flow import img_ids, pack, txt_ids, unpack
+
+    b, _, h, w = z.shape
+    tr = model.transformer
+    dtype = next(tr.parameters()).dtype
+    t = torch.as_tensor(t, device=z.device, dtype=dtype).expand(b) if not isinstance(t, Tensor) or t.ndim == 0 \
+        else t.to(device=z.device, dtype=dtype)
+    g = None
+    if tr.config.guidance_embeds:
+        g = torch.full((b,), model.spec.guidance if guidance is None else guidance, device=z.device, dtype=dtype)
+    cond = model.cond
+    out = tr(
+        hidden_states=pack(z.to(dtype)),
+        encoder_hidden_states=cond.prompt_embeds.to(z.device, dtype).expand(b, -1, -1),
+        pooled_projections=cond.pooled_embeds.to(z.device, dtype).expand(b, -1),
+        timestep=t, img_ids=img_ids(h, w, offset, z.device, dtype),
+        txt_ids=txt_ids(cond.prompt_embeds.shape[1], z.device, dtype), guidance=g, return_dict=False,
+    )[0]
+    return unpack(out, h, w).to(z.dtype)
+
+
+BUNDLED_MODEL = Path(__file__).parent / "assets" / "model"
+
+
+def load_model(name: str | Path | None = None, *, ae: Path | None = None, prompt_embeds: Path | None = None,
+               lora: Path | None = None, lora_scale: float = 1.0, merge_lora: bool = True,
+               spec: ModelSpec | None = None) -> FluxSRModel:
+    """Resolve a model name or path to a :class:`FluxSRModel` (fp32, CPU).
+
+    - ``None`` or ``"bundled"``: the small model shipped inside the package;
+    - ``"tiny"``: random-weight tiny FLUX (tests);
+    - a fluxsr model folder (has ``fluxsr.json``);
+    - a diffusers FLUX.1-dev folder (``transformer/``, ``vae/``) with ``prompt_embeds`` (default: the folder's
+      ``prompt_embeds.safetensors``, written by ``fluxsr embed-prompt``);
+    - a BFL single file ``flux1-dev.safetensors`` with ``ae`` (default: ``ae.safetensors`` beside it).
+    ``lora`` adds a FluxSR LoRA file (merged into the weights unless ``merge_lora=False``).
+    """
+    if name is None or str(name) == "bundled":
+        if not is_model_folder(BUNDLED_MODEL):
+            raise FileNotFoundError("the bundled model is not installed with this copy of fluxsr")
+        model = load_model_folder(BUNDLED_MODEL)
+    elif str(name) == "tiny":
+        model = build_tiny()
+    else:
+        path = Path(name)
+        if is_model_folder(path):
+            model = load_model_folder(path, lora_scale=lora_scale, merge_lora=merge_lora)
+        elif path.is_dir() or path.is_file():
+            base = path if path.is_dir() else path.parent
+            embeds = Path(prompt_embeds) if prompt_embeds else base / EMBEDS_FILE
+            if not embeds.is_file():
+                raise FileNotFoundError(
+                    f"{embeds} not found: compute the prompt embeddings once with "
+                    f"`fluxsr embed-prompt --flux DIR --out {embeds}` (or pass --prompt-embeds FILE)")
+            cond = TextCond.load(embeds)
+            if path.is_dir():
+                model = load_flux_diffusers(path, cond, spec)
+            else:
+                model = load_flux_single_file(path, Path(ae) if ae else path.parent / "ae.safetensors", cond, spec)
+        else:
+            raise FileNotFoundError(f"model {name!r}: no such file or folder (or preset: bundled, tiny)")
+    if spec is not None:
+        model.spec = spec
+    if lora is not None:
+        apply_lora(model.transformer, Path(lora), scale=lora_scale, merge=merge_lora)
+    return model
