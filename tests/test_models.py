@@ -1,0 +1,159 @@
+"""Model presets, fluxsr model folders, FLUX.1-dev layouts (diffusers folder, BFL single files) and LoRA."""
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from fluxsr import models as M
+from fluxsr.flow import img_ids, pack, txt_ids, unpack
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return M.build_tiny(seed=3)
+
+
+def _same_weights(a, b):
+    sa, sb = a.state_dict(), b.state_dict()
+    assert sa.keys() == sb.keys()
+    for k in sa:
+        assert torch.equal(sa[k], sb[k]), k
+
+
+def test_tiny_velocity_shapes(tiny):
+    z = torch.randn(2, 16, 6, 4)
+    v = M.velocity(tiny, z, 0.25)
+    assert v.shape == z.shape and torch.isfinite(v).all()
+    v2 = M.velocity(tiny, z, torch.tensor([0.25, 0.5]))
+    assert torch.allclose(v2[0], v[0], atol=1e-5) and not torch.allclose(v2[1], v[1])
+
+
+def test_velocity_matches_raw_transformer_call(tiny):
+    z = torch.randn(1, 16, 4, 6)
+    out = tiny.transformer(hidden_states=pack(z), encoder_hidden_states=tiny.cond.prompt_embeds,
+                           pooled_projections=tiny.cond.pooled_embeds, timestep=torch.tensor([0.3]),
+                           img_ids=img_ids(4, 6, (2, 4)), txt_ids=txt_ids(M.TINY_TEXT_LEN),
+                           guidance=torch.tensor([tiny.spec.guidance]), return_dict=False)[0]
+    assert torch.allclose(M.velocity(tiny, z, 0.3, offset=(2, 4)), unpack(out, 4, 6))
+
+
+def test_model_folder_roundtrip(tiny, tmp_path):
+    spec = M.ModelSpec(t_l=0.3, guidance=2.0, name="t")
+    M.save_model_folder(M.FluxSRModel(tiny.transformer, tiny.vae, tiny.cond, spec), tmp_path / "m")
+    loaded = M.load_model(tmp_path / "m")
+    assert loaded.spec == spec
+    _same_weights(loaded.transformer, tiny.transformer)
+    _same_weights(loaded.vae, tiny.vae)
+    assert torch.equal(loaded.cond.prompt_embeds, tiny.cond.prompt_embeds)
+    (tmp_path / "m" / M.SPEC_FILE).write_text(json.dumps({"t_l": 0.3, "bogus": 1}))
+    with pytest.raises(ValueError, match="bogus"):
+        M.load_model(tmp_path / "m")
+
+
+def test_bfl_mapping_roundtrip(tiny):
+    sd = tiny.transformer.state_dict()
+    back = M.bfl_to_diffusers(M.diffusers_to_bfl(sd))
+    assert back.keys() == sd.keys()
+    assert all(torch.equal(back[k], sd[k]) for k in sd)
+
+
+def test_bfl_mapping_matches_diffusers_at_flux_dev_size():
+    """On meta tensors (no memory): our mapping agrees with diffusers' hard-coded FLUX.1-dev converter."""
+    from diffusers.loaders.single_file_utils import convert_flux_transformer_checkpoint_to_diffusers
+
+    big = M.build_transformer(M.FLUX_DEV_TRANSFORMER, meta=True)
+    sd = big.state_dict()
+    bfl = M.diffusers_to_bfl(sd)
+    assert "double_blocks.18.img_attn.qkv.weight" in bfl and "single_blocks.37.linear1.weight" in bfl
+    ours = M.bfl_to_diffusers(bfl)
+    theirs = convert_flux_transformer_checkpoint_to_diffusers(dict(bfl))
+    assert ours.keys() == theirs.keys() == sd.keys()
+    assert all(ours[k].shape == theirs[k].shape == sd[k].shape for k in sd)
+    cfg = M.transformer_config_from_bfl(bfl)
+    assert {k: cfg[k] for k in M.FLUX_DEV_TRANSFORMER} == {**M.FLUX_DEV_TRANSFORMER, "axes_dims_rope": (16, 56, 56)}
+    assert sum(p.numel() for p in big.parameters()) / 1e9 == pytest.approx(11.9, abs=0.01)
+
+
+def test_bfl_converter_values_match_diffusers():
+    """The swapped final-norm halves survive: check values with a tiny random model against diffusers'."""
+    from diffusers.loaders.single_file_utils import convert_flux_transformer_checkpoint_to_diffusers
+
+    tr = M.build_transformer(dict(M.TINY_TRANSFORMER, attention_head_dim=128, num_attention_heads=24,
+                                  axes_dims_rope=(16, 56, 56), num_layers=1, num_single_layers=1), meta=False)
+    sd = tr.state_dict()
+    bfl = M.diffusers_to_bfl(sd)
+    theirs = convert_flux_transformer_checkpoint_to_diffusers(dict(bfl))
+    ours = M.bfl_to_diffusers(bfl)
+    assert all(torch.equal(ours[k], theirs[k]) for k in theirs)
+
+
+def _write_bfl_files(model, folder):
+    save_file({k: v.contiguous() for k, v in M.diffusers_to_bfl(model.transformer.state_dict()).items()},
+              folder / "flux1-dev.safetensors", metadata={"axes_dims_rope": json.dumps([4, 6, 6])})
+    ldm = M.vae_to_ldm(model.vae.state_dict(), len(model.vae.config.block_out_channels))
+    save_file({k: v.contiguous() for k, v in ldm.items()}, folder / "ae.safetensors",
+              metadata={"norm_num_groups": "4"})
+    model.cond.save(folder / M.EMBEDS_FILE)
+
+
+def test_load_bfl_single_files(tiny, tmp_path):
+    _write_bfl_files(tiny, tmp_path)
+    with safe_keys(tmp_path / "ae.safetensors") as keys:
+        assert "encoder.down.0.block.0.conv1.weight" in keys and "decoder.up.0.upsample.conv.weight" not in keys
+        assert "decoder.up.3.upsample.conv.weight" in keys and "encoder.mid.attn_1.q.weight" in keys
+    loaded = M.load_model(tmp_path / "flux1-dev.safetensors")
+    _same_weights(loaded.transformer, tiny.transformer)
+    _same_weights(loaded.vae, tiny.vae)
+    z = torch.randn(1, 16, 4, 4)
+    assert torch.allclose(M.velocity(loaded, z, 0.25), M.velocity(tiny, z, 0.25))
+
+
+class safe_keys:
+    def __init__(self, path):
+        from safetensors import safe_open
+
+        self.f = safe_open(str(path), "pt")
+
+    def __enter__(self):
+        return set(self.f.keys())
+
+    def __exit__(self, *a):
+        return False
+
+
+def test_load_diffusers_folder_needs_prompt_embeds(tiny, tmp_path):
+    tiny.transformer.save_pretrained(tmp_path / "transformer")
+    tiny.vae.save_pretrained(tmp_path / "vae")
+    with pytest.raises(FileNotFoundError, match="embed-prompt"):
+        M.load_model(tmp_path)
+    tiny.cond.save(tmp_path / M.EMBEDS_FILE)
+    loaded = M.load_model(tmp_path)
+    _same_weights(loaded.transformer, tiny.transformer)
+
+
+def test_lora_save_apply_and_merge(tmp_path):
+    base = M.build_tiny(seed=1)
+    cfg = M.add_lora(base.transformer, rank=4, alpha=4)
+    for name, p in base.transformer.named_parameters():
+        if "lora_B" in name:
+            torch.nn.init.normal_(p, std=0.05)
+    z = torch.randn(1, 16, 4, 4)
+    with torch.no_grad():
+        expected = M.velocity(base, z, 0.25)
+    M.save_lora(M.lora_state_dict(base.transformer), cfg, tmp_path / "lora.safetensors")
+    plain = M.build_tiny(seed=1)
+    with torch.no_grad():
+        assert not torch.allclose(M.velocity(plain, z, 0.25), expected, atol=1e-4)
+    for merge in (False, True):
+        m = M.build_tiny(seed=1)
+        M.apply_lora(m.transformer, tmp_path / "lora.safetensors", merge=merge)
+        with torch.no_grad():
+            assert torch.allclose(M.velocity(m, z, 0.25), expected, atol=1e-5), merge
+        assert any("lora" in n for n, _ in m.transformer.named_parameters()) != merge
+
+
+def test_unknown_model_name():
+    with pytest.raises(FileNotFoundError, match="no such file"):
+        M.load_model("/nonexistent/model")
