@@ -209,8 +209,10 @@ def load_model_folder(path: Path, *, lora_scale: float = 1.0, merge_lora: bool =
 
 def to_device(model: FluxSRModel, device, dtype) -> FluxSRModel:
     """Move all parts to ``device``; the transformer and conditioning take ``dtype``, the VAE too."""
-    model.transformer.to(device=device, dtype=dtype).eval().requires_grad_(False)
-    model.vae.to(device=device, dtype=dtype).eval().requires_grad_(False)
+    for part in (model.transformer, model.vae):
+        same = next(part.parameters()).dtype == dtype
+        part.to(device=device) if same else part.to(device=device, dtype=dtype)
+        part.eval().requires_grad_(False)
     model.cond = model.cond.to(device, dtype)
     return model
 

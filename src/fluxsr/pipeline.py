@@ -1,0 +1,172 @@
+"""One-step super-resolution: the FluxSR inference pipeline.
+
+resize to the target size -> pad to a multiple of 16 -> VAE encode (tiled) -> one transformer step from T_L to 0
+(tiled, each tile at its global position) -> VAE decode (tiled) -> crop -> colour fix against the globally
+upscaled input. Works on RGB tensors in [0, 1]; file formats, alpha, grey and 16-bit live in :mod:`fluxsr.images`
+and :mod:`fluxsr.upscale`.
+"""
+
+from __future__ import annotations
+
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from fractions import Fraction
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from .color import color_fix
+from .flow import one_step
+from .images import resize, target_size
+from .models import FluxSRModel, load_model, to_device, velocity
+from .tiling import TileSpec, tiled_map
+
+
+class NonFiniteOutputError(RuntimeError):
+    """The model produced NaN or Inf (typically fp16 overflow): nothing is written."""
+
+
+@dataclass
+class UpscaleOptions:
+    """Per-call settings.
+
+    scale: output/input size ratio (float; ignored when ``long_side`` is given).
+    long_side: make the longer output side this many pixels instead.
+    color_fix: ``wavelet`` (default), ``adain`` or ``none`` (see :mod:`fluxsr.color`).
+    tile: tile edge in OUTPUT pixels for all three stages (rounded to the model's multiple, 16 for FLUX); FLUX was
+        trained at up to ~2 MP, so tiles of 1024 keep each pass in its comfort zone.
+    overlap: overlap between tiles in output pixels.
+    """
+
+    scale: float = 4.0
+    long_side: int | None = None
+    color_fix: str = "wavelet"
+    tile: int = 1024
+    overlap: int = 128
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def default_dtype(device: torch.device) -> torch.dtype:
+    """bf16 on CUDA (fp16 overflows to black images in FLUX), fp32 elsewhere."""
+    return torch.bfloat16 if torch.device(device).type == "cuda" else torch.float32
+
+
+def check_dtype(dtype: torch.dtype, allow_fp16: bool) -> None:
+    if dtype == torch.float16 and not allow_fp16:
+        raise ValueError("fp16 makes FLUX overflow (black or NaN images); use bf16 or fp32, or force it with "
+                         "allow_fp16=True / --force-fp16")
+
+
+class FluxSRPipeline:
+    """One-step x4 (any float scale) real-world super-resolution with a FluxSR model.
+
+    >>> pipe = FluxSRPipeline.from_pretrained("tiny")
+    >>> out = pipe(pil_image, scale=4)
+    """
+
+    def __init__(self, model: FluxSRModel, device=None, dtype=None, *, allow_fp16: bool = False):
+        self.device = torch.device(device) if device is not None else default_device()
+        self.dtype = dtype or default_dtype(self.device)
+        check_dtype(self.dtype, allow_fp16)
+        self.model = to_device(model, self.device, self.dtype)
+        self.timings: dict[str, float] = {}
+
+    @classmethod
+    def from_pretrained(cls, name=None, device=None, dtype=None, *, allow_fp16: bool = False,
+                        **load_kwargs) -> FluxSRPipeline:
+        """Load a model by name or path (see :func:`fluxsr.models.load_model`) and build the pipeline."""
+        return cls(load_model(name, **load_kwargs), device, dtype, allow_fp16=allow_fp16)
+
+    # -- stages ---------------------------------------------------------------------------------------------------
+
+    @contextmanager
+    def _timed(self, stage: str):
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        start = time.perf_counter()
+        yield
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        self.timings[stage] = self.timings.get(stage, 0.0) + time.perf_counter() - start
+
+    def _pixel_tiles(self, opts: UpscaleOptions) -> TileSpec:
+        m = self.model.multiple
+        tile = max(m, opts.tile // m * m)
+        return TileSpec(tile, min(max(0, opts.overlap // m * m), tile - m), m)
+
+    def encode(self, x: Tensor, opts: UpscaleOptions) -> Tensor:
+        """Images (B, 3, H, W) in [0, 1] -> normalised latents ``(mean(E(2x - 1)) - shift) * scale``."""
+        vae = self.model.vae
+
+        def enc(tile: Tensor, _offset) -> Tensor:
+            return vae.encode(tile.to(self.dtype) * 2 - 1).latent_dist.mode()
+
+        z = tiled_map(enc, x, self._pixel_tiles(opts), Fraction(1, self.model.vae_scale))
+        return (z - vae.config.shift_factor) * vae.config.scaling_factor
+
+    def decode(self, z: Tensor, opts: UpscaleOptions) -> Tensor:
+        """Normalised latents -> images in [0, 1] (not clamped)."""
+        vae, s = self.model.vae, self.model.vae_scale
+        spec = self._pixel_tiles(opts)
+        lat_spec = TileSpec(spec.tile // s, spec.overlap // s, 2)
+
+        def dec(tile: Tensor, _offset) -> Tensor:
+            tile = tile / vae.config.scaling_factor + vae.config.shift_factor
+            return (vae.decode(tile.to(self.dtype)).sample + 1) / 2
+
+        return tiled_map(dec, z, lat_spec, s)
+
+    def transform(self, z_l: Tensor, opts: UpscaleOptions) -> Tensor:
+        """One step from ``T_L`` to 0 on the LR latent: ``z_H = z_L - T_L * v(z_L, T_L)``, tiled."""
+        t_l, s = self.model.spec.t_l, self.model.vae_scale
+        spec = self._pixel_tiles(opts)
+        lat_spec = TileSpec(spec.tile // s, spec.overlap // s, 2)
+
+        def step(tile: Tensor, offset) -> Tensor:
+            return one_step(tile.float(), velocity(self.model, tile, t_l, offset).float(), t_l)
+
+        return tiled_map(step, z_l, lat_spec, 1)
+
+    # -- whole image ----------------------------------------------------------------------------------------------
+
+    @torch.inference_mode()
+    def upscale_tensor(self, rgb: Tensor, opts: UpscaleOptions | None = None) -> Tensor:
+        """Upscale one RGB image (3, h, w) in [0, 1]; returns (3, H, W) float32 on the CPU, in [0, 1]."""
+        opts = opts or UpscaleOptions()
+        self.timings = {}
+        h, w = rgb.shape[-2:]
+        out_h, out_w = target_size(h, w, None if opts.long_side else opts.scale, opts.long_side)
+        with self._timed("resize"):
+            ref = resize(rgb.float().unsqueeze(0).to(self.device), (out_h, out_w))
+            m = self.model.multiple
+            pad_h, pad_w = -out_h % m, -out_w % m
+            x = F.pad(ref, (0, pad_w, 0, pad_h), mode="replicate") if pad_h or pad_w else ref
+        with self._timed("encode"):
+            z_l = self.encode(x, opts).float()
+        with self._timed("transformer"):
+            z_h = self.transform(z_l, opts)
+        with self._timed("decode"):
+            y = self.decode(z_h, opts).float()[:, :, :out_h, :out_w]
+        with self._timed("color_fix"):
+            y = color_fix(y, ref, opts.color_fix).clamp(0, 1)
+        if not torch.isfinite(y).all():
+            raise NonFiniteOutputError(f"the model produced NaN/Inf (dtype {self.dtype}); try --dtype bf16 or fp32")
+        return y[0].cpu()
+
+    def __call__(self, image, scale: float = 4.0, long_side: int | None = None, color_fix: str = "wavelet",
+                 tile: int = 1024, overlap: int = 128):
+        """Upscale a PIL image (returns PIL, same mode family) or a tensor (3, h, w) in [0, 1] (returns a tensor)."""
+        opts = UpscaleOptions(scale, long_side, color_fix, tile, overlap)
+        if isinstance(image, Tensor):
+            return self.upscale_tensor(image, opts)
+        from .images import pil_to_tensor, tensor_to_pil
+
+        rgb, alpha, is_gray = pil_to_tensor(image)
+        out = self.upscale_tensor(rgb, opts)
+        out_alpha = resize(alpha.unsqueeze(0), out.shape[-2:])[0] if alpha is not None else None
+        return tensor_to_pil(out, out_alpha, is_gray)
