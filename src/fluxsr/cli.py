@@ -129,9 +129,104 @@ def add_weights(sub) -> None:
     p.set_defaults(func=cmd_weights)
 
 
+# -- gen-pairs / train -----------------------------------------------------------------------------------------------
+
+
+def _recipe(args):
+    from .recipe import load_recipe
+
+    return load_recipe(args.config, args.set)
+
+
+def cmd_gen_pairs(args) -> int:
+    import torch
+    from accelerate import PartialState
+
+    from .pairs import generate_pairs, write_manifest
+
+    recipe = _recipe(args)
+    state = PartialState(cpu=not torch.cuda.is_available())  # CPU-only machines run as gloo processes
+    written = generate_pairs(recipe, args.out, device=args.device or state.device, rank=state.process_index,
+                             world=state.num_processes, progress=not args.quiet)
+    state.wait_for_everyone()
+    if state.is_main_process:
+        manifest = write_manifest(args.out)
+        n = sum(1 for _ in manifest.open())
+        print(f"{n}/{recipe.pairs.count} pairs complete in {args.out}", file=sys.stderr)
+    print(f"process {state.process_index}: wrote {len(written)} pairs", file=sys.stderr)
+    return 0
+
+
+def cmd_train(args) -> int:
+    from .train import train
+
+    final = train(_recipe(args), args.pairs, args.out, resume=args.resume, max_steps=args.max_steps,
+                  progress=not args.quiet)
+    print(f"model folder: {final}  (fluxsr upscale --model {final} IMG -o OUT)", file=sys.stderr)
+    return 0
+
+
+def _recipe_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", type=Path, required=True, help="recipe YAML (configs/tiny.yaml, configs/flux-dev.yaml)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a recipe field, e.g. --set train.lr=1e-4 (repeatable)")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+
+
+def add_gen_pairs(sub) -> None:
+    p = sub.add_parser("gen-pairs", help="sample offline noise-image pairs with the teacher (resumable, accelerate)")
+    _recipe_args(p)
+    p.add_argument("--out", type=Path, required=True, help="pairs folder")
+    p.add_argument("--device", default=None)
+    p.set_defaults(func=cmd_gen_pairs)
+
+
+def add_train(sub) -> None:
+    p = sub.add_parser("train", help="train a FluxSR student (FTD + MSE + TV-LPIPS + ADL) with accelerate")
+    _recipe_args(p)
+    p.add_argument("--pairs", type=Path, required=True, help="pairs folder from gen-pairs")
+    p.add_argument("--out", type=Path, required=True, help="run folder (checkpoints, logs, final/)")
+    p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --out")
+    p.add_argument("--max-steps", type=int, default=None, help="stop after this many steps (schedule unchanged)")
+    p.set_defaults(func=cmd_train)
+
+
+# -- embed-prompt / serve --------------------------------------------------------------------------------------------
+
+
+def cmd_embed_prompt(args) -> int:
+    import torch
+
+    from .text import default_embeds_path, embed_prompt, save_prompt_embeds
+
+    cond = embed_prompt(args.flux, args.prompt, args.max_length, args.device, getattr(torch, args.dtype))
+    print(save_prompt_embeds(cond, args.out or default_embeds_path(args.flux)))
+    return 0
+
+
+def add_embed_prompt(sub) -> None:
+    p = sub.add_parser("embed-prompt", help="cache FLUX T5/CLIP prompt embeddings (text encoders never load later)")
+    p.add_argument("--flux", type=Path, required=True, help="diffusers FLUX.1-dev folder with text_encoder(_2)")
+    p.add_argument("--prompt", default="", help="the fixed prompt (default: empty, as FluxSR)")
+    p.add_argument("--max-length", type=int, default=512, help="T5 tokens; train and run with the same length")
+    p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--out", type=Path, default=None, help="default: FLUX_DIR/prompt_embeds.safetensors")
+    p.set_defaults(func=cmd_embed_prompt)
+
+
+def add_serve(sub) -> None:
+    from .serve import add_serve_arguments, run_server
+
+    p = sub.add_parser("serve", help="web demo: upload, compare with bicubic, download (Gradio)")
+    add_serve_arguments(p)
+    _model_args(p)
+    p.set_defaults(func=run_server)
+
+
 # -- main ------------------------------------------------------------------------------------------------------------
 
-COMMANDS = [add_upscale, add_weights]
+COMMANDS = [add_upscale, add_gen_pairs, add_train, add_embed_prompt, add_weights, add_serve]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -149,7 +244,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (FileNotFoundError, ValueError) as e:
+    except (FileNotFoundError, ValueError) as e:  # ConfigError and MissingWeightsError included
         print(f"error: {e}", file=sys.stderr)
         return 2
 

@@ -45,6 +45,8 @@ class ModelSpec:
     guidance: value given to FLUX's guidance embedding (ignored by models without one).
     name / description: shown by the CLI and the web demo.
     note: a sentence the CLI prints when this model is used (e.g. "small demo model").
+    base / ae: for a LoRA-only folder (no ``transformer/``): the FLUX.1-dev weights the LoRA applies to
+        (a diffusers folder or flux1-dev.safetensors, and its ae.safetensors), absolute or relative to the folder.
     """
 
     t_l: float = 0.25
@@ -52,6 +54,8 @@ class ModelSpec:
     name: str = "fluxsr"
     description: str = ""
     note: str = ""
+    base: str = ""
+    ae: str = ""
 
     @classmethod
     def from_dict(cls, d: dict) -> ModelSpec:
@@ -199,20 +203,35 @@ def load_model_folder(path: Path, *, lora_scale: float = 1.0, merge_lora: bool =
     if not is_model_folder(path):
         raise FileNotFoundError(f"{path} is not a fluxsr model folder (no {SPEC_FILE})")
     spec = ModelSpec.from_dict(json.loads((path / SPEC_FILE).read_text()))
-    transformer = FluxTransformer2DModel.from_pretrained(path / "transformer", local_files_only=True)
-    vae = AutoencoderKL.from_pretrained(path / "vae", local_files_only=True)
-    model = FluxSRModel(transformer, vae, TextCond.load(path / EMBEDS_FILE), spec)
+    cond = TextCond.load(path / EMBEDS_FILE)
+    if (path / "transformer").is_dir():
+        transformer = FluxTransformer2DModel.from_pretrained(path / "transformer", local_files_only=True)
+        vae = AutoencoderKL.from_pretrained(path / "vae", local_files_only=True)
+        model = FluxSRModel(transformer, vae, cond, spec)
+    elif spec.base:
+        base = path / spec.base  # an absolute base stays absolute
+        if base.is_dir():
+            model = load_flux_diffusers(base, cond, spec)
+        else:
+            model = load_flux_single_file(base, path / spec.ae if spec.ae else base.parent / "ae.safetensors", cond, spec)
+    else:
+        raise FileNotFoundError(f"{path}: no transformer/ folder and no 'base' in {SPEC_FILE}")
     if (path / LORA_FILE).is_file():
         apply_lora(model.transformer, path / LORA_FILE, scale=lora_scale, merge=merge_lora)
     return model
 
 
+def move(module: torch.nn.Module, device, dtype) -> torch.nn.Module:
+    """``module.to(device, dtype)``, casting only when the dtype differs (diffusers warns on every cast)."""
+    if next(module.parameters()).dtype == dtype:
+        return module.to(device=device)
+    return module.to(device=device, dtype=dtype)
+
+
 def to_device(model: FluxSRModel, device, dtype) -> FluxSRModel:
     """Move all parts to ``device``; the transformer and conditioning take ``dtype``, the VAE too."""
     for part in (model.transformer, model.vae):
-        same = next(part.parameters()).dtype == dtype
-        part.to(device=device) if same else part.to(device=device, dtype=dtype)
-        part.eval().requires_grad_(False)
+        move(part, device, dtype).eval().requires_grad_(False)
     model.cond = model.cond.to(device, dtype)
     return model
 
@@ -465,11 +484,12 @@ def apply_lora(transformer, path: Path, *, scale: float = 1.0, merge: bool = Fal
 
 
 def velocity(model: FluxSRModel, z: Tensor, t: float | Tensor, offset: tuple[int, int] = (0, 0),
-             guidance: float | None = None) -> Tensor:
+             guidance: float | None = None, net: torch.nn.Module | None = None) -> Tensor:
     """The transformer's velocity for latents ``z`` (B, C, h, w) at flow time ``t`` (a float or one per sample).
 
     Tokens get position ids of a tile placed at latent ``offset`` in the whole image; text conditioning is the
-    model's cached embeddings; ``guidance`` defaults to the model spec's value.
+    model's cached embeddings; ``guidance`` defaults to the model spec's value. ``net`` runs the forward instead of
+    ``model.transformer`` (a DDP/FSDP-wrapped copy of it in training).
     """
     from .flow import img_ids, pack, txt_ids, unpack
 
@@ -482,7 +502,7 @@ def velocity(model: FluxSRModel, z: Tensor, t: float | Tensor, offset: tuple[int
     if tr.config.guidance_embeds:
         g = torch.full((b,), model.spec.guidance if guidance is None else guidance, device=z.device, dtype=dtype)
     cond = model.cond
-    out = tr(
+    out = (net or tr)(
         hidden_states=pack(z.to(dtype)),
         encoder_hidden_states=cond.prompt_embeds.to(z.device, dtype).expand(b, -1, -1),
         pooled_projections=cond.pooled_embeds.to(z.device, dtype).expand(b, -1),

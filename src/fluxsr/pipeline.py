@@ -69,11 +69,13 @@ class FluxSRPipeline:
     >>> out = pipe(pil_image, scale=4)
     """
 
-    def __init__(self, model: FluxSRModel, device=None, dtype=None, *, allow_fp16: bool = False):
+    def __init__(self, model: FluxSRModel, device=None, dtype=None, *, allow_fp16: bool = False,
+                 prepare: bool = True):
+        """``prepare=False`` uses the model as it is (already placed; training keeps its trainable state)."""
         self.device = torch.device(device) if device is not None else default_device()
         self.dtype = dtype or default_dtype(self.device)
         check_dtype(self.dtype, allow_fp16)
-        self.model = to_device(model, self.device, self.dtype)
+        self.model = to_device(model, self.device, self.dtype) if prepare else model
         self.timings: dict[str, float] = {}
 
     @classmethod

@@ -1,0 +1,170 @@
+"""Offline noise-image pairs for FTD (``fluxsr gen-pairs``).
+
+Pair ``i`` is a folder-free triple in ``OUT``::
+
+    000042.safetensors   eps and z0 latents (normalised VAE latents, float32)
+    000042.png           the decoded image x0 (the HR training target)
+    000042.json          index, prompt, seed, source, config hash: written LAST, it marks the pair complete
+
+A pair is trusted only when its ``.json`` exists; every file is written to a temporary name and renamed, so a
+killed run leaves nothing that a later run trusts, and a rerun skips finished pairs. Under ``accelerate launch``
+process ``r`` of ``W`` takes the indices ``i`` with ``i % W == r``: no duplicates, no gaps. ``manifest.jsonl``
+(one line per pair, sorted) is rebuilt from the ``.json`` files at the end.
+
+Sources: ``teacher`` samples ``z0`` from ``eps = N(0, I)`` (seed ``seed + i``) with the teacher's Euler sampler
+(the paper). ``photos`` is an extension beyond the paper: a real photo's latent ``z0`` is inverted through the
+teacher's ODE to the ``eps`` it came from, so FTD can train on real images.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import asdict, replace
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+from torch import Tensor
+
+from .cache import atomic_save_safetensors, atomic_write_bytes
+from .config import config_hash
+from .flow import denoise, get_noise, get_schedule, invert
+from .images import find_images, read_image, resize, write_image
+from .models import FluxSRModel, TextCond, load_model, velocity
+from .pipeline import FluxSRPipeline, UpscaleOptions
+from .prompts import hashed_cond, prompt_for, read_prompts
+from .recipe import Recipe
+
+MANIFEST = "manifest.jsonl"
+
+
+def pair_stem(out: Path, index: int) -> Path:
+    return Path(out) / f"{index:06d}"
+
+
+def is_complete(out: Path, index: int) -> bool:
+    """A pair counts only when its marker and both data files exist."""
+    stem = pair_stem(out, index)
+    return all(stem.with_suffix(s).is_file() for s in (".json", ".safetensors", ".png"))
+
+
+def load_pair(out: Path, index: int) -> dict:
+    """``{'eps', 'z0'}`` latents (1, C, h, w), ``'image'`` (3, H, W) in [0, 1] and the ``'meta'`` dict."""
+    stem = pair_stem(out, index)
+    lat = load_file(str(stem.with_suffix(".safetensors")))
+    return {"eps": lat["eps"], "z0": lat["z0"], "image": read_image(stem.with_suffix(".png")).rgb,
+            "meta": json.loads(stem.with_suffix(".json").read_text())}
+
+
+def complete_indices(out: Path) -> list[int]:
+    """Indices of all complete pairs in ``out``, sorted."""
+    found = sorted(int(p.stem) for p in Path(out).glob("[0-9]*.json") if p.stem.isdigit())
+    return [i for i in found if is_complete(out, i)]
+
+
+def write_manifest(out: Path) -> Path:
+    """Rebuild ``manifest.jsonl`` from the per-pair markers (sorted by index)."""
+    lines = [pair_stem(out, i).with_suffix(".json").read_text().strip() for i in complete_indices(out)]
+    path = Path(out) / MANIFEST
+    atomic_write_bytes(path, ("\n".join(lines) + "\n" if lines else "").encode())
+    return path
+
+
+class PromptEncoder:
+    """Prompt -> :class:`TextCond` for the teacher: real T5/CLIP when the teacher folder has them, else deterministic
+    pseudo-embeddings keyed by the prompt (models without text encoders: tiny, bundled)."""
+
+    def __init__(self, teacher_path: str, model: FluxSRModel, text_len: int):
+        self.model, self.text_len, self.encoder = model, text_len, None
+        folder = Path(teacher_path)
+        if folder.is_dir() and (folder / "text_encoder_2").is_dir():
+            from .text import TextEncoders
+
+            self.encoder = TextEncoders(folder, max_length=text_len)
+        self.cache: dict[str, TextCond] = {}
+
+    def __call__(self, prompt: str) -> TextCond:
+        if prompt not in self.cache:
+            if self.encoder is not None:
+                self.cache[prompt] = self.encoder.encode(prompt)
+            elif prompt == "" or self.model.cond.prompt == prompt:
+                self.cache[prompt] = self.model.cond
+            else:
+                cfg = self.model.transformer.config
+                length = self.model.cond.prompt_embeds.shape[1]
+                self.cache[prompt] = hashed_cond(prompt, length, cfg.joint_attention_dim, cfg.pooled_projection_dim)
+        return self.cache[prompt]
+
+
+def teacher_sample(pipe: FluxSRPipeline, cond: TextCond, eps: Tensor, steps: int, guidance: float,
+                   shift: bool) -> Tensor:
+    """The teacher's Euler sampler from noise ``eps`` to a clean latent ``z0`` (FLUX.1-dev schedule)."""
+    model = replace(pipe.model, cond=cond)
+    seq_len = eps.shape[-2] * eps.shape[-1] // 4
+    ts = get_schedule(steps, seq_len, shift=shift)
+    return denoise(lambda z, t: velocity(model, z, t, guidance=guidance).float(), eps, ts)
+
+
+def teacher_invert(pipe: FluxSRPipeline, cond: TextCond, z0: Tensor, steps: int, guidance: float,
+                   shift: bool) -> Tensor:
+    """Invert the teacher's ODE from a clean latent ``z0`` back to its noise (photos source)."""
+    model = replace(pipe.model, cond=cond)
+    ts = get_schedule(steps, z0.shape[-2] * z0.shape[-1] // 4, shift=shift)
+    return invert(lambda z, t: velocity(model, z, t, guidance=guidance).float(), z0, ts)
+
+
+def center_crop_resize(rgb: Tensor, size: int) -> Tensor:
+    """Square center crop of the largest side possible, resized to ``size`` (antialiased when shrinking)."""
+    h, w = rgb.shape[-2:]
+    s = min(h, w)
+    top, left = (h - s) // 2, (w - s) // 2
+    return resize(rgb[..., top:top + s, left:left + s], (size, size))
+
+
+def generate_pairs(recipe: Recipe, out: Path, *, device=None, rank: int = 0, world: int = 1,
+                   progress: bool = True) -> list[int]:
+    """Make this process's share of the pairs in ``out``; returns the indices it wrote (finished ones skipped)."""
+    cfg = recipe.pairs
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    todo = [i for i in range(cfg.count) if i % world == rank and not is_complete(out, i)]
+    if not todo:
+        return []
+    teacher_path = recipe.model.teacher or recipe.model.base
+    teacher = load_model(teacher_path, ae=recipe.model.ae)
+    pipe = FluxSRPipeline(teacher, device)
+    encoder = PromptEncoder(teacher_path, teacher, cfg.text_len)
+    prompts = read_prompts(Path(cfg.prompts)) if cfg.prompts else None
+    photos = sorted(find_images(Path(cfg.photos))) if cfg.source == "photos" else []
+    if cfg.source == "photos" and len(photos) < cfg.count:
+        raise ValueError(f"pairs.photos: {len(photos)} photos in {cfg.photos}, pairs.count asks for {cfg.count}")
+    if cfg.source not in ("teacher", "photos"):
+        raise ValueError(f"pairs.source: expected 'teacher' or 'photos', got {cfg.source!r}")
+    chash = config_hash({"model": asdict(recipe.model), "pairs": asdict(cfg)})
+    opts = UpscaleOptions(tile=max(cfg.resolution, 1024), overlap=0)
+    lat = cfg.resolution // teacher.vae_scale
+    channels = teacher.vae.config.latent_channels
+    from tqdm import tqdm
+
+    written = []
+    for i in tqdm(todo, desc=f"pairs[{rank}]", disable=not progress, file=sys.stderr):
+        prompt = "" if cfg.source == "photos" else prompt_for(i, prompts, cfg.seed)
+        cond = encoder(prompt)
+        with torch.inference_mode():
+            if cfg.source == "teacher":
+                eps = get_noise((1, channels, lat, lat), cfg.seed + i, pipe.device)
+                z0 = teacher_sample(pipe, cond, eps, cfg.steps, cfg.guidance, cfg.shift)
+                image = pipe.decode(z0, opts).float().clamp(0, 1)[0].cpu()
+            else:
+                image = center_crop_resize(read_image(photos[i]).rgb, cfg.resolution)
+                z0 = pipe.encode(image[None].to(pipe.device), opts).float()
+                eps = teacher_invert(pipe, cond, z0, cfg.steps, cfg.guidance, cfg.shift)
+        stem = pair_stem(out, i)
+        atomic_save_safetensors({"eps": eps.float().cpu(), "z0": z0.float().cpu()}, stem.with_suffix(".safetensors"))
+        write_image(stem.with_suffix(".png"), image)
+        meta = {"index": i, "prompt": prompt, "seed": cfg.seed + i, "source": cfg.source, "config_hash": chash,
+                "photo": str(photos[i]) if photos else None}
+        atomic_write_bytes(stem.with_suffix(".json"), (json.dumps(meta) + "\n").encode())
+        written.append(i)
+    return written

@@ -1,0 +1,479 @@
+"""FluxSR training (``fluxsr train``): FTD + MSE + TV-LPIPS + ADL on offline pairs, with accelerate.
+
+Per micro-batch (docs/method.md, sections 3-6)::
+
+    x0, eps, z0      <- pairs (same random crop, aligned to the latent grid)
+    xL_up            <- Real-ESRGAN degradation of x0, resized back to x0's size   (on the device, seeded)
+    zL               <- E(xL_up)                                                     (frozen VAE, no grad)
+    SR branch:  zH = zL - T_L * v(zL, T_L);  xH = D(zH)  -> MSE(xH, x0) + TV-LPIPS(xH, x0) + ADL(hooked blocks)
+    FTD branch: t ~ U[T_L, 1];  z_t = path(zL, eps, t);  L_FTD(v(z_t, t))
+
+All randomness (data order, crops, degradation, FTD times) is derived from (seed, micro-batch index, rank), so a
+resumed run sees exactly the data and noise an uninterrupted one would. Checkpoints are safetensors + JSON (no
+pickles): trainable weights, AdamW state, LR-schedule position, torch RNG state and the step.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import shutil
+import sys
+import time
+from dataclasses import asdict, replace
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file
+from torch import Tensor
+
+from .cache import atomic_save_safetensors, atomic_write_bytes
+from .config import to_dict
+from .degrade import degrade_to_input
+from .flow import ftd_loss, ftd_point, one_step, sample_ftd_t, shift_mu, time_shift
+from .models import (
+    FluxSRModel,
+    ModelSpec,
+    add_lora,
+    load_model,
+    lora_state_dict,
+    move,
+    save_lora,
+    save_model_folder,
+    velocity,
+)
+from .pairs import complete_indices, load_pair
+from .pipeline import FluxSRPipeline, UpscaleOptions
+from .recipe import Recipe
+
+LOSS_NAMES = ("loss", "ftd", "mse", "lpips", "adl")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Deterministic data order and randomness
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def sample_generator(seed: int, micro: int, rank: int) -> torch.Generator:
+    """CPU generator for micro-batch ``micro`` on process ``rank``: independent of how the run was split up."""
+    return torch.Generator().manual_seed(((seed * 1_000_003 + micro) * 1009 + rank) % (2**63 - 1))
+
+
+def batch_indices(n: int, micro: int, batch: int, rank: int, world: int, seed: int) -> list[int]:
+    """Positions in the list of pairs for micro-batch ``micro`` of process ``rank``: a fresh permutation each epoch."""
+    out = []
+    for j in range(batch):
+        pos = (micro * world + rank) * batch + j
+        epoch, k = divmod(pos, n)
+        perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 7919 + epoch))
+        out.append(int(perm[k]))
+    return out
+
+
+def aligned_crop(pair: dict, crop: int, align: int, vae_scale: int, g: torch.Generator) -> dict:
+    """Same random crop of the image and both latents; offsets on the ``align``-pixel grid (16 for FLUX)."""
+    h, w = pair["image"].shape[-2:]
+    if crop <= 0 or crop >= min(h, w):
+        return pair
+    top = int(torch.randint(0, (h - crop) // align + 1, (1,), generator=g)) * align
+    left = int(torch.randint(0, (w - crop) // align + 1, (1,), generator=g)) * align
+    lt, ll, lc = top // vae_scale, left // vae_scale, crop // vae_scale
+    return {"image": pair["image"][:, top:top + crop, left:left + crop],
+            "eps": pair["eps"][..., lt:lt + lc, ll:ll + lc], "z0": pair["z0"][..., lt:lt + lc, ll:ll + lc]}
+
+
+def lr_lambda(step: int, warmup: int, total: int, schedule: str) -> float:
+    """LR multiplier: linear warm-up over ``warmup`` steps, then constant or cosine decay to 0 at ``total``."""
+    if warmup > 0 and step < warmup:
+        return (step + 1) / warmup
+    if schedule == "cosine":
+        progress = min(1.0, (step - warmup) / max(1, total - warmup))
+        return 0.5 * (1 + math.cos(math.pi * progress))
+    if schedule != "constant":
+        raise ValueError(f"train.schedule: expected 'constant' or 'cosine', got {schedule!r}")
+    return 1.0
+
+
+def effective_t_l(t_l: float, shift: bool, latent_hw: tuple[int, int]) -> float:
+    """T_L, optionally through FLUX's resolution shift for this many image tokens (docs/method.md, DECIDE 2)."""
+    if not shift:
+        return t_l
+    return float(time_shift(shift_mu(latent_hw[0] * latent_hw[1] // 4), 1.0, t_l))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Checkpoints: safetensors + JSON
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def trainable_state(transformer, lora: bool) -> dict[str, Tensor]:
+    if lora:
+        return lora_state_dict(transformer)
+    return {k: v.detach().cpu() for k, v in transformer.state_dict().items()}
+
+
+def load_trainable(transformer, state: dict[str, Tensor], lora: bool) -> None:
+    if lora:
+        from peft import set_peft_model_state_dict
+
+        set_peft_model_state_dict(transformer, state, adapter_name="fluxsr")
+    else:
+        transformer.load_state_dict(state, strict=True)
+
+
+def optimizer_to_tensors(opt_state: dict) -> tuple[dict[str, Tensor], dict]:
+    """Split an optimizer ``state_dict`` into tensors (safetensors) and the JSON-able rest."""
+    tensors, scalars = {}, {}
+    for pid, st in opt_state["state"].items():
+        for key, val in st.items():
+            if isinstance(val, Tensor):
+                tensors[f"{pid}.{key}"] = val.detach().cpu().contiguous()
+            else:
+                scalars[f"{pid}.{key}"] = val
+    return tensors, {"param_groups": opt_state["param_groups"], "scalars": scalars}
+
+
+def optimizer_from_tensors(tensors: dict[str, Tensor], meta: dict) -> dict:
+    state: dict[int, dict] = {}
+    for name, val in list(tensors.items()) + list(meta["scalars"].items()):
+        pid, key = name.split(".", 1)
+        state.setdefault(int(pid), {})[key] = val
+    return {"state": state, "param_groups": meta["param_groups"]}
+
+
+def save_checkpoint(folder: Path, step: int, transformer, optimizer, scheduler, lora: bool) -> Path:
+    """Write ``folder/step_NNNNNN`` atomically (a temporary folder renamed when complete)."""
+    final = folder / f"step_{step:07d}"
+    tmp = folder / f".tmp_step_{step:07d}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    atomic_save_safetensors(trainable_state(transformer, lora), tmp / "trainable.safetensors")
+    tensors, meta = optimizer_to_tensors(optimizer.state_dict())
+    atomic_save_safetensors(tensors, tmp / "optimizer.safetensors")
+    atomic_save_safetensors({"torch_rng": torch.get_rng_state()}, tmp / "rng.safetensors")
+    state = {"step": step, "optimizer": meta, "scheduler": scheduler.state_dict()}
+    atomic_write_bytes(tmp / "state.json", json.dumps(state, default=float).encode())
+    shutil.rmtree(final, ignore_errors=True)
+    tmp.rename(final)
+    return final
+
+
+def latest_checkpoint(folder: Path) -> Path | None:
+    done = sorted(p for p in Path(folder).glob("step_*") if (p / "state.json").is_file())
+    return done[-1] if done else None
+
+
+def load_checkpoint(path: Path, transformer, optimizer, scheduler, lora: bool) -> int:
+    """Restore weights, optimiser, schedule and RNG from a checkpoint folder; returns its step."""
+    load_trainable(transformer, load_file(str(path / "trainable.safetensors")), lora)
+    state = json.loads((path / "state.json").read_text())
+    optimizer.load_state_dict(optimizer_from_tensors(load_file(str(path / "optimizer.safetensors")),
+                                                     state["optimizer"]))
+    scheduler.load_state_dict(state["scheduler"])
+    torch.set_rng_state(load_file(str(path / "rng.safetensors"))["torch_rng"])
+    return int(state["step"])
+
+
+def prune_checkpoints(folder: Path, keep: int) -> None:
+    done = sorted(p for p in Path(folder).glob("step_*") if (p / "state.json").is_file())
+    for old in done[:-keep] if keep > 0 else []:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Logging
+# ----------------------------------------------------------------------------------------------------------------
+
+
+class RunLog:
+    """CSV always; TensorBoard when installed; a loss plot (PNG) when matplotlib is installed."""
+
+    def __init__(self, run: Path, enabled: bool, resume_step: int):
+        self.run, self.enabled = run, enabled
+        self.csv_path = run / "log.csv"
+        self.tb = None
+        if not enabled:
+            return
+        if resume_step == 0 or not self.csv_path.is_file():
+            self.csv_path.write_text(",".join(("step", *LOSS_NAMES, "lr", "it_per_s")) + "\n")
+        else:  # drop rows past the checkpoint we resumed from
+            rows = self.csv_path.read_text().splitlines()
+            keep = [rows[0]] + [r for r in rows[1:] if int(r.split(",")[0]) <= resume_step]
+            self.csv_path.write_text("\n".join(keep) + "\n")
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.tb = SummaryWriter(str(run / "tensorboard"), purge_step=resume_step or None)
+        except ImportError:
+            print("note: tensorboard is not installed; logging to log.csv only", file=sys.stderr)
+
+    def log(self, step: int, values: dict[str, float], lr: float, its: float) -> None:
+        if not self.enabled:
+            return
+        with self.csv_path.open("a", newline="") as f:
+            csv.writer(f).writerow([step, *(f"{values[k]:.6g}" for k in LOSS_NAMES), f"{lr:.6g}", f"{its:.4g}"])
+        if self.tb is not None:
+            for k, v in values.items():
+                self.tb.add_scalar(f"loss/{k}", v, step)
+            self.tb.add_scalar("lr", lr, step)
+
+    def plot(self) -> Path | None:
+        if not self.enabled:
+            return None
+        try:
+            import matplotlib
+
+            matplotlib.use("Agg")
+            import matplotlib.pyplot as plt
+        except ImportError:
+            return None
+        rows = list(csv.DictReader(self.csv_path.open()))
+        if not rows:
+            return None
+        steps = [int(r["step"]) for r in rows]
+        fig, ax = plt.subplots(figsize=(7, 4))
+        for k in LOSS_NAMES:
+            ax.plot(steps, [float(r[k]) for r in rows], label=k)
+        ax.set_yscale("log")
+        ax.set_xlabel("step")
+        ax.legend()
+        ax.grid(alpha=0.3)
+        fig.tight_layout()
+        path = self.run / "loss.png"
+        fig.savefig(path, dpi=100)
+        plt.close(fig)
+        return path
+
+    def close(self) -> None:
+        if self.tb is not None:
+            self.tb.close()
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The trainer
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def build_student(recipe: Recipe) -> tuple[FluxSRModel, bool]:
+    """Base model with its trainable part (LoRA via peft, or every transformer weight); VAE frozen."""
+    m = recipe.model
+    model = load_model(m.base, ae=Path(m.ae) if m.ae else None,
+                       prompt_embeds=Path(m.prompt_embeds) if m.prompt_embeds else None)
+    model.spec = replace(model.spec, t_l=m.t_l, guidance=m.guidance)
+    model.vae.requires_grad_(False).eval()
+    model.transformer.requires_grad_(False)
+    lora = recipe.train.lora_rank > 0
+    if lora:
+        add_lora(model.transformer, recipe.train.lora_rank, recipe.train.lora_alpha, recipe.train.lora_targets)
+    else:
+        model.transformer.requires_grad_(True)
+    return model, lora
+
+
+def build_lpips(recipe: Recipe, device):
+    from .losses.lpips import LPIPS, load_lpips
+    from .losses.tv_lpips import TVLPIPS
+
+    net = recipe.loss.lpips_net
+    if net == "random-vgg":
+        torch.manual_seed(0)
+        lp = LPIPS("vgg").to(device)
+    else:
+        lp = load_lpips(net, device)
+    return TVLPIPS(lp, recipe.loss.tv_gamma).to(device)
+
+
+def train(recipe: Recipe, pairs_dir: Path, run: Path, *, resume: bool = False, max_steps: int | None = None,
+          progress: bool = True) -> Path:
+    """Train a FluxSR student; returns the exported model folder ``run/final`` (written at the last step)."""
+    from accelerate import Accelerator
+    from tqdm import tqdm
+
+    from .losses.adl import ADLCollector
+
+    tc, lc = recipe.train, recipe.loss
+    if tc.mixed_precision == "fp16":
+        raise ValueError("train.mixed_precision: fp16 overflows in FLUX; use bf16 or no")
+    cuda = torch.cuda.is_available()
+    if cuda:
+        torch.backends.cuda.enable_cudnn_sdp(False)  # cuDNN attention crashes in FLUX backward (gpu-notes.md)
+    acc = Accelerator(mixed_precision=tc.mixed_precision if cuda else "no", gradient_accumulation_steps=tc.grad_accum,
+                      cpu=not cuda)
+    run = Path(run)
+    indices = complete_indices(pairs_dir)
+    if not indices:
+        raise FileNotFoundError(f"{pairs_dir}: no complete pairs (run `fluxsr gen-pairs` first)")
+    if acc.is_main_process:
+        run.mkdir(parents=True, exist_ok=True)
+        (run / "recipe.yaml").write_text(__import__("yaml").safe_dump(to_dict(recipe), sort_keys=False))
+    torch.manual_seed(tc.seed)
+
+    model, lora = build_student(recipe)
+    weight_dtype = torch.bfloat16 if acc.mixed_precision == "bf16" else torch.float32
+    move(model.vae, acc.device, weight_dtype)
+    move(model.transformer, acc.device, weight_dtype if lora else torch.float32)
+    model.cond = model.cond.to(acc.device, weight_dtype)
+    trainable = [p for p in model.transformer.parameters() if p.requires_grad]
+    for p in trainable:
+        p.data = p.data.float()
+    if tc.gradient_checkpointing:
+        model.transformer.enable_gradient_checkpointing()
+    if tc.vae_checkpointing:
+        model.vae.enable_gradient_checkpointing()
+    vae_ops = FluxSRPipeline(model, acc.device, weight_dtype, prepare=False)  # the pipeline's VAE normalisation
+    opts = UpscaleOptions(tile=1 << 16, overlap=0)
+    tv_lpips = build_lpips(recipe, acc.device) if lc.lpips > 0 else None
+
+    optimizer = torch.optim.AdamW(trainable, lr=tc.lr, betas=tc.betas, weight_decay=tc.weight_decay)
+    steps = tc.steps if max_steps is None else min(tc.steps, max_steps)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: lr_lambda(s, tc.warmup_steps, tc.steps, tc.schedule))
+    net, optimizer = acc.prepare(model.transformer, optimizer)
+    adl = ADLCollector(acc.unwrap_model(net), lc.adl_blocks).attach() if lc.adl > 0 else None
+
+    ckpt_dir = run / "checkpoints"
+    start = 0
+    if resume:
+        found = latest_checkpoint(ckpt_dir)
+        if found is None:
+            raise FileNotFoundError(f"--resume: no checkpoint in {ckpt_dir}")
+        start = load_checkpoint(found, acc.unwrap_model(net), optimizer, scheduler, lora)
+        acc.print(f"resumed from {found} (step {start})")
+    log = RunLog(run, acc.is_main_process, start)
+    spec = model.spec
+    align, vs = model.multiple, model.vae_scale
+    bar = tqdm(total=steps, initial=start, disable=not (progress and acc.is_main_process), file=sys.stderr,
+               desc="train")
+    tic = time.perf_counter()
+    for step in range(start, steps):
+        totals = dict.fromkeys(LOSS_NAMES, 0.0)
+        for k in range(tc.grad_accum):
+            micro = step * tc.grad_accum + k
+            g = sample_generator(tc.seed, micro, acc.process_index)
+            picks = batch_indices(len(indices), micro, tc.batch_size, acc.process_index, acc.num_processes,
+                                  tc.seed)
+            items = [aligned_crop(load_pair(pairs_dir, indices[i]), tc.crop, align, vs, g) for i in picks]
+            x0 = torch.stack([it["image"] for it in items]).to(acc.device)
+            eps = torch.cat([it["eps"] for it in items]).to(acc.device)
+            z0 = torch.cat([it["z0"] for it in items]).to(acc.device)
+            t_l = effective_t_l(spec.t_l, recipe.model.shift_t_l, tuple(z0.shape[-2:]))
+            _, lr_up = degrade_to_input(x0, recipe.degradation, g)
+            with torch.no_grad():
+                z_l = vae_ops.encode(lr_up, opts).float()
+            with acc.accumulate(net), acc.autocast():
+                v_l = velocity(model, z_l, t_l, net=net).float()
+                x_h = vae_ops.decode(one_step(z_l, v_l, t_l), opts).float()
+                parts = {"mse": F.mse_loss(x_h, x0)}
+                parts["lpips"] = tv_lpips(x_h, x0).mean() if tv_lpips is not None else x_h.new_zeros(())
+                parts["adl"] = adl.loss() if adl is not None else x_h.new_zeros(())
+                t = sample_ftd_t(x0.shape[0], t_l, g, acc.device)
+                if adl is not None:
+                    adl.enabled = False
+                v_t = velocity(model, ftd_point(z_l, eps, t, t_l), t, net=net).float()
+                if adl is not None:
+                    adl.enabled = True
+                parts["ftd"] = ftd_loss(v_t, z_l, z0, eps, t_l)
+                loss = lc.ftd * parts["ftd"] + lc.mse * parts["mse"] + lc.lpips * parts["lpips"] + lc.adl * parts["adl"]
+                if not torch.isfinite(loss):
+                    raise FloatingPointError(f"step {step}: loss is {loss.item()} ({ {k: float(v) for k, v in parts.items()} })")
+                acc.backward(loss)
+                if acc.sync_gradients and tc.max_grad_norm > 0:
+                    acc.clip_grad_norm_(trainable, tc.max_grad_norm)
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+            totals["loss"] += loss.item() / tc.grad_accum
+            for name, val in parts.items():
+                totals[name] += val.item() / tc.grad_accum
+        scheduler.step()
+        done = step + 1
+        its = (done - start) / (time.perf_counter() - tic)
+        bar.set_postfix(loss=f"{totals['loss']:.4f}", it_s=f"{its:.2f}")
+        bar.update(1)
+        if done % tc.log_every == 0 or done == steps:
+            log.log(done, totals, scheduler.get_last_lr()[0], its)
+        if acc.is_main_process and (done % tc.checkpoint_every == 0 or done == steps):
+            save_checkpoint(ckpt_dir, done, acc.unwrap_model(net), optimizer, scheduler, lora)
+            prune_checkpoints(ckpt_dir, tc.keep_checkpoints)
+            log.plot()
+        if acc.is_main_process and tc.validate_every > 0 and done % tc.validate_every == 0:
+            validate(model, acc.unwrap_model(net), recipe, pairs_dir, indices, run / "val" / f"step_{done:07d}")
+    bar.close()
+    acc.wait_for_everyone()
+    final = run / "final"
+    if acc.is_main_process:
+        if adl is not None:
+            adl.remove()
+        export(model, acc.unwrap_model(net), recipe, lora, final, t_l=spec.t_l)
+        log.plot()
+    log.close()
+    acc.wait_for_everyone()
+    acc.end_training()
+    return final
+
+
+@torch.no_grad()
+def validate(model: FluxSRModel, transformer, recipe: Recipe, pairs_dir: Path, indices: list[int], out: Path) -> dict:
+    """Upscale fixed degraded inputs (the first two pairs, seed 0; or ``train.validation_images``) and save them.
+
+    Returns PSNR (dB) per pair input against its x0, written to ``out/metrics.json``.
+    """
+    from .images import find_images, read_image, resize, write_image
+    from .metrics import psnr
+
+    out.mkdir(parents=True, exist_ok=True)
+    was_training = transformer.training
+    transformer.eval()
+    pipe = FluxSRPipeline(replace(model, transformer=transformer), next(transformer.parameters()).device,
+                          next(model.vae.parameters()).dtype, prepare=False)
+    scores = {}
+    if recipe.train.validation_images:
+        for path in find_images(Path(recipe.train.validation_images)):
+            write_image(out / f"{path.stem}.png", pipe.upscale_tensor(read_image(path).rgb))
+    else:
+        for i in indices[:2]:
+            x0 = load_pair(pairs_dir, i)["image"]
+            lr, _ = degrade_to_input(x0[None], recipe.degradation, torch.Generator().manual_seed(0))
+            sr = pipe.upscale_tensor(lr[0], UpscaleOptions(scale=x0.shape[-1] / lr.shape[-1]))
+            sr = resize(sr[None], tuple(x0.shape[-2:]))[0]
+            write_image(out / f"{i:06d}_lr.png", lr[0])
+            write_image(out / f"{i:06d}_sr.png", sr)
+            scores[str(i)] = float(psnr(sr, x0, crop_border=0, y_channel=True))
+    (out / "metrics.json").write_text(json.dumps({"psnr_y": scores}, indent=2))
+    transformer.train(was_training)
+    return scores
+
+
+def export(model: FluxSRModel, transformer, recipe: Recipe, lora: bool, out: Path, *, t_l: float) -> Path:
+    """Write a fluxsr model folder that ``fluxsr upscale --model`` loads directly.
+
+    Small bases (and ``export.merge_lora``): a self-contained folder with the LoRA merged into the transformer.
+    FLUX.1-dev-sized bases: ``lora.safetensors`` + cached embeddings + ``fluxsr.json`` pointing at the base weights.
+    """
+    spec = ModelSpec(t_l=t_l, guidance=recipe.model.guidance, name=f"fluxsr-{Path(recipe.model.base).name}",
+                     description="trained with fluxsr train", note=model.spec.note)
+    big = sum(p.numel() for p in transformer.parameters()) > 1e9
+    shutil.rmtree(out, ignore_errors=True)
+    if lora and big and not recipe.export.merge_lora:
+        out.mkdir(parents=True)
+        cfg = {"r": recipe.train.lora_rank, "lora_alpha": recipe.train.lora_alpha,
+               "target_modules": transformer.peft_config["fluxsr"].target_modules, "init_lora_weights": True}
+        if isinstance(cfg["target_modules"], set):
+            cfg["target_modules"] = sorted(cfg["target_modules"])
+        save_lora(lora_state_dict(transformer), cfg, out / "lora.safetensors")
+        model.cond.to("cpu", torch.float32).save(out / "prompt_embeds.safetensors")
+        base = str(Path(recipe.model.base).resolve())
+        spec = replace(spec, base=base, ae=str(Path(recipe.model.ae).resolve()) if recipe.model.ae else "")
+        (out / "fluxsr.json").write_text(json.dumps(asdict(spec), indent=2) + "\n")
+        return out
+    tr = transformer
+    if lora:
+        tr.fuse_lora(adapter_names=["fluxsr"])
+        tr.unload_lora()
+    tr = move(tr, "cpu", torch.float32)
+    tr.disable_gradient_checkpointing() if getattr(tr, "gradient_checkpointing", False) else None
+    save_model_folder(FluxSRModel(tr, move(model.vae, "cpu", torch.float32), model.cond.to("cpu", torch.float32), spec),
+                      out)
+    return out
+
