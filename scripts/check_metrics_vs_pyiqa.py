@@ -117,7 +117,9 @@ def pyiqa_values(pairs: list[dict]) -> dict[str, dict[str, float]]:
         m_psnr = pyiqa.create_metric("psnr", test_y_channel=True, color_space="ycbcr", device="cpu")
         m_ssim = pyiqa.create_metric("ssim", test_y_channel=True, color_space="ycbcr", device="cpu")
         m_niqe = pyiqa.create_metric("niqe", device="cpu", pretrained_model_path=str(mat))
-        m_niqe_y = pyiqa.create_metric("niqe", color_space="ycbcr", device="cpu", pretrained_model_path=str(mat))
+        m_niqe_y = pyiqa.create_metric(
+            "niqe", color_space="ycbcr", device="cpu", pretrained_model_path=str(mat)
+        )
         with torch.no_grad():
             for p in pairs:
                 sr, hr = to_pyiqa_tensor(p["sr"]), to_pyiqa_tensor(p["hr"])
@@ -171,7 +173,11 @@ def matlab_lr_agreement(pairs: list[dict]) -> dict[str, float]:
     equal = total = 0
     worst = 0.0
     for p in pairs:
-        if "lr" not in p or p["hr"].shape[0] != 4 * p["lr"].shape[0] or p["hr"].shape[1] != 4 * p["lr"].shape[1]:
+        if (
+            "lr" not in p
+            or p["hr"].shape[0] != 4 * p["lr"].shape[0]
+            or p["hr"].shape[1] != 4 * p["lr"].shape[1]
+        ):
             continue
         lr = imresize_matlab(torch.round(array_to_tensor(p["hr"]) * 255.0), 0.25, uint8=True)
         ref = array_to_tensor(p["lr"]) * 255.0
@@ -184,7 +190,9 @@ def matlab_lr_agreement(pairs: list[dict]) -> dict[str, float]:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--write", action="store_true", help=f"store pyiqa's numbers in {REFERENCE_JSON}")
-    ap.add_argument("--shared", type=Path, default=None, help="folder with Set5/ and Set14/ (e.g. ../shared/data)")
+    ap.add_argument(
+        "--shared", type=Path, default=None, help="folder with Set5/ and Set14/ (e.g. ../shared/data)"
+    )
     args = ap.parse_args()
     sys.path.insert(0, str(ROOT / "src"))
     from fluxsr.metrics import load_niqe_params
@@ -209,8 +217,14 @@ def main() -> int:
             "niqe_params": "basicsr==1.4.2 sdist basicsr/metrics/niqe_pris_params.npz (fluxsr.metrics.fetch_niqe_params)",
             "recipe": RECIPE,
             "calls": CALLS,
-            "inputs": {p["name"]: {"shape": list(p["hr"].shape), "sha256_hr": sha256(p["hr"]),
-                                   "sha256_sr": sha256(p["sr"])} for p in pairs},
+            "inputs": {
+                p["name"]: {
+                    "shape": list(p["hr"].shape),
+                    "sha256_hr": sha256(p["hr"]),
+                    "sha256_sr": sha256(p["sr"]),
+                }
+                for p in pairs
+            },
             "skimage": pyiqa_values(pairs),
             "imresize": pyiqa_imresize_probe(),
         }
@@ -237,7 +251,11 @@ def main() -> int:
                 d = abs(mine[key] - val)
                 worst[key] = max(worst.get(key, 0.0), d)
                 cells.append(f"{key} {val:.5f}/{mine[key]:.5f}")
-            print(f"  {p['name']}: " + "  ".join(cells) + f" ; {mine['fluxsr_psnr']:.4f} {mine['fluxsr_ssim']:.5f}")
+            print(
+                f"  {p['name']}: "
+                + "  ".join(cells)
+                + f" ; {mine['fluxsr_psnr']:.4f} {mine['fluxsr_ssim']:.5f}"
+            )
     print("\nmax |ours - pyiqa|: " + ", ".join(f"{k} {v:.2e}" for k, v in worst.items()))
     if shared:
         print("imresize_matlab(HR, 1/4) vs MATLAB LR files:", matlab_lr_agreement(shared))

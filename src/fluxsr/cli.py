@@ -92,8 +92,8 @@ def add_upscale(sub) -> None:
     size.add_argument("-s", "--scale", type=float, default=4.0, help="output/input size ratio (float, default 4)")
     size.add_argument("--long-side", type=int, default=None, help="longer output side in pixels instead of --scale")
     p.add_argument("--color-fix", choices=("wavelet", "adain", "none"), default="wavelet")
-    p.add_argument("--tile", type=int, default=1024, help="tile edge in output pixels (all stages)")
-    p.add_argument("--overlap", type=int, default=128, help="tile overlap in output pixels")
+    p.add_argument("--tile", type=int, default=None, help="tile edge in output pixels, all stages (default: model's)")
+    p.add_argument("--overlap", type=int, default=None, help="tile overlap in output pixels (default: model's)")
     p.add_argument("--suffix", default="", help="added to output file stems")
     p.add_argument("--ext", default="auto", help="output format: auto (same as input), png, jpg, webp, tif, bmp")
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs (default: skip them)")
@@ -224,9 +224,71 @@ def add_serve(sub) -> None:
     p.set_defaults(func=run_server)
 
 
+# -- pretraining (small models) ---------------------------------------------------------------------------------------
+
+
+def cmd_train_vae(args) -> int:
+    from .pretrain import train_vae
+
+    train_vae(_recipe(args).pretrain, args.out, device=args.device or _auto_device(), progress=not args.quiet)
+    print(f"VAE: {args.out / 'vae'}", file=sys.stderr)
+    return 0
+
+
+def cmd_train_teacher(args) -> int:
+    from .pretrain import train_teacher
+
+    out = train_teacher(_recipe(args).pretrain, args.vae, args.out, device=args.device or _auto_device(),
+                        progress=not args.quiet)
+    print(f"teacher model folder: {out}", file=sys.stderr)
+    return 0
+
+
+def _auto_device() -> str:
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def add_pretrain(sub) -> None:
+    p = sub.add_parser("train-vae", help="train a small FLUX-layout VAE on photos (recipe section pretrain)")
+    _recipe_args(p)
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--device", default=None)
+    p.set_defaults(func=cmd_train_vae)
+    p = sub.add_parser("train-teacher", help="train a small FLUX transformer as a rectified-flow teacher")
+    _recipe_args(p)
+    p.add_argument("--vae", type=Path, required=True, help="output folder of train-vae")
+    p.add_argument("--out", type=Path, required=True, help="teacher model folder")
+    p.add_argument("--device", default=None)
+    p.set_defaults(func=cmd_train_teacher)
+
+
+# -- degrade ---------------------------------------------------------------------------------------------------------
+
+
+def cmd_degrade(args) -> int:
+    from .degrade import DegradationConfig, degrade_file
+
+    cfg = _recipe(args).degradation if args.config else DegradationConfig()
+    print(degrade_file(args.input, args.output, args.seed, cfg, upsample=args.upsample))
+    return 0
+
+
+def add_degrade(sub) -> None:
+    p = sub.add_parser("degrade", help="preview the Real-ESRGAN degradation on one image (x4 smaller)")
+    p.add_argument("input", type=Path)
+    p.add_argument("output", type=Path)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--config", type=Path, default=None, help="recipe YAML whose degradation section to use")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--upsample", action="store_true", help="resize the LR back to the input size (model input)")
+    p.set_defaults(func=cmd_degrade)
+
+
 # -- main ------------------------------------------------------------------------------------------------------------
 
-COMMANDS = [add_upscale, add_gen_pairs, add_train, add_embed_prompt, add_weights, add_serve]
+COMMANDS = [add_upscale, add_degrade, add_gen_pairs, add_train, add_pretrain, add_embed_prompt, add_weights, add_serve]
 
 
 def build_parser() -> argparse.ArgumentParser:

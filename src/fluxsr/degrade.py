@@ -618,7 +618,7 @@ def degrade_file(in_path: str | Path, out_path: str | Path, seed: int, cfg: Degr
     h, w = (arr.shape[0] // s) * s, (arr.shape[1] // s) * s
     if h == 0 or w == 0:
         raise ValueError(f"{in_path}: image {arr.shape[1]}x{arr.shape[0]} is smaller than scale {s}")
-    hr = torch.from_numpy(np.ascontiguousarray(arr[:h, :w])).permute(2, 0, 1)[None].float() / 255.0
+    hr = torch.from_numpy(np.array(arr[:h, :w])).permute(2, 0, 1)[None].float() / 255.0
     lr, lr_up = degrade_to_input(hr, cfg, torch.Generator().manual_seed(seed))
     img = lr_up if upsample else lr
     out = (img[0].permute(1, 2, 0) * 255.0).round().clamp(0, 255).to(torch.uint8).numpy()

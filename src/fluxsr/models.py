@@ -45,6 +45,7 @@ class ModelSpec:
     guidance: value given to FLUX's guidance embedding (ignored by models without one).
     name / description: shown by the CLI and the web demo.
     note: a sentence the CLI prints when this model is used (e.g. "small demo model").
+    tile / overlap: default tile edge and overlap in output pixels (small models run faster on small tiles).
     base / ae: for a LoRA-only folder (no ``transformer/``): the FLUX.1-dev weights the LoRA applies to
         (a diffusers folder or flux1-dev.safetensors, and its ae.safetensors), absolute or relative to the folder.
     """
@@ -56,6 +57,8 @@ class ModelSpec:
     note: str = ""
     base: str = ""
     ae: str = ""
+    tile: int = 1024
+    overlap: int = 128
 
     @classmethod
     def from_dict(cls, d: dict) -> ModelSpec:
@@ -172,6 +175,37 @@ def build_tiny(seed: int = 0) -> FluxSRModel:
                                  note="tiny has random weights: its output is not a real upscale"))
 
 
+def _init_random(module: torch.nn.Module) -> torch.nn.Module:
+    """Default PyTorch initialisation, run where the (empty) parameters already live; norm scales set to 1."""
+    with torch.no_grad():
+        for mod in module.modules():
+            if hasattr(mod, "reset_parameters") and mod is not module:
+                mod.reset_parameters()
+            elif "norm" in type(mod).__name__.lower() and getattr(mod, "weight", None) is not None:
+                mod.weight.fill_(1.0)
+    return module
+
+
+def build_random_flux(device="cpu", dtype=torch.bfloat16, text_len: int = 512, seed: int = 0) -> FluxSRModel:
+    """The ``flux-dev-random`` preset: FLUX.1-dev-shaped transformer (11.9 B parameters) and VAE with random
+    weights, allocated directly on ``device`` in ``dtype`` (no CPU copy): dense cost does not depend on the values,
+    so this measures GPU speed and memory without the real weights."""
+    torch.manual_seed(seed)
+    parts = []
+    for part in (build_transformer(FLUX_DEV_TRANSFORMER, meta=True), _meta_vae()):
+        parts.append(_init_random(part.to(dtype).to_empty(device=device)))
+    transformer, vae = parts
+    cond = random_cond(transformer, text_len, seed).to(device, dtype)
+    return FluxSRModel(transformer, vae, cond, ModelSpec(name="flux-dev-random", note="random weights (benchmarks)"))
+
+
+def _meta_vae():
+    from accelerate import init_empty_weights
+
+    with init_empty_weights():
+        return build_vae(FLUX_VAE)
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # Model folders (fluxsr's own format)
 # ----------------------------------------------------------------------------------------------------------------
@@ -226,6 +260,15 @@ def move(module: torch.nn.Module, device, dtype) -> torch.nn.Module:
     if next(module.parameters()).dtype == dtype:
         return module.to(device=device)
     return module.to(device=device, dtype=dtype)
+
+
+def setup_cuda_training() -> None:
+    """CUDA settings for training: TF32 matmuls, and no cuDNN attention (it crashes in FLUX's backward pass on
+    Hopper, gpu-notes.md), so SDPA uses flash or memory-efficient kernels."""
+    if torch.cuda.is_available():
+        torch.backends.cuda.enable_cudnn_sdp(False)
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
 
 
 def to_device(model: FluxSRModel, device, dtype) -> FluxSRModel:
@@ -517,11 +560,13 @@ BUNDLED_MODEL = Path(__file__).parent / "assets" / "model"
 
 def load_model(name: str | Path | None = None, *, ae: Path | None = None, prompt_embeds: Path | None = None,
                lora: Path | None = None, lora_scale: float = 1.0, merge_lora: bool = True,
-               spec: ModelSpec | None = None) -> FluxSRModel:
+               spec: ModelSpec | None = None, device=None, dtype=None, text_len: int = 512) -> FluxSRModel:
     """Resolve a model name or path to a :class:`FluxSRModel` (fp32, CPU).
 
     - ``None`` or ``"bundled"``: the small model shipped inside the package;
     - ``"tiny"``: random-weight tiny FLUX (tests);
+    - ``"flux-dev-random"``: FLUX.1-dev-shaped random weights made on ``device`` in ``dtype`` with ``text_len``
+      text tokens (benchmarks; the only preset not returned in fp32 on the CPU);
     - a fluxsr model folder (has ``fluxsr.json``);
     - a diffusers FLUX.1-dev folder (``transformer/``, ``vae/``) with ``prompt_embeds`` (default: the folder's
       ``prompt_embeds.safetensors``, written by ``fluxsr embed-prompt``);
@@ -534,6 +579,8 @@ def load_model(name: str | Path | None = None, *, ae: Path | None = None, prompt
         model = load_model_folder(BUNDLED_MODEL)
     elif str(name) == "tiny":
         model = build_tiny()
+    elif str(name) == "flux-dev-random":
+        model = build_random_flux(device or "cpu", dtype or torch.float32, text_len)
     else:
         path = Path(name)
         if is_model_folder(path):

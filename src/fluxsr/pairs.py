@@ -132,7 +132,10 @@ def generate_pairs(recipe: Recipe, out: Path, *, device=None, rank: int = 0, wor
     if not todo:
         return []
     teacher_path = recipe.model.teacher or recipe.model.base
-    teacher = load_model(teacher_path, ae=recipe.model.ae)
+    pipe_device = torch.device(device) if device is not None else None
+    teacher = load_model(teacher_path, ae=recipe.model.ae, device=pipe_device,
+                         dtype=torch.bfloat16 if pipe_device is not None and pipe_device.type == "cuda" else None,
+                         text_len=cfg.text_len)
     pipe = FluxSRPipeline(teacher, device)
     encoder = PromptEncoder(teacher_path, teacher, cfg.text_len)
     prompts = read_prompts(Path(cfg.prompts)) if cfg.prompts else None

@@ -8,15 +8,17 @@ and :mod:`fluxsr.upscale`.
 
 from __future__ import annotations
 
+import sys
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from fractions import Fraction
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from . import memory
 from .color import color_fix
 from .flow import one_step
 from .images import resize, target_size
@@ -35,16 +37,16 @@ class UpscaleOptions:
     scale: output/input size ratio (float; ignored when ``long_side`` is given).
     long_side: make the longer output side this many pixels instead.
     color_fix: ``wavelet`` (default), ``adain`` or ``none`` (see :mod:`fluxsr.color`).
-    tile: tile edge in OUTPUT pixels for all three stages (rounded to the model's multiple, 16 for FLUX); FLUX was
-        trained at up to ~2 MP, so tiles of 1024 keep each pass in its comfort zone.
-    overlap: overlap between tiles in output pixels.
+    tile: tile edge in OUTPUT pixels for all three stages (rounded to the model's multiple, 16 for FLUX); None
+        takes the model's default (``ModelSpec.tile``: 1024 for FLUX, trained at up to ~2 MP).
+    overlap: overlap between tiles in output pixels; None takes the model's default.
     """
 
     scale: float = 4.0
     long_side: int | None = None
     color_fix: str = "wavelet"
-    tile: int = 1024
-    overlap: int = 128
+    tile: int | None = None
+    overlap: int | None = None
 
 
 def default_device() -> torch.device:
@@ -77,6 +79,10 @@ class FluxSRPipeline:
         check_dtype(self.dtype, allow_fp16)
         self.model = to_device(model, self.device, self.dtype) if prepare else model
         self.timings: dict[str, float] = {}
+        self.peaks: dict[str, int] = {}  # peak bytes per stage (CUDA allocator, or CPU peak RSS)
+        self.max_memory: int | None = None  # cap for the memory planner (bytes, weights included)
+        self.plan: memory.MemoryPlan | None = None  # the last image's memory plan
+        self._stage = ""
 
     @classmethod
     def from_pretrained(cls, name=None, device=None, dtype=None, *, allow_fp16: bool = False,
@@ -88,38 +94,43 @@ class FluxSRPipeline:
 
     @contextmanager
     def _timed(self, stage: str):
+        self._stage = stage
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
+        memory.reset_peak(self.device)
         start = time.perf_counter()
         yield
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         self.timings[stage] = self.timings.get(stage, 0.0) + time.perf_counter() - start
+        self.peaks[stage] = max(self.peaks.get(stage, 0), memory.read_peak(self.device))
 
     def _pixel_tiles(self, opts: UpscaleOptions) -> TileSpec:
-        m = self.model.multiple
-        tile = max(m, opts.tile // m * m)
-        return TileSpec(tile, min(max(0, opts.overlap // m * m), tile - m), m)
+        m, spec = self.model.multiple, self.model.spec
+        tile = max(m, (opts.tile or spec.tile) // m * m)
+        overlap = spec.overlap if opts.overlap is None else opts.overlap
+        return TileSpec(tile, min(max(0, overlap // m * m), tile - m), m)
 
     def encode(self, x: Tensor, opts: UpscaleOptions) -> Tensor:
         """Images (B, 3, H, W) in [0, 1] -> normalised latents ``(mean(E(2x - 1)) - shift) * scale``."""
         vae = self.model.vae
 
         def enc(tile: Tensor, _offset) -> Tensor:
-            return vae.encode(tile.to(self.dtype) * 2 - 1).latent_dist.mode()
+            return vae.encode(tile.to(self.device, self.dtype) * 2 - 1).latent_dist.mode()
 
         z = tiled_map(enc, x, self._pixel_tiles(opts), Fraction(1, self.model.vae_scale))
         return (z - vae.config.shift_factor) * vae.config.scaling_factor
 
-    def decode(self, z: Tensor, opts: UpscaleOptions) -> Tensor:
-        """Normalised latents -> images in [0, 1] (not clamped)."""
+    def decode(self, z: Tensor, opts: UpscaleOptions, out_device: torch.device | None = None) -> Tensor:
+        """Normalised latents -> images in [0, 1] (not clamped); ``out_device`` blends the tiles there (CPU RAM)."""
         vae, s = self.model.vae, self.model.vae_scale
         spec = self._pixel_tiles(opts)
         lat_spec = TileSpec(spec.tile // s, spec.overlap // s, 2)
 
         def dec(tile: Tensor, _offset) -> Tensor:
             tile = tile / vae.config.scaling_factor + vae.config.shift_factor
-            return (vae.decode(tile.to(self.dtype)).sample + 1) / 2
+            out = (vae.decode(tile.to(self.dtype)).sample + 1) / 2
+            return out if out_device is None else out.to(out_device)
 
         return tiled_map(dec, z, lat_spec, s)
 
@@ -138,13 +149,45 @@ class FluxSRPipeline:
 
     @torch.inference_mode()
     def upscale_tensor(self, rgb: Tensor, opts: UpscaleOptions | None = None) -> Tensor:
-        """Upscale one RGB image (3, h, w) in [0, 1]; returns (3, H, W) float32 on the CPU, in [0, 1]."""
+        """Upscale one RGB image (3, h, w) in [0, 1]; returns (3, H, W) float32 on the CPU, in [0, 1].
+
+        Tiles come from the memory planner (:mod:`fluxsr.memory`): ``opts.tile`` unless the estimate does not fit
+        the free memory (or ``self.max_memory``), chosen from memory when ``opts.tile <= 0``. Out of memory, the run
+        is retried with halved tiles (or, when resize/colour fix failed, with the full image off the device).
+        """
         opts = opts or UpscaleOptions()
-        self.timings = {}
         h, w = rgb.shape[-2:]
-        out_h, out_w = target_size(h, w, None if opts.long_side else opts.scale, opts.long_side)
+        out_hw = target_size(h, w, None if opts.long_side else opts.scale, opts.long_side)
+        self.plan = plan = memory.plan_for(self, out_hw, opts.tile, self.max_memory)
+        if plan.changed:
+            print(f"fluxsr: {plan.describe()}", file=sys.stderr)
+
+        def on_retry(tile: int, halved: int, error: BaseException) -> int:
+            moved = self._stage in ("resize", "color_fix") and plan.full_image_on_device
+            plan.full_image_on_device &= not moved
+            nxt = tile if moved else halved
+            if nxt:
+                plan.retries.append(f"out of memory in {self._stage} at tile {tile}: retrying with tile {nxt}"
+                                    + (", full image off the device" if moved else ""))
+                print(f"fluxsr: {plan.retries[-1]}", file=sys.stderr)
+            return nxt
+
+        def attempt(tile: int) -> Tensor:
+            plan.tile = tile
+            return self._upscale(rgb, replace(opts, tile=tile), out_hw, plan.full_image_on_device)
+
+        m = self.model.multiple
+        return memory.run_with_oom_retry(attempt, plan.tile, multiple=m, min_tile=max(64, 4 * m),
+                                         on_retry=on_retry, device=self.device)
+
+    def _upscale(self, rgb: Tensor, opts: UpscaleOptions, out_hw: tuple[int, int], on_device: bool) -> Tensor:
+        """One attempt at :meth:`upscale_tensor` with fixed tiles; ``on_device=False`` keeps the full-size image
+        in CPU RAM (resize there, decoded tiles blended there, colour fix tile by tile on the device)."""
+        self.timings, self.peaks = {}, {}
+        out_h, out_w = out_hw
+        home = self.device if on_device else torch.device("cpu")
         with self._timed("resize"):
-            ref = resize(rgb.float().unsqueeze(0).to(self.device), (out_h, out_w))
+            ref = resize(rgb.float().unsqueeze(0).to(home), (out_h, out_w))
             m = self.model.multiple
             pad_h, pad_w = -out_h % m, -out_w % m
             x = F.pad(ref, (0, pad_w, 0, pad_h), mode="replicate") if pad_h or pad_w else ref
@@ -153,15 +196,18 @@ class FluxSRPipeline:
         with self._timed("transformer"):
             z_h = self.transform(z_l, opts)
         with self._timed("decode"):
-            y = self.decode(z_h, opts).float()[:, :, :out_h, :out_w]
+            y = self.decode(z_h, opts, None if on_device else home).float()[:, :, :out_h, :out_w]
         with self._timed("color_fix"):
-            y = color_fix(y, ref, opts.color_fix).clamp(0, 1)
+            if on_device:
+                y = color_fix(y, ref, opts.color_fix).clamp(0, 1)
+            else:
+                y = memory.color_fix_tiled(y, ref, opts.color_fix, max(opts.tile, 256), self.device)
         if not torch.isfinite(y).all():
             raise NonFiniteOutputError(f"the model produced NaN/Inf (dtype {self.dtype}); try --dtype bf16 or fp32")
         return y[0].cpu()
 
     def __call__(self, image, scale: float = 4.0, long_side: int | None = None, color_fix: str = "wavelet",
-                 tile: int = 1024, overlap: int = 128):
+                 tile: int | None = None, overlap: int | None = None):
         """Upscale a PIL image (returns PIL, same mode family) or a tensor (3, h, w) in [0, 1] (returns a tensor)."""
         opts = UpscaleOptions(scale, long_side, color_fix, tile, overlap)
         if isinstance(image, Tensor):

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from .config import load_config
 from .degrade import DegradationConfig
+from .pretrain import PretrainSection
 
 
 @dataclass
@@ -95,6 +96,7 @@ class TrainSection:
     mixed_precision: 'no', 'bf16' (GPU default) or 'fp16' (refused: FLUX overflows).
     gradient_checkpointing / vae_checkpointing: trade compute for memory (transformer blocks / VAE decoder).
     crop: training crop edge in pixels taken from each pair's image (0: the whole image).
+    time_limit: stop (checkpoint and export as at the last step) after this many seconds; 0: run all steps.
     """
 
     steps: int = 24000
@@ -121,14 +123,21 @@ class TrainSection:
     validate_every: int = 1000
     log_every: int = 10
     validation_images: str | None = None
+    time_limit: float = 0.0
 
 
 @dataclass
 class ExportSection:
     """What ``RUN/final`` holds. merge_lora: fold the LoRA into a full transformer copy (self-contained, large);
-    otherwise the folder holds the LoRA and points at the base weights (small)."""
+    otherwise the folder holds the LoRA and points at the base weights (small). name / description / note /
+    tile / overlap go into the model's ``fluxsr.json`` (the note is printed whenever the model is used)."""
 
     merge_lora: bool = False
+    name: str = ""
+    description: str = "trained with fluxsr train"
+    note: str = ""
+    tile: int = 1024
+    overlap: int = 128
 
 
 @dataclass
@@ -139,6 +148,7 @@ class Recipe:
     loss: LossSection = field(default_factory=LossSection)
     train: TrainSection = field(default_factory=TrainSection)
     export: ExportSection = field(default_factory=ExportSection)
+    pretrain: PretrainSection = field(default_factory=PretrainSection)
 
 
 def load_recipe(path: Path | None, overrides: list[str] | None = None) -> Recipe:

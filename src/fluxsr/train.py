@@ -42,6 +42,7 @@ from .models import (
     move,
     save_lora,
     save_model_folder,
+    setup_cuda_training,
     velocity,
 )
 from .pairs import complete_indices, load_pair
@@ -197,7 +198,7 @@ class RunLog:
         if not enabled:
             return
         if resume_step == 0 or not self.csv_path.is_file():
-            self.csv_path.write_text(",".join(("step", *LOSS_NAMES, "lr", "it_per_s")) + "\n")
+            self.csv_path.write_text(",".join(("step", *LOSS_NAMES, "lr", "it_per_s", "peak_gib")) + "\n")
         else:  # drop rows past the checkpoint we resumed from
             rows = self.csv_path.read_text().splitlines()
             keep = [rows[0]] + [r for r in rows[1:] if int(r.split(",")[0]) <= resume_step]
@@ -212,8 +213,10 @@ class RunLog:
     def log(self, step: int, values: dict[str, float], lr: float, its: float) -> None:
         if not self.enabled:
             return
+        peak = torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else 0.0
         with self.csv_path.open("a", newline="") as f:
-            csv.writer(f).writerow([step, *(f"{values[k]:.6g}" for k in LOSS_NAMES), f"{lr:.6g}", f"{its:.4g}"])
+            csv.writer(f).writerow([step, *(f"{values[k]:.6g}" for k in LOSS_NAMES), f"{lr:.6g}", f"{its:.4g}",
+                                    f"{peak:.2f}"])
         if self.tb is not None:
             for k, v in values.items():
                 self.tb.add_scalar(f"loss/{k}", v, step)
@@ -256,11 +259,12 @@ class RunLog:
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def build_student(recipe: Recipe) -> tuple[FluxSRModel, bool]:
+def build_student(recipe: Recipe, device=None, dtype=None) -> tuple[FluxSRModel, bool]:
     """Base model with its trainable part (LoRA via peft, or every transformer weight); VAE frozen."""
     m = recipe.model
     model = load_model(m.base, ae=Path(m.ae) if m.ae else None,
-                       prompt_embeds=Path(m.prompt_embeds) if m.prompt_embeds else None)
+                       prompt_embeds=Path(m.prompt_embeds) if m.prompt_embeds else None, device=device, dtype=dtype,
+                       text_len=recipe.pairs.text_len)
     model.spec = replace(model.spec, t_l=m.t_l, guidance=m.guidance)
     model.vae.requires_grad_(False).eval()
     model.transformer.requires_grad_(False)
@@ -297,8 +301,7 @@ def train(recipe: Recipe, pairs_dir: Path, run: Path, *, resume: bool = False, m
     if tc.mixed_precision == "fp16":
         raise ValueError("train.mixed_precision: fp16 overflows in FLUX; use bf16 or no")
     cuda = torch.cuda.is_available()
-    if cuda:
-        torch.backends.cuda.enable_cudnn_sdp(False)  # cuDNN attention crashes in FLUX backward (gpu-notes.md)
+    setup_cuda_training()
     acc = Accelerator(mixed_precision=tc.mixed_precision if cuda else "no", gradient_accumulation_steps=tc.grad_accum,
                       cpu=not cuda)
     run = Path(run)
@@ -310,8 +313,8 @@ def train(recipe: Recipe, pairs_dir: Path, run: Path, *, resume: bool = False, m
         (run / "recipe.yaml").write_text(__import__("yaml").safe_dump(to_dict(recipe), sort_keys=False))
     torch.manual_seed(tc.seed)
 
-    model, lora = build_student(recipe)
     weight_dtype = torch.bfloat16 if acc.mixed_precision == "bf16" else torch.float32
+    model, lora = build_student(recipe, acc.device, weight_dtype)
     move(model.vae, acc.device, weight_dtype)
     move(model.transformer, acc.device, weight_dtype if lora else torch.float32)
     model.cond = model.cond.to(acc.device, weight_dtype)
@@ -393,12 +396,18 @@ def train(recipe: Recipe, pairs_dir: Path, run: Path, *, resume: bool = False, m
         bar.update(1)
         if done % tc.log_every == 0 or done == steps:
             log.log(done, totals, scheduler.get_last_lr()[0], its)
-        if acc.is_main_process and (done % tc.checkpoint_every == 0 or done == steps):
+        out_of_time = tc.time_limit > 0 and time.perf_counter() - tic > tc.time_limit
+        if out_of_time:
+            acc.print(f"time limit reached after step {done}")
+            log.log(done, totals, scheduler.get_last_lr()[0], its)
+        if acc.is_main_process and (done % tc.checkpoint_every == 0 or done == steps or out_of_time):
             save_checkpoint(ckpt_dir, done, acc.unwrap_model(net), optimizer, scheduler, lora)
             prune_checkpoints(ckpt_dir, tc.keep_checkpoints)
             log.plot()
         if acc.is_main_process and tc.validate_every > 0 and done % tc.validate_every == 0:
             validate(model, acc.unwrap_model(net), recipe, pairs_dir, indices, run / "val" / f"step_{done:07d}")
+        if out_of_time:
+            break
     bar.close()
     acc.wait_for_everyone()
     final = run / "final"
@@ -451,8 +460,9 @@ def export(model: FluxSRModel, transformer, recipe: Recipe, lora: bool, out: Pat
     Small bases (and ``export.merge_lora``): a self-contained folder with the LoRA merged into the transformer.
     FLUX.1-dev-sized bases: ``lora.safetensors`` + cached embeddings + ``fluxsr.json`` pointing at the base weights.
     """
-    spec = ModelSpec(t_l=t_l, guidance=recipe.model.guidance, name=f"fluxsr-{Path(recipe.model.base).name}",
-                     description="trained with fluxsr train", note=model.spec.note)
+    ex = recipe.export
+    spec = ModelSpec(t_l=t_l, guidance=recipe.model.guidance, name=ex.name or f"fluxsr-{Path(recipe.model.base).name}",
+                     description=ex.description, note=ex.note or model.spec.note, tile=ex.tile, overlap=ex.overlap)
     big = sum(p.numel() for p in transformer.parameters()) > 1e9
     shutil.rmtree(out, ignore_errors=True)
     if lora and big and not recipe.export.merge_lora:

