@@ -65,16 +65,16 @@ def test_flux_dev_floor_at_1024():
 def test_tile_tokens_follow_the_pipelines_tiling(monkeypatch):
     pipe = FluxSRPipeline.from_pretrained("tiny", device="cpu")
     seen = []
-    real = velocity
+    real = velocity  # 20 x 28 -> 80 x 112 output, latent 10 x 14: tiles of 12 with overlap 4
 
     def spy(model, z, t, offset=(0, 0), **kw):
         seen.append(z.shape[-2] // 2 * z.shape[-1] // 2)
         return real(model, z, t, offset, **kw)
 
     monkeypatch.setattr("fluxsr.pipeline.velocity", spy)
-    pipe.upscale_tensor(torch.rand(3, 40, 56), UpscaleOptions(tile=96, overlap=32))
-    assert seen == B.tile_tokens((160, 224), 96, 32)
-    assert len(seen) == 6
+    pipe.upscale_tensor(torch.rand(3, 20, 28), UpscaleOptions(tile=96, overlap=32))
+    assert seen == B.tile_tokens((80, 112), 96, 32)
+    assert len(seen) == 1 * 2
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -83,7 +83,7 @@ def test_tile_tokens_follow_the_pipelines_tiling(monkeypatch):
 
 
 def _run(tmp_path, **kw) -> dict:
-    cfg = B.BenchConfig(model="tiny", sizes=(32, 64), repeat=2, warmup=1, device="cpu", teacher_steps=6,
+    cfg = B.BenchConfig(model="tiny", sizes=(32, 64), repeat=2, warmup=0, device="cpu", teacher_steps=6,
                         teacher_run_steps=2, **kw)
     written = []
     result = B.run_bench(cfg, on_row=lambda r: written.append(len(r["rows"])), log=lambda s: None)
@@ -120,6 +120,14 @@ def test_bench_realesrgan_row_when_weights_cached(tmp_path):
     cfg = B.BenchConfig(model="tiny", sizes=(32,), repeat=1, warmup=0, device="cpu", rows=("realesrgan",))
     (row,) = B.run_bench(cfg, log=lambda s: None)["rows"]
     assert set(row["stages_ms"]) == {"read", "net", "write"} and row["total_ms"] > 0
+
+
+def test_realesrgan_random_weights_row(tmp_path, monkeypatch):
+    monkeypatch.setenv("FLUXSR_HOME", str(tmp_path / "empty-cache"))
+    cfg = B.BenchConfig(model="tiny", sizes=(16,), repeat=1, warmup=0, device="cpu", rows=("realesrgan",),
+                        esrgan_weights="random")
+    (row,) = B.run_bench(cfg, log=lambda s: None)["rows"]
+    assert row["row"] == "realesrgan (random weights)" and set(row["stages_ms"]) == {"read", "net", "write"}
 
 
 def test_bench_command_line_writes_json_and_markdown(tmp_path):
@@ -243,7 +251,7 @@ def tiny_pipe():
 
 @pytest.mark.parametrize("error", [torch.cuda.OutOfMemoryError, MemoryError])
 def test_oom_retry_halves_tiles_and_equals_small_tile_run(tiny_pipe, monkeypatch, error):
-    x = torch.rand(3, 40, 56, generator=torch.Generator().manual_seed(0))
+    x = torch.rand(3, 16, 40, generator=torch.Generator().manual_seed(0))  # -> 64 x 160: 3 tiles of 64
     small = tiny_pipe.upscale_tensor(x, UpscaleOptions(tile=64, overlap=16))
     real_decode, tiles = tiny_pipe.decode, []
 
@@ -266,14 +274,14 @@ def test_oom_retry_gives_up_below_min_tile(tiny_pipe, monkeypatch):
 
     monkeypatch.setattr(tiny_pipe, "transform", always)
     with pytest.raises(torch.cuda.OutOfMemoryError):
-        tiny_pipe.upscale_tensor(torch.rand(3, 40, 56), UpscaleOptions(tile=128, overlap=16))
+        tiny_pipe.upscale_tensor(torch.rand(3, 16, 24), UpscaleOptions(tile=128, overlap=16))
     assert len(tiny_pipe.plan.retries) == 1  # 128 -> 64, then 32 is below the minimum
 
 
 def test_oom_in_color_fix_moves_full_image_off_device(tiny_pipe, monkeypatch):
     import fluxsr.pipeline as P
 
-    x = torch.rand(3, 40, 56, generator=torch.Generator().manual_seed(1))
+    x = torch.rand(3, 16, 24, generator=torch.Generator().manual_seed(1))
     ref = tiny_pipe.upscale_tensor(x, UpscaleOptions(tile=64, overlap=16))
     calls = []
 

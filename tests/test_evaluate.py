@@ -234,8 +234,8 @@ def test_layouts_detected_and_paired(tmp_path):
     save(realsr / "Nikon" / "Test" / "4" / "Nikon_009_LR4.png", small)  # no HR
     drealsr = tmp_path / "DRealSR"
     for n in ("DSC_0001", "DSC_0002"):
-        save(drealsr / "test_x4" / "test_HR" / f"{n}_x1.png", img)
-        save(drealsr / "test_x4" / "test_LR" / f"{n}_x4.png", small)
+        save(drealsr / "Test_x4" / "test_HR" / f"{n}_x1.png", img)
+        save(drealsr / "Test_x4" / "test_LR" / f"{n}_x4.png", small)
     div2k = tmp_path / "DIV2K_V2_val"
     save(div2k / "gt" / "0000.png", img)
     save(div2k / "lq" / "0000.png", small)

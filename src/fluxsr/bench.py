@@ -89,6 +89,7 @@ class BenchConfig:
     teacher_max_size: int | None = 1024
     baseline_max_size: int | None = None
     esrgan_tile: int = 512
+    esrgan_weights: str = "auto"
     tile: int | None = None
     overlap: int | None = None
     color_fix: str = "wavelet"
@@ -203,6 +204,9 @@ def apply_fast_path(pipe: FluxSRPipeline, fast: FastPath) -> list[str]:
         except ImportError as e:
             fast.fp8 = False
             notes.append(f"fp8 skipped: torchao not importable ({e})")
+    if fast.compile or fast.compile_vae:
+        # each tile shape gets its own static graph (a benchmark sees at most a few shapes)
+        torch._dynamo.config.automatic_dynamic_shapes = False
     if fast.compile_vae:
         vae.encoder.compile()
         vae.decoder.compile()
@@ -341,11 +345,16 @@ def bench_pipeline(pipe: FluxSRPipeline, cfg: BenchConfig, size: int, img_path: 
 
 
 def bench_realesrgan(cfg: BenchConfig, device: torch.device, dtype: torch.dtype, size: int, img_path: Path,
-                     out_path: Path) -> dict[str, Any]:
-    """Real-ESRGAN x4plus (fluxsr's RRDBNet port) on the same device and dtype; the network is one stage."""
-    from .baselines.realesrgan import RealESRGAN
+                     out_path: Path, random_weights: bool = False) -> dict[str, Any]:
+    """Real-ESRGAN x4plus (fluxsr's RRDBNet port) on the same device and dtype; the network is one stage.
 
-    net = RealESRGAN(device=device, dtype=dtype, tile=cfg.esrgan_tile or None)
+    ``random_weights`` runs the same architecture untrained (same cost; for random-weight benchmarks on machines
+    without the converted weights)."""
+    from .baselines.realesrgan import RealESRGAN
+    from .baselines.rrdbnet import RRDBNet
+
+    net = RealESRGAN(device=device, dtype=dtype, tile=cfg.esrgan_tile or None,
+                     model=RRDBNet() if random_weights else None)
 
     def body(img, times):
         with stage(times, "net", device):
@@ -353,7 +362,8 @@ def bench_realesrgan(cfg: BenchConfig, device: torch.device, dtype: torch.dtype,
         return out.cpu(), {}
 
     result = measure(lambda: _io_run(img_path, out_path, device, body), device, cfg.warmup, cfg.repeat)
-    return _row("realesrgan", size, result, tile=cfg.esrgan_tile or None)
+    return _row("realesrgan" + (" (random weights)" if random_weights else ""), size, result,
+                tile=cfg.esrgan_tile or None)
 
 
 def bench_bicubic(cfg: BenchConfig, device: torch.device, size: int, img_path: Path, out_path: Path) -> dict:
@@ -529,9 +539,13 @@ def _run_row(name: str, size: int, cfg: BenchConfig, device, dtype, pipe, teache
                 return _skip(name, size, f"Real-ESRGAN only up to --baseline-max-size {cfg.baseline_max_size}")
             from .cache import MissingWeightsError
 
+            if cfg.esrgan_weights == "random":
+                return bench_realesrgan(cfg, device, dtype, size, img_path, out_path, random_weights=True)
             try:
                 return bench_realesrgan(cfg, device, dtype, size, img_path, out_path)
             except MissingWeightsError as e:
+                if cfg.esrgan_weights == "auto" and cfg.model == RANDOM_FLUX:
+                    return bench_realesrgan(cfg, device, dtype, size, img_path, out_path, random_weights=True)
                 return _skip(name, size, f"weights not cached ({e})")
         if name == "bicubic":
             return bench_bicubic(cfg, device, size, img_path, out_path)
@@ -634,6 +648,9 @@ def add_bench_arguments(p) -> None:
     p.add_argument("--baseline-max-size", type=int, default=None,
                    help="largest output size for Real-ESRGAN rows (default: all on CUDA, 1024 on CPU)")
     p.add_argument("--esrgan-tile", type=int, default=512, help="Real-ESRGAN tile in input pixels (0: whole image)")
+    p.add_argument("--esrgan-weights", choices=("auto", "cached", "random"), default="auto",
+                   help=f"Real-ESRGAN weights: cached (row skipped without them), random (same cost), auto (cached, "
+                        f"else random with --model {RANDOM_FLUX}, else skipped)")
     p.add_argument("--tile", type=int, default=None, help="tile in output pixels (default: the model's)")
     p.add_argument("--overlap", type=int, default=None, help="tile overlap in output pixels (default: the model's)")
     p.add_argument("--color-fix", choices=("wavelet", "adain", "none"), default="wavelet")
@@ -674,7 +691,7 @@ def config_from_args(args) -> BenchConfig:
         device=str(device), dtype=dtypes[args.dtype] if args.dtype else None, rows=rows, text_len=args.text_len,
         teacher_steps=args.teacher_steps, teacher_run_steps=args.teacher_run_steps,
         teacher_max_size=args.teacher_max_size or None, baseline_max_size=baseline_max or None,
-        esrgan_tile=args.esrgan_tile, tile=args.tile, overlap=args.overlap, color_fix=args.color_fix,
+        esrgan_tile=args.esrgan_tile, esrgan_weights=args.esrgan_weights, tile=args.tile, overlap=args.overlap, color_fix=args.color_fix,
         write_ext=args.write_ext,
         max_memory=memory.parse_bytes(args.max_memory) if args.max_memory else None,
         peak_tflops=args.peak_tflops, analytic=args.analytic, seed=args.seed,

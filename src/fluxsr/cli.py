@@ -286,9 +286,141 @@ def add_degrade(sub) -> None:
     p.set_defaults(func=cmd_degrade)
 
 
+# -- eval / make-testset / benchmark ---------------------------------------------------------------------------------
+
+
+def _print_notes(notes: list[str], problems: list[str]) -> None:
+    for line in notes:
+        print(f"note: {line}", file=sys.stderr)
+    for line in problems:
+        print(f"error: {line}", file=sys.stderr)
+
+
+def _metric_device(args) -> str:
+    from .pipeline import default_device
+
+    return str(args.device or default_device())
+
+
+def cmd_eval(args) -> int:
+    from .evaluate import evaluate_dirs, report_csv, report_json, report_markdown, write_json, write_text
+
+    report = evaluate_dirs(args.pred, args.gt, args.metrics, args.protocol, scale=args.scale,
+                           crop_border=args.crop_border, device=_metric_device(args), progress=not args.quiet)
+    print(report_markdown(report))
+    if args.json:
+        write_json(args.json, report_json(report))
+    if args.csv:
+        write_text(args.csv, report_csv(report))
+    _print_notes(report.notes, report.problems)
+    print(f"{len(report.images)} image(s) scored, {len(report.problems)} problem(s)", file=sys.stderr)
+    return 1 if report.problems else 0
+
+
+def _protocol_args(p: argparse.ArgumentParser) -> None:
+    from .metrics import PROTOCOLS
+
+    p.add_argument("--metrics", default=None,
+                   help="comma-separated: psnr,ssim,lpips,lpips-vgg,dists,niqe and (with pyiqa installed) musiq,"
+                        "maniqa-koniq,maniqa-pipal,topiq-nr,clipiqa,qalign (default: psnr,ssim,lpips,dists,niqe; "
+                        "niqe only without ground truth)")
+    p.add_argument("--protocol", choices=sorted(PROTOCOLS), default="fluxsr",
+                   help="how PSNR/SSIM are computed (docs/evaluation.md)")
+    p.add_argument("--crop-border", type=int, default=None,
+                   help="pixels removed on each side for PSNR/SSIM (default: the protocol's, = scale for fluxsr)")
+
+
+def add_eval(sub) -> None:
+    p = sub.add_parser("eval", help="score SR results against ground truth (PSNR, SSIM, LPIPS, DISTS, NIQE, ...)")
+    p.add_argument("--pred", type=Path, required=True, help="folder of results (searched recursively)")
+    p.add_argument("--gt", type=Path, default=None, help="folder of ground truth; paired by name (docs/evaluation.md)")
+    _protocol_args(p)
+    p.add_argument("--scale", type=int, default=4, help="SR scale (sets the fluxsr protocol's crop border)")
+    p.add_argument("--json", type=Path, default=None, help="write per-image scores and means as JSON")
+    p.add_argument("--csv", type=Path, default=None, help="write per-image scores and means as CSV")
+    p.add_argument("--device", default=None, help="for LPIPS/DISTS/pyiqa (default: cuda if available)")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_eval)
+
+
+def cmd_make_testset(args) -> int:
+    from .datasets import make_testset
+    from .degrade import DegradationConfig
+
+    cfg = DegradationConfig.from_yaml(args.degradation) if args.degradation else None
+    result = make_testset(args.hr, args.out, args.seed, args.scale, args.crop, cfg)
+    _print_notes([], result.problems)
+    print(f"{len(result.items)} pair(s) -> {args.out}/hr, {args.out}/lr; manifest {result.manifest}", file=sys.stderr)
+    return 1 if result.problems else 0
+
+
+def add_make_testset(sub) -> None:
+    p = sub.add_parser("make-testset", help="reproducible LR/HR pairs from HR photos with the training degradation")
+    p.add_argument("--hr", type=Path, nargs="+", required=True, help="HR image files or folders")
+    p.add_argument("--out", type=Path, required=True, help="writes OUT/hr, OUT/lr and OUT/manifest.json")
+    p.add_argument("--seed", type=int, required=True, help="set seed; each image's seed derives from it and its name")
+    p.add_argument("--scale", type=int, default=4)
+    p.add_argument("--crop", type=int, default=None, help="centre-crop HR to CROP x CROP (a multiple of --scale)")
+    p.add_argument("--degradation", type=Path, default=None,
+                   help="degradation YAML (default: Real-ESRGAN's, as configs/degradation.yaml)")
+    p.set_defaults(func=cmd_make_testset)
+
+
+def cmd_benchmark(args) -> int:
+    import torch
+
+    from .datasets import load_dataset
+    from .evaluate import backend_factories, benchmark_markdown, run_benchmark
+    from .pipeline import UpscaleOptions
+
+    torch.manual_seed(args.seed)
+    dataset = load_dataset(args.dataset, args.layout)
+    factories = backend_factories(args.backends, lambda: _pipeline(args), args.device)
+    opts = UpscaleOptions(args.scale, None, args.color_fix, args.tile, args.overlap)
+    result = run_benchmark(dataset, factories, args.out, args.metrics, args.protocol, opts=opts,
+                           crop_border=args.crop_border, device=_metric_device(args),
+                           sheet_images=args.sheet_images, sheet_crop=args.sheet_crop, progress=not args.quiet)
+    print(benchmark_markdown(result))
+    _print_notes(result.notes, result.problems)
+    for kind, path in result.files.items():
+        print(f"{kind}: {path}", file=sys.stderr)
+    return 1 if result.problems else 0
+
+
+def add_benchmark(sub) -> None:
+    p = sub.add_parser("benchmark", help="run bicubic / Real-ESRGAN / fluxsr on a data set, score, chart, compare")
+    p.add_argument("--dataset", type=Path, required=True,
+                   help="lr/ + hr/ (make-testset), lq/ + gt/, RealSR, DRealSR or an LR-only folder")
+    p.add_argument("--layout", default="auto", help="auto, pairs, stablesr, realsr, drealsr, lr-only")
+    p.add_argument("--backends", default="bicubic,realesrgan,fluxsr", help="comma-separated, run in this order")
+    p.add_argument("--out", type=Path, required=True, help="outputs per backend, tables, chart and sheet")
+    _protocol_args(p)
+    p.add_argument("-s", "--scale", type=float, default=4.0)
+    p.add_argument("--color-fix", choices=("wavelet", "adain", "none"), default="wavelet")
+    p.add_argument("--tile", type=int, default=1024, help="fluxsr tile edge in output pixels")
+    p.add_argument("--overlap", type=int, default=128)
+    p.add_argument("--sheet-images", type=int, default=4, help="rows of the comparison sheet (0: none)")
+    p.add_argument("--sheet-crop", type=int, default=128, help="crop size in output pixels on the sheet")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    _model_args(p)
+    p.set_defaults(func=cmd_benchmark)
+
+
+# -- bench ------------------------------------------------------------------------------------------------------------
+
+
+def add_bench(sub) -> None:
+    from .bench import add_bench_arguments, cmd_bench
+
+    p = sub.add_parser("bench", help="per-stage latency and peak memory vs Real-ESRGAN and the multi-step teacher")
+    add_bench_arguments(p)
+    p.set_defaults(func=cmd_bench)
+
+
 # -- main ------------------------------------------------------------------------------------------------------------
 
-COMMANDS = [add_upscale, add_degrade, add_gen_pairs, add_train, add_pretrain, add_embed_prompt, add_weights, add_serve]
+COMMANDS = [add_upscale, add_degrade, add_gen_pairs, add_train, add_pretrain, add_embed_prompt, add_weights, add_serve, add_eval, add_make_testset, add_benchmark, add_bench]
 
 
 def build_parser() -> argparse.ArgumentParser:

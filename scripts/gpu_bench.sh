@@ -1,0 +1,80 @@
+#!/usr/bin/env bash
+# One device call: `fluxsr bench` on FLUX.1-dev-shaped random weights (bf16), with the Real-ESRGAN x4plus and
+# multi-step teacher rows measured on the same GPU in the same run, then the fast paths.
+#
+# Run from the repository root, through the device tool (needs ~5-6 min of device time):
+#   run(command="bash scripts/gpu_bench.sh", carry=[".whl", ".cache_carry"], timeout_s=420, kind="nvidia-h200")
+# Carried (ignored by git):
+#   .whl/diffusers-0.42.1-py3-none-any.whl      (the image has torch 2.11 + everything else fluxsr imports)
+#   .cache_carry/realesrgan_x4plus.safetensors  (FLUXSR_HOME; without it the Real-ESRGAN rows say "not cached")
+# Writes to $OUT (6 files): log.txt, summary.md (all tables), main.json, fast.json, text64.json, flash.json.
+# Steps, each under its own timeout inside a total budget (BUDGET seconds, default 330), JSON updated per row:
+#   main   : 512, 1024, 4096 x {fluxsr, teacher (4 Euler steps run, scaled to 28), realesrgan, bicubic}, eager
+#   fast   : 1024 and 4096 with regional compile + compiled channels-last VAE, tiles 1088/64 (16 tiles at 4096^2
+#            instead of 25; at 1024^2 the one tile is the image, as in main) and the planner capped at 40 GiB
+#   text64 : 1024, eager, 64 cached text tokens instead of 512
+#   flash  : 1024, eager, SDPA forced to the flash backend
+set -u
+set -o pipefail
+OUT=${OUT:-$PWD/gpu_bench_out}
+BUDGET=${BUDGET:-330}
+PY=${PY:-python3}                 # overrides for a CPU smoke test of this script:
+MODEL=${MODEL:-flux-dev-random}   #   PY=.venv/bin/python MODEL=tiny REQUIRE_CUDA=0 EXTRA="--sizes 32 --repeat 1"
+REQUIRE_CUDA=${REQUIRE_CUDA:-1}
+EXTRA=${EXTRA:-}
+SITE=${SITE:-/tmp/site}
+mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
+
+setup() {
+    "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$SITE" \
+        .whl/*.whl || { echo "pip install of .whl/*.whl failed"; return 1; }
+    export PYTHONPATH=$PWD/src:$SITE
+    export FLUXSR_HOME=$PWD/.cache_carry
+    nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv 2>/dev/null
+    REQUIRE_CUDA=$REQUIRE_CUDA "$PY" - <<'EOF'
+import importlib.util, os, sys
+import torch
+import diffusers
+print(f"python {sys.version.split()[0]}, torch {torch.__version__} (cuda {torch.version.cuda}), "
+      f"diffusers {diffusers.__version__} from {os.path.dirname(diffusers.__file__)}")
+if os.environ["REQUIRE_CUDA"] == "1" or torch.cuda.is_available():
+    assert torch.cuda.is_available(), "no CUDA device"
+    p = torch.cuda.get_device_properties(0)
+    print(f"{p.name}: {p.total_memory / 2**30:.1f} GiB, {p.multi_processor_count} SMs, "
+          f"cudnn {torch.backends.cudnn.version()}")
+print("torchao:", "importable" if importlib.util.find_spec("torchao") else "missing (fp8 path skipped)")
+w = os.path.join(os.environ["FLUXSR_HOME"], "realesrgan_x4plus.safetensors")
+print("realesrgan weights:", w if os.path.isfile(w) else "MISSING (rows will be skipped)")
+EOF
+}
+
+step() {  # step NAME MAX_SECONDS BENCH_ARGS...
+    local name=$1 max=$2
+    shift 2
+    local left=$((BUDGET - SECONDS))
+    if ((left < 40)); then
+        echo "== $name: skipped, ${left}s of the budget left"
+        return
+    fi
+    ((max > left)) && max=$left
+    echo "== $name: limit ${max}s, ${SECONDS}s elapsed"
+    timeout --signal=INT --kill-after=15 "$max" "$PY" -m fluxsr.cli bench --model "$MODEL" \
+        --json "$OUT/$name.json" --markdown "/tmp/$name.md" "$@" $EXTRA
+    echo "== $name: exit $? at ${SECONDS}s"
+    { echo "## $name: $*"; echo; cat "/tmp/$name.md" 2>/dev/null || echo "(no table: see $name.json, log.txt)"; echo; } \
+        >>"$OUT/summary.md"
+}
+
+main() {
+    setup || return 1
+    step main 190 --sizes 512,1024,4096 --repeat 3 --rows fluxsr,teacher,realesrgan,bicubic \
+        --teacher-steps 28 --teacher-run-steps 4 --write-ext jpg
+    step fast 170 --sizes 1024,4096 --repeat 3 --rows fluxsr --compile --compile-vae --channels-last-vae \
+        --tile 1088 --overlap 64 --max-memory 40GiB --write-ext jpg
+    step text64 45 --sizes 1024 --repeat 3 --rows fluxsr --text-len 64 --write-ext jpg
+    step flash 45 --sizes 1024 --repeat 3 --rows fluxsr --sdpa flash --write-ext jpg
+    echo "== done in ${SECONDS}s"
+}
+
+main 2>&1 | tee "$OUT/log.txt"
