@@ -2,13 +2,15 @@
 # One device call: `fluxsr bench` on FLUX.1-dev-shaped random weights (bf16), with the Real-ESRGAN x4plus and
 # multi-step teacher rows measured on the same GPU in the same run, then the fast paths.
 #
-# Run from the repository root, through the device tool (needs ~5-6 min of device time):
-#   run(command="bash scripts/gpu_bench.sh", carry=[".whl", ".cache_carry"], timeout_s=420, kind="nvidia-h200")
+# Run from the repository root, through the device tool (~6-7 min of device time with the machine's start):
+#   run(command="bash scripts/gpu_bench.sh", carry=[".whl"], timeout_s=420, kind="nvidia-h200")
 # Carried (ignored by git):
 #   .whl/diffusers-0.42.1-py3-none-any.whl      (the image has torch 2.11 + everything else fluxsr imports)
-#   .cache_carry/realesrgan_x4plus.safetensors  (FLUXSR_HOME; without it the Real-ESRGAN rows say "not cached")
+#   .cache_carry/ (optional, FLUXSR_HOME): with realesrgan_x4plus.safetensors there the Real-ESRGAN rows use the
+#   real weights; without it they run the same RRDBNet untrained (same cost, row "realesrgan (random weights)").
+#   Mind the 64 MiB carry limit: the wheel is 6.4 MB, the Real-ESRGAN file 33.5 MB.
 # Writes to $OUT (6 files): log.txt, summary.md (all tables), main.json, fast.json, text64.json, flash.json.
-# Steps, each under its own timeout inside a total budget (BUDGET seconds, default 330), JSON updated per row:
+# Steps, each under its own timeout inside a total budget (BUDGET seconds, default 340), JSON updated per row:
 #   main   : 512, 1024, 4096 x {fluxsr, teacher (4 Euler steps run, scaled to 28), realesrgan, bicubic}, eager
 #   fast   : 1024 and 4096 with regional compile + compiled channels-last VAE, tiles 1088/64 (16 tiles at 4096^2
 #            instead of 25; at 1024^2 the one tile is the image, as in main) and the planner capped at 40 GiB
@@ -17,7 +19,7 @@
 set -u
 set -o pipefail
 OUT=${OUT:-$PWD/gpu_bench_out}
-BUDGET=${BUDGET:-330}
+BUDGET=${BUDGET:-340}
 PY=${PY:-python3}                 # overrides for a CPU smoke test of this script:
 MODEL=${MODEL:-flux-dev-random}   #   PY=.venv/bin/python MODEL=tiny REQUIRE_CUDA=0 EXTRA="--sizes 32 --repeat 1"
 REQUIRE_CUDA=${REQUIRE_CUDA:-1}
@@ -45,7 +47,7 @@ if os.environ["REQUIRE_CUDA"] == "1" or torch.cuda.is_available():
           f"cudnn {torch.backends.cudnn.version()}")
 print("torchao:", "importable" if importlib.util.find_spec("torchao") else "missing (fp8 path skipped)")
 w = os.path.join(os.environ["FLUXSR_HOME"], "realesrgan_x4plus.safetensors")
-print("realesrgan weights:", w if os.path.isfile(w) else "MISSING (rows will be skipped)")
+print("realesrgan weights:", w if os.path.isfile(w) else "not carried (rows use random weights, same cost)")
 EOF
 }
 
@@ -68,12 +70,12 @@ step() {  # step NAME MAX_SECONDS BENCH_ARGS...
 
 main() {
     setup || return 1
-    step main 190 --sizes 512,1024,4096 --repeat 3 --rows fluxsr,teacher,realesrgan,bicubic \
+    step main 150 --sizes 512,1024,4096 --repeat 3 --rows fluxsr,teacher,realesrgan,bicubic \
         --teacher-steps 28 --teacher-run-steps 4 --write-ext jpg
-    step fast 170 --sizes 1024,4096 --repeat 3 --rows fluxsr --compile --compile-vae --channels-last-vae \
+    step fast 200 --sizes 1024,4096 --repeat 3 --rows fluxsr --compile --compile-vae --channels-last-vae \
         --tile 1088 --overlap 64 --max-memory 40GiB --write-ext jpg
-    step text64 45 --sizes 1024 --repeat 3 --rows fluxsr --text-len 64 --write-ext jpg
-    step flash 45 --sizes 1024 --repeat 3 --rows fluxsr --sdpa flash --write-ext jpg
+    step text64 40 --sizes 1024 --repeat 3 --rows fluxsr --text-len 64 --write-ext jpg
+    step flash 40 --sizes 1024 --repeat 3 --rows fluxsr --sdpa flash --write-ext jpg
     echo "== done in ${SECONDS}s"
 }
 

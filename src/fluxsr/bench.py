@@ -291,7 +291,10 @@ def measure(run_once: RunOnce, device: torch.device, warmup: int, repeat: int) -
         above.append(peaks[-1] - in_use)
         runs.append(times)
     stages = {k: statistics.median(r[k] for r in runs) * 1e3 for k in runs[0]}
-    return {"stages_ms": stages, "total_ms": statistics.median(totals) * 1e3, "peak_bytes": max(peaks),
+    work = [sum(v for k, v in r.items() if k in GPU_STAGES) for r in runs]
+    return {"stages_ms": stages, "total_ms": statistics.median(totals) * 1e3,
+            "gpu_work_ms": statistics.median(work) * 1e3 if any(k in GPU_STAGES for k in runs[0]) else None,
+            "peak_bytes": max(peaks),
             "peak_above_start_bytes": max(above), "first_call_s": warm_s[0] if warm_s else None,
             "repeat": len(runs)}
 
@@ -308,9 +311,7 @@ def make_input(path: Path, size: int, seed: int = 0) -> Path:
 
 
 def _row(name: str, size: int, result: dict[str, Any], **extra) -> dict[str, Any]:
-    stages = result["stages_ms"]
-    gpu = sum(stages.get(k, 0.0) for k in GPU_STAGES if k in stages) if any(k in stages for k in GPU_STAGES) else None
-    return {"row": name, "size": size, "in_size": size // 4, **result, "gpu_work_ms": gpu, **extra}
+    return {"row": name, "size": size, "in_size": size // 4, **result, **extra}
 
 
 def _io_run(img_path: Path, out_path: Path, device: torch.device,

@@ -418,9 +418,39 @@ def add_bench(sub) -> None:
     p.set_defaults(func=cmd_bench)
 
 
+# -- demo ------------------------------------------------------------------------------------------------------------
+
+
+def cmd_demo(args) -> int:
+    from .datasets import load_dataset
+    from .evaluate import run_benchmark
+    from .pipeline import UpscaleOptions
+    from .upscale import BicubicBackend
+
+    dataset = load_dataset(args.folder, "lr-only")
+    factories = {"bicubic": BicubicBackend, "fluxsr": lambda: _pipeline(args)}
+    result = run_benchmark(dataset, factories, args.out, [], opts=UpscaleOptions(scale=args.scale),
+                           sheet_images=len(dataset.pairs), progress=not args.quiet)
+    for run in result.runs:
+        done = f"{run.n_images} images in {run.out_dir} ({run.s_per_image or 0:.2f} s/image)"
+        print(f"{run.label}: {run.skipped or done}")
+    print(f"side-by-side sheet: {result.files.get('sheet')}")
+    return 1 if result.problems else 0
+
+
+def add_demo(sub) -> None:
+    p = sub.add_parser("demo", help="upscale a folder with bicubic and fluxsr and write a side-by-side sheet")
+    p.add_argument("folder", type=Path, nargs="?", default=Path("examples"), help="images (default: examples/)")
+    p.add_argument("--out", type=Path, default=Path("outputs/demo"))
+    p.add_argument("-s", "--scale", type=float, default=4.0)
+    p.add_argument("-q", "--quiet", action="store_true")
+    _model_args(p)
+    p.set_defaults(func=cmd_demo)
+
+
 # -- main ------------------------------------------------------------------------------------------------------------
 
-COMMANDS = [add_upscale, add_degrade, add_gen_pairs, add_train, add_pretrain, add_embed_prompt, add_weights, add_serve, add_eval, add_make_testset, add_benchmark, add_bench]
+COMMANDS = [add_upscale, add_demo, add_degrade, add_gen_pairs, add_train, add_pretrain, add_embed_prompt, add_weights, add_serve, add_eval, add_make_testset, add_benchmark, add_bench]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -521,7 +521,10 @@ def run_benchmark(dataset: Dataset, factories: dict[str, Callable[[], object]], 
 
     opts = opts or UpscaleOptions()
     out = Path(out)
-    names = parse_metric_names(metric_names) if metric_names else default_metric_names(dataset.has_hr)
+    if metric_names is None:
+        names = default_metric_names(dataset.has_hr)
+    else:  # an empty list: upscale and compare only (fluxsr demo)
+        names = parse_metric_names(metric_names) if metric_names else []
     notes: list[str] = []
     if not dataset.has_hr and (fr := [n for n in names if needs_reference(n)]):
         names = [n for n in names if not needs_reference(n)]

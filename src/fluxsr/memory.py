@@ -175,12 +175,12 @@ class CostModel:
     decoded output, blend weights, latents) and ``color_fix`` more during the colour fix.
     """
 
-    encode_per_px: float = 700.0
-    decode_per_px: float = 1200.0
+    encode_per_px: float = 900.0
+    decode_per_px: float = 1350.0
     transformer_per_token_dim: float = 24.0
     attention_quadratic: bool = False
     resident_per_px: float = 44.0
-    color_fix_per_px: float = 170.0
+    color_fix_per_px: float = 60.0
     offloaded_per_px: float = 4.0  # latents z_L, z_H and their blend accumulators (16 ch at 1/64 of the pixels)
     safety: float = 0.85  # plan against this fraction of the budget (fragmentation, allocator slack)
 

@@ -62,8 +62,9 @@ class RealESRGANBackend:
         return out if tuple(out.shape[-2:]) == size else resize(out, size)
 
 
-def make_backend(name: str, **fluxsr_kwargs) -> Backend:
+def make_backend(backend: str, **fluxsr_kwargs) -> Backend:
     """``fluxsr`` (kwargs go to :meth:`FluxSRPipeline.from_pretrained`), ``bicubic`` or ``realesrgan``."""
+    name = backend
     if name == "fluxsr":
         from .pipeline import FluxSRPipeline
 
