@@ -213,6 +213,11 @@ def test_plan_picks_largest_fitting_tile_and_offloads_when_needed():
     assert "DOES NOT FIT" in p.describe()
 
 
+def test_plan_rounds_the_asked_tile_without_calling_it_a_change():
+    p = MEM.plan_memory((2048, 2048), 10**12, DIMS, 2, 1000, cost=COST)
+    assert (p.tile, p.requested_tile, p.changed) == (992, 992, False)
+
+
 def test_plan_never_charges_more_than_the_image():
     p = MEM.plan_memory((100, 60), 10**12, DIMS, 2, 1024, cost=COST)
     assert p.estimates["decode"] == 200 * 112 * 64 * 2  # padded to 16: 112 x 64 pixels in the one tile

@@ -269,7 +269,8 @@ RunOnce = Callable[[], tuple[dict[str, float], dict[str, int]]]
 def measure(run_once: RunOnce, device: torch.device, warmup: int, repeat: int) -> dict[str, Any]:
     """Warm up, then time ``repeat`` calls of ``run_once`` (returning stage seconds and stage peak bytes).
 
-    Returns median ms per stage, median total ms, the first warm-up's seconds (compilation shows here), the
+    Returns median ms per stage, median total ms, median CPU time of the process per call (all threads: on a
+    shared CPU it moves less than wall time), the first warm-up's seconds (compilation shows here), the
     largest peak memory seen in any timed call (bytes) and that peak above what was in use when the call started
     (activations and temporaries: on CUDA the weights of every loaded model count in the absolute peak).
     """
@@ -279,20 +280,22 @@ def measure(run_once: RunOnce, device: torch.device, warmup: int, repeat: int) -
         run_once()
         sync(device)
         warm_s.append(time.perf_counter() - start)
-    runs, totals, peaks, above = [], [], [], []
+    runs, totals, cpu, peaks, above = [], [], [], [], []
     for _ in range(max(1, repeat)):
         in_use = memory.current_bytes(device)
         memory.reset_peak(device)
-        start = time.perf_counter()
+        start, start_cpu = time.perf_counter(), time.process_time()
         times, stage_peaks = run_once()
         sync(device)
         totals.append(time.perf_counter() - start)
+        cpu.append(time.process_time() - start_cpu)
         peaks.append(max([memory.read_peak(device), *stage_peaks.values()]))
         above.append(peaks[-1] - in_use)
         runs.append(times)
     stages = {k: statistics.median(r[k] for r in runs) * 1e3 for k in runs[0]}
     work = [sum(v for k, v in r.items() if k in GPU_STAGES) for r in runs]
     return {"stages_ms": stages, "total_ms": statistics.median(totals) * 1e3,
+            "cpu_ms": statistics.median(cpu) * 1e3,
             "gpu_work_ms": statistics.median(work) * 1e3 if any(k in GPU_STAGES for k in runs[0]) else None,
             "peak_bytes": max(peaks),
             "peak_above_start_bytes": max(above), "first_call_s": warm_s[0] if warm_s else None,

@@ -282,13 +282,14 @@ def plan_memory(image_hw: tuple[int, int], budget: int, dims: ModelDims, dtype_b
     """
     h, w = (-(-s // multiple) * multiple for s in image_hw)
     usable = int(budget * cost.safety)
+    candidates = tile_candidates(requested_tile, multiple, min_tile)
     last = None
-    for tile in tile_candidates(requested_tile, multiple, min_tile):
+    for tile in candidates:
         tile_px = min(tile, h) * min(tile, w)
         stages = cost.stages(tile_px, dims, dtype_bytes)
         for on_device in (True, False):
             est = dict(stages, full_image=cost.full_image(h * w, on_device))
-            last = MemoryPlan(tile, requested_tile, on_device, budget, source, tuple(image_hw), est)
+            last = MemoryPlan(tile, candidates[0], on_device, budget, source, tuple(image_hw), est)
             if last.peak <= usable:
                 return last
     last.fits = False

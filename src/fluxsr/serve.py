@@ -407,7 +407,8 @@ def build_app(pipeline: FluxSRPipeline, examples_dir: Path | None = None, max_pi
                 scale = gr.Slider(MIN_SCALE, limits.max_scale, value=4, step=0.25, label="Scale (output / input)",
                                   elem_id="scale")
                 color_fix = gr.Radio(list(COLOR_FIXES), value="wavelet", label="Colour fix", elem_id="color-fix")
-                tile = gr.Slider(256, 2048, value=1024, step=64, label="Tile size (output pixels)", elem_id="tile")
+                tile = gr.Slider(256, 2048, value=min(2048, max(256, pipeline.model.spec.tile)), step=64,
+                                 label="Tile size (output pixels)", elem_id="tile")  # the model's default tile
                 run = gr.Button("Upscale", variant="primary", elem_id="run")
             with gr.Column(scale=2, min_width=400):
                 slider = gr.ImageSlider(label="Bicubic ◀ ▶ FluxSR (both at output size)", type="filepath",
