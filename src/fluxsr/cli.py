@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -476,6 +475,3 @@ def main(argv: list[str] | None = None) -> int:
 if __name__ == "__main__":
     sys.exit(main())
 
-
-def _json_dump(obj) -> str:  # pragma: no cover - shared by report-writing commands
-    return json.dumps(obj, indent=2, default=str)
