@@ -155,13 +155,11 @@ class DegradationConfig:
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> DegradationConfig:
         """Build from a flat mapping, or from one holding it under ``degradation``; unknown keys raise ValueError."""
+        from .config import from_dict
+
         if "degradation" in d:
             d = d["degradation"] or {}
-        known = {f.name for f in fields(cls)}
-        for key in d:
-            if key not in known:
-                raise ValueError(f"unknown degradation config key {key!r}; known keys: {sorted(known)}")
-        return cls(**dict(d))
+        return from_dict(cls, dict(d), "degradation")  # typed: unknown keys and wrong types name the field
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> DegradationConfig:

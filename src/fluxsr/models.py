@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
@@ -62,11 +62,10 @@ class ModelSpec:
 
     @classmethod
     def from_dict(cls, d: dict) -> ModelSpec:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"{SPEC_FILE}: unknown key(s) {unknown}")
-        return cls(**d)
+        """Typed read of ``fluxsr.json``: unknown keys and wrong types raise, naming the field."""
+        from .config import from_dict
+
+        return from_dict(cls, d, SPEC_FILE)
 
 
 @dataclass
