@@ -4,7 +4,7 @@ pyiqa needs torchvision, so it lives in its own venv, never in fluxsr's. Run fro
 
     python3 -m venv /work/venv-pyiqa
     /work/venv-pyiqa/bin/pip install torch==2.14.1 torchvision==0.29.1 pyiqa
-    .venv/bin/python -c "from fluxsr.metrics import fetch_niqe_params; fetch_niqe_params()"   # NIQE params
+    .venv/bin/python -c "from fluxsr.weights import fetch_all; fetch_all([\"niqe\"])"   # NIQE params
     PYTHONPATH=src /work/venv-pyiqa/bin/python scripts/check_metrics_vs_pyiqa.py --write [--shared ../shared/data]
 
 With pyiqa importable it computes pyiqa's numbers (``--write`` stores them); in any venv it then recomputes them with

@@ -59,7 +59,7 @@ def _niqe_params() -> tuple[torch.Tensor, torch.Tensor]:
     try:
         return M.load_niqe_params()
     except MissingWeightsError as e:
-        pytest.skip(f"NIQE parameters not in the cache ({e}); run fetch_niqe_params() once")
+        pytest.skip(f"NIQE parameters not in the cache ({e}); run `fluxsr weights fetch niqe` once")
 
 
 # ---------------------------------------------------------------------------------------------------------------

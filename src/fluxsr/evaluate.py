@@ -646,6 +646,14 @@ def write_benchmark(result: BenchmarkResult, out: Path, sheet_images: int = 4,
 # ---------------------------------------------------------------------------------------------------- figures
 
 
+def _save_figure(fig, path: Path) -> Path:
+    """Lay out and write a (pyplot-free) figure, creating the folder; returns ``path``."""
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    return path
+
+
 def _figure(width: float, height: float):
     """A matplotlib Figure on the Agg canvas (no pyplot, no global state)."""
     from matplotlib.figure import Figure
@@ -674,10 +682,7 @@ def bar_chart(result: BenchmarkResult, path: Path) -> Path:
         ax.margins(y=0.15)
     fig.suptitle(f"{result.dataset.name}: {len(result.dataset.pairs)} images, x{result.scale:g}, "
                  f"protocol {result.protocol}", fontsize=11)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    return path
+    return _save_figure(fig, path)
 
 
 def busiest_window(img: Tensor, size: int, step: int) -> tuple[int, int]:
@@ -773,7 +778,4 @@ def comparison_sheet(result: BenchmarkResult, path: Path, n_images: int = 4, cro
         ax.set_title(title, fontsize=9)
     fig.suptitle(f"{result.dataset.name}: {crop}px crops of the x{result.scale:g} results "
                  f"(red box in the first column)", fontsize=10)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    return path
+    return _save_figure(fig, path)

@@ -469,18 +469,13 @@ def read_niqe_npz(data: bytes) -> dict[str, np.ndarray]:
     return out
 
 
-def fetch_niqe_params(download_dir: Path | None = None, force: bool = False) -> list[Path]:
+def fetch_niqe_params(download_dir: Path, force: bool = False) -> list[Path]:
     """FETCHERS entry: download the basicsr sdist (never installed or imported), read
     ``basicsr/metrics/niqe_pris_params.npz`` with ``np.load(allow_pickle=False)`` and write
     ``niqe_pris_params.safetensors`` (keys mu_pris_param, cov_pris_param, gaussian_window) in the cache."""
     out = cache_dir() / NIQE_PARAMS_FILE
     if out.is_file() and not force:
         return [out]
-    if download_dir is None:
-        import tempfile
-
-        with tempfile.TemporaryDirectory(prefix="fluxsr-niqe-") as tmp:
-            return fetch_niqe_params(Path(tmp), force)
     # binary=None: 1.4.2 exists only as an sdist; --no-binary=:all: would also force pip's metadata-build
     # dependencies (numpy, ...) to build from source, which fails.
     archive = pip_download(BASICSR_REQ, Path(download_dir), binary=None)

