@@ -482,7 +482,8 @@ def export(model: FluxSRModel, transformer, recipe: Recipe, lora: bool, out: Pat
         tr.fuse_lora(adapter_names=["fluxsr"])
         tr.unload_lora()
     tr = move(tr, "cpu", torch.float32)
-    tr.disable_gradient_checkpointing() if getattr(tr, "gradient_checkpointing", False) else None
+    if tr.is_gradient_checkpointing:
+        tr.disable_gradient_checkpointing()
     save_model_folder(FluxSRModel(tr, move(model.vae, "cpu", torch.float32), model.cond.to("cpu", torch.float32), spec),
                       out)
     return out

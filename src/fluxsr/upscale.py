@@ -64,19 +64,18 @@ class RealESRGANBackend:
 
 def make_backend(backend: str, **fluxsr_kwargs) -> Backend:
     """``fluxsr`` (kwargs go to :meth:`FluxSRPipeline.from_pretrained`), ``bicubic`` or ``realesrgan``."""
-    name = backend
-    if name == "fluxsr":
+    if backend == "fluxsr":
         from .pipeline import FluxSRPipeline
 
         pipe = FluxSRPipeline.from_pretrained(**fluxsr_kwargs)
         pipe.name = f"fluxsr:{pipe.model.spec.name}"
         return pipe
-    if name == "bicubic":
+    if backend == "bicubic":
         return BicubicBackend()
-    if name == "realesrgan":
+    if backend == "realesrgan":
         device = fluxsr_kwargs.get("device") or ("cuda" if torch.cuda.is_available() else "cpu")
         return RealESRGANBackend(device=str(device))
-    raise ValueError(f"unknown backend {name!r}: choose fluxsr, bicubic or realesrgan")
+    raise ValueError(f"unknown backend {backend!r}: choose fluxsr, bicubic or realesrgan")
 
 
 @dataclass
