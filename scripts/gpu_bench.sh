@@ -9,13 +9,16 @@
 #   .cache_carry/ (optional, FLUXSR_HOME): with realesrgan_x4plus.safetensors there the Real-ESRGAN rows use the
 #   real weights; without it they run the same RRDBNet untrained (same cost, row "realesrgan (random weights)").
 #   Mind the 64 MiB carry limit: the wheel is 6.4 MB, the Real-ESRGAN file 33.5 MB.
-# Writes to $OUT (6 files): log.txt, summary.md (all tables), main.json, fast.json, text64.json, flash.json.
-# Steps, each under its own timeout inside a total budget (BUDGET seconds, default 340), JSON updated per row:
+# Writes to $OUT: log.txt, summary.md (all tables), and one JSON per step (main.json, fast.json, ...).
+# Steps in order of importance, each under its own timeout inside a total budget (BUDGET seconds, default 340,
+# setup included); a step that no longer fits is skipped and says so. JSON is updated after every row:
 #   main   : 512, 1024, 4096 x {fluxsr, teacher (4 Euler steps run, scaled to 28), realesrgan, bicubic}, eager
 #   fast   : 1024 and 4096 with regional compile + compiled channels-last VAE, tiles 1088/64 (16 tiles at 4096^2
 #            instead of 25; at 1024^2 the one tile is the image, as in main) and the planner capped at 40 GiB
+#   batch1 / batch4 : 2048, eager, 512/64 tiles (25 of them), one tile per forward pass vs four
 #   text64 : 1024, eager, 64 cached text tokens instead of 512
 #   flash  : 1024, eager, SDPA forced to the flash backend
+#   graphs : 1024, regional compile in reduce-overhead mode (CUDA graphs)
 set -u
 set -o pipefail
 OUT=${OUT:-$PWD/gpu_bench_out}
@@ -74,8 +77,11 @@ main() {
         --teacher-steps 28 --teacher-run-steps 4 --write-ext jpg
     step fast 200 --sizes 1024,4096 --repeat 3 --rows fluxsr --compile --compile-vae --channels-last-vae \
         --tile 1088 --overlap 64 --max-memory 40GiB --write-ext jpg
+    step batch1 40 --sizes 2048 --repeat 3 --rows fluxsr --tile 512 --overlap 64 --tile-batch 1 --write-ext jpg
+    step batch4 40 --sizes 2048 --repeat 3 --rows fluxsr --tile 512 --overlap 64 --tile-batch 4 --write-ext jpg
     step text64 40 --sizes 1024 --repeat 3 --rows fluxsr --text-len 64 --write-ext jpg
     step flash 40 --sizes 1024 --repeat 3 --rows fluxsr --sdpa flash --write-ext jpg
+    step graphs 120 --sizes 1024 --repeat 3 --rows fluxsr --compile --compile-mode reduce-overhead --write-ext jpg
     echo "== done in ${SECONDS}s"
 }
 

@@ -213,6 +213,29 @@ def test_plan_picks_largest_fitting_tile_and_offloads_when_needed():
     assert "DOES NOT FIT" in p.describe()
 
 
+def test_plan_tiles_per_pass():
+    """Stage costs grow with the tiles in a pass; the planner keeps the tile and lowers the batch first."""
+    image = (1024, 1024)
+    dec = lambda t, n: 200 * t * t * 2 * n  # noqa: E731
+    full_on = 100 * 1024 * 1024
+    # 512 tiles with overlap 64 on 1024: starts 0, 448, 512 per side -> 9 tiles
+    p = MEM.plan_memory(image, dec(512, 3) + full_on, DIMS, 2, 512, cost=COST, overlap=64, requested_batch=4)
+    assert (p.tile, p.batch, p.full_image_on_device, p.changed) == (512, 3, True, True)
+    assert p.estimates["decode"] == dec(512, 3) and "3 tile(s) per pass (asked 4)" in p.describe()
+    # auto (0): up to AUTO_TILE_BATCH, and lowering it is not a change
+    p = MEM.plan_memory(image, 10**12, DIMS, 2, 512, cost=COST, overlap=64, requested_batch=0)
+    assert (p.batch, p.changed) == (MEM.AUTO_TILE_BATCH, False)
+    p = MEM.plan_memory(image, dec(512, 2) + full_on, DIMS, 2, 512, cost=COST, overlap=64, requested_batch=0)
+    assert (p.tile, p.batch, p.changed) == (512, 2, False)
+    # never more than the number of tiles
+    assert MEM.plan_memory(image, 10**12, DIMS, 2, 1024, cost=COST, requested_batch=8).batch == 1
+    # a larger tile wins over more tiles per pass; when one 512 tile does not fit even with the image off the
+    # device (latents 4 B/px), the 256 tiles take as many per pass as fit
+    off = 4 * 1024 * 1024
+    p = MEM.plan_memory(image, dec(512, 1) + off - 1, DIMS, 2, 512, cost=COST, overlap=64, requested_batch=4)
+    assert (p.tile, p.batch, p.full_image_on_device) == (256, 3, False)
+
+
 def test_plan_rounds_the_asked_tile_without_calling_it_a_change():
     p = MEM.plan_memory((2048, 2048), 10**12, DIMS, 2, 1000, cost=COST)
     assert (p.tile, p.requested_tile, p.changed) == (992, 992, False)
@@ -271,6 +294,24 @@ def test_oom_retry_halves_tiles_and_equals_small_tile_run(tiny_pipe, monkeypatch
     assert tiles == [256, 128, 64]
     assert torch.equal(out, small)
     assert tiny_pipe.plan.tile == 64 and len(tiny_pipe.plan.retries) == 2
+
+
+def test_oom_retry_halves_tiles_per_pass_before_the_tile(tiny_pipe, monkeypatch):
+    x = torch.rand(3, 16, 40, generator=torch.Generator().manual_seed(0))  # -> 64 x 160: 3 tiles of 64
+    one = tiny_pipe.upscale_tensor(x, UpscaleOptions(tile=64, overlap=16))
+    real, seen = tiny_pipe.transform, []
+
+    def flaky(z, opts):
+        seen.append((opts.tile, opts.tile_batch))
+        if opts.tile_batch > 1:
+            raise torch.cuda.OutOfMemoryError("fake: too many tiles per pass")
+        return real(z, opts)
+
+    monkeypatch.setattr(tiny_pipe, "transform", flaky)
+    out = tiny_pipe.upscale_tensor(x, UpscaleOptions(tile=64, overlap=16, tile_batch=3))
+    assert seen == [(64, 3), (64, 1)] and tiny_pipe.plan.batch == 1
+    assert "x 3: retrying with tile 64 x 1" in tiny_pipe.plan.retries[0]
+    torch.testing.assert_close(out, one, atol=1e-5, rtol=0)
 
 
 def test_oom_retry_gives_up_below_min_tile(tiny_pipe, monkeypatch):

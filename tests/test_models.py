@@ -39,6 +39,41 @@ def test_velocity_matches_raw_transformer_call(tiny):
     assert torch.allclose(M.velocity(tiny, z, 0.3, offset=(2, 4)), unpack(out, 4, 6))
 
 
+@pytest.mark.parametrize("per_tile", [1, 2])
+def test_tiles_in_one_pass_match_one_at_a_time(per_tile):
+    """Several tiles in one forward pass, each with its own position ids, equal the tiles run one by one."""
+    from fluxsr import attention
+
+    model = M.build_tiny(seed=4)
+    torch.manual_seed(1)
+    offsets = [(0, 0), (0, 6), (4, 2), (10, 0)]
+    z = torch.randn(len(offsets) * per_tile, 16, 4, 6)
+    t = torch.rand(z.shape[0])
+    one = torch.cat([M.velocity(model, z[i:i + per_tile], t[i:i + per_tile], offsets[i // per_tile])
+                     for i in range(0, z.shape[0], per_tile)])
+    assert not attention.installed(model.transformer)
+    many = M.velocity(model, z, t, offsets)
+    assert attention.installed(model.transformer)
+    assert torch.allclose(many, one, atol=1e-5), (many - one).abs().max()
+    # the offsets matter: the same tiles all at (0, 0) give something else
+    assert not torch.allclose(M.velocity(model, z, t, [(0, 0)] * len(offsets)), one, atol=1e-3)
+    # with the processor installed, a single offset still runs diffusers' own path, unchanged
+    assert torch.allclose(M.velocity(model, z[:per_tile], t[:per_tile], offsets[0]), one[:per_tile], atol=1e-6)
+    with pytest.raises(ValueError, match="offsets"):
+        M.velocity(model, z[:3], t[:3], offsets[:2])
+
+
+def test_position_ids_reach_the_transformer_in_float32():
+    """bf16 holds integers exactly only up to 256: position ids past that (images over 4096 px) must stay fp32."""
+    model = M.build_tiny(seed=4)
+    model.transformer.to(torch.bfloat16)
+    seen = []
+    model.transformer.pos_embed.register_forward_pre_hook(lambda mod, args: seen.append(args[0]))
+    M.velocity(model, torch.randn(1, 16, 4, 6), 0.5, offset=(2 * 257, 2 * 301))
+    ids = seen[-1]
+    assert ids.dtype == torch.float32 and ids[:, 1].max() == 258 and ids[:, 2].max() == 303
+
+
 def test_model_folder_roundtrip(tiny, tmp_path):
     spec = M.ModelSpec(t_l=0.3, guidance=2.0, name="t")
     M.save_model_folder(M.FluxSRModel(tiny.transformer, tiny.vae, tiny.cond, spec), tmp_path / "m")

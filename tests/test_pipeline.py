@@ -4,6 +4,7 @@ import pytest
 import torch
 from PIL import Image
 
+from fluxsr import memory as MEM
 from fluxsr import models as M
 from fluxsr.pipeline import FluxSRPipeline, NonFiniteOutputError, UpscaleOptions
 
@@ -57,14 +58,26 @@ def test_tiles_get_global_position_ids(pipe, monkeypatch):
     seen = []
     real = M.velocity
 
-    def spy(model, z, t, offset=(0, 0), guidance=None):
-        seen.append(offset)
-        return real(model, z, t, offset, guidance)
+    def spy(model, z, t, offsets=(0, 0), guidance=None):
+        seen.extend(offsets)
+        return real(model, z, t, offsets, guidance)
 
     monkeypatch.setattr("fluxsr.pipeline.velocity", spy)
     pipe.upscale_tensor(torch.rand(3, 16, 40), UpscaleOptions(tile=64, overlap=32))  # 64x160 px -> 8x20 latents
     assert seen[0] == (0, 0) and len(seen) > 1
     assert all(oy == 0 for oy, _ in seen) and sorted({ox for _, ox in seen})[-1] == 20 - 8
+
+
+@pytest.mark.parametrize("tile_batch", [2, 5, 0])
+def test_tiles_per_pass_do_not_change_the_image(tile_batch):
+    """Every stage with several tiles per forward pass (0: the planner's choice) equals one tile at a time."""
+    pipe = FluxSRPipeline(M.build_tiny(seed=2), "cpu")
+    x = torch.rand(3, 40, 56, generator=torch.Generator().manual_seed(0))
+    one = pipe.upscale_tensor(x, UpscaleOptions(tile=96, overlap=32))
+    assert pipe.plan.batch == 1
+    many = pipe.upscale_tensor(x, UpscaleOptions(tile=96, overlap=32, tile_batch=tile_batch))
+    assert pipe.plan.batch == (tile_batch or MEM.AUTO_TILE_BATCH) and not pipe.plan.changed
+    assert torch.allclose(one, many, atol=1e-5), (one - many).abs().max()
 
 
 def test_pil_api_keeps_mode(pipe):

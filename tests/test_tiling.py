@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from fluxsr.color import adain, color_fix, wavelet_fix, wavelet_lowpass
-from fluxsr.tiling import TileSpec, ramp, tile_starts, tiled_map
+from fluxsr.tiling import TileSpec, ramp, snapped, tile_count, tile_starts, tiled_map
 
 
 @pytest.mark.parametrize("size,tile,overlap,align", [(100, 32, 8, 1), (64, 16, 4, 2), (48, 64, 8, 16),
@@ -35,7 +35,7 @@ def test_single_tile_is_exactly_untiled():
         calls.append(off)
         return t * 2
 
-    assert torch.equal(tiled_map(fn, x, TileSpec(32, 8)), x * 2) and calls == [(0, 0)]
+    assert torch.equal(tiled_map(fn, x, TileSpec(32, 8)), x * 2) and calls == [[(0, 0)]]
 
 
 def test_pointwise_function_tiles_exactly():
@@ -61,16 +61,47 @@ def test_offsets_and_rescaling():
     x = torch.arange(32 * 48, dtype=torch.float32).view(1, 1, 32, 48)
     seen = []
 
-    def down(t, off):
-        seen.append((off, tuple(t.shape[-2:])))
+    def down(t, offs):
+        seen.extend((off, tuple(t.shape[-2:])) for off in offs)
         return F.avg_pool2d(t, 8)
 
     out = tiled_map(down, x, TileSpec(16, 8, 8), Fraction(1, 8))
     assert out.shape == (1, 1, 4, 6)
     assert torch.allclose(out, F.avg_pool2d(x, 8))
     assert all(off[0] % 8 == 0 and off[1] % 8 == 0 and shape == (16, 16) for off, shape in seen)
+    assert len(seen) == tile_count((32, 48), TileSpec(16, 8, 8))
     up = tiled_map(lambda t, off: F.interpolate(t, scale_factor=4, mode="nearest"), x, TileSpec(16, 8, 2), 4)
     assert torch.allclose(up, F.interpolate(x, scale_factor=4, mode="nearest"))
+
+
+@pytest.mark.parametrize("batch", [2, 3, 7, 100])
+def test_batches_of_tiles_equal_one_at_a_time(batch):
+    """Tiles stacked tile-major, B samples each, with one offset per tile; the blend does not depend on grouping."""
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(3, 4, 3, padding=1)
+    x = torch.rand(2, 3, 40, 56)
+    calls = []
+
+    def fn(t, offs):
+        calls.append(len(offs))
+        assert t.shape[0] == 2 * len(offs)
+        # position-dependent on purpose: a sample paired with the wrong offset changes the output
+        return conv(t) + torch.tensor([float(o[0] + 10 * o[1]) for o in offs]).repeat_interleave(2)[:, None, None, None]
+
+    spec = TileSpec(16, 6, 2)
+    with torch.no_grad():
+        one = tiled_map(fn, x, spec)
+        n = len(calls)
+        many = tiled_map(fn, x, spec, batch=batch)
+    assert calls[n:] == [min(batch, n - i) for i in range(0, n, batch)]
+    assert torch.allclose(one, many, atol=1e-6)
+
+
+def test_snapped_and_tile_count():
+    assert snapped(100, 30, 16) == TileSpec(96, 16, 16)
+    assert snapped(8, 30, 16) == TileSpec(16, 0, 16)
+    assert tile_count((64, 64), TileSpec(64, 8, 2)) == 1
+    assert tile_count((64, 100), TileSpec(32, 8, 2)) == 3 * 4
 
 
 def test_tilespec_validation():

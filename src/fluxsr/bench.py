@@ -22,7 +22,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,46 +30,20 @@ from typing import Any
 import torch
 
 from . import memory
+from .fastpath import FastPath, add_fast_path_arguments, apply_fast_path, fast_path_from_args, sdpa_context
 from .flow import denoise
 from .models import FluxSRModel, load_model, velocity
 from .pipeline import FluxSRPipeline, UpscaleOptions, default_device, default_dtype
-from .tiling import TileSpec, tile_starts, tiled_map
+from .tiling import latent_tiles, snapped, tile_count, tiled_map
 
 STAGES = ("read", "resize", "encode", "transformer", "decode", "color_fix", "write")
 GPU_STAGES = ("resize", "encode", "transformer", "decode", "color_fix")
 ROWS = ("fluxsr", "teacher", "realesrgan", "bicubic")
 RANDOM_FLUX = "flux-dev-random"
-SDPA_BACKENDS = ("auto", "flash", "efficient", "cudnn", "math")
 
 # ----------------------------------------------------------------------------------------------------------------
 # Settings
 # ----------------------------------------------------------------------------------------------------------------
-
-
-@dataclass
-class FastPath:
-    """GPU fast-path switches (each measured by ``fluxsr bench``; docs/performance.md says which won).
-
-    sdpa: attention kernel for every ``scaled_dot_product_attention`` (``auto`` lets PyTorch choose).
-    compile: ``transformer.compile_repeated_blocks(fullgraph=True)`` (diffusers regional compilation).
-    compile_vae: ``torch.compile`` of the VAE encoder and decoder modules.
-    channels_last_vae: VAE weights (hence activations) in channels-last layout.
-    fp8: float8 dynamic quantisation of the transformer's linears with torchao, only if it imports.
-    """
-
-    sdpa: str = "auto"
-    compile: bool = False
-    compile_vae: bool = False
-    channels_last_vae: bool = False
-    fp8: bool = False
-
-    def label(self) -> str:
-        """Short tag for table rows: ``+compile+flash`` etc.; empty for the defaults."""
-        tags = [t for t, on in (("compile", self.compile), ("compile-vae", self.compile_vae),
-                                ("cl-vae", self.channels_last_vae), ("fp8", self.fp8)) if on]
-        if self.sdpa != "auto":
-            tags.append(f"sdpa-{self.sdpa}")
-        return "".join(f"+{t}" for t in tags)
 
 
 @dataclass
@@ -92,6 +66,7 @@ class BenchConfig:
     esrgan_weights: str = "auto"
     tile: int | None = None
     overlap: int | None = None
+    tile_batch: int = 1
     color_fix: str = "wavelet"
     write_ext: str = "png"
     max_memory: int | None = None
@@ -141,14 +116,10 @@ def transformer_flops(config, img_tokens: int, txt_tokens: int, mlp_ratio: float
 def tile_tokens(out_hw: tuple[int, int], tile: int, overlap: int, vae_scale: int = 8) -> list[int]:
     """Image tokens of every transformer tile the pipeline runs for an output of ``out_hw`` (same tiling rules)."""
     m = vae_scale * 2
-    h, w = (-(-s // m) * m for s in out_hw)
-    tile = max(m, tile // m * m)
-    overlap = min(max(0, overlap // m * m), tile - m)
-    lt, lo = tile // vae_scale, overlap // vae_scale
-    lh, lw = h // vae_scale, w // vae_scale
-    ys, xs = tile_starts(lh, lt, lo, 2), tile_starts(lw, lt, lo, 2)
-    per_tile = (min(lt, lh) // 2) * (min(lt, lw) // 2)
-    return [per_tile] * (len(ys) * len(xs))
+    lh, lw = (-(-s // m) * m // vae_scale for s in out_hw)
+    spec = latent_tiles(snapped(tile, overlap, m), vae_scale)
+    per_tile = (min(spec.tile, lh) // 2) * (min(spec.tile, lw) // 2)
+    return [per_tile] * tile_count((lh, lw), spec)
 
 
 def analytic_floor(config, out_hw: tuple[int, int], tile: int, overlap: int, text_len: int,
@@ -174,48 +145,6 @@ def load_bench_model(name: str | None, device, dtype: torch.dtype, text_len: int
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Fast paths
-# ----------------------------------------------------------------------------------------------------------------
-
-
-def sdpa_context(name: str):
-    """A context selecting one SDPA backend (``torch.nn.attention.sdpa_kernel``), or nothing for ``auto``."""
-    if name == "auto":
-        return nullcontext()
-    from torch.nn.attention import SDPBackend, sdpa_kernel
-
-    backend = {"flash": SDPBackend.FLASH_ATTENTION, "efficient": SDPBackend.EFFICIENT_ATTENTION,
-               "cudnn": SDPBackend.CUDNN_ATTENTION, "math": SDPBackend.MATH}[name]
-    return sdpa_kernel([backend])
-
-
-def apply_fast_path(pipe: FluxSRPipeline, fast: FastPath) -> list[str]:
-    """Apply the switches of ``fast`` to ``pipe``'s modules in place; returns notes (what was skipped and why)."""
-    notes = []
-    vae, transformer = pipe.model.vae, pipe.model.transformer
-    if fast.channels_last_vae:
-        vae.to(memory_format=torch.channels_last)
-    if fast.fp8:
-        try:
-            from torchao.quantization import Float8DynamicActivationFloat8WeightConfig, quantize_
-
-            quantize_(transformer, Float8DynamicActivationFloat8WeightConfig())
-            notes.append("fp8: torchao float8 dynamic activation + weight quantisation of the transformer")
-        except ImportError as e:
-            fast.fp8 = False
-            notes.append(f"fp8 skipped: torchao not importable ({e})")
-    if fast.compile or fast.compile_vae:
-        # each tile shape gets its own static graph (a benchmark sees at most a few shapes)
-        torch._dynamo.config.automatic_dynamic_shapes = False
-    if fast.compile_vae:
-        vae.encoder.compile()
-        vae.decoder.compile()
-    if fast.compile:
-        transformer.compile_repeated_blocks(fullgraph=True)
-    return notes
-
-
-# ----------------------------------------------------------------------------------------------------------------
 # The multi-step teacher
 # ----------------------------------------------------------------------------------------------------------------
 
@@ -231,15 +160,13 @@ class TeacherPipeline(FluxSRPipeline):
 
     def transform(self, z_l, opts: UpscaleOptions):
         """``steps`` Euler steps of the transformer's velocity on every latent tile."""
-        t_l, s = self.model.spec.t_l, self.model.vae_scale
-        spec = self._pixel_tiles(opts)
-        lat_spec = TileSpec(spec.tile // s, spec.overlap // s, 2)
+        t_l = self.model.spec.t_l
         times = torch.linspace(t_l, 0, self.steps + 1).tolist()
 
-        def run(tile, offset):
-            return denoise(lambda z, t: velocity(self.model, z, t, offset).float(), tile.float(), times)
+        def run(tiles, offsets):
+            return denoise(lambda z, t: velocity(self.model, z, t, offsets).float(), tiles.float(), times)
 
-        return tiled_map(run, z_l, lat_spec, 1)
+        return tiled_map(run, z_l, self._latent_tiles(opts), 1, batch=self._batch(opts))
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -334,7 +261,8 @@ def _io_run(img_path: Path, out_path: Path, device: torch.device,
 def bench_pipeline(pipe: FluxSRPipeline, cfg: BenchConfig, size: int, img_path: Path, out_path: Path,
                    name: str, ctx) -> dict[str, Any]:
     """One row for ``pipe`` (one-step FluxSR or the teacher): read, the pipeline's stages, write."""
-    opts = UpscaleOptions(scale=4.0, color_fix=cfg.color_fix, tile=cfg.tile, overlap=cfg.overlap)
+    opts = UpscaleOptions(scale=4.0, color_fix=cfg.color_fix, tile=cfg.tile, overlap=cfg.overlap,
+                          tile_batch=cfg.tile_batch)
 
     def body(img, times):
         with ctx():
@@ -344,7 +272,8 @@ def bench_pipeline(pipe: FluxSRPipeline, cfg: BenchConfig, size: int, img_path: 
 
     result = measure(lambda: _io_run(img_path, out_path, pipe.device, body), pipe.device, cfg.warmup, cfg.repeat)
     plan = pipe.plan
-    return _row(name, size, result, tile=plan.tile if plan else None, plan=plan.describe() if plan else None,
+    return _row(name, size, result, tile=plan.tile if plan else None, tile_batch=plan.batch if plan else None,
+                plan=plan.describe() if plan else None,
                 retries=list(plan.retries) if plan else [], stage_peak_bytes=dict(pipe.peaks))
 
 
@@ -482,7 +411,7 @@ def run_bench(cfg: BenchConfig, on_row: Callable[[dict], None] | None = None,
                              weight_bytes=_weight_bytes(model), text_len=int(model.cond.prompt_embeds.shape[1]))
         if cfg.model != RANDOM_FLUX and cfg.text_len != 512:
             notes.append("--text-len applies to flux-dev-random only; other models use their stored embeddings")
-        notes += apply_fast_path(pipe, cfg.fast)
+        notes += apply_fast_path(pipe.model, cfg.fast)
         run_steps = cfg.teacher_run_steps or cfg.teacher_steps
         teacher = TeacherPipeline(pipe, run_steps)
         if run_steps != cfg.teacher_steps:
@@ -598,7 +527,7 @@ def to_markdown(result: dict[str, Any]) -> str:
              f"Medians of {result['config']['repeat']} runs after {result['config']['warmup']} warm-up; FLOP floor at "
              f"{result['config']['peak_tflops']:g} TFLOP/s.", ""]
     lines += [f"- {n}" for n in result["notes"]] + ([""] if result["notes"] else [])
-    head = ["size", "row", *COLUMNS, "GPU work", "total", "peak", "peak - start", "floor", "x floor"]
+    head = ["size", "row", "tile", *COLUMNS, "GPU work", "total", "peak", "peak - start", "floor", "x floor"]
     lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for row in result["rows"]:
         size = f"{row['in_size']}->{row['size']}"
@@ -607,7 +536,9 @@ def to_markdown(result: dict[str, Any]) -> str:
                          + " |" * (len(head) - 2))
             continue
         st, a = row["stages_ms"], row.get("analytic") or {}
-        cells = [size, row["row"], *(_ms(st.get(c)) for c in COLUMNS), _ms(row.get("gpu_work_ms")),
+        tile = f"{row['tile']}" + (f" x{row['tile_batch']}" if (row.get("tile_batch") or 1) > 1 else "") \
+            if row.get("tile") else ""
+        cells = [size, row["row"], tile, *(_ms(st.get(c)) for c in COLUMNS), _ms(row.get("gpu_work_ms")),
                  _ms(row["total_ms"]), memory.format_bytes(row["peak_bytes"]),
                  memory.format_bytes(row["peak_above_start_bytes"]),
                  f"{a['floor_ms']:.3g}" if a else "", f"{row['x_floor']:.3g}" if row.get("x_floor") else ""]
@@ -657,6 +588,7 @@ def add_bench_arguments(p) -> None:
                         f"else random with --model {RANDOM_FLUX}, else skipped)")
     p.add_argument("--tile", type=int, default=None, help="tile in output pixels (default: the model's)")
     p.add_argument("--overlap", type=int, default=None, help="tile overlap in output pixels (default: the model's)")
+    p.add_argument("--tile-batch", type=int, default=1, help="tiles per forward pass (0: as many as memory allows)")
     p.add_argument("--color-fix", choices=("wavelet", "adain", "none"), default="wavelet")
     p.add_argument("--write-ext", choices=("png", "jpg", "webp", "tif", "bmp"), default="png",
                    help="output format of the write stage (png of a 4096^2 noise-like image takes seconds)")
@@ -664,11 +596,7 @@ def add_bench_arguments(p) -> None:
     p.add_argument("--peak-tflops", type=float, default=790.0,
                    help="peak TFLOP/s for the FLOP floor (790: measured bf16 matmul ceiling of an H200/H100)")
     p.add_argument("--analytic", action=_bool_action(), default=True, help="FLOP floor columns")
-    p.add_argument("--sdpa", choices=SDPA_BACKENDS, default="auto", help="attention kernel")
-    p.add_argument("--compile", action="store_true", help="regional torch.compile of the transformer blocks")
-    p.add_argument("--compile-vae", action="store_true", help="torch.compile the VAE encoder and decoder")
-    p.add_argument("--channels-last-vae", action="store_true", help="VAE in channels-last layout")
-    p.add_argument("--fp8", action="store_true", help="float8 transformer linears via torchao (if importable)")
+    add_fast_path_arguments(p)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", type=Path, default=None, help="write results here (updated after every row)")
     p.add_argument("--markdown", type=Path, default=None, help="write the table here (also printed)")
@@ -695,11 +623,11 @@ def config_from_args(args) -> BenchConfig:
         device=str(device), dtype=dtypes[args.dtype] if args.dtype else None, rows=rows, text_len=args.text_len,
         teacher_steps=args.teacher_steps, teacher_run_steps=args.teacher_run_steps,
         teacher_max_size=args.teacher_max_size or None, baseline_max_size=baseline_max or None,
-        esrgan_tile=args.esrgan_tile, esrgan_weights=args.esrgan_weights, tile=args.tile, overlap=args.overlap, color_fix=args.color_fix,
-        write_ext=args.write_ext,
+        esrgan_tile=args.esrgan_tile, esrgan_weights=args.esrgan_weights, tile=args.tile,
+        overlap=args.overlap, tile_batch=args.tile_batch, color_fix=args.color_fix, write_ext=args.write_ext,
         max_memory=memory.parse_bytes(args.max_memory) if args.max_memory else None,
         peak_tflops=args.peak_tflops, analytic=args.analytic, seed=args.seed,
-        fast=FastPath(args.sdpa, args.compile, args.compile_vae, args.channels_last_vae, args.fp8))
+        fast=fast_path_from_args(args))
 
 
 def cmd_bench(args) -> int:

@@ -30,6 +30,8 @@ def _model_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cuda if available)")
     g.add_argument("--dtype", choices=sorted(TORCH_DTYPES), default=None, help="default: bf16 on CUDA, fp32 on CPU")
     g.add_argument("--force-fp16", action="store_true", help="allow fp16 (FLUX overflows to black images in fp16)")
+    g.add_argument("--max-memory", default=None,
+                   help="memory cap for the tile planner, weights included (e.g. 40GiB; default: what is free)")
 
 
 def _load_kwargs(args) -> dict:
@@ -45,9 +47,11 @@ def _load_kwargs(args) -> dict:
 
 
 def _pipeline(args):
+    from .memory import parse_bytes
     from .pipeline import FluxSRPipeline
 
     pipe = FluxSRPipeline(_load_kwargs(args), args.device, _dtype(args.dtype), allow_fp16=args.force_fp16)
+    pipe.max_memory = parse_bytes(args.max_memory) if args.max_memory else None
     pipe.name = f"fluxsr:{pipe.model.spec.name}"
     if pipe.model.spec.note:
         print(f"note: {pipe.model.spec.note}", file=sys.stderr)
@@ -60,19 +64,24 @@ def _pipeline(args):
 def cmd_upscale(args) -> int:
     import torch
 
+    from .fastpath import apply_fast_path, fast_path_from_args, sdpa_context
     from .pipeline import UpscaleOptions
     from .upscale import BatchOptions, make_backend, process_rank, upscale_paths, write_log
 
     torch.manual_seed(args.seed)
+    fast = fast_path_from_args(args)
     if args.backend == "fluxsr":
         backend = _pipeline(args)
+        for note in apply_fast_path(backend.model, fast, static_shapes=False):
+            print(f"note: {note}", file=sys.stderr)
     else:
         backend = make_backend(args.backend, device=args.device)
-    opts = UpscaleOptions(args.scale, args.long_side, args.color_fix, args.tile, args.overlap)
+    opts = UpscaleOptions(args.scale, args.long_side, args.color_fix, args.tile, args.overlap, args.tile_batch)
     batch = BatchOptions(args.suffix, args.ext, args.overwrite, args.max_pixels)
     rank, world = process_rank()
-    results = upscale_paths(backend, args.inputs, args.output, opts, batch, progress=not args.quiet,
-                            rank=rank, world=world)
+    with sdpa_context(fast.sdpa):
+        results = upscale_paths(backend, args.inputs, args.output, opts, batch, progress=not args.quiet,
+                                rank=rank, world=world)
     if args.json:
         log = args.json if world == 1 else args.json.with_suffix(f".rank{rank}.json")
         write_log(results, log, {k: str(v) for k, v in vars(args).items() if k != "func"})
@@ -93,6 +102,8 @@ def add_upscale(sub) -> None:
     p.add_argument("--color-fix", choices=("wavelet", "adain", "none"), default="wavelet")
     p.add_argument("--tile", type=int, default=None, help="tile edge in output pixels, all stages (default: model's)")
     p.add_argument("--overlap", type=int, default=None, help="tile overlap in output pixels (default: model's)")
+    p.add_argument("--tile-batch", type=int, default=1,
+                   help="tiles per forward pass, each at its own position (0: as many as memory allows, up to 4)")
     p.add_argument("--suffix", default="", help="added to output file stems")
     p.add_argument("--ext", default="auto", help="output format: auto (same as input), png, jpg, webp, tif, bmp")
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs (default: skip them)")
@@ -101,6 +112,9 @@ def add_upscale(sub) -> None:
     p.add_argument("--json", type=Path, default=None, help="write a JSON run log here")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     _model_args(p)
+    from .fastpath import add_fast_path_arguments
+
+    add_fast_path_arguments(p)
     p.set_defaults(func=cmd_upscale)
 
 

@@ -27,6 +27,7 @@ import torch
 from torch import Tensor
 
 GiB = 1 << 30
+AUTO_TILE_BATCH = 4  # most tiles per forward pass the planner picks on its own (docs/performance.md, "Tile batches")
 OOM_ERRORS: tuple[type[BaseException], ...] = (torch.cuda.OutOfMemoryError, MemoryError)
 T = TypeVar("T")
 
@@ -226,6 +227,7 @@ class MemoryPlan:
     """What the planner chose for one image, and why.
 
     tile: tile edge in output pixels for all three tiled stages.
+    batch: tiles per forward pass in every stage (at most the number of tiles).
     full_image_on_device: False moves resize, blending of decoded tiles and the colour fix off the accelerator
         (resize on the CPU, colour fix tile by tile); on the CPU it means the colour fix runs tile by tile.
     fits: False when even the smallest tile is estimated not to fit (the OOM retry is then the last resort).
@@ -240,6 +242,8 @@ class MemoryPlan:
     estimates: dict[str, int] = field(default_factory=dict)
     fits: bool = True
     retries: list[str] = field(default_factory=list)
+    batch: int = 1
+    requested_batch: int = 1
 
     @property
     def peak(self) -> int:
@@ -249,16 +253,20 @@ class MemoryPlan:
 
     @property
     def changed(self) -> bool:
-        """True when the plan differs from plain execution (smaller tile, image off the device, or no fit)."""
-        return self.tile != self.requested_tile or not self.full_image_on_device or not self.fits
+        """True when the plan differs from what was asked (smaller tile or batch, image off the device, no fit).
+
+        An automatic batch (asked 0) is not a change."""
+        return self.tile != self.requested_tile or not self.full_image_on_device or not self.fits \
+            or 0 < self.batch < self.requested_batch
 
     def describe(self) -> str:
         """One line for logs: tile, where the full image lives, estimates against the budget."""
         where = "on device" if self.full_image_on_device else "off device (tiled colour fix)"
         parts = ", ".join(f"{k} {format_bytes(v)}" for k, v in self.estimates.items())
         note = "" if self.fits else "; DOES NOT FIT, relying on OOM retry"
+        asked = self.requested_batch or "auto"
         return (f"memory plan for {self.image_hw[0]}x{self.image_hw[1]}: tile {self.tile} (asked {self.requested_tile}),"
-                f" full image {where}; est. peak {format_bytes(self.peak)} of {format_bytes(self.budget)} "
+                f" {self.batch} tile(s) per pass (asked {asked}), full image {where}; est. peak {format_bytes(self.peak)} of {format_bytes(self.budget)} "
                 f"({self.source}) [{parts}]{note}")
 
 
@@ -273,43 +281,54 @@ def tile_candidates(requested: int, multiple: int, min_tile: int) -> list[int]:
 
 def plan_memory(image_hw: tuple[int, int], budget: int, dims: ModelDims, dtype_bytes: int, requested_tile: int,
                 *, multiple: int = 16, min_tile: int = 128, cost: CostModel = DEFAULT_COST,
-                source: str = "given") -> MemoryPlan:
-    """Choose the tile and where the whole image lives so that the estimated peak fits ``budget`` bytes.
+                source: str = "given", overlap: int = 0, requested_batch: int = 1) -> MemoryPlan:
+    """Choose the tile, tiles per pass and where the whole image lives so that the estimated peak fits ``budget``.
 
     Tries tiles from ``requested_tile`` down by halving; for each, first with the full image on the device, then
-    off it. The first that fits wins (largest tile first, on-device preferred at equal tile). Tiles never exceed
-    the (padded) image, so small images cost what they are.
+    off it; for each, the most tiles per pass up to ``requested_batch`` (0: up to :data:`AUTO_TILE_BATCH`) and the
+    number of tiles, down to one. Stage costs grow linearly with the tiles in a pass. The first that fits wins:
+    largest tile first, then on-device, then the largest batch. Tiles never exceed the (padded) image, so small
+    images cost what they are.
     """
+    from .tiling import snapped, tile_count
+
     h, w = (-(-s // multiple) * multiple for s in image_hw)
     usable = int(budget * cost.safety)
     candidates = tile_candidates(requested_tile, multiple, min_tile)
+    want = requested_batch if requested_batch > 0 else AUTO_TILE_BATCH
     last = None
     for tile in candidates:
         tile_px = min(tile, h) * min(tile, w)
+        tiles = tile_count((h, w), snapped(tile, overlap, multiple))
         stages = cost.stages(tile_px, dims, dtype_bytes)
         for on_device in (True, False):
-            est = dict(stages, full_image=cost.full_image(h * w, on_device))
-            last = MemoryPlan(tile, candidates[0], on_device, budget, source, tuple(image_hw), est)
-            if last.peak <= usable:
-                return last
+            for batch in range(min(want, tiles), 0, -1):
+                est = dict({k: v * batch for k, v in stages.items()}, full_image=cost.full_image(h * w, on_device))
+                last = MemoryPlan(tile, candidates[0], on_device, budget, source, tuple(image_hw), est,
+                                  batch=batch, requested_batch=requested_batch)
+                if last.peak <= usable:
+                    return last
     last.fits = False
     return last
 
 
 def plan_for(pipe, image_hw: tuple[int, int], requested_tile: int | None, max_memory: int | None = None,
-             cost: CostModel = DEFAULT_COST) -> MemoryPlan:
+             cost: CostModel = DEFAULT_COST, overlap: int | None = None, requested_batch: int | None = 1) -> MemoryPlan:
     """:func:`plan_memory` for a :class:`~fluxsr.pipeline.FluxSRPipeline` on its device.
 
     ``requested_tile`` None or <= 0 takes the model's default tile (``ModelSpec.tile``, 1024 for FLUX) as the
-    upper bound ("auto"); the planner only ever lowers it.
+    upper bound ("auto"); the planner only ever lowers it. ``overlap`` None takes the model's;
+    ``requested_batch`` None or 0 lets the planner choose the tiles per pass.
     """
     budget, source = device_budget(pipe.device, max_memory)
     dtype_bytes = torch.empty((), dtype=pipe.dtype).element_size()
-    m = pipe.model.multiple
+    m, spec = pipe.model.multiple, pipe.model.spec
     if not requested_tile or requested_tile <= 0:
-        requested_tile = int(getattr(pipe.model.spec, "tile", 1024))
+        requested_tile = int(getattr(spec, "tile", 1024))
     return plan_memory(image_hw, budget, ModelDims.from_model(pipe.model), dtype_bytes, requested_tile,
-                       multiple=m, min_tile=max(64, 4 * m), cost=cost, source=source)
+                       multiple=m, min_tile=max(64, 4 * m), cost=cost, source=source,
+                       overlap=int(getattr(spec, "overlap", 0) if overlap is None else overlap),
+                       requested_batch=requested_batch or 0)
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -525,12 +525,15 @@ def apply_lora(transformer, path: Path, *, scale: float = 1.0, merge: bool = Fal
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def velocity(model: FluxSRModel, z: Tensor, t: float | Tensor, offset: tuple[int, int] = (0, 0),
-             guidance: float | None = None, net: torch.nn.Module | None = None) -> Tensor:
+def velocity(model: FluxSRModel, z: Tensor, t: float | Tensor,
+             offset: tuple[int, int] | list[tuple[int, int]] = (0, 0), guidance: float | None = None,
+             net: torch.nn.Module | None = None) -> Tensor:
     """The transformer's velocity for latents ``z`` (B, C, h, w) at flow time ``t`` (a float or one per sample).
 
-    Tokens get position ids of a tile placed at latent ``offset`` in the whole image; text conditioning is the
-    model's cached embeddings; ``guidance`` defaults to the model spec's value. ``net`` runs the forward instead of
+    Tokens get position ids of a tile placed at latent ``offset`` in the whole image. A list of n offsets puts n
+    tiles in one forward pass: ``z`` holds them stacked tile-major (B/n consecutive samples per tile), and each gets
+    its own rotary embedding (:mod:`fluxsr.attention`, installed on first use). Text conditioning is the model's
+    cached embeddings; ``guidance`` defaults to the model spec's value. ``net`` runs the forward instead of
     ``model.transformer`` (a DDP/FSDP-wrapped copy of it in training).
     """
     from .flow import img_ids, pack, txt_ids, unpack
@@ -544,12 +547,24 @@ def velocity(model: FluxSRModel, z: Tensor, t: float | Tensor, offset: tuple[int
     if tr.config.guidance_embeds:
         g = torch.full((b,), model.spec.guidance if guidance is None else guidance, device=z.device, dtype=dtype)
     cond = model.cond
+    offsets = [offset] if isinstance(offset, tuple) else list(offset)
+    if b % len(offsets):
+        raise ValueError(f"{len(offsets)} tile offsets for a batch of {b}")
+    # ids stay float32: bf16 has 8 significant bits, so positions past 256 (images past 4096 px) would round
+    txt = txt_ids(cond.prompt_embeds.shape[1], z.device)
+    extra = None
+    if len(set(offsets)) > 1:
+        from . import attention
+
+        attention.install(tr)
+        ids = torch.stack([torch.cat((txt, img_ids(h, w, o, z.device))) for o in offsets])
+        extra = {"tile_rope": attention.tile_rope(tr.pos_embed, ids.repeat_interleave(b // len(offsets), 0))}
     out = (net or tr)(
         hidden_states=pack(z.to(dtype)),
         encoder_hidden_states=cond.prompt_embeds.to(z.device, dtype).expand(b, -1, -1),
         pooled_projections=cond.pooled_embeds.to(z.device, dtype).expand(b, -1),
-        timestep=t, img_ids=img_ids(h, w, offset, z.device, dtype),
-        txt_ids=txt_ids(cond.prompt_embeds.shape[1], z.device, dtype), guidance=g, return_dict=False,
+        timestep=t, img_ids=img_ids(h, w, offsets[0], z.device), txt_ids=txt, guidance=g,
+        joint_attention_kwargs=extra, return_dict=False,
     )[0]
     return unpack(out, h, w).to(z.dtype)
 

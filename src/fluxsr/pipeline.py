@@ -23,7 +23,7 @@ from .color import color_fix
 from .flow import one_step
 from .images import resize, target_size
 from .models import FluxSRModel, load_model, to_device, velocity
-from .tiling import TileSpec, tiled_map
+from .tiling import TileSpec, latent_tiles, snapped, tiled_map
 
 
 class NonFiniteOutputError(RuntimeError):
@@ -40,6 +40,9 @@ class UpscaleOptions:
     tile: tile edge in OUTPUT pixels for all three stages (rounded to the model's multiple, 16 for FLUX); None
         takes the model's default (``ModelSpec.tile``: 1024 for FLUX, trained at up to ~2 MP).
     overlap: overlap between tiles in output pixels; None takes the model's default.
+    tile_batch: tiles per forward pass in every stage (each keeps its own position ids); 1 (default) runs tiles
+        one at a time, 0 lets the memory planner choose (up to ``memory.AUTO_TILE_BATCH``). The planner lowers it
+        when memory is short.
     """
 
     scale: float = 4.0
@@ -47,6 +50,7 @@ class UpscaleOptions:
     color_fix: str = "wavelet"
     tile: int | None = None
     overlap: int | None = None
+    tile_batch: int = 1
 
 
 def default_device() -> torch.device:
@@ -106,44 +110,46 @@ class FluxSRPipeline:
         self.peaks[stage] = max(self.peaks.get(stage, 0), memory.read_peak(self.device))
 
     def _pixel_tiles(self, opts: UpscaleOptions) -> TileSpec:
-        m, spec = self.model.multiple, self.model.spec
-        tile = max(m, (opts.tile or spec.tile) // m * m)
-        overlap = spec.overlap if opts.overlap is None else opts.overlap
-        return TileSpec(tile, min(max(0, overlap // m * m), tile - m), m)
+        spec = self.model.spec
+        return snapped(opts.tile or spec.tile, spec.overlap if opts.overlap is None else opts.overlap,
+                       self.model.multiple)
+
+    def _latent_tiles(self, opts: UpscaleOptions) -> TileSpec:
+        return latent_tiles(self._pixel_tiles(opts), self.model.vae_scale)
+
+    @staticmethod
+    def _batch(opts: UpscaleOptions) -> int:
+        return max(1, opts.tile_batch or 1)
 
     def encode(self, x: Tensor, opts: UpscaleOptions) -> Tensor:
         """Images (B, 3, H, W) in [0, 1] -> normalised latents ``(mean(E(2x - 1)) - shift) * scale``."""
         vae = self.model.vae
 
-        def enc(tile: Tensor, _offset) -> Tensor:
-            return vae.encode(tile.to(self.device, self.dtype) * 2 - 1).latent_dist.mode()
+        def enc(tiles: Tensor, _offsets) -> Tensor:
+            return vae.encode(tiles.to(self.device, self.dtype) * 2 - 1).latent_dist.mode()
 
-        z = tiled_map(enc, x, self._pixel_tiles(opts), Fraction(1, self.model.vae_scale))
+        z = tiled_map(enc, x, self._pixel_tiles(opts), Fraction(1, self.model.vae_scale), batch=self._batch(opts))
         return (z - vae.config.shift_factor) * vae.config.scaling_factor
 
     def decode(self, z: Tensor, opts: UpscaleOptions, out_device: torch.device | None = None) -> Tensor:
         """Normalised latents -> images in [0, 1] (not clamped); ``out_device`` blends the tiles there (CPU RAM)."""
         vae, s = self.model.vae, self.model.vae_scale
-        spec = self._pixel_tiles(opts)
-        lat_spec = TileSpec(spec.tile // s, spec.overlap // s, 2)
 
-        def dec(tile: Tensor, _offset) -> Tensor:
-            tile = tile / vae.config.scaling_factor + vae.config.shift_factor
-            out = (vae.decode(tile.to(self.dtype)).sample + 1) / 2
+        def dec(tiles: Tensor, _offsets) -> Tensor:
+            tiles = tiles / vae.config.scaling_factor + vae.config.shift_factor
+            out = (vae.decode(tiles.to(self.dtype)).sample + 1) / 2
             return out if out_device is None else out.to(out_device)
 
-        return tiled_map(dec, z, lat_spec, s)
+        return tiled_map(dec, z, self._latent_tiles(opts), s, batch=self._batch(opts))
 
     def transform(self, z_l: Tensor, opts: UpscaleOptions) -> Tensor:
         """One step from ``T_L`` to 0 on the LR latent: ``z_H = z_L - T_L * v(z_L, T_L)``, tiled."""
-        t_l, s = self.model.spec.t_l, self.model.vae_scale
-        spec = self._pixel_tiles(opts)
-        lat_spec = TileSpec(spec.tile // s, spec.overlap // s, 2)
+        t_l = self.model.spec.t_l
 
-        def step(tile: Tensor, offset) -> Tensor:
-            return one_step(tile.float(), velocity(self.model, tile, t_l, offset).float(), t_l)
+        def step(tiles: Tensor, offsets) -> Tensor:
+            return one_step(tiles.float(), velocity(self.model, tiles, t_l, offsets).float(), t_l)
 
-        return tiled_map(step, z_l, lat_spec, 1)
+        return tiled_map(step, z_l, self._latent_tiles(opts), 1, batch=self._batch(opts))
 
     # -- whole image ----------------------------------------------------------------------------------------------
 
@@ -152,29 +158,35 @@ class FluxSRPipeline:
         """Upscale one RGB image (3, h, w) in [0, 1]; returns (3, H, W) float32 on the CPU, in [0, 1].
 
         Tiles come from the memory planner (:mod:`fluxsr.memory`): ``opts.tile`` unless the estimate does not fit
-        the free memory (or ``self.max_memory``), chosen from memory when ``opts.tile <= 0``. Out of memory, the run
-        is retried with halved tiles (or, when resize/colour fix failed, with the full image off the device).
+        the free memory (or ``self.max_memory``), chosen from memory when ``opts.tile <= 0``; tiles per pass
+        likewise (``opts.tile_batch``, chosen when None or 0). Out of memory, the run is retried with half the
+        tiles per pass, then halved tiles (or, when resize/colour fix failed, with the full image off the device).
         """
         opts = opts or UpscaleOptions()
         h, w = rgb.shape[-2:]
         out_hw = target_size(h, w, None if opts.long_side else opts.scale, opts.long_side)
-        self.plan = plan = memory.plan_for(self, out_hw, opts.tile, self.max_memory)
+        self.plan = plan = memory.plan_for(self, out_hw, opts.tile, self.max_memory, overlap=opts.overlap,
+                                           requested_batch=opts.tile_batch)
         if plan.changed:
             print(f"fluxsr: {plan.describe()}", file=sys.stderr)
 
         def on_retry(tile: int, halved: int, error: BaseException) -> int:
             moved = self._stage in ("resize", "color_fix") and plan.full_image_on_device
             plan.full_image_on_device &= not moved
-            nxt = tile if moved else halved
+            fewer = not moved and plan.batch > 1
+            batch = plan.batch
+            plan.batch = batch // 2 if fewer else batch
+            nxt = tile if moved or fewer else halved
             if nxt:
-                plan.retries.append(f"out of memory in {self._stage} at tile {tile}: retrying with tile {nxt}"
-                                    + (", full image off the device" if moved else ""))
+                plan.retries.append(f"out of memory in {self._stage} at tile {tile} x {batch}: retrying with tile "
+                                    f"{nxt} x {plan.batch}" + (", full image off the device" if moved else ""))
                 print(f"fluxsr: {plan.retries[-1]}", file=sys.stderr)
             return nxt
 
         def attempt(tile: int) -> Tensor:
             plan.tile = tile
-            return self._upscale(rgb, replace(opts, tile=tile), out_hw, plan.full_image_on_device)
+            return self._upscale(rgb, replace(opts, tile=tile, tile_batch=plan.batch), out_hw,
+                                 plan.full_image_on_device)
 
         m = self.model.multiple
         return memory.run_with_oom_retry(attempt, plan.tile, multiple=m, min_tile=max(64, 4 * m),
@@ -207,9 +219,9 @@ class FluxSRPipeline:
         return y[0].cpu()
 
     def __call__(self, image, scale: float = 4.0, long_side: int | None = None, color_fix: str = "wavelet",
-                 tile: int | None = None, overlap: int | None = None):
+                 tile: int | None = None, overlap: int | None = None, tile_batch: int = 1):
         """Upscale a PIL image (returns PIL, same mode family) or a tensor (3, h, w) in [0, 1] (returns a tensor)."""
-        opts = UpscaleOptions(scale, long_side, color_fix, tile, overlap)
+        opts = UpscaleOptions(scale, long_side, color_fix, tile, overlap, tile_batch)
         if isinstance(image, Tensor):
             return self.upscale_tensor(image, opts)
         from .images import pil_to_tensor, tensor_to_pil

@@ -1,9 +1,9 @@
 """Overlapping tiles with feathered blending, for every stage of the pipeline (VAE encode, transformer, VAE decode).
 
-One function, :func:`tiled_map`, splits a (B, C, H, W) tensor into overlapping tiles, runs a function on each with the
-tile's offset (so the transformer can give each tile the position ids of its place in the whole image), and blends
-the outputs with weights that ramp linearly across the overlaps. A function may change resolution by a fixed factor
-(1/8 for the VAE encoder, 8 for the decoder, 1 for the transformer).
+One function, :func:`tiled_map`, splits a (B, C, H, W) tensor into overlapping tiles, runs a function on them (one
+or several at a time) with each tile's offset (so the transformer can give each tile the position ids of its place
+in the whole image), and blends the outputs with weights that ramp linearly across the overlaps. A function may
+change resolution by a fixed factor (1/8 for the VAE encoder, 8 for the decoder, 1 for the transformer).
 """
 
 from __future__ import annotations
@@ -27,6 +27,17 @@ class TileSpec:
     def __post_init__(self):
         if self.tile <= 0 or self.overlap < 0 or self.overlap >= self.tile:
             raise ValueError(f"need 0 <= overlap < tile, got tile={self.tile} overlap={self.overlap}")
+
+
+def snapped(tile: int, overlap: int, multiple: int) -> TileSpec:
+    """The spec for a tile and overlap asked in pixels, both snapped down to ``multiple`` (overlap < tile)."""
+    tile = max(multiple, tile // multiple * multiple)
+    return TileSpec(tile, min(max(0, overlap // multiple * multiple), tile - multiple), multiple)
+
+
+def latent_tiles(pixel: TileSpec, vae_scale: int) -> TileSpec:
+    """The same tiles in latent units, starting on even latents (the transformer's 2x2 patches)."""
+    return TileSpec(pixel.tile // vae_scale, pixel.overlap // vae_scale, 2)
 
 
 def tile_starts(size: int, tile: int, overlap: int, align: int = 1) -> list[int]:
@@ -59,26 +70,31 @@ def ramp(n: int, overlap_before: int, overlap_after: int, device=None) -> Tensor
     return w
 
 
-def tiled_map(fn: Callable[[Tensor, tuple[int, int]], Tensor], x: Tensor, spec: TileSpec,
-              scale: Fraction | int = 1, out_channels: int | None = None) -> Tensor:
-    """Apply ``fn(tile, (y0, x0))`` over overlapping tiles of ``x`` (B, C, H, W) and blend the results.
+def tiled_map(fn: Callable[[Tensor, list[tuple[int, int]]], Tensor], x: Tensor, spec: TileSpec,
+              scale: Fraction | int = 1, out_channels: int | None = None, batch: int = 1) -> Tensor:
+    """Apply ``fn(tiles, offsets)`` over overlapping tiles of ``x`` (B, C, H, W) and blend the results.
 
-    ``fn`` maps an input tile of size (h, w) to (B, C', h * scale, w * scale). With one tile covering ``x`` this is
-    exactly ``fn(x, (0, 0))``. The output accumulates on ``x``'s device in float32.
+    Up to ``batch`` tiles go through ``fn`` together: ``tiles`` is (n * B, C, h, w), tile-major (the B samples of
+    the first tile, then of the second, ...), and ``offsets`` holds each tile's (y0, x0). ``fn`` returns
+    (n * B, C', h * scale, w * scale). All tiles have the same size, so batches stack. With one tile covering ``x``
+    this is exactly ``fn(x, [(0, 0)])``. The output accumulates on the device of ``fn``'s output in float32.
     """
     scale = Fraction(scale)
-    _, _, h, w = x.shape
+    b, _, h, w = x.shape
     ys, xs = tile_starts(h, spec.tile, spec.overlap, spec.align), tile_starts(w, spec.tile, spec.overlap, spec.align)
     if len(ys) == 1 and len(xs) == 1:
-        return fn(x, (0, 0))
+        return fn(x, [(0, 0)])
+    th, tw = min(spec.tile, h), min(spec.tile, w)
+    grid = [(iy, ix) for iy in range(len(ys)) for ix in range(len(xs))]
     out = weight = None
-    for iy, y0 in enumerate(ys):
-        th = min(spec.tile, h)
-        for ix, x0 in enumerate(xs):
-            tw = min(spec.tile, w)
-            res = fn(x[:, :, y0:y0 + th, x0:x0 + tw], (y0, x0)).float()
+    for first in range(0, len(grid), max(1, batch)):
+        chunk = grid[first:first + max(1, batch)]
+        offsets = [(ys[iy], xs[ix]) for iy, ix in chunk]
+        tiles = torch.cat([x[:, :, y0:y0 + th, x0:x0 + tw] for y0, x0 in offsets])
+        results = fn(tiles, offsets).float().split(b)
+        for (iy, ix), (y0, x0), res in zip(chunk, offsets, results, strict=True):
             if out is None:
-                out = torch.zeros(res.shape[0], out_channels or res.shape[1], int(h * scale), int(w * scale),
+                out = torch.zeros(b, out_channels or res.shape[1], int(h * scale), int(w * scale),
                                   device=res.device)
                 weight = torch.zeros(1, 1, out.shape[2], out.shape[3], device=res.device)
             oy, ox, oh, ow = int(y0 * scale), int(x0 * scale), res.shape[2], res.shape[3]
@@ -92,3 +108,9 @@ def tiled_map(fn: Callable[[Tensor, tuple[int, int]], Tensor], x: Tensor, spec: 
             out[:, :, oy:oy + oh, ox:ox + ow] += res * wt
             weight[:, :, oy:oy + oh, ox:ox + ow] += wt
     return out / weight
+
+
+def tile_count(size_hw: tuple[int, int], spec: TileSpec) -> int:
+    """How many tiles :func:`tiled_map` cuts an (H, W) input into."""
+    return len(tile_starts(size_hw[0], spec.tile, spec.overlap, spec.align)) \
+        * len(tile_starts(size_hw[1], spec.tile, spec.overlap, spec.align))

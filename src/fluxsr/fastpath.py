@@ -1,0 +1,115 @@
+"""Speed switches for inference on a GPU: attention kernel, torch.compile (regional or whole, CUDA graphs), channels-
+last / compiled VAE, fp8 linears (torchao). Each is measured by ``fluxsr bench`` (docs/performance.md says what each
+gave); ``fluxsr upscale`` takes the same flags. All default to off: eager bf16 with PyTorch's own SDPA choice.
+"""
+
+from __future__ import annotations
+
+import argparse
+from contextlib import nullcontext
+from dataclasses import dataclass
+
+SDPA_BACKENDS = ("auto", "flash", "efficient", "cudnn", "math")
+COMPILE_MODES = ("default", "max-autotune-no-cudagraphs", "reduce-overhead")
+
+
+@dataclass
+class FastPath:
+    """GPU fast-path switches (each measured by ``fluxsr bench``; docs/performance.md says which won).
+
+    sdpa: attention kernel for every ``scaled_dot_product_attention`` (``auto`` lets PyTorch choose).
+    compile: ``regional`` = ``transformer.compile_repeated_blocks(fullgraph=True)`` (diffusers regional
+        compilation: each block type compiled once, reused by all 57 blocks), ``full`` = ``torch.compile`` of the
+        whole transformer, ``""`` = eager.
+    compile_mode: ``torch.compile`` mode: ``default``, ``max-autotune-no-cudagraphs``, or ``reduce-overhead``
+        (CUDA graphs: kernel launches replayed from a recorded graph, one per tile shape).
+    compile_vae: ``torch.compile`` of the VAE encoder and decoder modules.
+    channels_last_vae: VAE weights (hence activations) in channels-last layout.
+    fp8: float8 dynamic quantisation of the transformer's linears with torchao, only if it imports.
+    """
+
+    sdpa: str = "auto"
+    compile: str = ""
+    compile_vae: bool = False
+    channels_last_vae: bool = False
+    fp8: bool = False
+    compile_mode: str = "default"
+
+    def label(self) -> str:
+        """Short tag for table rows: ``+compile+flash`` etc.; empty for the defaults."""
+        compiled = {"": "", "regional": "compile", "full": "compile-full"}[self.compile]
+        if compiled and self.compile_mode != "default":
+            compiled += f"-{self.compile_mode}"
+        tags = [t for t, on in ((compiled, compiled), ("compile-vae", self.compile_vae),
+                                ("cl-vae", self.channels_last_vae), ("fp8", self.fp8)) if on]
+        if self.sdpa != "auto":
+            tags.append(f"sdpa-{self.sdpa}")
+        return "".join(f"+{t}" for t in tags)
+
+
+def sdpa_context(name: str):
+    """A context selecting one SDPA backend (``torch.nn.attention.sdpa_kernel``), or nothing for ``auto``."""
+    if name == "auto":
+        return nullcontext()
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    backend = {"flash": SDPBackend.FLASH_ATTENTION, "efficient": SDPBackend.EFFICIENT_ATTENTION,
+               "cudnn": SDPBackend.CUDNN_ATTENTION, "math": SDPBackend.MATH}[name]
+    return sdpa_kernel([backend])
+
+
+def apply_fast_path(model, fast: FastPath, static_shapes: bool = True) -> list[str]:
+    """Apply the switches of ``fast`` to a :class:`~fluxsr.models.FluxSRModel`'s modules in place (after it was
+    moved to its device and dtype); returns notes (what was skipped and why).
+
+    ``static_shapes``: one compiled graph per tile shape (a benchmark sees a few shapes); False lets torch.compile
+    turn to a dynamic-shape graph once a second shape shows up (a folder of images of many sizes)."""
+    import torch
+
+    notes = []
+    vae, transformer = model.vae, model.transformer
+    if fast.channels_last_vae:
+        vae.to(memory_format=torch.channels_last)
+    if fast.fp8:
+        try:
+            from torchao.quantization import Float8DynamicActivationFloat8WeightConfig, quantize_
+
+            quantize_(transformer, Float8DynamicActivationFloat8WeightConfig())
+            notes.append("fp8: torchao float8 dynamic activation + weight quantisation of the transformer")
+        except ImportError as e:
+            fast.fp8 = False
+            notes.append(f"fp8 skipped: torchao not importable ({e})")
+    if (fast.compile or fast.compile_vae) and static_shapes:
+        torch._dynamo.config.automatic_dynamic_shapes = False
+    if fast.compile_vae:
+        vae.encoder.compile()
+        vae.decoder.compile()
+    if fast.compile:
+        from .attention import install
+
+        install(transformer)  # before compiling: swapping processors later would recompile every block
+        mode = {} if fast.compile_mode == "default" else {"mode": fast.compile_mode}
+        if fast.compile == "regional":
+            transformer.compile_repeated_blocks(fullgraph=True, **mode)
+        else:
+            transformer.compile(**mode)
+    return notes
+
+
+def add_fast_path_arguments(p: argparse.ArgumentParser) -> None:
+    """The speed flags, one argument group (``fluxsr bench`` and ``fluxsr upscale``)."""
+    g = p.add_argument_group("speed (GPU)")
+    g.add_argument("--sdpa", choices=SDPA_BACKENDS, default="auto", help="attention kernel")
+    g.add_argument("--compile", dest="compile", action="store_const", const="regional", default="",
+                   help="regional torch.compile: the transformer's repeated blocks (first image takes minutes)")
+    g.add_argument("--compile-full", dest="compile", action="store_const", const="full",
+                   help="torch.compile the whole transformer instead")
+    g.add_argument("--compile-mode", choices=COMPILE_MODES,
+                   default="default", help="torch.compile mode (reduce-overhead: CUDA graphs)")
+    g.add_argument("--compile-vae", action="store_true", help="torch.compile the VAE encoder and decoder")
+    g.add_argument("--channels-last-vae", action="store_true", help="VAE in channels-last layout")
+    g.add_argument("--fp8", action="store_true", help="float8 transformer linears via torchao (if importable)")
+
+
+def fast_path_from_args(args: argparse.Namespace) -> FastPath:
+    return FastPath(args.sdpa, args.compile, args.compile_vae, args.channels_last_vae, args.fp8, args.compile_mode)

@@ -1,0 +1,61 @@
+"""The speed switches on CPU: torch.compile (regional and whole) traces the real blocks, tiles in one pass included,
+and gives the eager result; the flags reach ``fluxsr upscale``."""
+
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from fluxsr import models as M
+from fluxsr.fastpath import FastPath, apply_fast_path, sdpa_context
+from fluxsr.pipeline import FluxSRPipeline, UpscaleOptions
+
+
+def test_labels():
+    assert FastPath().label() == ""
+    assert FastPath(sdpa="flash", compile="regional", compile_vae=True).label() == "+compile+compile-vae+sdpa-flash"
+    assert FastPath(compile="full", compile_mode="reduce-overhead").label() == "+compile-full-reduce-overhead"
+
+
+@pytest.mark.parametrize("how", ["regional", "full"])
+def test_compiled_transformer_equals_eager(how):
+    """fullgraph=True for the regional compile: any graph break in the blocks (our attention processor included)
+    fails here rather than on a GPU."""
+    x = torch.rand(3, 16, 24, generator=torch.Generator().manual_seed(0))  # -> 64 x 96: 2 tiles of 64
+    eager = FluxSRPipeline(M.build_tiny(seed=5), "cpu")
+    fast = FluxSRPipeline(M.build_tiny(seed=5), "cpu")
+    with torch._dynamo.config.patch(automatic_dynamic_shapes=True):  # apply_fast_path turns it off: restore
+        assert apply_fast_path(fast.model, FastPath(compile=how)) == []
+        try:
+            for batch in (1, 2):
+                opts = UpscaleOptions(tile=64, overlap=16, tile_batch=batch)
+                torch.testing.assert_close(fast.upscale_tensor(x, opts), eager.upscale_tensor(x, opts),
+                                           atol=1e-5, rtol=0)
+        finally:
+            torch._dynamo.reset()
+
+
+def test_sdpa_context_selects_a_backend():
+    q = torch.randn(1, 2, 8, 16)
+    with sdpa_context("math"):
+        a = torch.nn.functional.scaled_dot_product_attention(q, q, q)
+    torch.testing.assert_close(a, torch.nn.functional.scaled_dot_product_attention(q, q, q))
+
+
+def test_fp8_without_torchao_is_skipped_with_a_note(monkeypatch):
+    monkeypatch.setitem(sys.modules, "torchao", None)  # import fails as if not installed
+    fast = FastPath(fp8=True)
+    notes = apply_fast_path(M.build_tiny(), fast)
+    assert not fast.fp8 and "fp8 skipped" in notes[0]
+
+
+def test_upscale_command_takes_the_speed_flags(tmp_path):
+    from PIL import Image
+
+    Image.new("RGB", (24, 16), (200, 40, 90)).save(tmp_path / "a.png")
+    r = subprocess.run([sys.executable, "-m", "fluxsr.cli", "upscale", str(tmp_path / "a.png"), "-o",
+                        str(tmp_path / "out"), "--model", "tiny", "--sdpa", "math", "--tile", "64", "--overlap", "16",
+                        "--tile-batch", "2", "--max-memory", "64GiB", "-q"], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert Image.open(tmp_path / "out" / "a.png").size == (96, 64)
