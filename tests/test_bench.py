@@ -227,8 +227,9 @@ def test_plan_tiles_per_pass():
     assert (p.batch, p.changed) == (MEM.AUTO_TILE_BATCH, False)
     p = MEM.plan_memory(image, dec(512, 2) + full_on, DIMS, 2, 512, cost=COST, overlap=64, requested_batch=0)
     assert (p.tile, p.batch, p.changed) == (512, 2, False)
-    # never more than the number of tiles
-    assert MEM.plan_memory(image, 10**12, DIMS, 2, 1024, cost=COST, requested_batch=8).batch == 1
+    # never more than the number of tiles, and that cap is not a change worth printing
+    p = MEM.plan_memory(image, 10**12, DIMS, 2, 1024, cost=COST, requested_batch=8)
+    assert (p.batch, p.tiles, p.changed) == (1, 1, False)
     # a larger tile wins over more tiles per pass; when one 512 tile does not fit even with the image off the
     # device (latents 4 B/px), the 256 tiles take as many per pass as fit
     off = 4 * 1024 * 1024
@@ -312,6 +313,25 @@ def test_oom_retry_halves_tiles_per_pass_before_the_tile(tiny_pipe, monkeypatch)
     assert seen == [(64, 3), (64, 1)] and tiny_pipe.plan.batch == 1
     assert "x 3: retrying with tile 64 x 1" in tiny_pipe.plan.retries[0]
     torch.testing.assert_close(out, one, atol=1e-5, rtol=0)
+
+
+def test_oom_in_color_fix_keeps_the_tiles_per_pass(tiny_pipe, monkeypatch):
+    """Fewer tiles per pass cannot help the whole-image colour fix: the image moves off the device instead."""
+    import fluxsr.pipeline as P
+
+    x = torch.rand(3, 16, 40, generator=torch.Generator().manual_seed(0))
+    real, calls = P.color_fix, []
+
+    def flaky(y, r, method):
+        calls.append(1)
+        if len(calls) == 1:
+            raise torch.cuda.OutOfMemoryError("fake: full-size colour fix")
+        return real(y, r, method)
+
+    monkeypatch.setattr(P, "color_fix", flaky)
+    tiny_pipe.upscale_tensor(x, UpscaleOptions(tile=64, overlap=16, tile_batch=3))
+    assert (tiny_pipe.plan.batch, tiny_pipe.plan.tile, tiny_pipe.plan.full_image_on_device) == (3, 64, False)
+    assert len(tiny_pipe.plan.retries) == 1
 
 
 def test_oom_retry_gives_up_below_min_tile(tiny_pipe, monkeypatch):

@@ -36,6 +36,25 @@ def test_compiled_transformer_equals_eager(how):
             torch._dynamo.reset()
 
 
+def test_switches_are_checked():
+    assert FastPath(compile=True).compile == "regional"  # the old boolean
+    assert not FastPath().enabled and FastPath(fp8=True).enabled
+    for bad in ({"compile": "fast"}, {"compile_mode": "max"}, {"sdpa": "xformers"}):
+        with pytest.raises(ValueError):
+            FastPath(**bad)
+    with pytest.raises(ValueError, match="tile_batch"):
+        UpscaleOptions(tile_batch=-1)
+
+
+@pytest.mark.parametrize("flags,message", [(["--compile", "--compile-full"], "not allowed with"),
+                                           (["--compile-mode", "reduce-overhead"], "needs --compile"),
+                                           (["--tile-batch", "-2"], "must be >= 0")])
+def test_upscale_refuses_contradicting_speed_flags(tmp_path, flags, message):
+    r = subprocess.run([sys.executable, "-m", "fluxsr.cli", "upscale", str(tmp_path / "x.png"), "--model", "tiny",
+                        *flags], capture_output=True, text=True)
+    assert r.returncode != 0 and message in r.stderr
+
+
 def test_sdpa_context_selects_a_backend():
     q = torch.randn(1, 2, 8, 16)
     with sdpa_context("math"):

@@ -61,6 +61,10 @@ def test_tiles_in_one_pass_match_one_at_a_time(per_tile):
     assert torch.allclose(M.velocity(model, z[:per_tile], t[:per_tile], offsets[0]), one[:per_tile], atol=1e-6)
     with pytest.raises(ValueError, match="offsets"):
         M.velocity(model, z[:3], t[:3], offsets[:2])
+    # the same offsets as lists (JSON, numpy) are read the same way
+    torch.testing.assert_close(M.velocity(model, z, t, [list(o) for o in offsets]), many)
+    torch.testing.assert_close(M.velocity(model, z[:per_tile], t[:per_tile], [0, 6]),
+                               M.velocity(model, z[:per_tile], t[:per_tile], (0, 6)))
 
 
 def test_position_ids_reach_the_transformer_in_float32():

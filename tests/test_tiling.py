@@ -100,6 +100,7 @@ def test_batches_of_tiles_equal_one_at_a_time(batch):
 def test_snapped_and_tile_count():
     assert snapped(100, 30, 16) == TileSpec(96, 16, 16)
     assert snapped(8, 30, 16) == TileSpec(16, 0, 16)
+    assert snapped(64, 128, 16) == TileSpec(64, 32, 16)  # overlap at most half the tile (halved tiles after OOM)
     assert tile_count((64, 64), TileSpec(64, 8, 2)) == 1
     assert tile_count((64, 100), TileSpec(32, 8, 2)) == 3 * 4
 

@@ -34,6 +34,13 @@ def _model_args(p: argparse.ArgumentParser) -> None:
                    help="memory cap for the tile planner, weights included (e.g. 40GiB; default: what is free)")
 
 
+def _non_negative(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
+
+
 def _load_kwargs(args) -> dict:
     from dataclasses import replace
 
@@ -75,6 +82,8 @@ def cmd_upscale(args) -> int:
         for note in apply_fast_path(backend.model, fast, static_shapes=False):
             print(f"note: {note}", file=sys.stderr)
     else:
+        if fast.enabled:
+            print(f"note: the speed flags apply to the fluxsr backend only, not {args.backend}", file=sys.stderr)
         backend = make_backend(args.backend, device=args.device)
     opts = UpscaleOptions(args.scale, args.long_side, args.color_fix, args.tile, args.overlap, args.tile_batch)
     batch = BatchOptions(args.suffix, args.ext, args.overwrite, args.max_pixels)
@@ -102,7 +111,7 @@ def add_upscale(sub) -> None:
     p.add_argument("--color-fix", choices=("wavelet", "adain", "none"), default="wavelet")
     p.add_argument("--tile", type=int, default=None, help="tile edge in output pixels, all stages (default: model's)")
     p.add_argument("--overlap", type=int, default=None, help="tile overlap in output pixels (default: model's)")
-    p.add_argument("--tile-batch", type=int, default=1,
+    p.add_argument("--tile-batch", type=_non_negative, default=1,
                    help="tiles per forward pass, each at its own position (0: as many as memory allows, up to 4)")
     p.add_argument("--suffix", default="", help="added to output file stems")
     p.add_argument("--ext", default="auto", help="output format: auto (same as input), png, jpg, webp, tif, bmp")

@@ -35,6 +35,21 @@ class FastPath:
     fp8: bool = False
     compile_mode: str = "default"
 
+    def __post_init__(self):
+        if self.compile is True:  # the old boolean switch
+            self.compile = "regional"
+        self.compile = self.compile or ""
+        for name, value, allowed in (("compile", self.compile, ("", "regional", "full")),
+                                     ("compile_mode", self.compile_mode, COMPILE_MODES),
+                                     ("sdpa", self.sdpa, SDPA_BACKENDS)):
+            if value not in allowed:
+                raise ValueError(f"{name}={value!r}: choose one of {allowed}")
+
+    @property
+    def enabled(self) -> bool:
+        """True when any switch is on (anything to apply)."""
+        return self != FastPath()
+
     def label(self) -> str:
         """Short tag for table rows: ``+compile+flash`` etc.; empty for the defaults."""
         compiled = {"": "", "regional": "compile", "full": "compile-full"}[self.compile]
@@ -100,10 +115,11 @@ def add_fast_path_arguments(p: argparse.ArgumentParser) -> None:
     """The speed flags, one argument group (``fluxsr bench`` and ``fluxsr upscale``)."""
     g = p.add_argument_group("speed (GPU)")
     g.add_argument("--sdpa", choices=SDPA_BACKENDS, default="auto", help="attention kernel")
-    g.add_argument("--compile", dest="compile", action="store_const", const="regional", default="",
-                   help="regional torch.compile: the transformer's repeated blocks (first image takes minutes)")
-    g.add_argument("--compile-full", dest="compile", action="store_const", const="full",
-                   help="torch.compile the whole transformer instead")
+    how = g.add_mutually_exclusive_group()
+    how.add_argument("--compile", dest="compile", action="store_const", const="regional", default="",
+                     help="regional torch.compile: the transformer's repeated blocks (first image takes minutes)")
+    how.add_argument("--compile-full", dest="compile", action="store_const", const="full",
+                     help="torch.compile the whole transformer instead")
     g.add_argument("--compile-mode", choices=COMPILE_MODES,
                    default="default", help="torch.compile mode (reduce-overhead: CUDA graphs)")
     g.add_argument("--compile-vae", action="store_true", help="torch.compile the VAE encoder and decoder")
@@ -112,4 +128,7 @@ def add_fast_path_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def fast_path_from_args(args: argparse.Namespace) -> FastPath:
+    """The switches from parsed flags; ``--compile-mode`` without ``--compile``/``--compile-full`` is an error."""
+    if args.compile_mode != "default" and not args.compile:
+        raise SystemExit("--compile-mode needs --compile or --compile-full")
     return FastPath(args.sdpa, args.compile, args.compile_vae, args.channels_last_vae, args.fp8, args.compile_mode)

@@ -227,7 +227,7 @@ class MemoryPlan:
     """What the planner chose for one image, and why.
 
     tile: tile edge in output pixels for all three tiled stages.
-    batch: tiles per forward pass in every stage (at most the number of tiles).
+    batch: tiles per forward pass in every stage (at most ``tiles``, the number of tiles at this tile size).
     full_image_on_device: False moves resize, blending of decoded tiles and the colour fix off the accelerator
         (resize on the CPU, colour fix tile by tile); on the CPU it means the colour fix runs tile by tile.
     fits: False when even the smallest tile is estimated not to fit (the OOM retry is then the last resort).
@@ -244,6 +244,7 @@ class MemoryPlan:
     retries: list[str] = field(default_factory=list)
     batch: int = 1
     requested_batch: int = 1
+    tiles: int = 1
 
     @property
     def peak(self) -> int:
@@ -255,9 +256,9 @@ class MemoryPlan:
     def changed(self) -> bool:
         """True when the plan differs from what was asked (smaller tile or batch, image off the device, no fit).
 
-        An automatic batch (asked 0) is not a change."""
+        An automatic batch (asked 0), or one capped by the number of tiles, is not a change."""
         return self.tile != self.requested_tile or not self.full_image_on_device or not self.fits \
-            or 0 < self.batch < self.requested_batch
+            or 0 < self.batch < min(self.requested_batch, self.tiles)
 
     def describe(self) -> str:
         """One line for logs: tile, where the full image lives, estimates against the budget."""
@@ -305,7 +306,7 @@ def plan_memory(image_hw: tuple[int, int], budget: int, dims: ModelDims, dtype_b
             for batch in range(min(want, tiles), 0, -1):
                 est = dict({k: v * batch for k, v in stages.items()}, full_image=cost.full_image(h * w, on_device))
                 last = MemoryPlan(tile, candidates[0], on_device, budget, source, tuple(image_hw), est,
-                                  batch=batch, requested_batch=requested_batch)
+                                  batch=batch, requested_batch=requested_batch, tiles=tiles)
                 if last.peak <= usable:
                     return last
     last.fits = False

@@ -547,7 +547,8 @@ def velocity(model: FluxSRModel, z: Tensor, t: float | Tensor,
     if tr.config.guidance_embeds:
         g = torch.full((b,), model.spec.guidance if guidance is None else guidance, device=z.device, dtype=dtype)
     cond = model.cond
-    offsets = [offset] if isinstance(offset, tuple) else list(offset)
+    single = len(offset) == 2 and not isinstance(offset[0], (tuple, list))  # (y, x), not a list of them
+    offsets = [(int(offset[0]), int(offset[1]))] if single else [(int(y), int(x)) for y, x in offset]
     if b % len(offsets):
         raise ValueError(f"{len(offsets)} tile offsets for a batch of {b}")
     # ids stay float32: bf16 has 8 significant bits, so positions past 256 (images past 4096 px) would round

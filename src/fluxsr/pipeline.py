@@ -52,6 +52,10 @@ class UpscaleOptions:
     overlap: int | None = None
     tile_batch: int = 1
 
+    def __post_init__(self):
+        if self.tile_batch is None or self.tile_batch < 0:
+            raise ValueError(f"tile_batch must be >= 0 (0: chosen from memory), got {self.tile_batch}")
+
 
 def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -173,7 +177,7 @@ class FluxSRPipeline:
         def on_retry(tile: int, halved: int, error: BaseException) -> int:
             moved = self._stage in ("resize", "color_fix") and plan.full_image_on_device
             plan.full_image_on_device &= not moved
-            fewer = not moved and plan.batch > 1
+            fewer = self._stage in ("encode", "transformer", "decode") and plan.batch > 1
             batch = plan.batch
             plan.batch = batch // 2 if fewer else batch
             nxt = tile if moved or fewer else halved

@@ -30,9 +30,13 @@ class TileSpec:
 
 
 def snapped(tile: int, overlap: int, multiple: int) -> TileSpec:
-    """The spec for a tile and overlap asked in pixels, both snapped down to ``multiple`` (overlap < tile)."""
+    """The spec for a tile and overlap asked in pixels, both snapped down to ``multiple``.
+
+    The overlap is capped at half the tile, so a tile halved after an out-of-memory error (overlap unchanged) still
+    advances by at least half its edge instead of creeping forward by ``multiple``.
+    """
     tile = max(multiple, tile // multiple * multiple)
-    return TileSpec(tile, min(max(0, overlap // multiple * multiple), tile - multiple), multiple)
+    return TileSpec(tile, max(0, min(overlap, tile // 2) // multiple * multiple), multiple)
 
 
 def latent_tiles(pixel: TileSpec, vae_scale: int) -> TileSpec:
