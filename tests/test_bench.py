@@ -148,6 +148,17 @@ def test_unknown_row_is_refused(tmp_path):
     assert main(["bench", "--model", "tiny", "--rows", "fluxsr,nope"]) == 2
 
 
+def test_random_weights_flag_names_the_flux_shaped_model():
+    import argparse
+
+    p = argparse.ArgumentParser()
+    B.add_bench_arguments(p)
+    assert B.config_from_args(p.parse_args(["--random-weights", "--device", "cpu"])).model == B.RANDOM_FLUX
+    assert B.config_from_args(p.parse_args(["--device", "cpu"])).model is None
+    with pytest.raises(ValueError, match="random-weights"):
+        B.config_from_args(p.parse_args(["--random-weights", "--model", "tiny", "--device", "cpu"]))
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # Memory probes and planner
 # ----------------------------------------------------------------------------------------------------------------

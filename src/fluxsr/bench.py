@@ -569,6 +569,7 @@ def add_bench_arguments(p) -> None:
     p.add_argument("--model", default=None,
                    help=f"'bundled' (default), 'tiny', '{RANDOM_FLUX}' (FLUX.1-dev shapes, random weights, made on "
                         "the device) or a model folder / FLUX.1-dev path")
+    p.add_argument("--random-weights", action="store_true", help=f"same as --model {RANDOM_FLUX}")
     p.add_argument("--sizes", default="512,1024,2048,4096", help="output sizes (square, x4 from size/4)")
     p.add_argument("--repeat", type=int, default=3, help="timed runs per row (median reported)")
     p.add_argument("--warmup", type=int, default=1, help="untimed runs first (compilation, cuDNN autotune)")
@@ -616,10 +617,15 @@ def config_from_args(args) -> BenchConfig:
     unknown = sorted(set(rows) - set(ROWS))
     if unknown:
         raise ValueError(f"unknown rows {unknown}: choose from {ROWS}")
+    model = args.model
+    if args.random_weights:
+        if model not in (None, RANDOM_FLUX):
+            raise ValueError(f"--random-weights means --model {RANDOM_FLUX}, not {model}")
+        model = RANDOM_FLUX
     baseline_max = args.baseline_max_size if args.baseline_max_size is not None else \
         (None if device.type == "cuda" else 1024)
     return BenchConfig(
-        model=args.model, sizes=tuple(int(s) for s in _csv(args.sizes)), repeat=args.repeat, warmup=args.warmup,
+        model=model, sizes=tuple(int(s) for s in _csv(args.sizes)), repeat=args.repeat, warmup=args.warmup,
         device=str(device), dtype=dtypes[args.dtype] if args.dtype else None, rows=rows, text_len=args.text_len,
         teacher_steps=args.teacher_steps, teacher_run_steps=args.teacher_run_steps,
         teacher_max_size=args.teacher_max_size or None, baseline_max_size=baseline_max or None,
