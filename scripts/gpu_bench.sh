@@ -6,6 +6,8 @@
 #   run(command="bash scripts/gpu_bench.sh", carry=[".whl"], timeout_s=420, kind="nvidia-h200")
 # Carried (ignored by git):
 #   .whl/diffusers-0.42.1-py3-none-any.whl      (the image has torch 2.11 + everything else fluxsr imports)
+#   .whl/torchao-0.18.0-*.whl (optional, 3.4 MB: `pip download torchao==0.18.0 --no-deps -d .whl`) for the fp8 step;
+#   only its Python float8 path is used (torch._scaled_mm), so a C++-extension mismatch with torch 2.11 is harmless
 #   .cache_carry/ (optional, FLUXSR_HOME): with realesrgan_x4plus.safetensors there the Real-ESRGAN rows use the
 #   real weights; without it they run the same RRDBNet untrained (same cost, row "realesrgan (random weights)").
 #   Mind the 64 MiB carry limit: the wheel is 6.4 MB, the Real-ESRGAN file 33.5 MB.
@@ -15,9 +17,10 @@
 #   main   : 512, 1024, 4096 x {fluxsr, teacher (4 Euler steps run, scaled to 28), realesrgan, bicubic}, eager
 #   fast   : 1024 and 4096 with regional compile + compiled channels-last VAE, tiles 1088/64 (16 tiles at 4096^2
 #            instead of 25; at 1024^2 the one tile is the image, as in main) and the planner capped at 40 GiB
-#   batch1 / batch4 : 2048, eager, 512/64 tiles (25 of them), one tile per forward pass vs four
+#   fp8    : 1024, regional compile + torchao float8 linears (skipped with a note when torchao is not carried)
 #   text64 : 1024, eager, 64 cached text tokens instead of 512
 #   flash  : 1024, eager, SDPA forced to the flash backend
+#   batch1 / batch4 : 2048, eager, 512/64 tiles (25 of them), one tile per forward pass vs four
 #   graphs : 1024, regional compile in reduce-overhead mode (CUDA graphs)
 set -u
 set -o pipefail
@@ -28,16 +31,25 @@ MODEL=${MODEL:-flux-dev-random}   #   PY=.venv/bin/python MODEL=tiny REQUIRE_CUD
 REQUIRE_CUDA=${REQUIRE_CUDA:-1}
 EXTRA=${EXTRA:-}
 SITE=${SITE:-/tmp/site}
+SITE_FP8=${SITE_FP8:-$SITE-fp8}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 
+install() {  # install TARGET WHEEL...
+    local target=$1
+    shift
+    "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$target" "$@" ||
+        { echo "pip install of $* failed"; return 1; }
+}
+
 setup() {
-    "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$SITE" \
-        .whl/*.whl || { echo "pip install of .whl/*.whl failed"; return 1; }
+    install "$SITE" .whl/diffusers-*.whl || return 1
+    # torchao only on the fp8 step's path: diffusers imports it whenever it is importable
+    if compgen -G ".whl/torchao-*.whl" >/dev/null; then install "$SITE_FP8" .whl/torchao-*.whl || return 1; fi
     export PYTHONPATH=$PWD/src:$SITE
     export FLUXSR_HOME=$PWD/.cache_carry
     nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv 2>/dev/null
-    REQUIRE_CUDA=$REQUIRE_CUDA "$PY" - <<'EOF'
+    REQUIRE_CUDA=$REQUIRE_CUDA SITE_FP8=$SITE_FP8 "$PY" - <<'EOF'
 import importlib.util, os, sys
 import torch
 import diffusers
@@ -48,14 +60,15 @@ if os.environ["REQUIRE_CUDA"] == "1" or torch.cuda.is_available():
     p = torch.cuda.get_device_properties(0)
     print(f"{p.name}: {p.total_memory / 2**30:.1f} GiB, {p.multi_processor_count} SMs, "
           f"cudnn {torch.backends.cudnn.version()}")
-print("torchao:", "importable" if importlib.util.find_spec("torchao") else "missing (fp8 path skipped)")
+fp8 = os.environ["SITE_FP8"]
+print("torchao:", f"carried ({fp8})" if os.path.isdir(os.path.join(fp8, "torchao")) else "not carried (fp8 skipped)")
 w = os.path.join(os.environ["FLUXSR_HOME"], "realesrgan_x4plus.safetensors")
 print("realesrgan weights:", w if os.path.isfile(w) else "not carried (rows use random weights, same cost)")
 EOF
 }
 
-step() {  # step NAME MAX_SECONDS BENCH_ARGS...
-    local name=$1 max=$2
+step() {  # step NAME MAX_SECONDS BENCH_ARGS...   (STEP_PATH=DIR step ... adds DIR to the import path)
+    local name=$1 max=$2 path=${STEP_PATH:+$PYTHONPATH:$STEP_PATH}
     shift 2
     local left=$((BUDGET - SECONDS))
     if ((left < 40)); then
@@ -64,7 +77,7 @@ step() {  # step NAME MAX_SECONDS BENCH_ARGS...
     fi
     ((max > left)) && max=$left
     echo "== $name: limit ${max}s, ${SECONDS}s elapsed"
-    timeout --signal=INT --kill-after=15 "$max" "$PY" -m fluxsr.cli bench --model "$MODEL" \
+    PYTHONPATH=${path:-$PYTHONPATH} timeout --signal=INT --kill-after=15 "$max" "$PY" -m fluxsr.cli bench --model "$MODEL" \
         --json "$OUT/$name.json" --markdown "/tmp/$name.md" "$@" $EXTRA
     echo "== $name: exit $? at ${SECONDS}s"
     { echo "## $name: $*"; echo; cat "/tmp/$name.md" 2>/dev/null || echo "(no table: see $name.json, log.txt)"; echo; } \
@@ -77,10 +90,11 @@ main() {
         --teacher-steps 28 --teacher-run-steps 4 --write-ext jpg
     step fast 200 --sizes 1024,4096 --repeat 3 --rows fluxsr --compile --compile-vae --channels-last-vae \
         --tile 1088 --overlap 64 --max-memory 40GiB --write-ext jpg
-    step batch1 40 --sizes 2048 --repeat 3 --rows fluxsr --tile 512 --overlap 64 --tile-batch 1 --write-ext jpg
-    step batch4 40 --sizes 2048 --repeat 3 --rows fluxsr --tile 512 --overlap 64 --tile-batch 4 --write-ext jpg
+    STEP_PATH=$SITE_FP8 step fp8 120 --sizes 1024 --repeat 3 --rows fluxsr --compile --fp8 --write-ext jpg
     step text64 40 --sizes 1024 --repeat 3 --rows fluxsr --text-len 64 --write-ext jpg
     step flash 40 --sizes 1024 --repeat 3 --rows fluxsr --sdpa flash --write-ext jpg
+    step batch1 40 --sizes 2048 --repeat 3 --rows fluxsr --tile 512 --overlap 64 --tile-batch 1 --write-ext jpg
+    step batch4 40 --sizes 2048 --repeat 3 --rows fluxsr --tile 512 --overlap 64 --tile-batch 4 --write-ext jpg
     step graphs 120 --sizes 1024 --repeat 3 --rows fluxsr --compile --compile-mode reduce-overhead --write-ext jpg
     echo "== done in ${SECONDS}s"
 }

@@ -69,6 +69,23 @@ def test_fp8_without_torchao_is_skipped_with_a_note(monkeypatch):
     assert not fast.fp8 and "fp8 skipped" in notes[0]
 
 
+def test_fp8_refused_by_the_hardware_is_skipped_with_a_note(monkeypatch):
+    """torchao checks the GPU (compute capability >= 8.9) with an assert: the run goes on in bf16, saying why."""
+    import types
+
+    def quantize_(model, config):
+        raise AssertionError("Float8 dynamic quantization requires CUDA compute capability >= 8.9")
+
+    fake = types.ModuleType("torchao.quantization")
+    fake.Float8DynamicActivationFloat8WeightConfig, fake.quantize_ = object, quantize_
+    monkeypatch.setitem(sys.modules, "torchao", types.ModuleType("torchao"))
+    monkeypatch.setitem(sys.modules, "torchao.quantization", fake)
+    fast = FastPath(fp8=True)
+    notes = apply_fast_path(M.build_tiny(), fast)
+    assert not fast.fp8 and notes == ["fp8 skipped: Float8 dynamic quantization requires CUDA compute capability "
+                                      ">= 8.9"]
+
+
 def test_upscale_command_takes_the_speed_flags(tmp_path):
     from PIL import Image
 

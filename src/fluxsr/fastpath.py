@@ -94,6 +94,9 @@ def apply_fast_path(model, fast: FastPath, static_shapes: bool = True) -> list[s
         except ImportError as e:
             fast.fp8 = False
             notes.append(f"fp8 skipped: torchao not importable ({e})")
+        except (AssertionError, RuntimeError, ValueError) as e:  # torchao's hardware check is an assert
+            fast.fp8 = False
+            notes.append(f"fp8 skipped: {str(e).splitlines()[0] if str(e) else type(e).__name__}")
     if (fast.compile or fast.compile_vae) and static_shapes:
         torch._dynamo.config.automatic_dynamic_shapes = False
     if fast.compile_vae:
