@@ -150,8 +150,8 @@ def test_eval_cli_reports_problems_and_writes_json_csv(eval_dirs, tmp_path, caps
 
     rows = list(csv.reader((tmp_path / "r.csv").open()))
     assert rows[0] == ["image", "pred", "gt", "psnr", "ssim"]
-    assert [r[0] for r in rows[1:]] == ["astro_out", "coffeex4", "mean"]
-    assert float(rows[-1][3]) == pytest.approx(report["mean"]["psnr"])
+    assert [r[0] for r in rows[1:]] == ["astro_out", "coffeex4", "mean", "count"]
+    assert float(rows[-2][3]) == pytest.approx(report["mean"]["psnr"]) and rows[-1][3:] == ["2", "2"]
 
 
 def test_eval_crop_border_and_protocol(eval_dirs):
@@ -370,8 +370,10 @@ def test_benchmark_lr_only_and_unknown_backend(tiny_set, tmp_path):
         backend_factories("bicubic,esrgan", lambda: None)
     ds = load_dataset(tiny_set / "set" / "lr")
     assert ds.layout == "lr-only"
-    res = run_benchmark(ds, backend_factories("bicubic", lambda: None), tmp_path, ["psnr"], sheet_images=1)
-    assert res.metrics == [] and "no ground truth" in res.notes[0]
+    with pytest.raises(ValueError, match="psnr need ground truth"):  # explicitly asked for: an error
+        run_benchmark(ds, backend_factories("bicubic", lambda: None), tmp_path, ["psnr"], sheet_images=1)
+    res = run_benchmark(ds, backend_factories("bicubic", lambda: None), tmp_path, [], sheet_images=1)
+    assert res.metrics == [] and not res.notes
     assert res.runs[0].n_images == 2 and (tmp_path / "comparison.png").is_file()
 
 

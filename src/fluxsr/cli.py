@@ -73,8 +73,10 @@ def cmd_upscale(args) -> int:
 
     from .fastpath import apply_fast_path, fast_path_from_args, sdpa_context
     from .pipeline import UpscaleOptions
-    from .upscale import BatchOptions, make_backend, process_rank, upscale_paths, write_log
+    from .upscale import BatchOptions, make_backend, process_rank, settings_for_log, upscale_paths, write_log
 
+    opts = UpscaleOptions(args.scale, args.long_side, args.color_fix, args.tile, args.overlap, args.tile_batch)
+    batch = BatchOptions(args.suffix, args.ext, args.overwrite, args.max_pixels)  # bad settings fail before loading
     torch.manual_seed(args.seed)
     fast = fast_path_from_args(args)
     if args.backend == "fluxsr":
@@ -85,15 +87,13 @@ def cmd_upscale(args) -> int:
         if fast.enabled:
             print(f"note: the speed flags apply to the fluxsr backend only, not {args.backend}", file=sys.stderr)
         backend = make_backend(args.backend, device=args.device)
-    opts = UpscaleOptions(args.scale, args.long_side, args.color_fix, args.tile, args.overlap, args.tile_batch)
-    batch = BatchOptions(args.suffix, args.ext, args.overwrite, args.max_pixels)
     rank, world = process_rank()
     with sdpa_context(fast.sdpa):
         results = upscale_paths(backend, args.inputs, args.output, opts, batch, progress=not args.quiet,
                                 rank=rank, world=world)
     if args.json:
         log = args.json if world == 1 else args.json.with_suffix(f".rank{rank}.json")
-        write_log(results, log, {k: str(v) for k, v in vars(args).items() if k != "func"})
+        write_log(results, log, settings_for_log({k: v for k, v in vars(args).items() if k != "func"}))
     ok, skipped = sum(r.status == "ok" for r in results), sum(r.status == "skipped" for r in results)
     failed = [r for r in results if r.status == "failed"]
     print(f"{ok} upscaled, {skipped} skipped, {len(failed)} failed -> {args.output}", file=sys.stderr)
@@ -290,9 +290,9 @@ def add_pretrain(sub) -> None:
 
 
 def cmd_degrade(args) -> int:
-    from .degrade import DegradationConfig, degrade_file
+    from .degrade import degrade_file
 
-    cfg = _recipe(args).degradation if args.config else DegradationConfig()
+    cfg = _recipe(args).degradation  # the default recipe's (Real-ESRGAN x4) when no --config; --set applies
     print(degrade_file(args.input, args.output, args.seed, cfg, upsample=args.upsample))
     return 0
 
@@ -303,7 +303,8 @@ def add_degrade(sub) -> None:
     p.add_argument("output", type=Path)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--config", type=Path, default=None, help="recipe YAML whose degradation section to use")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a recipe field, e.g. --set degradation.scale=2 (with or without --config)")
     p.add_argument("--upsample", action="store_true", help="resize the LR back to the input size (model input)")
     p.set_defaults(func=cmd_degrade)
 
@@ -335,8 +336,8 @@ def cmd_eval(args) -> int:
     if args.csv:
         write_text(args.csv, report_csv(report))
     _print_notes(report.notes, report.problems)
-    print(f"{len(report.images)} image(s) scored, {len(report.problems)} problem(s)", file=sys.stderr)
-    return 1 if report.problems else 0
+    print(f"{report.n_scored} image(s) scored, {len(report.problems)} problem(s)", file=sys.stderr)
+    return 1 if report.problems or not report.n_scored else 0
 
 
 def _protocol_args(p: argparse.ArgumentParser) -> None:
@@ -370,7 +371,7 @@ def cmd_make_testset(args) -> int:
     from .degrade import DegradationConfig
 
     cfg = DegradationConfig.from_yaml(args.degradation) if args.degradation else None
-    result = make_testset(args.hr, args.out, args.seed, args.scale, args.crop, cfg)
+    result = make_testset(args.hr, args.out, args.seed, args.scale, args.crop, cfg, overwrite=args.overwrite)
     _print_notes([], result.problems)
     print(f"{len(result.items)} pair(s) -> {args.out}/hr, {args.out}/lr; manifest {result.manifest}", file=sys.stderr)
     return 1 if result.problems else 0
@@ -385,6 +386,8 @@ def add_make_testset(sub) -> None:
     p.add_argument("--crop", type=int, default=None, help="centre-crop HR to CROP x CROP (a multiple of --scale)")
     p.add_argument("--degradation", type=Path, default=None,
                    help="degradation YAML (default: Real-ESRGAN's, as configs/degradation.yaml)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="delete OUT/hr and OUT/lr first (default: refuse them when not empty)")
     p.set_defaults(func=cmd_make_testset)
 
 
@@ -396,7 +399,7 @@ def cmd_benchmark(args) -> int:
     from .pipeline import UpscaleOptions
 
     torch.manual_seed(args.seed)
-    dataset = load_dataset(args.dataset, args.layout)
+    dataset = load_dataset(args.dataset, args.layout, scale=max(1, round(args.scale)))
     factories = backend_factories(args.backends, lambda: _pipeline(args), args.device)
     opts = UpscaleOptions(args.scale, None, args.color_fix, args.tile, args.overlap)
     result = run_benchmark(dataset, factories, args.out, args.metrics, args.protocol, opts=opts,
@@ -412,8 +415,9 @@ def cmd_benchmark(args) -> int:
 def add_benchmark(sub) -> None:
     p = sub.add_parser("benchmark", help="run bicubic / Real-ESRGAN / fluxsr on a data set, score, chart, compare")
     p.add_argument("--dataset", type=Path, required=True,
-                   help="lr/ + hr/ (make-testset), lq/ + gt/, RealSR, DRealSR or an LR-only folder")
-    p.add_argument("--layout", default="auto", help="auto, pairs, stablesr, realsr, drealsr, lr-only")
+                   help="lr/ + hr/ (make-testset), lq/ + gt/, RealSR, DRealSR, HR/ + LR_bicubic/X4/ (Set5, "
+                        "Set14, ...) or an LR-only folder")
+    p.add_argument("--layout", default="auto", help="auto, pairs, stablesr, realsr, drealsr, classic, lr-only")
     p.add_argument("--backends", default="bicubic,realesrgan,fluxsr", help="comma-separated, run in this order")
     p.add_argument("--out", type=Path, required=True, help="outputs per backend, tables, chart and sheet")
     _protocol_args(p)
@@ -488,9 +492,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from .images import ImageError
+
     try:
         return args.func(args)
-    except (FileNotFoundError, ValueError) as e:  # ConfigError and MissingWeightsError included
+    except (FileNotFoundError, ValueError, ImageError) as e:  # ConfigError and MissingWeightsError included
         print(f"error: {e}", file=sys.stderr)
         return 2
 

@@ -7,6 +7,8 @@ Layouts (see docs/evaluation.md):
 ``realsr``    RealSR v3: ``ROOT/{Canon,Nikon}/Test/4/*_HR.png`` + ``*_LR4.png`` (ROOT may also be a camera folder
               or a ``Test/4`` folder itself)
 ``drealsr``   DRealSR: ``ROOT/test_x4/test_HR`` + ``ROOT/test_x4/test_LR`` (ROOT may also be ``test_x4``)
+``classic``   Set5 / Set14 / BSD100 / Urban100 as SR benchmark packs ship them: ``ROOT/HR/<name>.png`` +
+              ``ROOT/LR_bicubic/X<s>/<name>x<s>.png``
 ``lr-only``   any folder of images without ground truth (RealSet65, RealLQ250, RealSRSet, ...)
 
 Files are paired by name with :func:`match_files` (exact relative path first, then the name "key" of
@@ -19,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import shutil
 from collections import defaultdict
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
@@ -38,7 +41,7 @@ _SUFFIX = re.compile(
 """One trailing suffix: a token from SUFFIX_TOKENS, ``lr<digits>`` or ``x<digits>`` after a separator, or
 ``x<digits>`` glued to the name (``babyx4``)."""
 
-LAYOUTS = ("pairs", "stablesr", "realsr", "drealsr", "lr-only")
+LAYOUTS = ("pairs", "stablesr", "realsr", "drealsr", "classic", "lr-only")
 
 
 # ---------------------------------------------------------------------------------------------------- pairing
@@ -80,11 +83,19 @@ class Matching:
 
 
 def _relative(path: Path, root: Path | None) -> Path:
-    """``path`` relative to ``root`` (its name alone when root is None or not above it)."""
+    """``path`` relative to ``root`` (its name alone when root is None, is ``path`` itself or is not above it)."""
     try:
-        return path.relative_to(root) if root is not None else Path(path.name)
+        rel = path.relative_to(root) if root is not None else Path(path.name)
     except ValueError:
         return Path(path.name)
+    return rel if rel.name else Path(path.name)
+
+
+def relative_name(path: Path, root: Path | None) -> str:
+    """A name unique within ``root``: ``path`` relative to it without the extension, ``/``-separated
+    (``root/2023/IMG_1.png`` -> ``2023/IMG_1``; the stem alone for a single file or ``root=None``)."""
+    rel = _relative(Path(path), None if root is None else Path(root))
+    return rel.with_suffix("").as_posix()
 
 
 def _key_levels(root: Path | None) -> list[Callable[[Path], object]]:
@@ -141,7 +152,8 @@ def match_files(left: list[Path], right: list[Path], left_root: Path | None = No
 
 @dataclass(frozen=True)
 class ImagePair:
-    """One evaluation item: ``name`` (a stem), the LR input and the HR ground truth (None when absent)."""
+    """One evaluation item: ``name`` (the LR path relative to its folder without extension, ``/``-separated:
+    ``2023/IMG_0001``), the LR input and the HR ground truth (None when absent)."""
 
     name: str
     lr: Path | None
@@ -177,9 +189,9 @@ def _images_in(folder: Path, pattern: str | None = None) -> list[Path]:
 
 def pairs_from_lists(lr: list[Path], hr: list[Path], lr_root: Path | None = None,
                      hr_root: Path | None = None) -> tuple[list[ImagePair], list[str]]:
-    """:func:`match_files` on LR and HR lists -> (pairs named after the LR stem, problems)."""
+    """:func:`match_files` on LR and HR lists -> (pairs named by :func:`relative_name` of the LR, problems)."""
     m = match_files(lr, hr, lr_root, hr_root)
-    pairs = [ImagePair(a.stem, a, b) for a, b in m.pairs]
+    pairs = [ImagePair(relative_name(a, lr_root), a, b) for a, b in m.pairs]
     return pairs, m.problems("LR", "HR")
 
 
@@ -191,7 +203,7 @@ def pairs_from_dirs(lr_dir: Path, hr_dir: Path | None) -> tuple[list[ImagePair],
     lr_dir = Path(lr_dir)
     lr = find_images(lr_dir)
     if hr_dir is None:
-        return [ImagePair(p.stem, p, None) for p in lr], []
+        return [ImagePair(relative_name(p, lr_dir), p, None) for p in lr], []
     hr_dir = Path(hr_dir)
     return pairs_from_lists(lr, find_images(hr_dir), lr_dir, hr_dir)
 
@@ -222,6 +234,16 @@ def _drealsr_dirs(root: Path) -> tuple[Path, Path] | None:
     return None
 
 
+def _classic_dirs(root: Path) -> tuple[Path, list[Path]] | None:
+    """(HR folder, its ``LR_bicubic/X<s>`` folders sorted by scale) of a classic SR test set, or None."""
+    hr, lr = child_dir(root, "HR"), child_dir(root, "LR_bicubic")
+    if hr is None or lr is None:
+        return None
+    scales = sorted((c for c in lr.iterdir() if c.is_dir() and re.fullmatch(r"x\d+", c.name, re.IGNORECASE)),
+                    key=lambda c: int(c.name[1:]))
+    return (hr, scales) if scales else None
+
+
 def detect_layout(root: Path) -> str:
     """Which of :data:`LAYOUTS` ``root`` follows (``lr-only`` when nothing else fits); FileNotFoundError if absent."""
     root = Path(root)
@@ -235,6 +257,8 @@ def detect_layout(root: Path) -> str:
         return "drealsr"
     if _realsr_folders(root):
         return "realsr"
+    if _classic_dirs(root) is not None:
+        return "classic"
     return "lr-only"
 
 
@@ -258,6 +282,26 @@ def load_drealsr(root: Path) -> Dataset:
         raise FileNotFoundError(f"{root}: no test_HR/test_LR (or test_x4/test_HR, test_x4/test_LR) folders")
     pairs, problems = pairs_from_dirs(*dirs)
     return Dataset("DRealSR", "drealsr", Path(root), pairs, problems)
+
+
+def load_classic(root: Path, scale: int | None = None) -> Dataset:
+    """Set5 / Set14 / BSD100 / Urban100 as SR benchmark packs ship them: ``HR/<name>.png`` with
+    ``LR_bicubic/X<s>/<name>x<s>.png``. ``scale`` picks the ``X<s>`` folder (default: ``X4``, or the only one);
+    pairs are named like the HR (``baby``). FileNotFoundError when that folder is missing."""
+    root = Path(root)
+    dirs = _classic_dirs(root)
+    if dirs is None:
+        raise FileNotFoundError(f"{root}: no HR/ and LR_bicubic/X<scale>/ folders")
+    hr_dir, lr_dirs = dirs
+    by_scale = {int(d.name[1:]): d for d in lr_dirs}
+    if scale is None:
+        scale = 4 if 4 in by_scale or len(by_scale) > 1 else next(iter(by_scale))
+    if scale not in by_scale:
+        found = ", ".join(d.name for d in lr_dirs)
+        raise FileNotFoundError(f"{root}: no LR_bicubic/X{scale} folder (found {found})")
+    pairs, problems = pairs_from_dirs(by_scale[scale], hr_dir)
+    pairs = [ImagePair(re.sub(rf"_?x{scale}$", "", p.name, flags=re.IGNORECASE), p.lr, p.hr) for p in pairs]
+    return Dataset(root.name, "classic", root, pairs, problems)
 
 
 def load_stablesr(root: Path) -> Dataset:
@@ -286,15 +330,19 @@ LOADERS: dict[str, Callable[[Path], Dataset]] = {
     "stablesr": load_stablesr,
     "realsr": load_realsr,
     "drealsr": load_drealsr,
+    "classic": load_classic,
     "lr-only": load_lr_only,
 }
 
 
-def load_dataset(root: Path, layout: str = "auto") -> Dataset:
-    """Load ``root`` with the given layout (``auto``: :func:`detect_layout`); ValueError for an unknown layout."""
+def load_dataset(root: Path, layout: str = "auto", scale: int | None = None) -> Dataset:
+    """Load ``root`` with the given layout (``auto``: :func:`detect_layout`); ValueError for an unknown layout.
+    ``scale`` picks the ``LR_bicubic/X<scale>`` folder of the ``classic`` layout (ignored by the others)."""
     layout = detect_layout(root) if layout == "auto" else layout
     if layout not in LOADERS:
         raise ValueError(f"unknown dataset layout {layout!r}; known: auto, {', '.join(LAYOUTS)}")
+    if layout == "classic":
+        return load_classic(Path(root), scale)
     return LOADERS[layout](Path(root))
 
 
@@ -371,8 +419,18 @@ def _collect_sources(inputs: list[Path]) -> tuple[list[Path], list[str]]:
     return files, problems
 
 
+def _prepare_out(out: Path, overwrite: bool) -> None:
+    """Refuse a non-empty ``out/lr`` or ``out/hr`` (ValueError) unless ``overwrite``, which empties them."""
+    for folder in (out / "lr", out / "hr"):
+        if folder.is_dir() and any(folder.iterdir()):
+            if not overwrite:
+                raise ValueError(f"{folder} is not empty: its old pairs would mix with the new set; choose another "
+                                 "--out or pass --overwrite to delete them first")
+            shutil.rmtree(folder)
+
+
 def make_testset(inputs: list[Path], out: Path, seed: int, scale: int = 4, crop: int | None = None,
-                 cfg=None) -> TestsetResult:
+                 cfg=None, overwrite: bool = False) -> TestsetResult:
     """Build a reproducible LR/HR evaluation set from HR photos.
 
     For each image under ``inputs`` (files or folders, recursive): read it (EXIF orientation applied, alpha
@@ -383,6 +441,8 @@ def make_testset(inputs: list[Path], out: Path, seed: int, scale: int = 4, crop:
     ``img_003_SRF_4``).
     ``out/manifest.json`` records the settings and, per image, the source name and sha256, the per-image seed,
     sizes and the sha256 of both outputs. Unreadable or too small inputs are skipped and listed in ``problems``.
+    A non-empty ``out/lr`` or ``out/hr`` is refused (ValueError, before anything is written) unless ``overwrite``,
+    which deletes both folders first, so the folders always hold exactly the manifest's pairs.
     """
     from .degrade import DegradationConfig
 
@@ -390,6 +450,7 @@ def make_testset(inputs: list[Path], out: Path, seed: int, scale: int = 4, crop:
     if int(cfg.scale) != scale:
         raise ValueError(f"degradation config scale {cfg.scale} differs from --scale {scale}")
     out = Path(out)
+    _prepare_out(out, overwrite)
     sources, problems = _collect_sources(inputs)
     items = []
     for src in sources:

@@ -609,14 +609,15 @@ def degrade_file(in_path: str | Path, out_path: str | Path, seed: int, cfg: Degr
     """
     from PIL import Image
 
+    from .images import read_image
+
     cfg = cfg or DegradationConfig()
     s = int(cfg.scale)
-    with Image.open(in_path) as im:
-        arr = np.asarray(im.convert("RGB"))
-    h, w = (arr.shape[0] // s) * s, (arr.shape[1] // s) * s
+    rgb = read_image(Path(in_path)).rgb  # 16-bit, grey, CMYK and EXIF orientation handled; alpha dropped
+    h, w = (rgb.shape[-2] // s) * s, (rgb.shape[-1] // s) * s
     if h == 0 or w == 0:
-        raise ValueError(f"{in_path}: image {arr.shape[1]}x{arr.shape[0]} is smaller than scale {s}")
-    hr = torch.from_numpy(np.array(arr[:h, :w])).permute(2, 0, 1)[None].float() / 255.0
+        raise ValueError(f"{in_path}: image {rgb.shape[-1]}x{rgb.shape[-2]} is smaller than scale {s}")
+    hr = rgb[None, :, :h, :w].float()
     lr, lr_up = degrade_to_input(hr, cfg, torch.Generator().manual_seed(seed))
     img = lr_up if upsample else lr
     out = (img[0].permute(1, 2, 0) * 255.0).round().clamp(0, 255).to(torch.uint8).numpy()

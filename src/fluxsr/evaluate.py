@@ -34,7 +34,7 @@ import torch
 from torch import Tensor
 
 from .cache import MissingWeightsError
-from .datasets import Dataset, ImagePair, match_files
+from .datasets import Dataset, ImagePair, match_files, relative_name
 from .images import ImageError, find_images, read_image
 
 FULL_REFERENCE = ("psnr", "ssim", "lpips", "lpips-vgg", "dists")
@@ -208,6 +208,15 @@ class EvalReport:
         """Metric names, in order."""
         return [m.name for m in self.metrics]
 
+    @property
+    def n_scored(self) -> int:
+        """Images with at least one score (an image on which every metric failed does not count)."""
+        return sum(1 for s in self.images if s.scores)
+
+    def counts(self) -> dict[str, int]:
+        """Number of images that have each metric (less than :attr:`n_scored` where it failed on some)."""
+        return {n: sum(1 for s in self.images if n in s.scores) for n in self.metric_names}
+
     def mean(self) -> dict[str, float]:
         """Mean of each metric over the images that have it (inf stays inf); metrics with no value are left out."""
         out = {}
@@ -286,13 +295,13 @@ def evaluate_dirs(pred_dir: Path, gt_dir: Path | None, metric_names: str | Seque
         raise ValueError(f"{', '.join(fr)} need ground truth (--gt); without it use no-reference metrics (niqe, ...)")
     pred_dir = Path(pred_dir)
     preds = find_images(pred_dir)
-    problems: list[str] = []
+    problems: list[str] = [] if preds else [f"no images found under {pred_dir}"]
     if gt_dir is None:
-        items = [(p.stem, p, None) for p in preds]
+        items = [(relative_name(p, pred_dir), p, None) for p in preds]
     else:
         gt_dir = Path(gt_dir)
         m = match_files(preds, find_images(gt_dir), pred_dir, gt_dir)
-        items = [(a.stem, a, b) for a, b in m.pairs]
+        items = [(relative_name(a, pred_dir), a, b) for a, b in m.pairs]
         problems += m.problems("prediction", "ground truth")
     metrics, notes = build_metrics(names, protocol, scale=scale, crop_border=crop_border, device=device)
     images, errors = evaluate_items(items, metrics, progress)
@@ -327,13 +336,20 @@ def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]], numeric
     return "\n".join(lines)
 
 
+def mean_cell(name: str, value: float | None, count: int, n: int) -> str:
+    """A bold mean for a Markdown table, followed by ``(n=count)`` when fewer than ``n`` images have the metric."""
+    cell = f"**{format_value(name, value)}**"
+    return cell if count == n else f"{cell} (n={count})"
+
+
 def report_markdown(report: EvalReport) -> str:
-    """Per-image scores and a bold mean row, one column per metric (with its arrow)."""
+    """Per-image scores and a bold mean row, one column per metric (with its arrow). The mean row's ``n`` counts
+    the images with at least one score; a metric that failed on some of them shows its own count."""
     names = report.metric_names
     header = ["image"] + [f"{m.name} {m.arrow}" for m in report.metrics]
     rows = [[s.name] + [format_value(n, s.scores.get(n)) for n in names] for s in report.images]
-    mean = report.mean()
-    rows.append([f"**mean** (n={len(report.images)})"] + [f"**{format_value(n, mean.get(n))}**" for n in names])
+    mean, counts, n = report.mean(), report.counts(), report.n_scored
+    rows.append([f"**mean** (n={n})"] + [mean_cell(m, mean.get(m), counts[m], n) for m in names])
     return markdown_table(header, rows)
 
 
@@ -343,13 +359,15 @@ def metric_info(metrics: Sequence[Metric]) -> list[dict]:
 
 
 def report_json(report: EvalReport) -> dict:
-    """The JSON document of ``fluxsr eval --json``: settings, per-image scores, ``mean`` keyed by metric, problems."""
+    """The JSON document of ``fluxsr eval --json``: settings, per-image scores, ``mean`` keyed by metric, problems.
+    ``count`` is the number of images with at least one score, ``counts`` the number per metric."""
     return {
         "protocol": report.protocol,
         "crop_border": report.crop_border,
         "scale": report.scale,
         "metrics": metric_info(report.metrics),
-        "count": len(report.images),
+        "count": report.n_scored,
+        "counts": report.counts(),
         "images": [{"name": s.name, "pred": s.pred, "gt": s.gt,
                     "scores": {k: json_number(v) for k, v in s.scores.items()}} for s in report.images],
         "mean": {k: json_number(v) for k, v in report.mean().items()},
@@ -359,7 +377,8 @@ def report_json(report: EvalReport) -> dict:
 
 
 def report_csv(report: EvalReport) -> str:
-    """CSV text: ``image,pred,gt,<metrics...>`` per image, then a row whose image is ``mean``."""
+    """CSV text: ``image,pred,gt,<metrics...>`` per image, then a row whose image is ``mean`` and one whose image
+    is ``count`` (images averaged per metric)."""
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     names = report.metric_names
@@ -368,6 +387,8 @@ def report_csv(report: EvalReport) -> str:
         w.writerow([s.name, s.pred, s.gt or "", *(_csv_value(s.scores.get(n)) for n in names)])
     mean = report.mean()
     w.writerow(["mean", "", "", *(_csv_value(mean.get(n)) for n in names)])
+    counts = report.counts()
+    w.writerow(["count", "", "", *(counts[n] for n in names)])
     return buf.getvalue()
 
 
@@ -480,11 +501,12 @@ def warm_up(backend, pairs: Sequence[ImagePair], opts) -> None:
 
 def run_method(key: str, factory: Callable[[], object], pairs: Sequence[ImagePair], out_dir: Path, opts,
                progress: bool = False, warmup: bool = True) -> MethodRun:
-    """Build a backend and upscale every pair's LR into ``out_dir`` (PNG) with :func:`fluxsr.upscale.upscale_paths`,
-    the code behind ``fluxsr upscale``. ``load_s`` covers building it and (``warmup``) one untimed warm-up image;
-    ``wall_s`` the batch (read, upscale, write). A backend that cannot be built (missing weights, ...) gives a
-    skipped run."""
-    from .upscale import BatchOptions, upscale_paths
+    """Build a backend and upscale every pair's LR into ``out_dir/<pair name>.png`` (so sub-folders of the data set
+    are mirrored and equal stems in different folders stay apart; names must be unique) with
+    :func:`fluxsr.upscale.upscale_one`, the code behind ``fluxsr upscale``. ``load_s`` covers building it and
+    (``warmup``) one untimed warm-up image; ``wall_s`` the batch (read, upscale, write). A backend that cannot be
+    built (missing weights, ...) gives a skipped run."""
+    from .upscale import BatchOptions, FileResult, upscale_one
 
     start = time.perf_counter()
     try:
@@ -495,15 +517,42 @@ def run_method(key: str, factory: Callable[[], object], pairs: Sequence[ImagePai
         warm_up(backend, pairs, opts)
     load_s = time.perf_counter() - start
     name = str(getattr(backend, "name", key))
+    batch = BatchOptions(ext="png", overwrite=True)
+    outputs, failures = {}, []
+    bar = _progress(len(pairs), name, progress)
     start = time.perf_counter()
-    results = upscale_paths(backend, [p.lr for p in pairs], out_dir, opts, BatchOptions(ext="png", overwrite=True),
-                            progress=progress)
+    for p in pairs:
+        if p.lr is None:
+            continue
+        dst = Path(out_dir) / f"{p.name}.png"
+        if dst.resolve() == Path(p.lr).resolve():
+            r = FileResult(str(p.lr), None, "failed", f"{p.lr}: output would overwrite the input")
+        else:
+            r = upscale_one(backend, Path(p.lr), dst, opts, batch)
+        if r.status == "ok":
+            outputs[p.name] = Path(r.output)
+        else:
+            failures.append(f"{name}: {r.error}")
+        if bar is not None:
+            bar.update(1)
     wall_s = time.perf_counter() - start
-    by_input = {Path(r.input): r for r in results}
-    outputs = {p.name: Path(by_input[p.lr].output) for p in pairs
-               if p.lr in by_input and by_input[p.lr].status == "ok"}
-    failures = [f"{name}: {r.error}" for r in results if r.status == "failed"]
+    if bar is not None:
+        bar.close()
     return MethodRun(key, name, backend_note(backend), out_dir, outputs, load_s, wall_s, failures)
+
+
+def unique_pairs(pairs: Sequence[ImagePair]) -> tuple[list[ImagePair], list[str]]:
+    """``pairs`` without those whose name (compared case-insensitively, as file systems may) was already taken,
+    and one problem line per dropped pair: their outputs would overwrite each other."""
+    seen: dict[str, ImagePair] = {}
+    kept, problems = [], []
+    for p in pairs:
+        first = seen.setdefault(p.name.lower(), p)
+        if first is p:
+            kept.append(p)
+        else:
+            problems.append(f"duplicate name {p.name!r}: {p.lr} skipped, {first.lr} has the same output name")
+    return kept, problems
 
 
 def run_benchmark(dataset: Dataset, factories: dict[str, Callable[[], object]], out: Path,
@@ -513,9 +562,11 @@ def run_benchmark(dataset: Dataset, factories: dict[str, Callable[[], object]], 
     """Run each backend on the data set's LR images, score the outputs and write the report files.
 
     ``factories`` maps a backend key to a zero-argument constructor (timed as ``load_s``). Metrics are built
-    first, so missing metric weights fail before anything is upscaled. Full-reference metrics are dropped with a
-    note when the data set has no ground truth. Writes under ``out``: ``<method>/`` outputs, ``benchmark.md``,
-    ``benchmark.csv``, ``benchmark.json``, ``benchmark_chart.png`` and ``comparison.png``.
+    first, so missing metric weights fail before anything is upscaled. Without ground truth, full-reference
+    metrics named in ``metric_names`` are a ValueError (nothing is run); the default metrics drop them with a
+    note. Pairs whose names clash are skipped with a problem. Writes under ``out``: ``<method>/`` outputs
+    (mirroring the data set's sub-folders), ``benchmark.md``, ``benchmark.csv``, ``benchmark.json``,
+    ``benchmark_chart.png`` and ``comparison.png``.
     """
     from .pipeline import UpscaleOptions
 
@@ -526,15 +577,22 @@ def run_benchmark(dataset: Dataset, factories: dict[str, Callable[[], object]], 
     else:  # an empty list: upscale and compare only (fluxsr demo)
         names = parse_metric_names(metric_names) if metric_names else []
     notes: list[str] = []
-    if not dataset.has_hr and (fr := [n for n in names if needs_reference(n)]):
-        names = [n for n in names if not needs_reference(n)]
+    if dataset.pairs and not dataset.has_hr and (fr := [n for n in names if needs_reference(n)]):
+        raise ValueError(f"{', '.join(fr)} need ground truth, but {dataset.name} ({dataset.layout} layout, "
+                         f"{dataset.root}) has none; use no-reference metrics (niqe, ...) or a data set with HR")
+    if not dataset.has_hr and metric_names is None:
+        fr = [n for n in DEFAULT_METRICS if needs_reference(n)]
         notes.append(f"{dataset.name} has no ground truth: skipped {', '.join(fr)}")
     int_scale = max(1, round(opts.scale))
     metrics, metric_notes = (build_metrics(names, protocol, scale=int_scale, crop_border=crop_border, device=device)
                              if names else ([], []))
     notes += metric_notes
     proto = effective_protocol(protocol, crop_border)
-    problems = list(dataset.problems)
+    pairs, duplicates = unique_pairs(dataset.pairs)
+    dataset = replace(dataset, pairs=pairs)
+    problems = list(dataset.problems) + duplicates
+    if not pairs:
+        problems.append(f"no images found under {dataset.root}")
     runs = []
     for key, factory in factories.items():
         run = run_method(key, factory, dataset.pairs, out / slug(key), opts, progress)
@@ -553,12 +611,14 @@ def run_benchmark(dataset: Dataset, factories: dict[str, Callable[[], object]], 
 
 
 def benchmark_rows(result: BenchmarkResult) -> list[dict]:
-    """One dict per method: key, name, note, mean scores, images, load/wall seconds, seconds per image."""
+    """One dict per method: key, name, note, mean scores, images scored per metric (``counts``), images,
+    load/wall seconds, seconds per image."""
     rows = []
     for r in result.runs:
         rows.append({
             "key": r.key, "name": r.name, "label": r.label, "note": r.note, "skipped": r.skipped,
-            "mean": r.report.mean() if r.report else {}, "images": r.n_images,
+            "mean": r.report.mean() if r.report else {}, "counts": r.report.counts() if r.report else {},
+            "images": r.n_images,
             "load_s": r.load_s, "wall_s": r.wall_s, "s_per_image": r.s_per_image,
         })
     return rows
@@ -575,7 +635,10 @@ def benchmark_markdown(result: BenchmarkResult) -> str:
             rows.append([row["key"]] + ["–"] * (len(header) - 1))
             continue
         spi = row["s_per_image"]
-        rows.append([row["label"]] + [format_value(m.name, row["mean"].get(m.name)) for m in result.metrics]
+        counts = row["counts"]
+        rows.append([row["label"]] + [format_value(m.name, row["mean"].get(m.name))
+                                      + ("" if counts.get(m.name) == row["images"] else f" (n={counts.get(m.name)})")
+                                      for m in result.metrics]
                     + [str(row["images"]), f"{row['load_s']:.2f}", f"{row['wall_s']:.2f}",
                        "–" if spi is None else f"{spi:.3f}"])
     lines = [

@@ -98,20 +98,23 @@ class LoadedImage:
 
 def find_images(path: Path) -> list[Path]:
     """``[path]`` for a file; for a folder every image below it (recursive, sorted, hidden entries skipped)."""
+    return scan_images(path)[0]
+
+
+def scan_images(path: Path) -> tuple[list[Path], list[Path]]:
+    """:func:`find_images` plus the files it passed over for their extension (hidden entries are not counted)."""
     path = Path(path)
     if path.is_file():
-        return [path]
+        return [path], []
     if not path.is_dir():
         raise FileNotFoundError(2, "No such file or directory", str(path))
-    found = []
+    found, ignored = [], []
     for root, dirs, files in os.walk(path):
         dirs[:] = [d for d in dirs if not d.startswith(".")]
-        found += [
-            Path(root) / f
-            for f in files
-            if not f.startswith(".") and Path(f).suffix.lower() in IMAGE_EXTENSIONS
-        ]
-    return sorted(found)
+        for f in files:
+            if not f.startswith("."):
+                (found if Path(f).suffix.lower() in IMAGE_EXTENSIONS else ignored).append(Path(root) / f)
+    return sorted(found), sorted(ignored)
 
 
 # ----------------------------------------------------------------------------------------------------- reading
@@ -302,17 +305,49 @@ def read_image(path: Path, max_pixels: int | None = None) -> LoadedImage:
     except Image.DecompressionBombError as error:
         raise ImageError(path, f"too many pixels ({error})") from error
     except UnidentifiedImageError as error:
-        raise ImageError(path, "not an image (content is not PNG, JPEG, WebP, BMP or TIFF)") from error
+        raise ImageError(path, unsupported_reason(sniff_format(path))) from error
     except OSError as error:
         raise ImageError(path, f"cannot read file ({error.strerror or error})") from error
     except Exception as error:
         raise ImageError(path, f"corrupt image header ({type(error).__name__}: {error})") from error
     pixels, bit_depth = to_unit_float(orient(array, orientation), mode)
+    rgb, alpha = split_planes(pixels, is_gray)
+    return LoadedImage(path, rgb, alpha, is_gray, bit_depth, icc, exif, file_format)
+
+
+def split_planes(pixels: np.ndarray, is_gray: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(H,W,C) floats as an rgb (3,H,W) tensor (gray repeated) and alpha (1,H,W) or None."""
     tensor = torch.from_numpy(np.ascontiguousarray(pixels.transpose(2, 0, 1)))
     color = 1 if is_gray else 3
     rgb = tensor[:color].expand(3, -1, -1).contiguous()
     alpha = tensor[color : color + 1].contiguous() if tensor.shape[0] > color else None
-    return LoadedImage(path, rgb, alpha, is_gray, bit_depth, icc, exif, file_format)
+    return rgb, alpha
+
+
+def sniff_format(path: Path) -> str | None:
+    """The format name any PIL decoder recognises in ``path`` (e.g. ``'GIF'``), None when none does."""
+    try:
+        with Image.open(path) as im:
+            return im.format
+    except Exception:
+        return None
+
+
+def unsupported_reason(file_format: str | None) -> str:
+    """Why content of ``file_format`` (a PIL format name, None when no decoder knows it) is refused."""
+    if file_format:
+        return f"unsupported format {file_format} (supported: PNG, JPEG, WebP, BMP, TIFF)"
+    return "not an image (content is not PNG, JPEG, WebP, BMP or TIFF)"
+
+
+def may_have_alpha(path: Path) -> bool:
+    """Whether ``path``'s header announces an alpha channel or transparency (False when it cannot be opened)."""
+    try:
+        with Image.open(path, formats=READ_FORMATS) as im:
+            palette = im.palette.mode if im.mode == "P" and im.palette else ""
+            return im.mode in ("RGBA", "RGBa", "LA", "La", "PA") or "transparency" in im.info or palette == "RGBA"
+    except Exception:
+        return False
 
 
 # ----------------------------------------------------------------------------------------------------- writing
@@ -439,17 +474,29 @@ def pil_save_options(file_format: str, icc: bytes | None, exif: bytes | None, qu
 
 
 def write_atomic(path: Path, write: Callable[[BinaryIO], None]) -> None:
-    """Run ``write`` on a hidden temp file next to ``path``, then move it over ``path`` (never a half file)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+    """Run ``write`` on a hidden temp file next to ``path``, then move it over ``path`` (never a half file).
+
+    Any ``OSError`` (folder not writable, a file where a folder should be, name too long...) becomes an
+    :class:`ImageError` naming ``path``.
+    """
+    temp = path.with_name(f".fluxsr-{secrets.token_hex(4)}.tmp")  # short: any name that fits, fits with it
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise ImageError(path, f"cannot create folder {error.filename} ({error.strerror or error})") from error
     try:
         with open(temp, "xb") as handle:
             write(handle)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(temp, path)
-    except BaseException:
-        temp.unlink(missing_ok=True)
+    except BaseException as error:
+        try:
+            temp.unlink(missing_ok=True)
+        except OSError:
+            pass
+        if isinstance(error, OSError):
+            raise ImageError(path, f"cannot write file ({error.strerror or error})") from error
         raise
 
 
@@ -581,12 +628,14 @@ def resize(
 
 
 def pil_to_tensor(im: Image.Image) -> tuple[torch.Tensor, torch.Tensor | None, bool]:
-    """A PIL image as (rgb (3,H,W) float in [0,1], alpha (1,H,W) or None, is_gray); for the Python API."""
-    has_alpha = im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info)
-    is_gray = im.mode in ("L", "LA", "1", "I", "I;16", "F")
-    rgba = np.asarray(im.convert("RGBA"), dtype=np.float32) / 255.0
-    t = torch.from_numpy(rgba).permute(2, 0, 1).contiguous()
-    return t[:3], (t[3:] if has_alpha else None), is_gray
+    """A PIL image as (rgb (3,H,W) float in [0,1], alpha (1,H,W) or None, is_gray); for the Python API.
+
+    Pixels go the way :func:`read_image` takes them (16-bit, 32-bit integer and float gray included), so the API
+    and the command agree; unsupported modes raise :class:`ImageError`. EXIF orientation is not applied.
+    """
+    array, is_gray, mode = pil_pixels(Path(f"<PIL {im.mode} image>"), im)
+    rgb, alpha = split_planes(to_unit_float(array, mode)[0], is_gray)
+    return rgb, alpha, is_gray
 
 
 def tensor_to_pil(rgb: torch.Tensor, alpha: torch.Tensor | None = None, is_gray: bool = False) -> Image.Image:

@@ -30,7 +30,7 @@ from torch import Tensor
 from .cache import atomic_save_safetensors, atomic_write_bytes
 from .config import config_hash
 from .flow import denoise, get_noise, get_schedule, invert
-from .images import find_images, read_image, resize, write_image
+from .images import ImageError, find_images, read_image, resize, write_image
 from .models import FluxSRModel, TextCond, load_model, velocity
 from .pipeline import FluxSRPipeline, UpscaleOptions
 from .prompts import hashed_cond, prompt_for, read_prompts
@@ -69,6 +69,32 @@ def write_manifest(out: Path) -> Path:
     path = Path(out) / MANIFEST
     atomic_write_bytes(path, ("\n".join(lines) + "\n" if lines else "").encode())
     return path
+
+
+def pairs_config_hash(recipe: Recipe) -> str:
+    """Hash of what a pair's content depends on: the model and pairs sections, less ``pairs.count`` (pair ``i`` is
+    the same whatever the count, so a rerun with a larger count extends a folder)."""
+    pairs = asdict(recipe.pairs)
+    pairs.pop("count")
+    return config_hash({"model": asdict(recipe.model), "pairs": pairs})
+
+
+def config_hashes(out: Path) -> dict[str, list[int]]:
+    """``{config_hash: [indices]}`` of the complete pairs in ``out``."""
+    found: dict[str, list[int]] = {}
+    for i in complete_indices(out):
+        meta = json.loads(pair_stem(out, i).with_suffix(".json").read_text())
+        found.setdefault(str(meta.get("config_hash")), []).append(i)
+    return found
+
+
+def check_one_config(out: Path) -> None:
+    """Raise ValueError when ``out`` holds pairs made with different recipes (they cannot be batched together)."""
+    found = config_hashes(out)
+    if len(found) > 1:
+        parts = ", ".join(f"{h}: {len(v)} pairs (first {v[0]})" for h, v in sorted(found.items()))
+        raise ValueError(f"{out}: pairs from {len(found)} different gen-pairs configs ({parts}); "
+                         "regenerate them into one new folder")
 
 
 class PromptEncoder:
@@ -127,6 +153,14 @@ def generate_pairs(recipe: Recipe, out: Path, *, device=None, rank: int = 0, wor
     """Make this process's share of the pairs in ``out``; returns the indices it wrote (finished ones skipped)."""
     cfg = recipe.pairs
     out = Path(out)
+    if cfg.source == "photos" and not cfg.photos:
+        raise ValueError("pairs.photos: required when pairs.source is 'photos'")
+    chash = pairs_config_hash(recipe)
+    other = {h: v for h, v in config_hashes(out).items() if h != chash} if out.is_dir() else {}
+    if other:
+        n = sum(len(v) for v in other.values())
+        raise ValueError(f"{out}: {n} existing pairs were made with a different config (hash {', '.join(other)}, "
+                         f"now {chash}); use a new --out for the changed recipe")
     out.mkdir(parents=True, exist_ok=True)
     todo = [i for i in range(cfg.count) if i % world == rank and not is_complete(out, i)]
     if not todo:
@@ -142,15 +176,15 @@ def generate_pairs(recipe: Recipe, out: Path, *, device=None, rank: int = 0, wor
     photos = sorted(find_images(Path(cfg.photos))) if cfg.source == "photos" else []
     if cfg.source == "photos" and len(photos) < cfg.count:
         raise ValueError(f"pairs.photos: {len(photos)} photos in {cfg.photos}, pairs.count asks for {cfg.count}")
-    if cfg.source not in ("teacher", "photos"):
-        raise ValueError(f"pairs.source: expected 'teacher' or 'photos', got {cfg.source!r}")
-    chash = config_hash({"model": asdict(recipe.model), "pairs": asdict(cfg)})
+    if cfg.resolution % teacher.multiple:
+        raise ValueError(f"pairs.resolution: {cfg.resolution} is not a multiple of {teacher.multiple} "
+                         f"(the model's image size multiple)")
     opts = UpscaleOptions(tile=max(cfg.resolution, 1024), overlap=0)
     lat = cfg.resolution // teacher.vae_scale
     channels = teacher.vae.config.latent_channels
     from tqdm import tqdm
 
-    written = []
+    written, skipped = [], []
     for i in tqdm(todo, desc=f"pairs[{rank}]", disable=not progress, file=sys.stderr):
         prompt = "" if cfg.source == "photos" else prompt_for(i, prompts, cfg.seed)
         cond = encoder(prompt)
@@ -160,7 +194,13 @@ def generate_pairs(recipe: Recipe, out: Path, *, device=None, rank: int = 0, wor
                 z0 = teacher_sample(pipe, cond, eps, cfg.steps, cfg.guidance, cfg.shift)
                 image = pipe.decode(z0, opts).float().clamp(0, 1)[0].cpu()
             else:
-                image = center_crop_resize(read_image(photos[i]).rgb, cfg.resolution)
+                try:
+                    rgb = read_image(photos[i]).rgb
+                except ImageError as e:
+                    print(f"warning: pair {i} skipped, unreadable photo {e}", file=sys.stderr)
+                    skipped.append(i)
+                    continue
+                image = center_crop_resize(rgb, cfg.resolution)
                 z0 = pipe.encode(image[None].to(pipe.device), opts).float()
                 eps = teacher_invert(pipe, cond, z0, cfg.steps, cfg.guidance, cfg.shift)
         stem = pair_stem(out, i)
@@ -170,4 +210,6 @@ def generate_pairs(recipe: Recipe, out: Path, *, device=None, rank: int = 0, wor
                 "photo": str(photos[i]) if photos else None}
         atomic_write_bytes(stem.with_suffix(".json"), (json.dumps(meta) + "\n").encode())
         written.append(i)
+    if skipped:
+        print(f"warning: {len(skipped)} pair(s) skipped for unreadable photos: {skipped}", file=sys.stderr)
     return written

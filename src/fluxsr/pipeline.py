@@ -8,6 +8,7 @@ and :mod:`fluxsr.upscale`.
 
 from __future__ import annotations
 
+import math
 import sys
 import time
 from contextlib import contextmanager
@@ -55,6 +56,44 @@ class UpscaleOptions:
     def __post_init__(self):
         if self.tile_batch is None or self.tile_batch < 0:
             raise ValueError(f"tile_batch must be >= 0 (0: chosen from memory), got {self.tile_batch}")
+        if self.long_side is not None and not self.long_side >= 1:
+            raise ValueError(f"long_side must be >= 1 pixel, got {self.long_side}")
+        if self.scale is None or not (math.isfinite(self.scale) and self.scale > 0):
+            raise ValueError(f"scale must be a finite number > 0, got {self.scale}")
+
+    def size_for(self, h: int, w: int) -> tuple[int, int]:
+        """Output (H, W) for an (h, w) input: ``long_side`` when given, ``scale`` otherwise."""
+        return target_size(h, w, None if self.long_side is not None else self.scale, self.long_side)
+
+
+RANGE_TOLERANCE = 1e-3
+"""How far outside [0, 1] float pixels may stray (rounding) before they are refused; they are clamped."""
+
+
+def as_rgb(image) -> Tensor:
+    """Check an RGB tensor for the pipeline: (3, H, W), float in [0, 1] or uint8 (scaled by 1/255).
+
+    ``TypeError`` for anything but a tensor (a numpy (H, W, 3) array: ``torch.from_numpy(a).permute(2, 0, 1)``);
+    ``ValueError`` for other shapes, other integer types, NaN/Inf or floats outside [0, 1] beyond
+    :data:`RANGE_TOLERANCE` (a 0..255 float image, say). Returns float values clamped to [0, 1].
+    """
+    if not isinstance(image, Tensor):
+        hint = " (numpy (H, W, 3): use torch.from_numpy(a).permute(2, 0, 1))" if hasattr(image, "__array__") else ""
+        raise TypeError(f"expected a PIL image or a torch tensor (3, H, W), got {type(image).__name__}{hint}")
+    shape = tuple(image.shape)
+    if len(shape) != 3 or shape[0] != 3 or min(shape) < 1:
+        hint = "; channels last? use .permute(2, 0, 1)" if len(shape) == 3 and shape[-1] == 3 else ""
+        raise ValueError(f"expected an RGB tensor of shape (3, H, W), got {shape}{hint}")
+    if image.dtype == torch.uint8:
+        return image.float() / 255
+    if not image.is_floating_point():
+        raise ValueError(f"expected float values in [0, 1] or uint8, got dtype {image.dtype}")
+    if not torch.isfinite(image).all():
+        raise ValueError("the input image holds NaN or Inf values")
+    low, high = image.min().item(), image.max().item()
+    if low < -RANGE_TOLERANCE or high > 1 + RANGE_TOLERANCE:
+        raise ValueError(f"expected float values in [0, 1], got {low:g}..{high:g} (0..255? divide by 255)")
+    return image.clamp(0, 1)
 
 
 def default_device() -> torch.device:
@@ -161,14 +200,17 @@ class FluxSRPipeline:
     def upscale_tensor(self, rgb: Tensor, opts: UpscaleOptions | None = None) -> Tensor:
         """Upscale one RGB image (3, h, w) in [0, 1]; returns (3, H, W) float32 on the CPU, in [0, 1].
 
+        The input is checked by :func:`as_rgb` (uint8 is accepted and scaled; bad shapes, NaN and out-of-range
+        values raise ``ValueError``, non-tensors ``TypeError``).
+
         Tiles come from the memory planner (:mod:`fluxsr.memory`): ``opts.tile`` unless the estimate does not fit
         the free memory (or ``self.max_memory``), chosen from memory when ``opts.tile <= 0``; tiles per pass
         likewise (``opts.tile_batch``, chosen when None or 0). Out of memory, the run is retried with half the
         tiles per pass, then halved tiles (or, when resize/colour fix failed, with the full image off the device).
         """
         opts = opts or UpscaleOptions()
-        h, w = rgb.shape[-2:]
-        out_hw = target_size(h, w, None if opts.long_side else opts.scale, opts.long_side)
+        rgb = as_rgb(rgb)
+        out_hw = opts.size_for(*rgb.shape[-2:])
         self.plan = plan = memory.plan_for(self, out_hw, opts.tile, self.max_memory, overlap=opts.overlap,
                                            requested_batch=opts.tile_batch)
         if plan.changed:
@@ -224,11 +266,15 @@ class FluxSRPipeline:
 
     def __call__(self, image, scale: float = 4.0, long_side: int | None = None, color_fix: str = "wavelet",
                  tile: int | None = None, overlap: int | None = None, tile_batch: int = 1):
-        """Upscale a PIL image (returns PIL, same mode family) or a tensor (3, h, w) in [0, 1] (returns a tensor)."""
-        opts = UpscaleOptions(scale, long_side, color_fix, tile, overlap, tile_batch)
-        if isinstance(image, Tensor):
-            return self.upscale_tensor(image, opts)
+        """Upscale a PIL image (returns PIL, same mode family) or a tensor (3, h, w) in [0, 1] or uint8 (returns a
+        float tensor in [0, 1]); anything else raises ``TypeError`` (see :func:`as_rgb`)."""
+        from PIL import Image
+
         from .images import pil_to_tensor, tensor_to_pil
+
+        opts = UpscaleOptions(scale, long_side, color_fix, tile, overlap, tile_batch)
+        if not isinstance(image, Image.Image):
+            return self.upscale_tensor(as_rgb(image), opts)
 
         rgb, alpha, is_gray = pil_to_tensor(image)
         out = self.upscale_tensor(rgb, opts)

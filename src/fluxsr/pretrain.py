@@ -19,7 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .images import find_images, read_image, resize
+from .config import ConfigError
+from .images import ImageError, find_images, read_image, resize
 from .models import (
     FluxSRModel,
     ModelSpec,
@@ -29,6 +30,16 @@ from .models import (
     save_model_folder,
     setup_cuda_training,
 )
+
+
+def _check_positive(section: str, obj, names: tuple[str, ...], non_negative: tuple[str, ...] = ()) -> None:
+    """Raise :class:`ConfigError` naming ``section.field`` for a field that must be > 0 (or >= 0)."""
+    for name in names:
+        if not getattr(obj, name) > 0:
+            raise ConfigError(f"{section}.{name}: must be > 0, got {getattr(obj, name)!r}")
+    for name in non_negative:
+        if not getattr(obj, name) >= 0:
+            raise ConfigError(f"{section}.{name}: must be >= 0, got {getattr(obj, name)!r}")
 
 
 @dataclass
@@ -58,6 +69,12 @@ class VAESection:
     seed: int = 0
     time_limit: float = 0.0
 
+    def __post_init__(self) -> None:
+        _check_positive("pretrain.vae", self, ("latent_channels", "layers_per_block", "norm_num_groups", "steps",
+                                               "batch_size", "crop", "lr"), ("kl", "lpips", "time_limit"))
+        if not self.block_out_channels:
+            raise ConfigError("pretrain.vae.block_out_channels: needs at least one level")
+
 
 @dataclass
 class TeacherSection:
@@ -78,6 +95,11 @@ class TeacherSection:
     seed: int = 0
     time_limit: float = 0.0
 
+    def __post_init__(self) -> None:
+        _check_positive("pretrain.teacher", self, ("num_layers", "attention_head_dim", "num_attention_heads",
+                                                   "text_dim", "text_len", "steps", "batch_size", "crop", "lr"),
+                        ("num_single_layers", "time_limit"))
+
 
 @dataclass
 class PretrainSection:
@@ -88,20 +110,32 @@ class PretrainSection:
     teacher: TeacherSection = field(default_factory=TeacherSection)
     max_side: int = 512
 
+    def __post_init__(self) -> None:
+        _check_positive("pretrain", self, ("max_side",))
+
 
 def load_photos(folders: list[str], max_side: int) -> list[Tensor]:
-    """All photos under ``folders`` as RGB tensors, shrunk so the longer side is at most ``max_side``."""
-    out = []
+    """All photos under ``folders`` as RGB tensors, shrunk so the longer side is at most ``max_side``.
+
+    An unreadable photo is skipped with a one-line warning; the number skipped is reported at the end."""
+    out, skipped = [], 0
     for folder in folders:
         for path in find_images(Path(folder)):
-            rgb = read_image(path).rgb
+            try:
+                rgb = read_image(path).rgb
+            except ImageError as e:
+                print(f"warning: skipping unreadable photo {e}", file=sys.stderr)
+                skipped += 1
+                continue
             h, w = rgb.shape[-2:]
             if max(h, w) > max_side:
                 s = max_side / max(h, w)
                 rgb = resize(rgb, (max(1, round(h * s)), max(1, round(w * s))))
             out.append(rgb)
+    if skipped:
+        print(f"warning: skipped {skipped} unreadable photo(s); using {len(out)}", file=sys.stderr)
     if not out:
-        raise FileNotFoundError(f"pretrain.photos: no images in {folders}")
+        raise FileNotFoundError(f"pretrain.photos: no readable images in {folders}")
     return out
 
 

@@ -6,12 +6,25 @@ Every choice the paper leaves open (docs/method.md, "DECIDE") is a field here wi
 
 from __future__ import annotations
 
+import operator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .config import load_config
+from .config import ConfigError, load_config
 from .degrade import DegradationConfig
 from .pretrain import PretrainSection
+
+_OPS = {">=": operator.ge, ">": operator.gt, "in": lambda value, allowed: value in allowed}
+
+
+def check_range(section: str, obj, **rules: tuple) -> None:
+    """Raise :class:`ConfigError` naming ``section.field`` when a field breaks its rule ``(op, bound)``, op one of
+    '>=', '>' or 'in' (checked when a section is built, so a bad value fails at start)."""
+    for name, (op, bound) in rules.items():
+        value = getattr(obj, name)
+        if not _OPS[op](value, bound):
+            want = f"one of {list(bound)}" if op == "in" else f"{op} {bound}"
+            raise ConfigError(f"{section}.{name}: must be {want}, got {value!r}")
 
 
 @dataclass
@@ -37,6 +50,10 @@ class ModelSection:
     shift_t_l: bool = False
     guidance: float = 1.0
 
+    def __post_init__(self) -> None:
+        if not 0.0 < self.t_l < 1.0:
+            raise ConfigError(f"model.t_l: must lie in (0, 1), got {self.t_l!r}")
+
 
 @dataclass
 class PairsSection:
@@ -61,6 +78,10 @@ class PairsSection:
     source: str = "teacher"
     photos: str | None = None
     text_len: int = 512
+
+    def __post_init__(self) -> None:
+        check_range("pairs", self, count=(">=", 1), resolution=(">=", 1), steps=(">=", 1), text_len=(">=", 1),
+                    source=("in", ("teacher", "photos")))
 
 
 @dataclass
@@ -125,6 +146,14 @@ class TrainSection:
     validation_images: str | None = None
     time_limit: float = 0.0
 
+    def __post_init__(self) -> None:
+        check_range("train", self, steps=(">=", 1), batch_size=(">=", 1), grad_accum=(">=", 1), lr=(">", 0.0),
+                    warmup_steps=(">=", 0), schedule=("in", ("constant", "cosine")), weight_decay=(">=", 0.0),
+                    max_grad_norm=(">=", 0.0), lora_rank=(">=", 0), lora_alpha=(">", 0.0),
+                    mixed_precision=("in", ("no", "bf16", "fp16")), crop=(">=", 0), checkpoint_every=(">=", 1),
+                    keep_checkpoints=(">=", 0), validate_every=(">=", 0), log_every=(">=", 1),
+                    time_limit=(">=", 0.0))
+
 
 @dataclass
 class ExportSection:
@@ -138,6 +167,9 @@ class ExportSection:
     note: str = ""
     tile: int = 1024
     overlap: int = 128
+
+    def __post_init__(self) -> None:
+        check_range("export", self, tile=(">=", 1), overlap=(">=", 0))
 
 
 @dataclass

@@ -30,7 +30,7 @@ from safetensors.torch import load_file
 from torch import Tensor
 
 from .cache import atomic_save_safetensors, atomic_write_bytes
-from .config import to_dict
+from .config import ConfigError, to_dict
 from .degrade import degrade_to_input
 from .flow import ftd_loss, ftd_point, one_step, sample_ftd_t, shift_mu, time_shift
 from .models import (
@@ -45,7 +45,7 @@ from .models import (
     setup_cuda_training,
     velocity,
 )
-from .pairs import complete_indices, load_pair
+from .pairs import check_one_config, complete_indices, load_pair
 from .pipeline import FluxSRPipeline, UpscaleOptions
 from .recipe import Recipe
 
@@ -144,8 +144,11 @@ def optimizer_from_tensors(tensors: dict[str, Tensor], meta: dict) -> dict:
     return {"state": state, "param_groups": meta["param_groups"]}
 
 
-def save_checkpoint(folder: Path, step: int, transformer, optimizer, scheduler, lora: bool) -> Path:
-    """Write ``folder/step_NNNNNN`` atomically (a temporary folder renamed when complete)."""
+def save_checkpoint(folder: Path, step: int, transformer, optimizer, scheduler, lora: bool,
+                    recipe: Recipe | None = None) -> Path:
+    """Write ``folder/step_NNNNNN`` atomically (a temporary folder renamed when complete).
+
+    ``state.json`` also keeps the recipe, so ``--resume`` can refuse a changed one (:func:`resume_conflicts`)."""
     final = folder / f"step_{step:07d}"
     tmp = folder / f".tmp_step_{step:07d}"
     shutil.rmtree(tmp, ignore_errors=True)
@@ -155,6 +158,8 @@ def save_checkpoint(folder: Path, step: int, transformer, optimizer, scheduler, 
     atomic_save_safetensors(tensors, tmp / "optimizer.safetensors")
     atomic_save_safetensors({"torch_rng": torch.get_rng_state()}, tmp / "rng.safetensors")
     state = {"step": step, "optimizer": meta, "scheduler": scheduler.state_dict()}
+    if recipe is not None:
+        state["recipe"] = to_dict(recipe)
     atomic_write_bytes(tmp / "state.json", json.dumps(state, default=float).encode())
     shutil.rmtree(final, ignore_errors=True)
     tmp.rename(final)
@@ -175,6 +180,72 @@ def load_checkpoint(path: Path, transformer, optimizer, scheduler, lora: bool) -
     scheduler.load_state_dict(state["scheduler"])
     torch.set_rng_state(load_file(str(path / "rng.safetensors"))["torch_rng"])
     return int(state["step"])
+
+
+# Recipe fields a resumed run may change: they do not alter what the checkpoint's weights, optimiser state and
+# schedule mean (train.steps may only grow past the checkpoint's step; that is checked separately). The pairs,
+# pretrain and export sections do not affect training either, except pairs.text_len (the prompt embedding length).
+RESUME_FREE = ("train.steps", "train.time_limit", "train.log_every", "train.validate_every", "train.checkpoint_every",
+               "train.keep_checkpoints", "train.validation_images", "train.gradient_checkpointing",
+               "train.vae_checkpointing")
+RESUME_FREE_SECTIONS = ("pairs.", "pretrain.", "export.")
+RESUME_FIXED = ("pairs.text_len",)
+
+
+def _flatten(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def resume_conflicts(saved: dict, recipe: Recipe) -> list[str]:
+    """``field: old -> new`` for each recipe field that differs from the checkpoint's and may not change on resume."""
+    old = _flatten(json.loads(json.dumps(saved, default=float)))
+    new = _flatten(json.loads(json.dumps(to_dict(recipe), default=float)))
+    out = []
+    for key in sorted(set(old) | set(new)):
+        if key in RESUME_FREE or (key.startswith(RESUME_FREE_SECTIONS) and key not in RESUME_FIXED):
+            continue
+        if old.get(key) != new.get(key):
+            out.append(f"{key}: {old.get(key)!r} -> {new.get(key)!r}")
+    return out
+
+
+def check_resume(found: Path, recipe: Recipe, steps: int) -> int:
+    """Raise ValueError when ``recipe`` changed a field the checkpoint ``found`` depends on, or ``steps`` (the run's
+    last step) lies below its step; returns the checkpoint's step. Checkpoints written before recipes were stored in
+    them are accepted unchecked."""
+    state = json.loads((found / "state.json").read_text())
+    step = int(state["step"])
+    if "recipe" in state:
+        changed = resume_conflicts(state["recipe"], recipe)
+        if changed:
+            raise ValueError(f"--resume: the recipe differs from the one {found} was trained with ("
+                             f"{'; '.join(changed)}); restore these fields or train into a new --out")
+    if steps < step:
+        raise ValueError(f"--resume: {found} is at step {step}, beyond the {steps} steps asked for "
+                         "(train.steps / --max-steps); ask for more steps or use the checkpoint as it is")
+    return step
+
+
+def check_validation_images(recipe: Recipe) -> None:
+    """``train.validation_images`` must exist and every image in it must load (fail at start, not at step N)."""
+    from .images import find_images, read_image
+
+    src = recipe.train.validation_images
+    if not src:
+        return
+    if not Path(src).exists():
+        raise ConfigError(f"train.validation_images: {src} not found")
+    paths = find_images(Path(src))
+    if not paths:
+        raise ConfigError(f"train.validation_images: no images in {src}")
+    for path in paths:
+        read_image(path)  # ImageError naming the file
 
 
 def prune_checkpoints(folder: Path, keep: int) -> None:
@@ -300,14 +371,27 @@ def train(recipe: Recipe, pairs_dir: Path, run: Path, *, resume: bool = False, m
     tc, lc = recipe.train, recipe.loss
     if tc.mixed_precision == "fp16":
         raise ValueError("train.mixed_precision: fp16 overflows in FLUX; use bf16 or no")
+    run = Path(run)
+    ckpt_dir = run / "checkpoints"
+    steps = tc.steps if max_steps is None else min(tc.steps, max_steps)
+    found = None
+    if resume:
+        found = latest_checkpoint(ckpt_dir)
+        if found is None:
+            raise FileNotFoundError(f"--resume: no checkpoint in {ckpt_dir}")
+        check_resume(found, recipe, steps)
+    elif any(ckpt_dir.glob("step_*")):
+        raise ValueError(f"{run} already holds checkpoints of a run: continue it with --resume, or train into a new "
+                         f"--out (or delete {ckpt_dir})")
+    indices = complete_indices(pairs_dir)
+    if not indices:
+        raise FileNotFoundError(f"{pairs_dir}: no complete pairs (run `fluxsr gen-pairs` first)")
+    check_one_config(pairs_dir)
+    check_validation_images(recipe)
     cuda = torch.cuda.is_available()
     setup_cuda_training()
     acc = Accelerator(mixed_precision=tc.mixed_precision if cuda else "no", gradient_accumulation_steps=tc.grad_accum,
                       cpu=not cuda)
-    run = Path(run)
-    indices = complete_indices(pairs_dir)
-    if not indices:
-        raise FileNotFoundError(f"{pairs_dir}: no complete pairs (run `fluxsr gen-pairs` first)")
     if acc.is_main_process:
         run.mkdir(parents=True, exist_ok=True)
         (run / "recipe.yaml").write_text(__import__("yaml").safe_dump(to_dict(recipe), sort_keys=False))
@@ -315,6 +399,15 @@ def train(recipe: Recipe, pairs_dir: Path, run: Path, *, resume: bool = False, m
 
     weight_dtype = torch.bfloat16 if acc.mixed_precision == "bf16" else torch.float32
     model, lora = build_student(recipe, acc.device, weight_dtype)
+    align, vs = model.multiple, model.vae_scale
+    if tc.crop % align:
+        raise ConfigError(f"train.crop: {tc.crop} is not a multiple of {align} (the model's image size multiple)")
+    # The T_L the student trains at (shifted by the training crop's token count when model.shift_t_l); validation
+    # and the exported model use the same value.
+    h, w = load_pair(pairs_dir, indices[0])["image"].shape[-2:]
+    if 0 < tc.crop < min(h, w):
+        h = w = tc.crop
+    train_t_l = effective_t_l(model.spec.t_l, recipe.model.shift_t_l, (h // vs, w // vs))
     move(model.vae, acc.device, weight_dtype)
     move(model.transformer, acc.device, weight_dtype if lora else torch.float32)
     model.cond = model.cond.to(acc.device, weight_dtype)
@@ -330,23 +423,17 @@ def train(recipe: Recipe, pairs_dir: Path, run: Path, *, resume: bool = False, m
     tv_lpips = build_lpips(recipe, acc.device) if lc.lpips > 0 else None
 
     optimizer = torch.optim.AdamW(trainable, lr=tc.lr, betas=tc.betas, weight_decay=tc.weight_decay)
-    steps = tc.steps if max_steps is None else min(tc.steps, max_steps)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: lr_lambda(s, tc.warmup_steps, tc.steps, tc.schedule))
     net, optimizer = acc.prepare(model.transformer, optimizer)
     adl = ADLCollector(acc.unwrap_model(net), lc.adl_blocks).attach() if lc.adl > 0 else None
 
-    ckpt_dir = run / "checkpoints"
     start = 0
-    if resume:
-        found = latest_checkpoint(ckpt_dir)
-        if found is None:
-            raise FileNotFoundError(f"--resume: no checkpoint in {ckpt_dir}")
+    if found is not None:
         start = load_checkpoint(found, acc.unwrap_model(net), optimizer, scheduler, lora)
         acc.print(f"resumed from {found} (step {start})")
     log = RunLog(run, acc.is_main_process, start)
     spec = model.spec
-    align, vs = model.multiple, model.vae_scale
     bar = tqdm(total=steps, initial=start, disable=not (progress and acc.is_main_process), file=sys.stderr,
                desc="train")
     tic = time.perf_counter()
@@ -389,23 +476,24 @@ def train(recipe: Recipe, pairs_dir: Path, run: Path, *, resume: bool = False, m
             totals["loss"] += loss.item() / tc.grad_accum
             for name, val in parts.items():
                 totals[name] += val.item() / tc.grad_accum
+        lr = scheduler.get_last_lr()[0]  # the LR this step used
         scheduler.step()
         done = step + 1
         its = (done - start) / (time.perf_counter() - tic)
         bar.set_postfix(loss=f"{totals['loss']:.4f}", it_s=f"{its:.2f}")
         bar.update(1)
-        if done % tc.log_every == 0 or done == steps:
-            log.log(done, totals, scheduler.get_last_lr()[0], its)
         out_of_time = tc.time_limit > 0 and time.perf_counter() - tic > tc.time_limit
+        if done % tc.log_every == 0 or done == steps or out_of_time:
+            log.log(done, totals, lr, its)
         if out_of_time:
             acc.print(f"time limit reached after step {done}")
-            log.log(done, totals, scheduler.get_last_lr()[0], its)
         if acc.is_main_process and (done % tc.checkpoint_every == 0 or done == steps or out_of_time):
-            save_checkpoint(ckpt_dir, done, acc.unwrap_model(net), optimizer, scheduler, lora)
+            save_checkpoint(ckpt_dir, done, acc.unwrap_model(net), optimizer, scheduler, lora, recipe)
             prune_checkpoints(ckpt_dir, tc.keep_checkpoints)
             log.plot()
         if acc.is_main_process and tc.validate_every > 0 and done % tc.validate_every == 0:
-            validate(model, acc.unwrap_model(net), recipe, pairs_dir, indices, run / "val" / f"step_{done:07d}")
+            validate(model, acc.unwrap_model(net), recipe, pairs_dir, indices, run / "val" / f"step_{done:07d}",
+                     t_l=train_t_l)
         if out_of_time:
             break
     bar.close()
@@ -414,7 +502,7 @@ def train(recipe: Recipe, pairs_dir: Path, run: Path, *, resume: bool = False, m
     if acc.is_main_process:
         if adl is not None:
             adl.remove()
-        export(model, acc.unwrap_model(net), recipe, lora, final, t_l=spec.t_l)
+        export(model, acc.unwrap_model(net), recipe, lora, final, t_l=train_t_l)
         log.plot()
     log.close()
     acc.wait_for_everyone()
@@ -423,8 +511,11 @@ def train(recipe: Recipe, pairs_dir: Path, run: Path, *, resume: bool = False, m
 
 
 @torch.no_grad()
-def validate(model: FluxSRModel, transformer, recipe: Recipe, pairs_dir: Path, indices: list[int], out: Path) -> dict:
+def validate(model: FluxSRModel, transformer, recipe: Recipe, pairs_dir: Path, indices: list[int], out: Path, *,
+             t_l: float | None = None) -> dict:
     """Upscale fixed degraded inputs (the first two pairs, seed 0; or ``train.validation_images``) and save them.
+
+    ``t_l``: the T_L to run at (the effective one used in training; default: the model's).
 
     Returns PSNR (dB) per pair input against its x0, written to ``out/metrics.json``.
     """
@@ -434,7 +525,8 @@ def validate(model: FluxSRModel, transformer, recipe: Recipe, pairs_dir: Path, i
     out.mkdir(parents=True, exist_ok=True)
     was_training = transformer.training
     transformer.eval()
-    pipe = FluxSRPipeline(replace(model, transformer=transformer), next(transformer.parameters()).device,
+    spec = model.spec if t_l is None else replace(model.spec, t_l=t_l)
+    pipe = FluxSRPipeline(replace(model, transformer=transformer, spec=spec), next(transformer.parameters()).device,
                           next(model.vae.parameters()).dtype, prepare=False)
     scores = {}
     if recipe.train.validation_images:

@@ -19,7 +19,20 @@ from typing import Protocol
 import torch
 from torch import Tensor
 
-from .images import ImageError, find_images, output_path, read_image, resize, target_size, write_image
+from .images import (
+    IMAGE_EXTENSIONS,
+    READ_FORMATS,
+    ImageError,
+    format_for,
+    may_have_alpha,
+    output_path,
+    read_image,
+    resize,
+    scan_images,
+    sniff_format,
+    unsupported_reason,
+    write_image,
+)
 from .pipeline import NonFiniteOutputError, UpscaleOptions
 
 
@@ -38,7 +51,7 @@ class BicubicBackend:
     name: str = "bicubic"
 
     def upscale_tensor(self, rgb: Tensor, opts: UpscaleOptions) -> Tensor:
-        size = target_size(*rgb.shape[-2:], None if opts.long_side else opts.scale, opts.long_side)
+        size = opts.size_for(*rgb.shape[-2:])
         return resize(rgb.float(), size)
 
 
@@ -56,7 +69,7 @@ class RealESRGANBackend:
         self.net = RealESRGAN(device=self.device, tile=self.tile)
 
     def upscale_tensor(self, rgb: Tensor, opts: UpscaleOptions) -> Tensor:
-        size = target_size(*rgb.shape[-2:], None if opts.long_side else opts.scale, opts.long_side)
+        size = opts.size_for(*rgb.shape[-2:])
         with torch.inference_mode():
             out = self.net(rgb.float()).float().cpu()
         return out if tuple(out.shape[-2:]) == size else resize(out, size)
@@ -82,7 +95,7 @@ def make_backend(backend: str, **fluxsr_kwargs) -> Backend:
 class BatchOptions:
     """File handling for a batch.
 
-    suffix: appended to each output's stem (``photo.png`` -> ``photo<suffix>.png``).
+    suffix: appended to each output's stem (``photo.png`` -> ``photo<suffix>.png``); no path separators.
     ext: output extension, or ``auto`` to keep the input's (png when alpha meets jpg/bmp).
     overwrite: replace existing outputs; otherwise existing outputs are skipped (a rerun resumes).
     max_pixels: inputs with more pixels are refused before decoding (decompression bombs).
@@ -92,6 +105,10 @@ class BatchOptions:
     ext: str = "auto"
     overwrite: bool = False
     max_pixels: int = 64_000_000
+
+    def __post_init__(self):
+        if any(sep and sep in self.suffix for sep in ("/", os.sep, os.altsep)):
+            raise ValueError(f"suffix must not contain a path separator, got {self.suffix!r}")
 
 
 @dataclass
@@ -125,24 +142,83 @@ def upscale_one(backend: Backend, src: Path, dst: Path, opts: UpscaleOptions, ba
         alpha = resize(img.alpha[None].float(), tuple(rgb.shape[-2:]))[0] if img.alpha is not None else None
         write_image(dst, rgb, alpha, is_gray=img.is_gray, bit_depth=img.bit_depth, icc_profile=img.icc_profile,
                     exif=img.exif)
-    except (ImageError, NonFiniteOutputError, ValueError) as e:
-        return FileResult(str(src), None, "failed", str(e) if str(src) in str(e) else f"{src}: {e}",
-                          time.perf_counter() - start)
+    except (ImageError, NonFiniteOutputError, ValueError, OSError) as e:
+        return failure(src, e, time.perf_counter() - start)
     return FileResult(str(src), str(dst), "ok", None, time.perf_counter() - start, (img.height, img.width),
                       tuple(rgb.shape[-2:]), dict(getattr(backend, "timings", {})))
 
 
-def upscale_paths(backend: Backend, inputs: list[Path], out_dir: Path, opts: UpscaleOptions,
-                  batch: BatchOptions, *, progress: bool = True, rank: int = 0, world: int = 1) -> list[FileResult]:
-    """Upscale every image under ``inputs`` (files or folders, recursive) into ``out_dir``, mirroring folders."""
+def failure(src: Path, error: BaseException | str, seconds: float = 0.0) -> FileResult:
+    """A failed result whose error is one line naming ``src``."""
+    if isinstance(error, OSError) and not isinstance(error, ImageError):
+        error = error.strerror or error
+    text = " ".join(str(error).split())
+    return FileResult(str(src), None, "failed", text if str(src) in text else f"{src}: {text}", seconds)
+
+
+def destination(src: Path, root: Path, out_dir: Path, batch: BatchOptions) -> Path:
+    """Where ``src`` goes; with ``ext`` auto, a jpg/bmp whose header announces alpha goes to png (alpha kept)."""
+    alpha = batch.ext.lower().lstrip(".") == "auto" and src.suffix.lower() in (".jpg", ".jpeg", ".bmp")
+    return output_path(src, root, out_dir, batch.suffix, batch.ext, has_alpha=alpha and may_have_alpha(src))
+
+
+def find_jobs(inputs: list[Path], out_dir: Path, batch: BatchOptions,
+              note=print) -> tuple[list[tuple[Path, Path]], list[FileResult]]:
+    """(source, destination) pairs for ``inputs`` and a failed result per missing input, or one when no image at
+    all was found. Earlier outputs are not taken as sources: files under ``out_dir`` when it lies inside an input
+    folder, and files that are another job's destination (``-o`` = the input folder with ``--suffix``).
+    ``note`` gets one line per input folder with files passed over for their extension."""
     jobs: list[tuple[Path, Path]] = []
     results: list[FileResult] = []
+    out = Path(out_dir).resolve()
     for root in map(Path, inputs):
         if not root.exists():
             results.append(FileResult(str(root), None, "failed", f"{root}: no such file or folder"))
             continue
-        for src in find_images(root):
-            jobs.append((src, output_path(src, root, out_dir, batch.suffix, batch.ext)))
+        found, ignored = scan_images(root)
+        inside = root.is_dir() and out != root.resolve() and out.is_relative_to(root.resolve())
+        found = [src for src in found if not (inside and src.resolve().is_relative_to(out))]
+        if ignored:
+            kinds = ", ".join(sorted({p.suffix.lower() or "no extension" for p in ignored}))
+            note(f"note: {root}: ignored {len(ignored)} file(s) with unsupported extensions ({kinds}); "
+                 f"images are {' '.join(IMAGE_EXTENSIONS)}")
+        jobs += [(src, destination(src, root, out_dir, batch)) for src in found]
+    owner = {dst.resolve(): src.resolve() for src, dst in reversed(jobs)}
+    jobs = [(src, dst) for src, dst in jobs if owner.get(src.resolve(), src.resolve()) == src.resolve()]
+    if not jobs and not results:
+        names = ", ".join(map(str, inputs))
+        results.append(FileResult(names, None, "failed", f"no images found under {names}"))
+    return jobs, results
+
+
+def check_job(src: Path, dst: Path, batch: BatchOptions) -> FileResult | None:
+    """Why ``src`` -> ``dst`` is not run (failed or skipped), or None to run it; nothing is decoded.
+
+    Checked in this order: output = input, unsupported content behind an unusual extension (``anim.gif``), an
+    output extension nothing can be written in (``pic.gif.txt``), an existing output.
+    """
+    try:
+        if dst.resolve() == src.resolve():
+            return failure(src, "output would overwrite the input")
+        if src.suffix.lower() not in IMAGE_EXTENSIONS and (kind := sniff_format(src)) not in READ_FORMATS:
+            return failure(src, unsupported_reason(kind))
+        format_for(dst)
+        if dst.exists() and not batch.overwrite:
+            return FileResult(str(src), str(dst), "skipped", "output exists (use --overwrite)")
+    except ImageError as e:
+        return failure(src, f"{e.reason}; choose one with --ext")
+    except OSError as e:
+        return failure(src, e)
+    return None
+
+
+def upscale_paths(backend: Backend, inputs: list[Path], out_dir: Path, opts: UpscaleOptions,
+                  batch: BatchOptions, *, progress: bool = True, rank: int = 0, world: int = 1) -> list[FileResult]:
+    """Upscale every image under ``inputs`` (files or folders, recursive) into ``out_dir``, mirroring folders.
+
+    Jobs come from :func:`find_jobs`; a job is checked (:func:`check_job`) before anything is decoded.
+    """
+    jobs, results = find_jobs(inputs, out_dir, batch, lambda line: print(line, file=sys.stderr) if rank == 0 else None)
     results = shard(results, rank, world)
     for r in results:
         print(f"error: {r.error}", file=sys.stderr)
@@ -154,12 +230,7 @@ def upscale_paths(backend: Backend, inputs: list[Path], out_dir: Path, opts: Ups
         bar = tqdm(total=len(jobs), unit="img", desc=getattr(backend, "name", "upscale"), file=sys.stderr,
                    disable=not sys.stderr.isatty() and progress != "always")
     for src, dst in jobs:
-        if dst.exists() and not batch.overwrite:
-            results.append(FileResult(str(src), str(dst), "skipped", "output exists (use --overwrite)"))
-        elif dst.resolve() == src.resolve():
-            results.append(FileResult(str(src), None, "failed", f"{src}: output would overwrite the input"))
-        else:
-            results.append(upscale_one(backend, src, dst, opts, batch))
+        results.append(check_job(src, dst, batch) or upscale_one(backend, src, dst, opts, batch))
         if results[-1].status == "failed":
             print(f"error: {results[-1].error}", file=sys.stderr)
         if bar is not None:
@@ -167,6 +238,19 @@ def upscale_paths(backend: Backend, inputs: list[Path], out_dir: Path, opts: Ups
     if bar is not None:
         bar.close()
     return results
+
+
+def settings_for_log(settings: dict) -> dict:
+    """Settings as native JSON values: paths (and lists of them) as strings, other non-JSON values as ``str``."""
+
+    def plain(value):
+        if isinstance(value, (list, tuple)):
+            return [plain(v) for v in value]
+        if value is None or isinstance(value, (bool, int, float, str)):
+            return value
+        return str(value)
+
+    return {key: plain(value) for key, value in settings.items()}
 
 
 def write_log(results: list[FileResult], path: Path, settings: dict) -> None:

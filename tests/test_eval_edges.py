@@ -1,0 +1,261 @@
+"""Edge cases of `fluxsr eval`, `make-testset`, `benchmark` and `demo`: equal stems in different folders, stale
+test-set folders, the classic HR/ + LR_bicubic/X4/ layout, single files, empty folders, per-metric counts and NIQE
+on a flat image. All images are tiny synthetic ones built in tmp_path."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from fluxsr import metrics as M
+from fluxsr.cache import MissingWeightsError, cached_file
+from fluxsr.cli import main
+from fluxsr.datasets import detect_layout, load_dataset, make_testset
+from fluxsr.evaluate import (
+    BenchmarkResult,
+    EvalReport,
+    ImageScore,
+    MethodRun,
+    Metric,
+    backend_factories,
+    benchmark_json,
+    benchmark_markdown,
+    evaluate_dirs,
+    report_csv,
+    report_json,
+    report_markdown,
+    run_benchmark,
+)
+from fluxsr.images import read_image
+
+
+def save(path: Path, array: np.ndarray) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(array).save(path)
+    return path
+
+
+def texture(size: int, seed: int) -> np.ndarray:
+    """A smooth random RGB image (different for each seed)."""
+    rng = np.random.default_rng(seed)
+    small = rng.integers(0, 256, (size // 4, size // 4, 3), dtype=np.uint8)
+    return np.asarray(Image.fromarray(small).resize((size, size), Image.BICUBIC))
+
+
+def shrink(a: np.ndarray, factor: int = 4) -> np.ndarray:
+    h, w = a.shape[:2]
+    return np.asarray(Image.fromarray(a).resize((w // factor, h // factor), Image.BICUBIC))
+
+
+def has_niqe() -> bool:
+    try:
+        cached_file(M.NIQE_PARAMS_FILE)
+        return True
+    except MissingWeightsError:
+        return False
+
+
+# ---------------------------------------------------------------------------------------------------- bug 1
+
+
+def test_benchmark_keeps_equal_stems_in_different_folders_apart(tmp_path):
+    root = tmp_path / "dup"
+    hrs = {}
+    for i, year in enumerate(("2023", "2024")):
+        hrs[year] = save(root / "hr" / year / "IMG_0001.png", texture(32, i))
+        save(root / "lr" / year / "IMG_0001.png", shrink(texture(32, i)))
+    ds = load_dataset(root)
+    assert [p.name for p in ds.pairs] == ["2023/IMG_0001", "2024/IMG_0001"]
+    out = tmp_path / "out"
+    res = run_benchmark(ds, backend_factories("bicubic", lambda: None), out, ["psnr"], sheet_images=0)
+    assert not res.problems
+    files = {year: out / "bicubic" / year / "IMG_0001.png" for year in ("2023", "2024")}
+    assert all(f.is_file() for f in files.values())
+    assert files["2023"].read_bytes() != files["2024"].read_bytes()
+    scores = {s.name: s.scores["psnr"] for s in res.runs[0].report.images}
+    for year, f in files.items():  # each output scored against its own ground truth
+        expected = float(M.protocol_psnr(read_image(f).rgb, read_image(hrs[year]).rgb, "fluxsr", scale=4))
+        assert scores[f"{year}/IMG_0001"] == pytest.approx(expected)
+        assert expected > 20
+
+    demo = run_benchmark(load_dataset(root / "lr", "lr-only"), backend_factories("bicubic", lambda: None),
+                         tmp_path / "demo", [], sheet_images=0)  # what `fluxsr demo` does
+    assert demo.runs[0].n_images == 2 and not demo.problems
+    assert (tmp_path / "demo" / "bicubic" / "2024" / "IMG_0001.png").is_file()
+
+
+def test_benchmark_reports_names_that_still_clash(tmp_path):
+    save(tmp_path / "set" / "a.png", shrink(texture(32, 0)))
+    save(tmp_path / "set" / "a.jpg", shrink(texture(32, 1)))
+    res = run_benchmark(load_dataset(tmp_path / "set", "lr-only"), backend_factories("bicubic", lambda: None),
+                        tmp_path / "out", [], sheet_images=0)
+    assert len(res.problems) == 1 and "duplicate name 'a'" in res.problems[0] and "a.png" in res.problems[0]
+    assert res.runs[0].n_images == 1 and len(res.dataset.pairs) == 1
+
+
+# ---------------------------------------------------------------------------------------------------- bug 2
+
+
+def test_make_testset_refuses_stale_folders_unless_overwrite(tmp_path, capsys):
+    old, new = tmp_path / "old", tmp_path / "new"
+    for name in ("a", "b", "c"):
+        save(old / f"{name}.png", texture(32, ord(name)))
+    save(new / "z.png", texture(32, 9))
+    out = tmp_path / "set"
+    assert main(["make-testset", "--hr", str(old), "--out", str(out), "--seed", "0"]) == 0
+    before = sorted(p.name for p in (out / "lr").iterdir())
+    assert main(["make-testset", "--hr", str(new), "--out", str(out), "--seed", "0"]) == 2
+    assert "--overwrite" in capsys.readouterr().err
+    assert sorted(p.name for p in (out / "lr").iterdir()) == before  # nothing touched
+    assert main(["make-testset", "--hr", str(new), "--out", str(out), "--seed", "0", "--overwrite"]) == 0
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert [i["name"] for i in manifest["images"]] == ["z"]
+    assert [p.name for p in (out / "lr").iterdir()] == ["z.png"] and [p.name for p in (out / "hr").iterdir()] == [
+        "z.png"]
+    assert [p.name for p in load_dataset(out).pairs] == ["z"]
+    with pytest.raises(ValueError, match="not empty"):
+        make_testset([old], out, seed=0)
+
+
+# ---------------------------------------------------------------------------------------------------- bug 3
+
+
+def classic_set(root: Path) -> Path:
+    """Set5-style: HR/<name>.png + LR_bicubic/X4/<name>x4.png (and an X2 folder)."""
+    for i, name in enumerate(("baby", "bird")):
+        hr = save(root / "HR" / f"{name}.png", texture(32, i))
+        save(root / "LR_bicubic" / "X4" / f"{name}x4.png", shrink(np.asarray(Image.open(hr))))
+        save(root / "LR_bicubic" / "X2" / f"{name}x2.png", shrink(np.asarray(Image.open(hr)), 2))
+    return root
+
+
+def test_classic_layout_pairs_hr_with_lr_bicubic(tmp_path, capsys):
+    root = classic_set(tmp_path / "Set5")
+    assert detect_layout(root) == "classic"
+    ds = load_dataset(root)
+    assert ds.has_hr and not ds.problems and [p.name for p in ds.pairs] == ["baby", "bird"]
+    assert [(p.lr.relative_to(root).as_posix(), p.hr.name) for p in ds.pairs] == [
+        ("LR_bicubic/X4/babyx4.png", "baby.png"), ("LR_bicubic/X4/birdx4.png", "bird.png")]
+    assert [p.lr.name for p in load_dataset(root, scale=2).pairs] == ["babyx2.png", "birdx2.png"]
+    with pytest.raises(FileNotFoundError, match="X3"):
+        load_dataset(root, scale=3)
+
+    out = tmp_path / "out"
+    rc = main(["benchmark", "--dataset", str(root), "--backends", "bicubic", "--metrics", "psnr,ssim",
+               "--out", str(out), "-q", "--sheet-images", "0"])
+    assert rc == 0
+    doc = json.loads((out / "benchmark.json").read_text())
+    assert doc["dataset"]["layout"] == "classic" and doc["dataset"]["has_hr"]
+    assert set(doc["methods"][0]["mean"]) == {"psnr", "ssim"}
+    assert sorted(p.name for p in (out / "bicubic").iterdir()) == ["baby.png", "bird.png"]
+    capsys.readouterr()
+
+
+def test_benchmark_refuses_full_reference_metrics_without_ground_truth(tmp_path, capsys):
+    save(tmp_path / "lr" / "a.png", shrink(texture(32, 0)))
+    rc = main(["benchmark", "--dataset", str(tmp_path / "lr"), "--backends", "bicubic", "--metrics", "psnr,niqe",
+               "--out", str(tmp_path / "out"), "-q"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "psnr need ground truth" in err
+    assert not (tmp_path / "out" / "bicubic").exists()
+
+
+@pytest.mark.skipif(not has_niqe(), reason="NIQE parameters not fetched (fluxsr weights fetch)")
+def test_benchmark_default_metrics_without_ground_truth_keep_the_note(tmp_path):
+    save(tmp_path / "lr" / "a.png", shrink(texture(32, 0)))
+    res = run_benchmark(load_dataset(tmp_path / "lr"), backend_factories("bicubic", lambda: None),
+                        tmp_path / "out", None, sheet_images=0)
+    assert [m.name for m in res.metrics] == ["niqe"]
+    assert any("no ground truth: skipped psnr, ssim, lpips, dists" in n for n in res.notes)
+
+
+# ---------------------------------------------------------------------------------------------------- bugs 4, 5
+
+
+def test_eval_single_files(tmp_path, capsys):
+    gt = save(tmp_path / "g" / "cat.png", texture(32, 0))
+    pred = save(tmp_path / "p" / "cat_out.png", texture(32, 1))
+    rc = main(["eval", "--pred", str(pred), "--gt", str(gt), "--metrics", "psnr", "-q",
+               "--json", str(tmp_path / "r.json")])
+    assert rc == 0, capsys.readouterr().err
+    doc = json.loads((tmp_path / "r.json").read_text())
+    assert doc["count"] == 1 and [i["name"] for i in doc["images"]] == ["cat_out"]
+    assert math.isfinite(doc["images"][0]["scores"]["psnr"])
+    report = evaluate_dirs(pred, gt, "psnr,ssim")
+    assert [s.name for s in report.images] == ["cat_out"] and not report.problems
+
+
+def test_eval_empty_folder_is_an_error(tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    save(tmp_path / "g" / "a.png", texture(32, 0))
+    rc = main(["eval", "--pred", str(tmp_path / "empty"), "--gt", str(tmp_path / "g"), "--metrics", "psnr", "-q"])
+    err = capsys.readouterr().err
+    assert rc == 1 and f"no images found under {tmp_path / 'empty'}" in err and "0 image(s) scored" in err
+    report = evaluate_dirs(tmp_path / "empty", tmp_path / "g", "psnr")
+    assert report.problems[0] == f"no images found under {tmp_path / 'empty'}" and report.n_scored == 0
+
+
+# ---------------------------------------------------------------------------------------------------- bug 6
+
+
+def partial_report() -> EvalReport:
+    """psnr on a and b, niqe on a only, nothing on c (every metric failed there)."""
+    metrics = [Metric("psnr", True, False, lambda p, g: 0.0), Metric("niqe", False, True, lambda p, g: 0.0)]
+    images = [ImageScore("a", "a.png", "ga.png", {"psnr": 20.0, "niqe": 5.0}),
+              ImageScore("b", "b.png", "gb.png", {"psnr": 22.0}),
+              ImageScore("c", "c.png", "gc.png", {})]
+    return EvalReport(metrics, images)
+
+
+def test_mean_row_shows_per_metric_counts():
+    report = partial_report()
+    assert report.n_scored == 2 and report.counts() == {"psnr": 2, "niqe": 1}
+    md = report_markdown(report)
+    assert "**mean** (n=2)" in md and "| **21.00** |" in md and "**5.000** (n=1)" in md
+    doc = report_json(report)
+    assert doc["count"] == 2 and doc["counts"] == {"psnr": 2, "niqe": 1}
+    rows = list(csv.reader(io.StringIO(report_csv(report))))
+    assert rows[-2][0] == "mean" and rows[-1] == ["count", "", "", "2", "1"]
+
+    run = MethodRun("bicubic", "bicubic", outputs={n: Path(f"{n}.png") for n in "abc"}, wall_s=1.0, report=report)
+    result = BenchmarkResult(load_dataset_stub(), report.metrics, [run], "fluxsr", 4, 4.0, "cpu")
+    assert "21.00 (n=2)" in benchmark_markdown(result) and "5.000 (n=1)" in benchmark_markdown(result)
+    assert benchmark_json(result)["methods"][0]["counts"] == {"psnr": 2, "niqe": 1}
+
+
+def load_dataset_stub():
+    from fluxsr.datasets import Dataset
+
+    return Dataset("stub", "pairs", Path("."), [])
+
+
+# ---------------------------------------------------------------------------------------------------- bug 7
+
+
+def test_niqe_distance_on_flat_features_raises_without_warning():
+    feats = torch.full((6, 36), float("nan"), dtype=torch.float64)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(ValueError, match=r"NIQE undefined: no textured 96x96 block \(flat image\)"):
+            M.niqe_distance(feats, torch.zeros(36, dtype=torch.float64), torch.eye(36, dtype=torch.float64))
+
+
+@pytest.mark.skipif(not has_niqe(), reason="NIQE parameters not fetched (fluxsr weights fetch)")
+def test_niqe_on_a_flat_image(tmp_path):
+    flat = torch.full((3, 192, 192), 0.5)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(ValueError, match="flat image"):
+            M.protocol_niqe(flat, "fluxsr", params=M.load_niqe_params())
+    save(tmp_path / "p" / "flat.png", np.full((192, 192, 3), 128, np.uint8))
+    report = evaluate_dirs(tmp_path / "p", None, "niqe")
+    assert report.n_scored == 0 and "flat image" in report.problems[0]

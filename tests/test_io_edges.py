@@ -1,0 +1,234 @@
+"""Edge cases of `fluxsr upscale` and the Python API: write errors, PIL modes, tensor checks, output folders inside
+inputs, size options, the JSON log, unsupported formats and suffixes."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from fluxsr import cli
+from fluxsr.images import ImageError, pil_to_tensor, read_image, write_image
+from fluxsr.pipeline import FluxSRPipeline, UpscaleOptions, as_rgb
+from fluxsr.upscale import BatchOptions, BicubicBackend, upscale_paths
+
+
+def run(*args):
+    return cli.main(["upscale", "--backend", "bicubic", "-q", *map(str, args)])
+
+
+def save_rgb(path, seed=0, size=(5, 7)):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.random.default_rng(seed).integers(0, 255, (*size, 3), dtype=np.uint8)).save(path)
+    return path
+
+
+def tree(folder):
+    return sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file())
+
+
+# -- 1. write errors are per-file errors --------------------------------------------------------------------------
+
+
+def test_long_file_name_is_written(tmp_path):
+    name = "x" * 245 + ".png"  # the old temp name ".<name>.<hex>.tmp" went over 255 bytes
+    save_rgb(tmp_path / "in" / name)
+    assert run(tmp_path / "in", "-o", tmp_path / "out", "--scale", "2") == 0
+    assert read_image(tmp_path / "out" / name).width == 14
+    assert tree(tmp_path / "out") == [name]  # no temp file left behind
+
+
+def test_output_folder_is_a_file_fails_per_file_and_logs(tmp_path, capsys):
+    save_rgb(tmp_path / "in" / "a.png")
+    save_rgb(tmp_path / "in" / "b.png", 1)
+    (tmp_path / "file").write_text("x")
+    assert run(tmp_path / "in", "-o", tmp_path / "file", "--json", tmp_path / "log.json") == 1
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and err.count("error:") == 2 and "cannot create folder" in err
+    assert json.loads((tmp_path / "log.json").read_text())["counts"] == {"ok": 0, "skipped": 0, "failed": 2}
+
+
+def test_output_path_that_is_a_folder_fails_and_the_batch_goes_on(tmp_path, capsys):
+    save_rgb(tmp_path / "in" / "a.png")
+    save_rgb(tmp_path / "in" / "b.png", 1)
+    (tmp_path / "out" / "a.png").mkdir(parents=True)
+    assert run(tmp_path / "in", "-o", tmp_path / "out", "--overwrite") == 1
+    assert "a.png" in capsys.readouterr().err
+    assert read_image(tmp_path / "out" / "b.png").width == 28
+
+
+def test_write_image_turns_os_errors_into_image_errors(tmp_path, monkeypatch):
+    def refuse(*_):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr("fluxsr.images.os.replace", refuse)
+    with pytest.raises(ImageError, match="Permission denied") as info:
+        write_image(tmp_path / "a.png", torch.rand(3, 4, 4))
+    assert info.value.path == tmp_path / "a.png"
+    assert list(tmp_path.iterdir()) == []  # the temp file is gone
+
+
+# -- 2. PIL modes through the Python API --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("mode", ["I;16", "I;16B", "I;16L", "I", "F"])
+def test_pil_to_tensor_deep_gray_modes(mode):
+    if mode == "F":
+        im = Image.fromarray(np.full((4, 5), 0.25, np.float32), "F")
+    elif mode == "I":
+        im = Image.fromarray(np.full((4, 5), 16384, np.int32), "I")
+    else:
+        order = ">u2" if mode == "I;16B" else "<u2"
+        im = Image.frombytes(mode, (5, 4), np.full((4, 5), 16384, order).tobytes())
+    rgb, alpha, is_gray = pil_to_tensor(im)
+    assert rgb.shape == (3, 4, 5) and alpha is None and is_gray
+    assert torch.allclose(rgb, torch.full_like(rgb, 0.25), atol=1e-4)
+
+
+def test_pil_to_tensor_matches_the_file_reader(tmp_path):
+    im = Image.fromarray(np.random.default_rng(0).integers(0, 255, (6, 8, 4), dtype=np.uint8), "RGBA")
+    im.save(tmp_path / "a.png")
+    rgb, alpha, is_gray = pil_to_tensor(im)
+    loaded = read_image(tmp_path / "a.png")
+    assert torch.equal(rgb, loaded.rgb) and torch.equal(alpha, loaded.alpha) and not is_gray
+
+
+# -- 3. tensors given to the pipeline -----------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def pipe():
+    return FluxSRPipeline.from_pretrained("tiny", device="cpu")
+
+
+def test_uint8_tensor_is_scaled(pipe):
+    x = torch.randint(0, 256, (3, 6, 8), dtype=torch.uint8)
+    assert torch.equal(pipe(x, scale=2), pipe(x.float() / 255, scale=2))
+
+
+@pytest.mark.parametrize("shape", [(6, 8, 3), (1, 6, 8), (4, 6, 8), (6, 8), (1, 3, 6, 8), (3, 0, 8)])
+def test_wrong_shapes_are_refused(pipe, shape):
+    with pytest.raises(ValueError, match=r"\(3, H, W\)"):
+        pipe(torch.rand(shape))
+
+
+def test_bad_values_and_types_are_refused(pipe):
+    x = torch.rand(3, 6, 8)
+    x[0, 0, 0] = math.nan
+    with pytest.raises(ValueError, match="NaN"):
+        pipe(x)
+    with pytest.raises(ValueError, match="divide by 255"):
+        pipe(torch.rand(3, 6, 8) * 255)
+    with pytest.raises(TypeError, match="numpy"):
+        pipe(np.zeros((6, 8, 3), np.uint8))
+    with pytest.raises(ValueError, match="dtype"):
+        as_rgb(torch.zeros(3, 6, 8, dtype=torch.int64))
+
+
+def test_tiny_rounding_outside_the_range_is_clamped():
+    x = torch.rand(3, 6, 8)
+    x[0, 0, 0], x[0, 0, 1] = 1.0001, -0.0001
+    out = as_rgb(x)
+    assert out.max() == 1 and out.min() == 0
+
+
+# -- 4. output folder inside or equal to the input folder ---------------------------------------------------------
+
+
+def test_output_inside_input_is_not_upscaled_again(tmp_path):
+    save_rgb(tmp_path / "t" / "a.png")
+    for _ in range(2):
+        assert run(tmp_path / "t", "-o", tmp_path / "t" / "up") == 0
+    assert tree(tmp_path / "t") == ["a.png", "up/a.png"]
+
+
+def test_output_equal_to_input_with_suffix_twice(tmp_path):
+    save_rgb(tmp_path / "t" / "a.png")
+    for _ in range(2):
+        assert run(tmp_path / "t", "-o", tmp_path / "t", "--suffix", "_x4") == 0
+    assert tree(tmp_path / "t") == ["a.png", "a_x4.png"]
+
+
+def test_same_file_is_reported_before_exists(tmp_path, capsys):
+    save_rgb(tmp_path / "t" / "a.png")
+    assert run(tmp_path / "t", "-o", tmp_path / "t") == 1
+    assert "would overwrite the input" in capsys.readouterr().err
+
+
+# -- 5. alpha behind a jpg name -----------------------------------------------------------------------------------
+
+
+def test_alpha_content_named_jpg_goes_to_png(tmp_path):
+    rgba = np.random.default_rng(0).integers(0, 255, (6, 8, 4), dtype=np.uint8)
+    Image.fromarray(rgba, "RGBA").save(tmp_path / "fake.jpg", format="PNG")
+    assert run(tmp_path / "fake.jpg", "-o", tmp_path / "out") == 0
+    assert tree(tmp_path / "out") == ["fake.png"]
+    assert read_image(tmp_path / "out" / "fake.png").alpha is not None
+
+
+# -- 6. size options ----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kwargs", [{"long_side": 0}, {"scale": 0}, {"scale": -2}, {"scale": math.inf},
+                                    {"scale": math.nan}])
+def test_bad_sizes_are_refused_by_the_options(kwargs):
+    with pytest.raises(ValueError, match="long_side|scale"):
+        UpscaleOptions(**kwargs)
+
+
+def test_long_side_zero_fails_before_the_model_loads(tmp_path, monkeypatch, capsys):
+    save_rgb(tmp_path / "a.png")
+    monkeypatch.setattr(cli, "_pipeline", lambda args: pytest.fail("model loaded"))
+    assert cli.main(["upscale", "-q", str(tmp_path / "a.png"), "-o", str(tmp_path / "o"), "--long-side", "0"]) == 2
+    assert capsys.readouterr().err.strip() == "error: long_side must be >= 1 pixel, got 0"
+
+
+# -- 7. the JSON log ----------------------------------------------------------------------------------------------
+
+
+def test_json_settings_are_native(tmp_path):
+    save_rgb(tmp_path / "in" / "a.png")
+    assert run(tmp_path / "in", "-o", tmp_path / "out", "--json", tmp_path / "log.json") == 0
+    settings = json.loads((tmp_path / "log.json").read_text())["settings"]
+    assert settings["inputs"] == [str(tmp_path / "in")] and settings["output"] == str(tmp_path / "out")
+    assert settings["long_side"] is None and settings["overwrite"] is False and settings["scale"] == 4.0
+
+
+# -- 8. unsupported formats ---------------------------------------------------------------------------------------
+
+
+def test_folder_with_only_unsupported_files(tmp_path, capsys):
+    save_rgb(tmp_path / "t" / "anim.gif")
+    assert run(tmp_path / "t", "-o", tmp_path / "out") == 1
+    err = capsys.readouterr().err
+    assert "ignored 1 file(s)" in err and ".gif" in err and "no images found" in err
+
+
+def test_gif_by_name_names_the_format(tmp_path, capsys):
+    save_rgb(tmp_path / "anim.gif")
+    assert run(tmp_path / "anim.gif", "-o", tmp_path / "out") == 1
+    assert "unsupported format GIF" in capsys.readouterr().err
+
+
+def test_unwritable_output_extension_fails_before_upscaling(tmp_path):
+    Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(tmp_path / "pic.gif.txt", format="PNG")
+
+    class Refuse(BicubicBackend):
+        def upscale_tensor(self, rgb, opts):
+            raise AssertionError("upscaled")
+
+    [result] = upscale_paths(Refuse(), [tmp_path / "pic.gif.txt"], tmp_path / "out", UpscaleOptions(),
+                             BatchOptions(), progress=False)
+    assert result.status == "failed" and "cannot write .txt" in result.error
+
+
+# -- 9. suffixes --------------------------------------------------------------------------------------------------
+
+
+def test_suffix_with_a_separator_is_refused(tmp_path, capsys):
+    save_rgb(tmp_path / "in" / "a.png")
+    assert run(tmp_path / "in", "-o", tmp_path / "out", "--suffix", "/../../x") == 2
+    assert "path separator" in capsys.readouterr().err
+    assert tree(tmp_path) == ["in/a.png"]

@@ -1,0 +1,194 @@
+"""Guards of the training chain: bad recipes, reused folders, changed configs and unreadable images fail at start
+with one line naming the cause; logs, exported T_L and file modes are right."""
+
+import json
+import os
+import stat
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from fluxsr.cache import atomic_write_bytes
+from fluxsr.cli import main
+from fluxsr.config import ConfigError
+from fluxsr.pairs import generate_pairs, load_pair, pair_stem
+from fluxsr.pretrain import load_photos
+from fluxsr.recipe import load_recipe
+from fluxsr.train import effective_t_l, train
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ROOT / "configs" / "tiny.yaml"
+FAST = ["pairs.count=2", "pairs.resolution=32", "pairs.steps=2", "train.steps=2", "train.batch_size=1",
+        "train.checkpoint_every=1", "train.validate_every=0", "train.warmup_steps=2", "train.log_every=1",
+        "loss.lpips=0", "loss.lpips_net=random-vgg"]
+
+
+def recipe(*extra):
+    return load_recipe(TINY, [*FAST, *extra])
+
+
+@pytest.fixture(scope="module")
+def pairs(tmp_path_factory):
+    out = tmp_path_factory.mktemp("pairs")
+    generate_pairs(recipe(), out, device="cpu", progress=False)
+    return out
+
+
+def truncated_png(path: Path) -> Path:
+    Image.new("RGB", (40, 40), (10, 120, 200)).save(path)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    return path
+
+
+def log_rows(run: Path) -> list[list[str]]:
+    return [r.split(",") for r in (run / "log.csv").read_text().splitlines()[1:]]
+
+
+# -- 5. range checks --------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("override", ["train.steps=-5", "train.grad_accum=0", "train.batch_size=0",
+                                      "train.log_every=0", "train.checkpoint_every=0", "train.schedule=linear",
+                                      "pairs.steps=0", "pairs.count=0", "pretrain.vae.steps=0",
+                                      "pretrain.teacher.batch_size=0", "model.t_l=1.5"])
+def test_out_of_range_fields_fail_at_load(override):
+    with pytest.raises(ConfigError, match=override.split("=")[0].replace(".", r"\.")):
+        recipe(override)
+
+
+def test_bad_sizes_and_validation_images_fail_at_start(pairs, tmp_path):
+    with pytest.raises(ConfigError, match="train.validation_images"):
+        train(recipe(f"train.validation_images={tmp_path / 'nope'}"), pairs, tmp_path / "r1", progress=False)
+    with pytest.raises(ConfigError, match="train.crop: 24 is not a multiple of 16"):
+        train(recipe("train.crop=24"), pairs, tmp_path / "r2", progress=False)
+    with pytest.raises(ValueError, match="pairs.resolution: 40 is not a multiple of 16"):
+        generate_pairs(recipe("pairs.resolution=40"), tmp_path / "p", device="cpu", progress=False)
+
+
+# -- 1. / 2. / 8. fresh runs, resume, log.csv -------------------------------------------------------------------------
+
+
+def test_fresh_train_refuses_a_folder_with_checkpoints(pairs, tmp_path):
+    (tmp_path / "run" / "checkpoints" / "step_0000020").mkdir(parents=True)
+    with pytest.raises(ValueError, match="--resume"):
+        train(recipe(), pairs, tmp_path / "run", progress=False)
+
+
+def test_resume_refuses_changed_recipe_and_logs_the_lr_used(pairs, tmp_path):
+    run = tmp_path / "run"
+    train(recipe(), pairs, run, progress=False)
+    # warm-up over 2 steps: step 1 ran at lr/2, step 2 at lr (not the next step's LR)
+    assert [(r[0], float(r[6])) for r in log_rows(run)] == [("1", 5e-4), ("2", 1e-3)]
+    saved_recipe = (run / "recipe.yaml").read_text()
+    with pytest.raises(ValueError, match=r"train\.lora_rank: 4 -> 8; train\.lr: 0\.001 -> 0\.002"):
+        train(recipe("train.lr=2e-3", "train.lora_rank=8"), pairs, run, resume=True, progress=False)
+    with pytest.raises(ValueError, match="at step 2, beyond the 1 steps"):
+        train(recipe("train.steps=1"), pairs, run, resume=True, progress=False)
+    assert (run / "recipe.yaml").read_text() == saved_recipe  # not rewritten by a refused resume
+    # more steps, other intervals and a time limit may change
+    train(recipe("train.steps=3", "train.checkpoint_every=5", "train.time_limit=1000"), pairs, run, resume=True,
+          progress=False)
+    assert [r[0] for r in log_rows(run)] == ["1", "2", "3"]
+
+
+def test_time_limit_logs_the_last_step_once(pairs, tmp_path):
+    run = tmp_path / "run"
+    train(recipe("train.steps=4", "train.time_limit=1e-9"), pairs, run, progress=False)
+    assert [r[0] for r in log_rows(run)] == ["1"]
+
+
+# -- 4. shifted T_L ---------------------------------------------------------------------------------------------------
+
+
+def test_shifted_t_l_is_exported_and_validated(pairs, tmp_path, monkeypatch):
+    import fluxsr.train as tr
+
+    seen = []
+    monkeypatch.setattr(tr, "validate", lambda *a, t_l=None, **k: seen.append(t_l))
+    train(recipe("model.shift_t_l=true", "train.steps=1", "train.validate_every=1"), pairs, tmp_path / "run",
+          progress=False)
+    expected = effective_t_l(0.25, True, tuple(load_pair(pairs, 0)["z0"].shape[-2:]))
+    assert expected != pytest.approx(0.25)
+    assert seen == [pytest.approx(expected)]
+    assert json.loads((tmp_path / "run" / "final" / "fluxsr.json").read_text())["t_l"] == pytest.approx(expected)
+
+
+# -- 3. pairs made with another config --------------------------------------------------------------------------------
+
+
+def test_pairs_with_a_changed_config_are_refused(tmp_path):
+    out = tmp_path / "p"
+    assert generate_pairs(recipe("pairs.count=1"), out, device="cpu", progress=False) == [0]
+    with pytest.raises(ValueError, match="different config.*new --out"):
+        generate_pairs(recipe("pairs.count=2", "pairs.guidance=2.0"), out, device="cpu", progress=False)
+    # a larger count with the same config extends the folder
+    assert generate_pairs(recipe("pairs.count=2"), out, device="cpu", progress=False) == [1]
+    marker = pair_stem(out, 1).with_suffix(".json")
+    marker.write_text(json.dumps({**json.loads(marker.read_text()), "config_hash": "0123456789ab"}))
+    with pytest.raises(ValueError, match="2 different gen-pairs configs"):
+        train(recipe(), out, tmp_path / "run", progress=False)
+
+
+# -- 6. unreadable images ---------------------------------------------------------------------------------------------
+
+
+def test_unreadable_photos_are_skipped_with_a_warning(tmp_path, capsys):
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    Image.new("RGB", (48, 40), (40, 120, 200)).save(photos / "a.png")
+    truncated_png(photos / "b.png")
+    out = tmp_path / "pairs"
+    written = generate_pairs(recipe("pairs.source=photos", f"pairs.photos={photos}"), out, device="cpu",
+                             progress=False)
+    assert written == [0]
+    err = capsys.readouterr().err
+    assert "b.png" in err and "1 pair(s) skipped" in err
+    assert len(load_photos([str(photos)], 64)) == 1
+    assert "skipped 1 unreadable photo" in capsys.readouterr().err
+
+
+def test_unreadable_validation_image_is_one_line_at_start(pairs, tmp_path, capsys):
+    val = tmp_path / "val"
+    val.mkdir()
+    truncated_png(val / "bad.png")
+    rc = main(["train", "--config", str(TINY), *sum((["--set", s] for s in FAST), []),
+               "--set", f"train.validation_images={val}", "--pairs", str(pairs), "--out", str(tmp_path / "run"),
+               "-q"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "bad.png" in err and "Traceback" not in err
+    assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+# -- 7. fluxsr degrade ------------------------------------------------------------------------------------------------
+
+
+def test_degrade_reads_16_bit_and_exif_and_applies_set_without_config(tmp_path):
+    Image.fromarray(np.full((32, 32), 32768, dtype=np.uint16)).save(tmp_path / "deep.png")
+    assert main(["degrade", str(tmp_path / "deep.png"), str(tmp_path / "deep_lr.png")]) == 0
+    assert abs(np.asarray(Image.open(tmp_path / "deep_lr.png")).mean() - 128) < 20  # mid-grey, not white
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees on display
+    Image.new("RGB", (32, 16), (90, 90, 90)).save(tmp_path / "rot.png", exif=exif.tobytes())
+    assert main(["degrade", str(tmp_path / "rot.png"), str(tmp_path / "rot_lr.png")]) == 0
+    assert Image.open(tmp_path / "rot_lr.png").size == (4, 8)
+    assert main(["degrade", str(tmp_path / "rot.png"), str(tmp_path / "x2.png"), "--set",
+                 "degradation.scale=2"]) == 0
+    assert Image.open(tmp_path / "x2.png").size == (8, 16)
+
+
+# -- 9. file modes ----------------------------------------------------------------------------------------------------
+
+
+def test_atomic_writes_follow_the_umask(tmp_path):
+    old = os.umask(0o022)
+    try:
+        atomic_write_bytes(tmp_path / "a.bin", b"x")
+        os.umask(0o002)
+        atomic_write_bytes(tmp_path / "b.bin", b"x")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "a.bin").stat().st_mode) == 0o644
+    assert stat.S_IMODE((tmp_path / "b.bin").stat().st_mode) == 0o664
