@@ -26,13 +26,6 @@ def recipe(*extra):
     return load_recipe(TINY, [*FAST, *extra])
 
 
-@pytest.fixture(scope="module")
-def pairs(tmp_path_factory):
-    out = tmp_path_factory.mktemp("pairs")
-    generate_pairs(recipe(), out, device="cpu", progress=False)
-    return out
-
-
 def test_recipe_errors_name_the_field(tmp_path):
     with pytest.raises(ConfigError, match="train.lrr"):
         load_recipe(TINY, ["train.lrr=1"])

@@ -29,13 +29,6 @@ def recipe(*extra):
     return load_recipe(TINY, [*FAST, *extra])
 
 
-@pytest.fixture(scope="module")
-def pairs(tmp_path_factory):
-    out = tmp_path_factory.mktemp("pairs")
-    generate_pairs(recipe(), out, device="cpu", progress=False)
-    return out
-
-
 def truncated_png(path: Path) -> Path:
     Image.new("RGB", (40, 40), (10, 120, 200)).save(path)
     data = path.read_bytes()

@@ -7,6 +7,7 @@ Unknown keys, wrong types and missing required values fail at start with a messa
 from __future__ import annotations
 
 import dataclasses
+import operator
 import types
 import typing
 from pathlib import Path
@@ -154,3 +155,16 @@ def config_hash(obj: Any) -> str:
     import hashlib
 
     return hashlib.sha256(yaml.safe_dump(to_dict(obj), sort_keys=True).encode()).hexdigest()[:12]
+
+
+_OPS = {">=": operator.ge, ">": operator.gt, "in": lambda value, allowed: value in allowed}
+
+
+def check_range(section: str, obj, **rules: tuple) -> None:
+    """Raise :class:`ConfigError` naming ``section.field`` when a field breaks its rule ``(op, bound)``, op one of
+    '>=', '>' or 'in' (checked when a section is built, so a bad value fails at start)."""
+    for name, (op, bound) in rules.items():
+        value = getattr(obj, name)
+        if not _OPS[op](value, bound):
+            want = f"one of {list(bound)}" if op == "in" else f"{op} {bound}"
+            raise ConfigError(f"{section}.{name}: must be {want}, got {value!r}")

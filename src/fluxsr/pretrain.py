@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .config import ConfigError
+from .config import ConfigError, check_range
 from .images import ImageError, find_images, read_image, resize
 from .models import (
     FluxSRModel,
@@ -30,16 +30,6 @@ from .models import (
     save_model_folder,
     setup_cuda_training,
 )
-
-
-def _check_positive(section: str, obj, names: tuple[str, ...], non_negative: tuple[str, ...] = ()) -> None:
-    """Raise :class:`ConfigError` naming ``section.field`` for a field that must be > 0 (or >= 0)."""
-    for name in names:
-        if not getattr(obj, name) > 0:
-            raise ConfigError(f"{section}.{name}: must be > 0, got {getattr(obj, name)!r}")
-    for name in non_negative:
-        if not getattr(obj, name) >= 0:
-            raise ConfigError(f"{section}.{name}: must be >= 0, got {getattr(obj, name)!r}")
 
 
 @dataclass
@@ -70,8 +60,10 @@ class VAESection:
     time_limit: float = 0.0
 
     def __post_init__(self) -> None:
-        _check_positive("pretrain.vae", self, ("latent_channels", "layers_per_block", "norm_num_groups", "steps",
-                                               "batch_size", "crop", "lr"), ("kl", "lpips", "time_limit"))
+        positive, non_negative = (">", 0), (">=", 0)
+        check_range("pretrain.vae", self, latent_channels=positive, layers_per_block=positive,
+                    norm_num_groups=positive, steps=positive, batch_size=positive, crop=positive, lr=positive,
+                    kl=non_negative, lpips=non_negative, time_limit=non_negative)
         if not self.block_out_channels:
             raise ConfigError("pretrain.vae.block_out_channels: needs at least one level")
 
@@ -96,9 +88,11 @@ class TeacherSection:
     time_limit: float = 0.0
 
     def __post_init__(self) -> None:
-        _check_positive("pretrain.teacher", self, ("num_layers", "attention_head_dim", "num_attention_heads",
-                                                   "text_dim", "text_len", "steps", "batch_size", "crop", "lr"),
-                        ("num_single_layers", "time_limit"))
+        positive, non_negative = (">", 0), (">=", 0)
+        check_range("pretrain.teacher", self, num_layers=positive, attention_head_dim=positive,
+                    num_attention_heads=positive, text_dim=positive, text_len=positive, steps=positive,
+                    batch_size=positive, crop=positive, lr=positive, num_single_layers=non_negative,
+                    time_limit=non_negative)
 
 
 @dataclass
@@ -111,7 +105,7 @@ class PretrainSection:
     max_side: int = 512
 
     def __post_init__(self) -> None:
-        _check_positive("pretrain", self, ("max_side",))
+        check_range("pretrain", self, max_side=(">", 0))
 
 
 def load_photos(folders: list[str], max_side: int) -> list[Tensor]:

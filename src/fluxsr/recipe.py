@@ -6,25 +6,12 @@ Every choice the paper leaves open (docs/method.md, "DECIDE") is a field here wi
 
 from __future__ import annotations
 
-import operator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .config import ConfigError, load_config
+from .config import ConfigError, check_range, load_config
 from .degrade import DegradationConfig
 from .pretrain import PretrainSection
-
-_OPS = {">=": operator.ge, ">": operator.gt, "in": lambda value, allowed: value in allowed}
-
-
-def check_range(section: str, obj, **rules: tuple) -> None:
-    """Raise :class:`ConfigError` naming ``section.field`` when a field breaks its rule ``(op, bound)``, op one of
-    '>=', '>' or 'in' (checked when a section is built, so a bad value fails at start)."""
-    for name, (op, bound) in rules.items():
-        value = getattr(obj, name)
-        if not _OPS[op](value, bound):
-            want = f"one of {list(bound)}" if op == "in" else f"{op} {bound}"
-            raise ConfigError(f"{section}.{name}: must be {want}, got {value!r}")
 
 
 @dataclass
