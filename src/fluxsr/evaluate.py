@@ -503,10 +503,10 @@ def run_method(key: str, factory: Callable[[], object], pairs: Sequence[ImagePai
                progress: bool = False, warmup: bool = True) -> MethodRun:
     """Build a backend and upscale every pair's LR into ``out_dir/<pair name>.png`` (so sub-folders of the data set
     are mirrored and equal stems in different folders stay apart; names must be unique) with
-    :func:`fluxsr.upscale.upscale_one`, the code behind ``fluxsr upscale``. ``load_s`` covers building it and
+    :func:`fluxsr.upscale.run_jobs`, the code behind ``fluxsr upscale``. ``load_s`` covers building it and
     (``warmup``) one untimed warm-up image; ``wall_s`` the batch (read, upscale, write). A backend that cannot be
     built (missing weights, ...) gives a skipped run."""
-    from .upscale import BatchOptions, FileResult, upscale_one
+    from .upscale import BatchOptions, run_jobs
 
     start = time.perf_counter()
     try:
@@ -517,27 +517,13 @@ def run_method(key: str, factory: Callable[[], object], pairs: Sequence[ImagePai
         warm_up(backend, pairs, opts)
     load_s = time.perf_counter() - start
     name = str(getattr(backend, "name", key))
-    batch = BatchOptions(ext="png", overwrite=True)
-    outputs, failures = {}, []
-    bar = _progress(len(pairs), name, progress)
+    todo = [p for p in pairs if p.lr is not None]
     start = time.perf_counter()
-    for p in pairs:
-        if p.lr is None:
-            continue
-        dst = Path(out_dir) / f"{p.name}.png"
-        if dst.resolve() == Path(p.lr).resolve():
-            r = FileResult(str(p.lr), None, "failed", f"{p.lr}: output would overwrite the input")
-        else:
-            r = upscale_one(backend, Path(p.lr), dst, opts, batch)
-        if r.status == "ok":
-            outputs[p.name] = Path(r.output)
-        else:
-            failures.append(f"{name}: {r.error}")
-        if bar is not None:
-            bar.update(1)
+    results = run_jobs(backend, [(Path(p.lr), Path(out_dir) / f"{p.name}.png") for p in todo], opts,
+                       BatchOptions(ext="png", overwrite=True), progress=progress)
     wall_s = time.perf_counter() - start
-    if bar is not None:
-        bar.close()
+    outputs = {p.name: Path(r.output) for p, r in zip(todo, results, strict=True) if r.status == "ok"}
+    failures = [f"{name}: {r.error}" for r in results if r.status == "failed"]
     return MethodRun(key, name, backend_note(backend), out_dir, outputs, load_s, wall_s, failures)
 
 

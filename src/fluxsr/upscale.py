@@ -222,7 +222,14 @@ def upscale_paths(backend: Backend, inputs: list[Path], out_dir: Path, opts: Ups
     results = shard(results, rank, world)
     for r in results:
         print(f"error: {r.error}", file=sys.stderr)
-    jobs = shard(jobs, rank, world)
+    return results + run_jobs(backend, shard(jobs, rank, world), opts, batch, progress=progress)
+
+
+def run_jobs(backend: Backend, jobs: list[tuple[Path, Path]], opts: UpscaleOptions, batch: BatchOptions, *,
+             progress: bool | str = True) -> list[FileResult]:
+    """Run (source, destination) jobs in order, one result each: :func:`check_job`, then :func:`upscale_one`;
+    failures are printed as they happen, with a progress bar on a terminal (``progress="always"``: anywhere)."""
+    results: list[FileResult] = []
     bar = None
     if progress:
         from tqdm import tqdm
