@@ -15,6 +15,7 @@ cost does not depend on the values.
 
 from __future__ import annotations
 
+import argparse
 import json
 import platform
 import statistics
@@ -134,14 +135,6 @@ def analytic_floor(config, out_hw: tuple[int, int], tile: int, overlap: int, tex
 # ----------------------------------------------------------------------------------------------------------------
 # Models
 # ----------------------------------------------------------------------------------------------------------------
-
-
-def load_bench_model(name: str | None, device, dtype: torch.dtype, text_len: int) -> FluxSRModel:
-    """Any model :func:`fluxsr.models.load_model` knows; ``flux-dev-random`` is made directly on ``device`` in
-    ``dtype`` (meta init, ``to_empty``, in-place random init: no CPU copy of the 11.9 B parameters)."""
-    if name == RANDOM_FLUX:
-        return load_model(name, device=device, dtype=dtype, text_len=text_len)
-    return load_model(name)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -371,8 +364,8 @@ def _add_analytic(row: dict, model: FluxSRModel, cfg: BenchConfig, forwards: int
     """Fill the analytic columns of a FluxSR/teacher row (FLOP floor and the measured transformer's ratio)."""
     tcfg = model.transformer.config
     spec = model.spec
-    tile = row.get("tile") or getattr(spec, "tile", 1024)
-    overlap = cfg.overlap if cfg.overlap is not None else getattr(spec, "overlap", 128)
+    tile = row.get("tile") or spec.tile
+    overlap = cfg.overlap if cfg.overlap is not None else spec.overlap
     text = int(model.cond.prompt_embeds.shape[1])
     a = analytic_floor(tcfg, (row["size"], row["size"]), tile, overlap, text, cfg.peak_tflops, forwards,
                        model.vae_scale)
@@ -403,7 +396,8 @@ def run_bench(cfg: BenchConfig, on_row: Callable[[dict], None] | None = None,
     pipe = teacher = None
     if {"fluxsr", "teacher"} & set(cfg.rows):
         start = time.perf_counter()
-        model = load_bench_model(cfg.model, device, dtype, cfg.text_len)
+        # flux-dev-random is made directly on the device (no CPU copy of 11.9 B parameters); others load on the CPU
+        model = load_model(cfg.model, device=device, dtype=dtype, text_len=cfg.text_len)
         pipe = FluxSRPipeline(model, device, dtype, allow_fp16=True)
         pipe.max_memory = cfg.max_memory
         pipe.name = f"fluxsr:{model.spec.name}"
@@ -454,7 +448,7 @@ def _run_row(name: str, size: int, cfg: BenchConfig, device, dtype, pipe, teache
                 tcfg = pipe.model.transformer.config
                 row["calibration"] = _calibration(
                     row, _weight_bytes(pipe.model), tile_px, torch.empty((), dtype=dtype).element_size(),
-                    tile_px // (pipe.model.vae_scale * 2) ** 2 + int(pipe.model.cond.prompt_embeds.shape[1]),
+                    memory.ModelDims.from_model(pipe.model).tokens(tile_px),
                     tcfg.num_attention_heads * tcfg.attention_head_dim)
             return row
         if name == "teacher":
@@ -596,17 +590,11 @@ def add_bench_arguments(p) -> None:
     p.add_argument("--max-memory", default=None, help="memory cap for the planner, e.g. 40GiB (weights included)")
     p.add_argument("--peak-tflops", type=float, default=790.0,
                    help="peak TFLOP/s for the FLOP floor (790: measured bf16 matmul ceiling of an H200/H100)")
-    p.add_argument("--analytic", action=_bool_action(), default=True, help="FLOP floor columns")
+    p.add_argument("--analytic", action=argparse.BooleanOptionalAction, default=True, help="FLOP floor columns")
     add_fast_path_arguments(p)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", type=Path, default=None, help="write results here (updated after every row)")
     p.add_argument("--markdown", type=Path, default=None, help="write the table here (also printed)")
-
-
-def _bool_action():
-    import argparse
-
-    return argparse.BooleanOptionalAction
 
 
 def config_from_args(args) -> BenchConfig:

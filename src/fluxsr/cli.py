@@ -9,6 +9,13 @@ from pathlib import Path
 TORCH_DTYPES = {"bf16": "bfloat16", "fp32": "float32", "fp16": "float16"}
 
 
+def _device(args) -> str:
+    """``--device``, or CUDA when available, else the CPU."""
+    from .pipeline import default_device
+
+    return str(args.device or default_device())
+
+
 def _dtype(name: str | None):
     import torch
 
@@ -73,7 +80,7 @@ def cmd_upscale(args) -> int:
 
     from .fastpath import apply_fast_path, fast_path_from_args, sdpa_context
     from .pipeline import UpscaleOptions
-    from .upscale import BatchOptions, make_backend, process_rank, settings_for_log, upscale_paths, write_log
+    from .upscale import BatchOptions, make_backend, process_rank, upscale_paths, write_log
 
     opts = UpscaleOptions(args.scale, args.long_side, args.color_fix, args.tile, args.overlap, args.tile_batch)
     batch = BatchOptions(args.suffix, args.ext, args.overwrite, args.max_pixels)  # bad settings fail before loading
@@ -93,7 +100,7 @@ def cmd_upscale(args) -> int:
                                 rank=rank, world=world)
     if args.json:
         log = args.json if world == 1 else args.json.with_suffix(f".rank{rank}.json")
-        write_log(results, log, settings_for_log({k: v for k, v in vars(args).items() if k != "func"}))
+        write_log(results, log, {k: v for k, v in vars(args).items() if k != "func"})
     ok, skipped = sum(r.status == "ok" for r in results), sum(r.status == "skipped" for r in results)
     failed = [r for r in results if r.status == "failed"]
     print(f"{ok} upscaled, {skipped} skipped, {len(failed)} failed -> {args.output}", file=sys.stderr)
@@ -252,7 +259,7 @@ def add_serve(sub) -> None:
 def cmd_train_vae(args) -> int:
     from .pretrain import train_vae
 
-    train_vae(_recipe(args).pretrain, args.out, device=args.device or _auto_device(), progress=not args.quiet)
+    train_vae(_recipe(args).pretrain, args.out, device=_device(args), progress=not args.quiet)
     print(f"VAE: {args.out / 'vae'}", file=sys.stderr)
     return 0
 
@@ -260,16 +267,10 @@ def cmd_train_vae(args) -> int:
 def cmd_train_teacher(args) -> int:
     from .pretrain import train_teacher
 
-    out = train_teacher(_recipe(args).pretrain, args.vae, args.out, device=args.device or _auto_device(),
+    out = train_teacher(_recipe(args).pretrain, args.vae, args.out, device=_device(args),
                         progress=not args.quiet)
     print(f"teacher model folder: {out}", file=sys.stderr)
     return 0
-
-
-def _auto_device() -> str:
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def add_pretrain(sub) -> None:
@@ -319,17 +320,11 @@ def _print_notes(notes: list[str], problems: list[str]) -> None:
         print(f"error: {line}", file=sys.stderr)
 
 
-def _metric_device(args) -> str:
-    from .pipeline import default_device
-
-    return str(args.device or default_device())
-
-
 def cmd_eval(args) -> int:
     from .evaluate import evaluate_dirs, report_csv, report_json, report_markdown, write_json, write_text
 
     report = evaluate_dirs(args.pred, args.gt, args.metrics, args.protocol, scale=args.scale,
-                           crop_border=args.crop_border, device=_metric_device(args), progress=not args.quiet)
+                           crop_border=args.crop_border, device=_device(args), progress=not args.quiet)
     print(report_markdown(report))
     if args.json:
         write_json(args.json, report_json(report))
@@ -403,7 +398,7 @@ def cmd_benchmark(args) -> int:
     factories = backend_factories(args.backends, lambda: _pipeline(args), args.device)
     opts = UpscaleOptions(args.scale, None, args.color_fix, args.tile, args.overlap)
     result = run_benchmark(dataset, factories, args.out, args.metrics, args.protocol, opts=opts,
-                           crop_border=args.crop_border, device=_metric_device(args),
+                           crop_border=args.crop_border, device=_device(args),
                            sheet_images=args.sheet_images, sheet_crop=args.sheet_crop, progress=not args.quiet)
     print(benchmark_markdown(result))
     _print_notes(result.notes, result.problems)
@@ -423,8 +418,8 @@ def add_benchmark(sub) -> None:
     _protocol_args(p)
     p.add_argument("-s", "--scale", type=float, default=4.0)
     p.add_argument("--color-fix", choices=("wavelet", "adain", "none"), default="wavelet")
-    p.add_argument("--tile", type=int, default=1024, help="fluxsr tile edge in output pixels")
-    p.add_argument("--overlap", type=int, default=128)
+    p.add_argument("--tile", type=int, default=None, help="fluxsr tile edge in output pixels (default: model's)")
+    p.add_argument("--overlap", type=int, default=None, help="fluxsr tile overlap (default: model's)")
     p.add_argument("--sheet-images", type=int, default=4, help="rows of the comparison sheet (0: none)")
     p.add_argument("--sheet-crop", type=int, default=128, help="crop size in output pixels on the sheet")
     p.add_argument("--seed", type=int, default=0)

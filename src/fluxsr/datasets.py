@@ -175,11 +175,6 @@ class Dataset:
         """True when every item has a ground truth (full-reference metrics possible)."""
         return bool(self.pairs) and all(p.hr is not None for p in self.pairs)
 
-    @property
-    def lr_paths(self) -> list[Path]:
-        """The LR inputs, in order."""
-        return [p.lr for p in self.pairs if p.lr is not None]
-
 
 def _images_in(folder: Path, pattern: str | None = None) -> list[Path]:
     """Images directly or recursively below ``folder`` whose stem matches the regex ``pattern`` (if given)."""
@@ -374,8 +369,9 @@ def hr_crop_box(h: int, w: int, scale: int, crop: int | None) -> tuple[int, int,
 def prepare_hr(rgb: torch.Tensor, scale: int, crop: int | None) -> torch.Tensor:
     """Centre-crop an RGB (3, H, W) HR image (see :func:`hr_crop_box`) and quantise it to 8-bit levels."""
     top, left, ch, cw = hr_crop_box(rgb.shape[-2], rgb.shape[-1], scale, crop)
-    hr = rgb[:, top : top + ch, left : left + cw].float()
-    return torch.round(hr.clamp(0, 1) * 255) / 255
+    from .metrics import quantize_8bit
+
+    return quantize_8bit(rgb[:, top : top + ch, left : left + cw].float())
 
 
 def degrade_one(hr: torch.Tensor, cfg, seed: int) -> torch.Tensor:

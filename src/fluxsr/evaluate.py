@@ -35,7 +35,7 @@ from torch import Tensor
 
 from .cache import MissingWeightsError
 from .datasets import Dataset, ImagePair, match_files, relative_name
-from .images import ImageError, find_images, read_image
+from .images import ImageError, find_images, quantize, read_image
 
 FULL_REFERENCE = ("psnr", "ssim", "lpips", "lpips-vgg", "dists")
 BUILTIN_NO_REFERENCE = ("niqe",)
@@ -336,9 +336,9 @@ def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]], numeric
     return "\n".join(lines)
 
 
-def mean_cell(name: str, value: float | None, count: int, n: int) -> str:
-    """A bold mean for a Markdown table, followed by ``(n=count)`` when fewer than ``n`` images have the metric."""
-    cell = f"**{format_value(name, value)}**"
+def mean_cell(name: str, value: float | None, count: int, n: int, bold: bool = True) -> str:
+    """A (bold) mean for a Markdown table, followed by ``(n=count)`` when fewer than ``n`` images have the metric."""
+    cell = f"**{format_value(name, value)}**" if bold else format_value(name, value)
     return cell if count == n else f"{cell} (n={count})"
 
 
@@ -622,9 +622,8 @@ def benchmark_markdown(result: BenchmarkResult) -> str:
             continue
         spi = row["s_per_image"]
         counts = row["counts"]
-        rows.append([row["label"]] + [format_value(m.name, row["mean"].get(m.name))
-                                      + ("" if counts.get(m.name) == row["images"] else f" (n={counts.get(m.name)})")
-                                      for m in result.metrics]
+        rows.append([row["label"]] + [mean_cell(m.name, row["mean"].get(m.name), counts.get(m.name), row["images"],
+                                                bold=False) for m in result.metrics]
                     + [str(row["images"]), f"{row['load_s']:.2f}", f"{row['wall_s']:.2f}",
                        "–" if spi is None else f"{spi:.3f}"])
     lines = [
@@ -756,8 +755,7 @@ def _crop(img: Tensor | None, top: int, left: int, size: int) -> np.ndarray | No
     """HWC uint8 crop (clipped to the image), or None."""
     if img is None:
         return None
-    x = img[:, top : top + size, left : left + size].clamp(0, 1)
-    return (x.permute(1, 2, 0).numpy() * 255 + 0.5).astype(np.uint8)
+    return quantize(img[:, top : top + size, left : left + size], 8).permute(1, 2, 0).numpy()
 
 
 def _try_load(path: Path | None) -> Tensor | None:

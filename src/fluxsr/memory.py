@@ -156,6 +156,10 @@ class ModelDims:
     vae_scale: int = 8
     vae_width: int = 128  # VAE channels at full resolution (block_out_channels[0]); costs scale with it
 
+    def tokens(self, tile_px: int) -> int:
+        """Transformer tokens of a tile of ``tile_px`` output pixels: one per 2x2 latent patch, plus the text."""
+        return tile_px // (self.vae_scale * 2) ** 2 + self.text_len
+
     @classmethod
     def from_model(cls, model) -> ModelDims:
         """Read the dimensions off a :class:`~fluxsr.models.FluxSRModel`."""
@@ -195,7 +199,7 @@ class CostModel:
 
     def transformer(self, tile_px: int, dims: ModelDims, dtype_bytes: int) -> int:
         """Bytes of one transformer forward on a tile of ``tile_px`` output pixels (image + text tokens)."""
-        tokens = tile_px // (dims.vae_scale * 2) ** 2 + dims.text_len
+        tokens = dims.tokens(tile_px)
         act = self.transformer_per_token_dim * tokens * dims.inner_dim * dtype_bytes
         if self.attention_quadratic:
             act += dims.heads * tokens**2 * dtype_bytes * 2
@@ -273,11 +277,21 @@ class MemoryPlan:
 
 def tile_candidates(requested: int, multiple: int, min_tile: int) -> list[int]:
     """Tile edges to try: ``requested`` rounded down to ``multiple``, then halved until below ``min_tile``."""
-    tile = max(multiple, requested // multiple * multiple)
-    out = [tile]
-    while (tile := tile // 2 // multiple * multiple) >= max(min_tile, multiple):
+    out = [max(multiple, requested // multiple * multiple)]
+    while tile := halve(out[-1], multiple, min_tile):
         out.append(tile)
     return out
+
+
+def halve(tile: int, multiple: int, min_tile: int) -> int:
+    """Half of ``tile`` rounded down to ``multiple``, or 0 when that is below ``min_tile`` (or ``multiple``)."""
+    half = tile // 2 // multiple * multiple
+    return half if half >= max(min_tile, multiple) else 0
+
+
+def min_tile_for(multiple: int) -> int:
+    """The smallest tile the planner and the OOM retry go down to for a model with this size ``multiple``."""
+    return max(64, 4 * multiple)
 
 
 def plan_memory(image_hw: tuple[int, int], budget: int, dims: ModelDims, dtype_bytes: int, requested_tile: int,
@@ -325,10 +339,10 @@ def plan_for(pipe, image_hw: tuple[int, int], requested_tile: int | None, max_me
     dtype_bytes = torch.empty((), dtype=pipe.dtype).element_size()
     m, spec = pipe.model.multiple, pipe.model.spec
     if not requested_tile or requested_tile <= 0:
-        requested_tile = int(getattr(spec, "tile", 1024))
+        requested_tile = spec.tile
     return plan_memory(image_hw, budget, ModelDims.from_model(pipe.model), dtype_bytes, requested_tile,
-                       multiple=m, min_tile=max(64, 4 * m), cost=cost, source=source,
-                       overlap=int(getattr(spec, "overlap", 0) if overlap is None else overlap),
+                       multiple=m, min_tile=min_tile_for(m), cost=cost, source=source,
+                       overlap=spec.overlap if overlap is None else overlap,
                        requested_batch=requested_batch or 0)
 
 
@@ -360,8 +374,7 @@ def run_with_oom_retry(fn: Callable[[int], T], tile: int, *, multiple: int = 16,
         try:
             return fn(tile)
         except OOM_ERRORS as error:
-            halved = tile // 2 // multiple * multiple
-            nxt = halved if halved >= max(min_tile, multiple) else 0
+            nxt = halve(tile, multiple, min_tile)
             if on_retry is not None:
                 nxt = on_retry(tile, nxt, error)
             if nxt <= 0:

@@ -235,7 +235,7 @@ class FluxSRPipeline:
                                  plan.full_image_on_device)
 
         m = self.model.multiple
-        return memory.run_with_oom_retry(attempt, plan.tile, multiple=m, min_tile=max(64, 4 * m),
+        return memory.run_with_oom_retry(attempt, plan.tile, multiple=m, min_tile=memory.min_tile_for(m),
                                          on_retry=on_retry, device=self.device)
 
     def _upscale(self, rgb: Tensor, opts: UpscaleOptions, out_hw: tuple[int, int], on_device: bool) -> Tensor:
@@ -274,7 +274,7 @@ class FluxSRPipeline:
 
         opts = UpscaleOptions(scale, long_side, color_fix, tile, overlap, tile_batch)
         if not isinstance(image, Image.Image):
-            return self.upscale_tensor(as_rgb(image), opts)
+            return self.upscale_tensor(image, opts)
 
         rgb, alpha, is_gray = pil_to_tensor(image)
         out = self.upscale_tensor(rgb, opts)

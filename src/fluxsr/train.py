@@ -26,6 +26,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from PIL import Image
 from safetensors.torch import load_file
 from torch import Tensor
 
@@ -45,7 +46,7 @@ from .models import (
     setup_cuda_training,
     velocity,
 )
-from .pairs import check_one_config, complete_indices, load_pair
+from .pairs import check_one_config, complete_indices, load_pair, pair_stem
 from .pipeline import FluxSRPipeline, UpscaleOptions
 from .recipe import Recipe
 
@@ -404,7 +405,8 @@ def train(recipe: Recipe, pairs_dir: Path, run: Path, *, resume: bool = False, m
         raise ConfigError(f"train.crop: {tc.crop} is not a multiple of {align} (the model's image size multiple)")
     # The T_L the student trains at (shifted by the training crop's token count when model.shift_t_l); validation
     # and the exported model use the same value.
-    h, w = load_pair(pairs_dir, indices[0])["image"].shape[-2:]
+    with Image.open(pair_stem(pairs_dir, indices[0]).with_suffix(".png")) as first:
+        w, h = first.size
     if 0 < tc.crop < min(h, w):
         h = w = tc.crop
     train_t_l = effective_t_l(model.spec.t_l, recipe.model.shift_t_l, (h // vs, w // vs))

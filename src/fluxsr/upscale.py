@@ -247,21 +247,8 @@ def run_jobs(backend: Backend, jobs: list[tuple[Path, Path]], opts: UpscaleOptio
     return results
 
 
-def settings_for_log(settings: dict) -> dict:
-    """Settings as native JSON values: paths (and lists of them) as strings, other non-JSON values as ``str``."""
-
-    def plain(value):
-        if isinstance(value, (list, tuple)):
-            return [plain(v) for v in value]
-        if value is None or isinstance(value, (bool, int, float, str)):
-            return value
-        return str(value)
-
-    return {key: plain(value) for key, value in settings.items()}
-
-
 def write_log(results: list[FileResult], path: Path, settings: dict) -> None:
-    """JSON run log: settings, per-file results and counts."""
+    """JSON run log: settings (JSON values; paths and other objects as strings), per-file results and counts."""
     counts = {s: sum(r.status == s for r in results) for s in ("ok", "skipped", "failed")}
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps({"settings": settings, "counts": counts,
