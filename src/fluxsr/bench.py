@@ -22,8 +22,7 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,7 +33,8 @@ from . import memory
 from .fastpath import FastPath, add_fast_path_arguments, apply_fast_path, fast_path_from_args, sdpa_context
 from .flow import denoise
 from .models import FluxSRModel, load_model, velocity
-from .pipeline import FluxSRPipeline, UpscaleOptions, default_device, default_dtype
+from .pipeline import FluxSRPipeline, UpscaleOptions, default_device, default_dtype, sync
+from .pipeline import timed as stage
 from .tiling import latent_tiles, snapped, tile_count, tiled_map
 
 STAGES = ("read", "resize", "encode", "transformer", "decode", "color_fix", "write")
@@ -165,22 +165,6 @@ class TeacherPipeline(FluxSRPipeline):
 # ----------------------------------------------------------------------------------------------------------------
 # Measuring
 # ----------------------------------------------------------------------------------------------------------------
-
-
-def sync(device: torch.device) -> None:
-    """Wait for queued device work (CUDA), so wall-clock times cover it."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-@contextmanager
-def stage(times: dict[str, float], name: str, device: torch.device) -> Iterator[None]:
-    """Add the wall time of the block (device work synchronised on both ends) to ``times[name]`` in seconds."""
-    sync(device)
-    start = time.perf_counter()
-    yield
-    sync(device)
-    times[name] = times.get(name, 0.0) + time.perf_counter() - start
 
 
 RunOnce = Callable[[], tuple[dict[str, float], dict[str, int]]]

@@ -9,17 +9,26 @@
 
 from __future__ import annotations
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 COLOR_FIXES = ("wavelet", "adain", "none")
 
 
+def adain_affine(x: Tensor, ref: Tensor, eps: float = 1e-5) -> tuple[Tensor, Tensor]:
+    """(gain, bias), each (B, C, 1, 1), with ``adain(x, ref) = x * gain + bias``: ``gain = std(ref) / std(x)``,
+    ``bias = mean(ref) - mean(x) * gain`` (statistics per image and channel over space)."""
+    sx, mx = torch.std_mean(x, dim=(2, 3), keepdim=True)
+    sr, mr = torch.std_mean(ref, dim=(2, 3), keepdim=True)
+    gain = sr / (sx + eps)
+    return gain, mr - mx * gain
+
+
 def adain(x: Tensor, ref: Tensor, eps: float = 1e-5) -> Tensor:
     """``(x - mean(x)) / std(x) * std(ref) + mean(ref)`` per image and channel over space; x, ref (B, C, H, W)."""
-    mx, sx = x.mean((2, 3), keepdim=True), x.std((2, 3), keepdim=True)
-    mr, sr = ref.mean((2, 3), keepdim=True), ref.std((2, 3), keepdim=True)
-    return (x - mx) / (sx + eps) * sr + mr
+    gain, bias = adain_affine(x, ref, eps)
+    return x * gain + bias
 
 
 def _blur(x: Tensor, dilation: int) -> Tensor:

@@ -397,8 +397,8 @@ def _spans(length: int, tile: int) -> list[tuple[int, int]]:
     return [(s, min(s + tile, length)) for s in range(0, length, tile)]
 
 
-def color_fix_tiled(x: Tensor, ref: Tensor, method: str, tile: int = 1024, device: torch.device | str | None = None,
-                    levels: int = 5) -> Tensor:
+def color_fix_tiled(x: Tensor, ref: Tensor, method: str, tile: int = 1024,
+                    device: torch.device | str | None = None) -> Tensor:
     """``color_fix(x, ref, method).clamp(0, 1)`` computed tile by tile, into a tensor on ``x``'s device.
 
     Only one tile (plus a halo of :func:`wavelet_halo` pixels) is on ``device`` at a time, so a huge image can stay
@@ -406,28 +406,24 @@ def color_fix_tiled(x: Tensor, ref: Tensor, method: str, tile: int = 1024, devic
     neighbourhood as in the global computation (the halo covers the blur's reach; at the image border the window
     border is the image border). ``adain`` uses global statistics, computed first.
     """
-    from .color import COLOR_FIXES, wavelet_fix
+    from .color import COLOR_FIXES, adain_affine, color_fix
 
     if method not in COLOR_FIXES:
         raise ValueError(f"unknown colour fix {method!r}; choose one of {COLOR_FIXES}")
     device = torch.device(device) if device is not None else x.device
     out = torch.empty_like(x)
     _, _, h, w = x.shape
-    halo = wavelet_halo(levels) if method == "wavelet" else 0
+    halo = wavelet_halo() if method == "wavelet" else 0
     if method == "adain":
-        sx, mx = torch.std_mean(x, dim=(2, 3), keepdim=True)
-        sr, mr = torch.std_mean(ref, dim=(2, 3), keepdim=True)
-        gain, bias = (sr / (sx + 1e-5)).to(device), (mr - mx * sr / (sx + 1e-5)).to(device)
+        gain, bias = (t.to(device) for t in adain_affine(x, ref))
     for y0, y1 in _spans(h, tile):
         for x0, x1 in _spans(w, tile):
             wy0, wy1, wx0, wx1 = max(0, y0 - halo), min(h, y1 + halo), max(0, x0 - halo), min(w, x1 + halo)
             xt = x[:, :, wy0:wy1, wx0:wx1].to(device)
-            if method == "wavelet":
-                res = wavelet_fix(xt, ref[:, :, wy0:wy1, wx0:wx1].to(device), levels)
-            elif method == "adain":
+            if method == "adain":
                 res = xt * gain + bias
             else:
-                res = xt
+                res = color_fix(xt, ref[:, :, wy0:wy1, wx0:wx1].to(device) if method == "wavelet" else xt, method)
             core = res[:, :, y0 - wy0:y1 - wy0, x0 - wx0:x1 - wx0].clamp(0, 1)
             out[:, :, y0:y1, x0:x1] = core.to(out.device)
     return out

@@ -96,6 +96,22 @@ def as_rgb(image) -> Tensor:
     return image.clamp(0, 1)
 
 
+def sync(device: torch.device) -> None:
+    """Wait for queued device work (CUDA), so wall-clock times cover it."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+@contextmanager
+def timed(times: dict[str, float], name: str, device: torch.device):
+    """Add the wall time of the block (device work synchronised on both ends) to ``times[name]`` in seconds."""
+    sync(device)
+    start = time.perf_counter()
+    yield
+    sync(device)
+    times[name] = times.get(name, 0.0) + time.perf_counter() - start
+
+
 def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
@@ -142,14 +158,9 @@ class FluxSRPipeline:
     @contextmanager
     def _timed(self, stage: str):
         self._stage = stage
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
         memory.reset_peak(self.device)
-        start = time.perf_counter()
-        yield
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-        self.timings[stage] = self.timings.get(stage, 0.0) + time.perf_counter() - start
+        with timed(self.timings, stage, self.device):
+            yield
         self.peaks[stage] = max(self.peaks.get(stage, 0), memory.read_peak(self.device))
 
     def _pixel_tiles(self, opts: UpscaleOptions) -> TileSpec:
