@@ -108,6 +108,8 @@ def test_bench_rows_and_stages_without_realesrgan_weights(tmp_path, monkeypatch)
         assert set(rows["bicubic", size]["stages_ms"]) == {"read", "resize", "write"}
         teacher = rows["teacher", size]
         assert teacher["teacher_steps"] == 6 and teacher["teacher_run_steps"] == 2
+        # a scaled row reports no unscaled CPU time; what the 2 steps cost is kept apart
+        assert teacher["cpu_ms"] is None and teacher["run_cpu_ms"] > 0 and teacher["first_call_s"] is None
         assert teacher["analytic"]["tflop"] == pytest.approx(6 * flux["analytic"]["tflop"])
     assert any("scaled linearly to 6 steps" in n for n in result["notes"])
     table = B.to_markdown(result)
@@ -142,10 +144,49 @@ def test_bench_command_line_writes_json_and_markdown(tmp_path):
     assert "fluxsr:tiny" in (tmp_path / "b.md").read_text()
 
 
-def test_unknown_row_is_refused(tmp_path):
+@pytest.mark.parametrize("args, message", [
+    (["--rows", "fluxsr,nope"], "unknown rows"),
+    (["--rows", ","], "nothing to run"),
+    (["--sizes", "0"], "multiples of 4"),
+    (["--sizes", "66"], "multiples of 4"),  # the input would be 16 px and the x4 output 64, not 66
+    (["--sizes", "64,x"], "whole numbers"),
+    (["--repeat", "0"], "--repeat"),
+    (["--warmup", "-1"], "--warmup"),
+    (["--peak-tflops", "0"], "--peak-tflops"),
+    (["--peak-tflops", "nan"], "--peak-tflops"),
+    (["--teacher-steps", "0"], "--teacher-steps"),
+    (["--teacher-run-steps", "-1"], "--teacher-run-steps"),
+    (["--teacher-steps", "4", "--teacher-run-steps", "8"], "--teacher-run-steps"),
+    (["--json", "."], "is a folder"),
+    (["--markdown", "."], "is a folder"),
+    (["--device", "foo"], "unknown device"),
+])
+def test_bad_bench_arguments_are_one_line_errors(args, message, capsys):
     from fluxsr.cli import main
 
-    assert main(["bench", "--model", "tiny", "--rows", "fluxsr,nope"]) == 2
+    assert main(["bench", "--model", "tiny", "--rows", "bicubic", "--sizes", "32", *args]) == 2
+    assert message in capsys.readouterr().err
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message of a machine without CUDA")
+def test_cuda_device_without_cuda_is_a_clear_error(capsys):
+    from fluxsr.cli import main
+
+    assert main(["bench", "--model", "tiny", "--rows", "bicubic", "--sizes", "32", "--device", "cuda"]) == 2
+    assert "CUDA is not available" in capsys.readouterr().err
+    assert main(["upscale", "--device", "cuda", "missing.png", "-o", "out"]) == 2
+
+
+def test_teacher_note_only_with_a_teacher_row_and_baseline_gpu_work(tmp_path, monkeypatch):
+    monkeypatch.setenv("FLUXSR_HOME", str(tmp_path / "empty-cache"))
+    cfg = B.BenchConfig(model="tiny", sizes=(16,), repeat=1, warmup=0, device="cpu", rows=("realesrgan",),
+                        esrgan_weights="random", teacher_run_steps=2, teacher_steps=6)
+    result = B.run_bench(cfg, log=lambda s: None)
+    assert not any("teacher" in n for n in result["notes"])
+    (row,) = result["rows"]
+    # Real-ESRGAN's device work is its network: comparable with fluxsr's GPU work column
+    assert row["gpu_work_ms"] == pytest.approx(row["stages_ms"]["net"])
+    assert "(input)" in B.to_markdown(result)
 
 
 def test_random_weights_flag_names_the_flux_shaped_model():

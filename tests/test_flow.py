@@ -103,3 +103,25 @@ def test_get_noise_is_seeded():
     assert torch.equal(a, b)
     assert not torch.equal(a, flow.get_noise((2, 16, 4, 4), 8))
     assert abs(a.std().item() - 1) < 0.2 and math.isfinite(a.sum().item())
+
+
+def test_interpolate_endpoints_and_constant_velocity():
+    z0, eps = torch.randn(3, 4, 6, 6), torch.randn(3, 4, 6, 6)
+    assert torch.equal(flow.interpolate(z0, eps, 0.0), z0)
+    assert torch.equal(flow.interpolate(z0, eps, 1.0), eps)
+    t = torch.tensor([0.1, 0.5, 0.9])
+    xt = flow.interpolate(z0, eps, t)
+    # per-sample times broadcast, and the path moves with the constant pair velocity eps - z0
+    dt = 1e-3
+    step = (flow.interpolate(z0, eps, t + dt) - xt) / dt
+    torch.testing.assert_close(step, flow.pair_velocity(eps, z0), atol=1e-2, rtol=1e-2)
+    torch.testing.assert_close(xt[1], (z0[1] + eps[1]) / 2)
+
+
+def test_logit_normal_t_is_seeded_and_centred():
+    a = flow.logit_normal_t(20000, torch.Generator().manual_seed(0))
+    assert torch.equal(a, flow.logit_normal_t(20000, torch.Generator().manual_seed(0)))
+    assert 0 < a.min() and a.max() < 1
+    assert abs(a.median().item() - 0.5) < 0.01 and abs(a.mean().item() - 0.5) < 0.01
+    # logit-normal puts more mass near the middle than U[0, 1]
+    assert ((a - 0.5).abs() < 0.25).float().mean() > 0.6

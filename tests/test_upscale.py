@@ -129,3 +129,23 @@ def test_upscale_split_across_two_processes(photos, tmp_path):
     assert one.returncode == 0, one.stderr[-3000:]
     for out in (tmp_path / "one").rglob("*.*"):
         assert (tmp_path / "two" / out.relative_to(tmp_path / "one")).read_bytes() == out.read_bytes(), out.name
+
+
+def test_each_launched_process_binds_its_own_gpu(monkeypatch):
+    """`accelerate launch` on a GPU machine: rank k uses GPU LOCAL_RANK (modulo the visible GPUs), not GPU 0."""
+    import torch
+
+    from fluxsr.upscale import bind_local_gpu
+
+    chosen = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
+    monkeypatch.setattr(torch.cuda, "set_device", chosen.append)
+    monkeypatch.delenv("LOCAL_RANK", raising=False)
+    assert bind_local_gpu() is None and chosen == []  # not launched: the default device stays
+    for local, gpu in (("0", 0), ("3", 3), ("5", 1)):
+        monkeypatch.setenv("LOCAL_RANK", local)
+        assert bind_local_gpu() == gpu
+    assert chosen == [0, 3, 1]
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert bind_local_gpu() is None and chosen == [0, 3, 1]  # CPU processes (gloo) have nothing to bind

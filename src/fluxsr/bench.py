@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import platform
 import statistics
 import sys
@@ -33,12 +34,12 @@ from . import memory
 from .fastpath import FastPath, add_fast_path_arguments, apply_fast_path, fast_path_from_args, sdpa_context
 from .flow import denoise
 from .models import FluxSRModel, load_model, velocity
-from .pipeline import FluxSRPipeline, UpscaleOptions, default_device, default_dtype, sync
+from .pipeline import FluxSRPipeline, UpscaleOptions, default_dtype, resolve_device, sync
 from .pipeline import timed as stage
 from .tiling import latent_tiles, snapped, tile_count, tiled_map
 
 STAGES = ("read", "resize", "encode", "transformer", "decode", "color_fix", "write")
-GPU_STAGES = ("resize", "encode", "transformer", "decode", "color_fix")
+GPU_STAGES = ("resize", "encode", "transformer", "decode", "color_fix", "net")  # device work, no file I/O
 ROWS = ("fluxsr", "teacher", "realesrgan", "bicubic")
 RANDOM_FLUX = "flux-dev-random"
 
@@ -75,6 +76,27 @@ class BenchConfig:
     analytic: bool = True
     fast: FastPath = field(default_factory=FastPath)
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        bad = [s for s in self.sizes if s < 16 or s % 4]
+        if not self.sizes or bad:
+            raise ValueError(f"--sizes: output sizes must be multiples of 4, at least 16 (the input is size/4): "
+                             f"got {list(self.sizes) or 'none'}")
+        if not self.rows:
+            raise ValueError(f"--rows: nothing to run; choose from {','.join(ROWS)}")
+        unknown = sorted(set(self.rows) - set(ROWS))
+        if unknown:
+            raise ValueError(f"unknown rows {unknown}: choose from {ROWS}")
+        if self.repeat < 1 or self.warmup < 0:
+            raise ValueError(f"--repeat must be >= 1 and --warmup >= 0 (got {self.repeat}, {self.warmup})")
+        if self.teacher_steps < 1 or not 1 <= (self.teacher_run_steps or 1) <= self.teacher_steps:
+            raise ValueError(f"--teacher-steps must be >= 1 and --teacher-run-steps between 1 and it (got "
+                             f"{self.teacher_steps}, {self.teacher_run_steps})")
+        if not (math.isfinite(self.peak_tflops) and self.peak_tflops > 0):
+            raise ValueError(f"--peak-tflops must be a positive number (got {self.peak_tflops})")
+        if self.text_len < 1 or self.esrgan_tile < 0:
+            raise ValueError(f"--text-len must be >= 1 and --esrgan-tile >= 0 (got {self.text_len}, "
+                             f"{self.esrgan_tile})")
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -130,11 +152,6 @@ def analytic_floor(config, out_hw: tuple[int, int], tile: int, overlap: int, tex
     flops = forwards * sum(transformer_flops(config, t, text_len)["total"] for t in tokens)
     return {"tflop": flops / 1e12, "floor_ms": flops / (peak_tflops * 1e12) * 1e3, "tiles": len(tokens),
             "tokens_per_tile": tokens[0] + text_len}
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Models
-# ----------------------------------------------------------------------------------------------------------------
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -273,7 +290,7 @@ def bench_realesrgan(cfg: BenchConfig, device: torch.device, dtype: torch.dtype,
 
     result = measure(lambda: _io_run(img_path, out_path, device, body), device, cfg.warmup, cfg.repeat)
     return _row("realesrgan" + (" (random weights)" if random_weights else ""), size, result,
-                tile=cfg.esrgan_tile or None)
+                tile=cfg.esrgan_tile or None, tile_unit="input px")
 
 
 def bench_bicubic(cfg: BenchConfig, device: torch.device, size: int, img_path: Path, out_path: Path) -> dict:
@@ -359,7 +376,11 @@ def _add_analytic(row: dict, model: FluxSRModel, cfg: BenchConfig, forwards: int
 
 
 def _scale_teacher(row: dict, factor: float) -> None:
-    """Scale a teacher row measured with fewer steps to the reported number (transformer stage only, linear)."""
+    """Scale a teacher row measured with fewer steps to the reported number (transformer stage only, linear).
+
+    The process CPU time and the first (warm-up) call cannot be split by stage: on a scaled row they move to
+    ``run_cpu_ms`` / ``run_first_call_s`` (what the steps actually run cost) and ``cpu_ms`` / ``first_call_s`` are
+    None, so no column mixes scaled and unscaled numbers."""
     if factor == 1.0:
         return
     st = row["stages_ms"]
@@ -367,12 +388,14 @@ def _scale_teacher(row: dict, factor: float) -> None:
     st["transformer"] *= factor
     row["total_ms"] += extra
     row["gpu_work_ms"] = (row["gpu_work_ms"] or 0.0) + extra
+    row["run_cpu_ms"], row["cpu_ms"] = row["cpu_ms"], None
+    row["run_first_call_s"], row["first_call_s"] = row["first_call_s"], None
 
 
 def run_bench(cfg: BenchConfig, on_row: Callable[[dict], None] | None = None,
               log: Callable[[str], None] = lambda s: print(s, file=sys.stderr)) -> dict[str, Any]:
     """Run every requested row at every size; ``on_row(result_so_far)`` after each row (for partial JSON)."""
-    device = torch.device(cfg.device) if cfg.device else default_device()
+    device = resolve_device(cfg.device)
     dtype = cfg.dtype or default_dtype(device)
     torch.manual_seed(cfg.seed)
     result: dict[str, Any] = {"env": environment(device, dtype), "config": _config_dict(cfg), "rows": [], "notes": []}
@@ -390,11 +413,13 @@ def run_bench(cfg: BenchConfig, on_row: Callable[[dict], None] | None = None,
         if cfg.model != RANDOM_FLUX and cfg.text_len != 512:
             notes.append("--text-len applies to flux-dev-random only; other models use their stored embeddings")
         notes += apply_fast_path(pipe.model, cfg.fast)
+    if "teacher" in cfg.rows:
         run_steps = cfg.teacher_run_steps or cfg.teacher_steps
         teacher = TeacherPipeline(pipe, run_steps)
         if run_steps != cfg.teacher_steps:
             notes.append(f"teacher: {run_steps} Euler steps run, transformer time scaled linearly to "
-                         f"{cfg.teacher_steps} steps")
+                         f"{cfg.teacher_steps} steps (its cpu_ms and first_call_s are reported as run_cpu_ms, "
+                         f"run_first_call_s)")
 
     def ctx():
         return sdpa_context(cfg.fast.sdpa)
@@ -429,10 +454,11 @@ def _run_row(name: str, size: int, cfg: BenchConfig, device, dtype, pipe, teache
                 _add_analytic(row, pipe.model, cfg, 1)
             if device.type == "cuda" and row.get("stage_peak_bytes") and row.get("tile"):
                 tile_px = min(row["tile"], size) ** 2
+                per_pass = row.get("tile_batch") or 1  # the plan's tiles per pass (never more than the tiles)
                 tcfg = pipe.model.transformer.config
                 row["calibration"] = _calibration(
-                    row, _weight_bytes(pipe.model), tile_px, torch.empty((), dtype=dtype).element_size(),
-                    memory.ModelDims.from_model(pipe.model).tokens(tile_px),
+                    row, _weight_bytes(pipe.model), tile_px * per_pass, torch.empty((), dtype=dtype).element_size(),
+                    memory.ModelDims.from_model(pipe.model).tokens(tile_px) * per_pass,
                     tcfg.num_attention_heads * tcfg.attention_head_dim)
             return row
         if name == "teacher":
@@ -515,7 +541,7 @@ def to_markdown(result: dict[str, Any]) -> str:
             continue
         st, a = row["stages_ms"], row.get("analytic") or {}
         tile = f"{row['tile']}" + (f" x{row['tile_batch']}" if (row.get("tile_batch") or 1) > 1 else "") \
-            if row.get("tile") else ""
+            + (" (input)" if row.get("tile_unit") == "input px" else "") if row.get("tile") else ""
         cells = [size, row["row"], tile, *(_ms(st.get(c)) for c in COLUMNS), _ms(row.get("gpu_work_ms")),
                  _ms(row["total_ms"]), memory.format_bytes(row["peak_bytes"]),
                  memory.format_bytes(row["peak_above_start_bytes"]),
@@ -540,6 +566,13 @@ def write_json(result: dict[str, Any], path: Path) -> None:
 
 def _csv(text: str) -> list[str]:
     return [t.strip() for t in text.split(",") if t.strip()]
+
+
+def _sizes(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(s) for s in _csv(text))
+    except ValueError:
+        raise ValueError(f"--sizes {text!r}: give whole numbers separated by commas, e.g. 512,1024") from None
 
 
 def add_bench_arguments(p) -> None:
@@ -584,11 +617,10 @@ def add_bench_arguments(p) -> None:
 def config_from_args(args) -> BenchConfig:
     """A :class:`BenchConfig` from parsed ``fluxsr bench`` arguments."""
     dtypes = {"bf16": torch.bfloat16, "fp32": torch.float32, "fp16": torch.float16}
-    device = torch.device(args.device) if args.device else default_device()
-    rows = tuple(_csv(args.rows))
-    unknown = sorted(set(rows) - set(ROWS))
-    if unknown:
-        raise ValueError(f"unknown rows {unknown}: choose from {ROWS}")
+    device = resolve_device(args.device)
+    for path, flag in ((args.json, "--json"), (args.markdown, "--markdown")):
+        if path is not None and Path(path).is_dir():
+            raise ValueError(f"{flag} {path}: is a folder; give a file name")
     model = args.model
     if args.random_weights:
         if model not in (None, RANDOM_FLUX):
@@ -597,8 +629,9 @@ def config_from_args(args) -> BenchConfig:
     baseline_max = args.baseline_max_size if args.baseline_max_size is not None else \
         (None if device.type == "cuda" else 1024)
     return BenchConfig(
-        model=model, sizes=tuple(int(s) for s in _csv(args.sizes)), repeat=args.repeat, warmup=args.warmup,
-        device=str(device), dtype=dtypes[args.dtype] if args.dtype else None, rows=rows, text_len=args.text_len,
+        model=model, sizes=_sizes(args.sizes), repeat=args.repeat, warmup=args.warmup,
+        device=str(device), dtype=dtypes[args.dtype] if args.dtype else None, rows=tuple(_csv(args.rows)),
+        text_len=args.text_len,
         teacher_steps=args.teacher_steps, teacher_run_steps=args.teacher_run_steps,
         teacher_max_size=args.teacher_max_size or None, baseline_max_size=baseline_max or None,
         esrgan_tile=args.esrgan_tile, esrgan_weights=args.esrgan_weights, tile=args.tile,

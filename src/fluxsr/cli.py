@@ -10,10 +10,10 @@ TORCH_DTYPES = {"bf16": "bfloat16", "fp32": "float32", "fp16": "float16"}
 
 
 def _device(args) -> str:
-    """``--device``, or CUDA when available, else the CPU."""
-    from .pipeline import default_device
+    """``--device`` (checked to exist here), or CUDA when available, else the CPU."""
+    from .pipeline import resolve_device
 
-    return str(args.device or default_device())
+    return str(resolve_device(args.device))
 
 
 def _dtype(name: str | None):
@@ -80,11 +80,12 @@ def cmd_upscale(args) -> int:
 
     from .fastpath import apply_fast_path, fast_path_from_args, sdpa_context
     from .pipeline import UpscaleOptions
-    from .upscale import BatchOptions, make_backend, process_rank, upscale_paths, write_log
+    from .upscale import BatchOptions, bind_local_gpu, make_backend, process_rank, upscale_paths, write_log
 
     opts = UpscaleOptions(args.scale, args.long_side, args.color_fix, args.tile, args.overlap, args.tile_batch)
     batch = BatchOptions(args.suffix, args.ext, args.overwrite, args.max_pixels)  # bad settings fail before loading
     torch.manual_seed(args.seed)
+    bind_local_gpu()  # one GPU per process under accelerate launch / torchrun
     fast = fast_path_from_args(args)
     if args.backend == "fluxsr":
         backend = _pipeline(args)

@@ -131,6 +131,18 @@ def _bcast(t: Tensor | float, like: Tensor) -> Tensor | float:
     return t
 
 
+def interpolate(z0: Tensor, eps: Tensor, t: Tensor | float) -> Tensor:
+    """Point on the straight rectified-flow path from data to noise: ``x_t = (1 - t) * z_0 + t * eps``."""
+    t = _bcast(t, z0)
+    return (1 - t) * z0 + t * eps
+
+
+def logit_normal_t(batch: int, generator: torch.Generator | None = None) -> Tensor:
+    """Training times ``t = sigmoid(n)``, ``n ~ N(0, 1)``: the SD3/FLUX logit-normal density (more weight at mid
+    times), one per sample, drawn on the CPU."""
+    return torch.sigmoid(torch.randn(batch, generator=generator))
+
+
 def ftd_point(z_l: Tensor, eps: Tensor, t: Tensor | float, t_l: float) -> Tensor:
     """Point on the straight path from ``z_L`` (at ``t = T_L``) to ``eps`` (at ``t = 1``).
 

@@ -116,6 +116,26 @@ def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
+def resolve_device(device=None) -> torch.device:
+    """``device`` (a name or torch.device) checked to exist here, or :func:`default_device` for None.
+
+    A bad name or an accelerator this torch build or machine lacks is a ValueError (a one-line CLI error), not a
+    failure deep inside the first tensor move."""
+    if device is None:
+        return default_device()
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as e:
+        raise ValueError(f"unknown device {device!r}: use cpu, cuda, cuda:N or mps") from e
+    if dev.type == "cuda" and (not torch.cuda.is_available()
+                               or (dev.index is not None and dev.index >= torch.cuda.device_count())):
+        raise ValueError(f"device {device!r}: CUDA is not available here (torch {torch.__version__}, "
+                         f"{torch.cuda.device_count()} GPU(s))")
+    if dev.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"device {device!r}: MPS is not available here")
+    return dev
+
+
 def default_dtype(device: torch.device) -> torch.dtype:
     """bf16 on CUDA (fp16 overflows to black images in FLUX), fp32 elsewhere."""
     return torch.bfloat16 if torch.device(device).type == "cuda" else torch.float32
@@ -137,7 +157,7 @@ class FluxSRPipeline:
     def __init__(self, model: FluxSRModel, device=None, dtype=None, *, allow_fp16: bool = False,
                  prepare: bool = True):
         """``prepare=False`` uses the model as it is (already placed; training keeps its trainable state)."""
-        self.device = torch.device(device) if device is not None else default_device()
+        self.device = resolve_device(device)
         self.dtype = dtype or default_dtype(self.device)
         check_dtype(self.dtype, allow_fp16)
         self.model = to_device(model, self.device, self.dtype) if prepare else model

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .config import ConfigError, check_range
+from .flow import interpolate, logit_normal_t, pair_velocity
 from .images import ImageError, find_images, read_image, resize
 from .models import (
     FluxSRModel,
@@ -152,6 +153,23 @@ def random_crops(photos: list[Tensor], n: int, size: int, g: torch.Generator) ->
     return torch.stack(crops)
 
 
+def _optimizer(module: torch.nn.Module, lr: float, steps: int):
+    """AdamW with 100 warm-up steps and a square-root decay to 0 at ``steps``; returns ``update(loss)``, one
+    optimiser step (backward, gradient norm clipped to 1, step, schedule)."""
+    params = [p for p in module.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / 100) * (1 - s / steps) ** 0.5)
+
+    def update(loss: Tensor) -> None:
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        sched.step()
+
+    return update
+
+
 def _loop(name: str, steps: int, step_fn, out: Path, progress: bool, time_limit: float = 0.0) -> int:
     """Run ``step_fn(step) -> dict of floats`` ``steps`` times (or until ``time_limit`` seconds) with a progress
     bar and a CSV log in ``out``; returns the number of steps run."""
@@ -198,8 +216,7 @@ def train_vae(pre: PretrainSection, out: Path, *, device="cpu", progress: bool =
     photos = load_photos(pre.photos, pre.max_side)
     vae = build_vae(vae_config(cfg)).to(device).train()
     lpips = load_lpips("vgg", device) if cfg.lpips > 0 else None
-    opt = torch.optim.AdamW(vae.parameters(), lr=cfg.lr, weight_decay=0.0)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / 100) * (1 - s / cfg.steps) ** 0.5)
+    update = _optimizer(vae, cfg.lr, cfg.steps)
     g = torch.Generator().manual_seed(cfg.seed)
 
     def step(i: int) -> dict:
@@ -210,11 +227,7 @@ def train_vae(pre: PretrainSection, out: Path, *, device="cpu", progress: bool =
         kl = post.kl().mean() / x[0].numel()
         lp = lpips(rec, x).mean() if lpips is not None else rec.new_zeros(())
         loss = l1 + cfg.lpips * lp + cfg.kl * kl
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
-        opt.step()
-        sched.step()
+        update(loss)
         psnr = -10 * torch.log10(F.mse_loss(rec.detach().clamp(0, 1), x))
         return {"loss": loss.item(), "l1": l1.item(), "lpips": lp.item(), "kl": kl.item(), "psnr": psnr.item()}
 
@@ -235,11 +248,6 @@ def teacher_config(cfg: TeacherSection, latent_channels: int) -> dict:
         num_attention_heads=cfg.num_attention_heads, joint_attention_dim=cfg.text_dim,
         pooled_projection_dim=cfg.text_dim, guidance_embeds=True, axes_dims_rope=cfg.axes_dims_rope,
     )
-
-
-def logit_normal(n: int, g: torch.Generator) -> Tensor:
-    """Flow times ``t = sigmoid(N(0, 1))``, the SD3/FLUX training distribution (more weight at mid times)."""
-    return torch.sigmoid(torch.randn(n, generator=g))
 
 
 def train_teacher(pre: PretrainSection, vae_dir: Path, out: Path, *, device="cpu", progress: bool = True) -> Path:
@@ -263,8 +271,7 @@ def train_teacher(pre: PretrainSection, vae_dir: Path, out: Path, *, device="cpu
                     torch.randn(1, cfg.text_dim, generator=gc), prompt="")
     model = FluxSRModel(tr, vae, cond.to(device), ModelSpec(name="teacher"))
     photos = load_photos(pre.photos, pre.max_side)
-    opt = torch.optim.AdamW(tr.parameters(), lr=cfg.lr, weight_decay=0.0)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / 100) * (1 - s / cfg.steps) ** 0.5)
+    update = _optimizer(tr, cfg.lr, cfg.steps)
     g = torch.Generator().manual_seed(cfg.seed)
 
     def step(i: int) -> dict:
@@ -272,15 +279,9 @@ def train_teacher(pre: PretrainSection, vae_dir: Path, out: Path, *, device="cpu
         with torch.no_grad():
             z0 = (vae.encode(x * 2 - 1).latent_dist.mode() - vae.config.shift_factor) * vae.config.scaling_factor
         eps = torch.randn(z0.shape, generator=g).to(device)
-        t = logit_normal(z0.shape[0], g).to(device)
-        tb = t.view(-1, 1, 1, 1)
-        v = velocity(model, (1 - tb) * z0 + tb * eps, t)
-        loss = F.mse_loss(v, eps - z0)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(tr.parameters(), 1.0)
-        opt.step()
-        sched.step()
+        t = logit_normal_t(z0.shape[0], g).to(device)
+        loss = F.mse_loss(velocity(model, interpolate(z0, eps, t), t), pair_velocity(eps, z0))
+        update(loss)
         return {"loss": loss.item()}
 
     _loop("teacher", cfg.steps, step, Path(out), progress, cfg.time_limit)

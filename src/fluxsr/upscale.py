@@ -133,6 +133,17 @@ def process_rank() -> tuple[int, int]:
     return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
 
 
+def bind_local_gpu() -> int | None:
+    """Under a launcher (``LOCAL_RANK`` set) on a machine with GPUs, make ``cuda`` mean this process's own GPU
+    (``LOCAL_RANK`` modulo the GPUs visible) so that N processes do not all load onto GPU 0; returns its index."""
+    local = os.environ.get("LOCAL_RANK")
+    if local is None or not torch.cuda.is_available():
+        return None
+    index = int(local) % torch.cuda.device_count()
+    torch.cuda.set_device(index)
+    return index
+
+
 def upscale_one(backend: Backend, src: Path, dst: Path, opts: UpscaleOptions, batch: BatchOptions) -> FileResult:
     """Upscale ``src`` into ``dst``; never raises for a bad file (the result says what went wrong)."""
     start = time.perf_counter()
