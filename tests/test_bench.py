@@ -219,9 +219,23 @@ def test_parse_and_format_bytes():
     assert MEM.parse_bytes("8G") == 8_000_000_000
     assert MEM.parse_bytes("512 MiB") == 512 << 20
     assert MEM.parse_bytes("4e9") == 4_000_000_000
+    assert MEM.parse_bytes("1.5GiB") == 3 << 29 and MEM.parse_bytes(8 << 30) == 8 << 30
     assert MEM.format_bytes(3 << 30) == "3.00 GiB"
-    with pytest.raises(ValueError):
-        MEM.parse_bytes("lots")
+    for bad in ("lots", "1e400", "40e", "2E", "3eb", "", "inf", "nanGiB"):
+        with pytest.raises(ValueError, match="cannot read"):
+            MEM.parse_bytes(bad)
+    for typo in ("0", "1.5", "100KiB"):  # under 1 MiB: a missing unit, not a plan
+        with pytest.raises(ValueError, match="under 1 MiB"):
+            MEM.parse_bytes(typo)
+
+
+@pytest.mark.parametrize("value", ["1e400", "0", "abc"])
+def test_bad_max_memory_is_refused_before_loading(value, capsys):
+    from fluxsr.cli import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["upscale", "missing.png", "-o", "out", "--max-memory", value])
+    assert exit_info.value.code == 2 and "--max-memory" in capsys.readouterr().err
 
 
 def test_tile_candidates_halve_on_the_multiple():
@@ -393,7 +407,67 @@ def test_oom_retry_gives_up_below_min_tile(tiny_pipe, monkeypatch):
     monkeypatch.setattr(tiny_pipe, "transform", always)
     with pytest.raises(torch.cuda.OutOfMemoryError):
         tiny_pipe.upscale_tensor(torch.rand(3, 16, 24), UpscaleOptions(tile=128, overlap=16))
-    assert len(tiny_pipe.plan.retries) == 1  # 128 -> 64, then 32 is below the minimum
+    # 128 -> 64; 32 is below the minimum, so the last resort moves the full image off the device; then it gives up
+    assert len(tiny_pipe.plan.retries) == 2 and "full image off the device" in tiny_pipe.plan.retries[1]
+
+
+@pytest.mark.parametrize("stage", ["decode", "transform"])
+def test_oom_at_the_smallest_tile_moves_the_full_image_off_the_device(tiny_pipe, monkeypatch, stage):
+    """Blend buffers and the reference do not shrink with the tile: at the minimum tile they leave the device."""
+    x = torch.rand(3, 16, 24, generator=torch.Generator().manual_seed(1))
+    ref = tiny_pipe.upscale_tensor(x, UpscaleOptions(tile=64, overlap=16))
+    real, seen = getattr(tiny_pipe, stage), []
+
+    def flaky(z, opts, *a, **kw):
+        seen.append(tiny_pipe.plan.full_image_on_device)
+        if tiny_pipe.plan.full_image_on_device:
+            raise torch.cuda.OutOfMemoryError("fake: full-size buffers")
+        return real(z, opts, *a, **kw)
+
+    monkeypatch.setattr(tiny_pipe, stage, flaky)
+    out = tiny_pipe.upscale_tensor(x, UpscaleOptions(tile=64, overlap=16))
+    assert seen == [True, False] and tiny_pipe.plan.tile == 64
+    torch.testing.assert_close(out, ref, atol=1e-5, rtol=0)
+
+
+def test_cpu_allocator_failure_is_an_out_of_memory_error(tiny_pipe, monkeypatch):
+    """PyTorch's CPU allocator raises a RuntimeError, not MemoryError: it is retried like any OOM."""
+    x = torch.rand(3, 16, 40, generator=torch.Generator().manual_seed(0))
+    small = tiny_pipe.upscale_tensor(x, UpscaleOptions(tile=64, overlap=16))
+    real = tiny_pipe.decode
+
+    def flaky(z, opts, *a, **kw):
+        if opts.tile > 64:
+            raise RuntimeError("[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: can't allocate memory: "
+                               "you tried to allocate 1099511627776 bytes.")
+        return real(z, opts, *a, **kw)
+
+    monkeypatch.setattr(tiny_pipe, "decode", flaky)
+    assert torch.equal(tiny_pipe.upscale_tensor(x, UpscaleOptions(tile=128, overlap=16)), small)
+    assert MEM.is_oom(RuntimeError("DefaultCPUAllocator: can't allocate memory")) and MEM.is_oom(MemoryError())
+    assert not MEM.is_oom(RuntimeError("shape mismatch"))
+
+
+def test_tiles_larger_than_the_image_are_one_tile_and_not_a_change():
+    # 64 x 160 asked at 1024: 1024, 512 and 256 would all be the same single tile; retries start at 256 -> 128
+    p = MEM.plan_memory((64, 160), 10**12, DIMS, 2, 1024, cost=COST, min_tile=64)
+    assert (p.tile, p.tiles, p.changed) == (256, 1, False)
+
+
+def test_cpu_plan_counts_the_full_image_that_stays_in_ram():
+    """On the CPU "off the device" is the same RAM: only the colour fix's extra goes, the resident tensors stay."""
+    assert COST.full_image(1000, False, "cpu") == (40 + 4) * 1000 and COST.full_image(1000, False, "cuda") == 4000
+    image = (1024, 1024)
+    dec = 200 * 512 * 512 * 2
+    p_gpu = MEM.plan_memory(image, dec + 4 * 2**20, DIMS, 2, 512, cost=COST, device_type="cuda")
+    p_cpu = MEM.plan_memory(image, dec + 4 * 2**20, DIMS, 2, 512, cost=COST, device_type="cpu")
+    assert (p_gpu.tile, p_gpu.full_image_on_device) == (512, False)
+    assert p_cpu.tile < 512  # the 512 tile does not fit next to 44 B/px of resident image
+
+
+def test_plan_line_shows_the_usable_part_of_the_budget():
+    p = MEM.plan_memory((1024, 1024), 1000 << 20, DIMS, 2, 512, cost=MEM.CostModel())
+    assert "of 850.0 MiB usable (85% of 1000.0 MiB" in p.describe()
 
 
 def test_oom_in_color_fix_moves_full_image_off_device(tiny_pipe, monkeypatch):

@@ -95,3 +95,10 @@ def test_upscale_command_takes_the_speed_flags(tmp_path):
                         "--tile-batch", "2", "--max-memory", "64GiB", "-q"], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     assert Image.open(tmp_path / "out" / "a.png").size == (96, 64)
+
+
+@pytest.mark.parametrize("sdpa", ["efficient", "cudnn"])
+def test_cuda_only_attention_kernels_are_refused_on_the_cpu(sdpa):
+    model = M.load_model("tiny")
+    with pytest.raises(ValueError, match=f"--sdpa {sdpa} needs a CUDA device"):
+        apply_fast_path(model, FastPath(sdpa=sdpa))

@@ -232,3 +232,46 @@ def test_suffix_with_a_separator_is_refused(tmp_path, capsys):
     assert run(tmp_path / "in", "-o", tmp_path / "out", "--suffix", "/../../x") == 2
     assert "path separator" in capsys.readouterr().err
     assert tree(tmp_path) == ["in/a.png"]
+
+
+# -- one job per output, and out-of-memory is a per-file failure ----------------------------------------------------
+
+
+def test_two_sources_for_one_output_fail_by_name(tmp_path, capsys):
+    save_rgb(tmp_path / "in" / "a.png", seed=1)
+    Image.fromarray(np.zeros((5, 7, 3), np.uint8)).save(tmp_path / "in" / "a.jpg")
+    assert run(tmp_path / "in", "-o", tmp_path / "out", "--ext", "png") == 1
+    err = capsys.readouterr().err
+    assert "a.png: same output" in err and "a.jpg" in err and "--suffix" in err
+    # the first source in the scan order writes it, every time (a.jpg sorts before a.png)
+    assert tree(tmp_path / "out") == ["a.png"]
+    assert np.asarray(Image.open(tmp_path / "out" / "a.png")).max() == 0
+
+
+def test_the_same_file_given_twice_runs_once(tmp_path, capsys):
+    src = save_rgb(tmp_path / "in" / "a.png")
+    results = upscale_paths(BicubicBackend(), [src, src, tmp_path / "in"], tmp_path / "out", UpscaleOptions(scale=2),
+                            BatchOptions(), progress=False)
+    assert [r.status for r in results] == ["ok"]
+
+
+def test_out_of_memory_on_one_file_fails_it_and_the_batch_goes_on(tmp_path, capsys):
+    for name in ("a.png", "b.png"):
+        save_rgb(tmp_path / "in" / name)
+
+    class Flaky(BicubicBackend):
+        def upscale_tensor(self, rgb, opts):
+            if not hasattr(self, "failed"):
+                self.failed = True
+                raise RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 1 TB")
+            return super().upscale_tensor(rgb, opts)
+
+    results = upscale_paths(Flaky(), [tmp_path / "in"], tmp_path / "out", UpscaleOptions(scale=2), BatchOptions(),
+                            progress=False)
+    assert [r.status for r in results] == ["failed", "ok"]
+    assert "out of memory" in results[0].error and "--max-memory" in results[0].error
+
+
+def test_adain_on_a_one_pixel_image(tmp_path):
+    out = FluxSRPipeline.from_pretrained("tiny", device="cpu")(torch.rand(3, 1, 1), scale=1, color_fix="adain")
+    assert out.shape == (3, 1, 1) and torch.isfinite(out).all()

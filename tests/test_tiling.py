@@ -135,3 +135,10 @@ def test_wavelet_on_tiny_images():
     x = torch.rand(1, 3, 5, 7)
     assert wavelet_fix(x, x).shape == x.shape
     assert torch.allclose(wavelet_fix(x, x), x, atol=1e-6)
+
+
+def test_unaligned_size_is_refused_instead_of_left_uncovered():
+    with pytest.raises(ValueError, match="not a multiple of 16"):
+        tile_starts(72, 64, 16, align=16)
+    with pytest.raises(ValueError, match="pad"):
+        tiled_map(lambda t, o: t, torch.rand(1, 3, 72, 200), TileSpec(64, 16, 16))

@@ -604,7 +604,7 @@ def add_bench_arguments(p) -> None:
     p.add_argument("--color-fix", choices=("wavelet", "adain", "none"), default="wavelet")
     p.add_argument("--write-ext", choices=("png", "jpg", "webp", "tif", "bmp"), default="png",
                    help="output format of the write stage (png of a 4096^2 noise-like image takes seconds)")
-    p.add_argument("--max-memory", default=None, help="memory cap for the planner, e.g. 40GiB (weights included)")
+    p.add_argument("--max-memory", type=memory.memory_size, default=None, help="memory cap for the planner, e.g. 40GiB (weights included)")
     p.add_argument("--peak-tflops", type=float, default=790.0,
                    help="peak TFLOP/s for the FLOP floor (790: measured bf16 matmul ceiling of an H200/H100)")
     p.add_argument("--analytic", action=argparse.BooleanOptionalAction, default=True, help="FLOP floor columns")
@@ -636,7 +636,7 @@ def config_from_args(args) -> BenchConfig:
         teacher_max_size=args.teacher_max_size or None, baseline_max_size=baseline_max or None,
         esrgan_tile=args.esrgan_tile, esrgan_weights=args.esrgan_weights, tile=args.tile,
         overlap=args.overlap, tile_batch=args.tile_batch, color_fix=args.color_fix, write_ext=args.write_ext,
-        max_memory=memory.parse_bytes(args.max_memory) if args.max_memory else None,
+        max_memory=args.max_memory,
         peak_tflops=args.peak_tflops, analytic=args.analytic, seed=args.seed,
         fast=fast_path_from_args(args))
 

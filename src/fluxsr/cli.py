@@ -37,8 +37,15 @@ def _model_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cuda if available)")
     g.add_argument("--dtype", choices=sorted(TORCH_DTYPES), default=None, help="default: bf16 on CUDA, fp32 on CPU")
     g.add_argument("--force-fp16", action="store_true", help="allow fp16 (FLUX overflows to black images in fp16)")
-    g.add_argument("--max-memory", default=None,
+    g.add_argument("--max-memory", type=memory_size, default=None,
                    help="memory cap for the tile planner, weights included (e.g. 40GiB; default: what is free)")
+
+
+def memory_size(text: str) -> int:
+    """``--max-memory`` values (``fluxsr.memory.memory_size``, imported when the option is given)."""
+    from .memory import memory_size as parse
+
+    return parse(text)
 
 
 def _non_negative(text: str) -> int:
@@ -61,11 +68,10 @@ def _load_kwargs(args) -> dict:
 
 
 def _pipeline(args):
-    from .memory import parse_bytes
     from .pipeline import FluxSRPipeline
 
     pipe = FluxSRPipeline(_load_kwargs(args), args.device, _dtype(args.dtype), allow_fp16=args.force_fp16)
-    pipe.max_memory = parse_bytes(args.max_memory) if args.max_memory else None
+    pipe.max_memory = args.max_memory
     pipe.name = f"fluxsr:{pipe.model.spec.name}"
     if pipe.model.spec.note:
         print(f"note: {pipe.model.spec.note}", file=sys.stderr)
@@ -80,31 +86,45 @@ def cmd_upscale(args) -> int:
 
     from .fastpath import apply_fast_path, fast_path_from_args, sdpa_context
     from .pipeline import UpscaleOptions
-    from .upscale import BatchOptions, bind_local_gpu, make_backend, process_rank, upscale_paths, write_log
+    from .upscale import (
+        BatchOptions,
+        bind_local_gpu,
+        make_backend,
+        process_rank,
+        sum_over_processes,
+        upscale_paths,
+        write_log,
+    )
 
     opts = UpscaleOptions(args.scale, args.long_side, args.color_fix, args.tile, args.overlap, args.tile_batch)
     batch = BatchOptions(args.suffix, args.ext, args.overwrite, args.max_pixels)  # bad settings fail before loading
-    torch.manual_seed(args.seed)
-    bind_local_gpu()  # one GPU per process under accelerate launch / torchrun
     fast = fast_path_from_args(args)
-    if args.backend == "fluxsr":
-        backend = _pipeline(args)
-        for note in apply_fast_path(backend.model, fast, static_shapes=False):
-            print(f"note: {note}", file=sys.stderr)
-    else:
-        if fast.enabled:
-            print(f"note: the speed flags apply to the fluxsr backend only, not {args.backend}", file=sys.stderr)
-        backend = make_backend(args.backend, device=args.device)
+    torch.manual_seed(args.seed)
     rank, world = process_rank()
-    with sdpa_context(fast.sdpa):
-        results = upscale_paths(backend, args.inputs, args.output, opts, batch, progress=not args.quiet,
-                                rank=rank, world=world)
-    if args.json:
-        log = args.json if world == 1 else args.json.with_suffix(f".rank{rank}.json")
-        write_log(results, log, {k: v for k, v in vars(args).items() if k != "func"})
-    ok, skipped = sum(r.status == "ok" for r in results), sum(r.status == "skipped" for r in results)
-    failed = [r for r in results if r.status == "failed"]
-    print(f"{ok} upscaled, {skipped} skipped, {len(failed)} failed -> {args.output}", file=sys.stderr)
+    say = (lambda line: print(line, file=sys.stderr)) if rank == 0 else (lambda line: None)
+    counts = [0, 0, 1]  # ok, skipped, failed: a process that stops early counts as a failure
+    try:
+        bind_local_gpu()  # one GPU per process under accelerate launch / torchrun
+        if args.backend == "fluxsr":
+            backend = _pipeline(args)
+            for note in apply_fast_path(backend.model, fast, static_shapes=False):
+                say(f"note: {note}")
+        else:
+            if fast.enabled:
+                say(f"note: the speed flags apply to the fluxsr backend only, not {args.backend}")
+            backend = make_backend(args.backend, device=args.device)
+        with sdpa_context(fast.sdpa):
+            results = upscale_paths(backend, args.inputs, args.output, opts, batch, progress=not args.quiet,
+                                    rank=rank, world=world)
+        if args.json:
+            log = args.json if world == 1 else args.json.with_suffix(f".rank{rank}.json")
+            settings = {k: v for k, v in vars(args).items() if k != "func"} | {"fp8": fast.fp8}
+            write_log(results, log, settings)
+        counts = [sum(r.status == s for r in results) for s in ("ok", "skipped", "failed")]
+    finally:
+        ok, skipped, failed = sum_over_processes(counts, world)  # waits for every process's share
+    processes = f" ({world} processes)" if world > 1 else ""
+    say(f"{ok} upscaled, {skipped} skipped, {failed} failed{processes} -> {args.output}")
     return 1 if failed else 0
 
 

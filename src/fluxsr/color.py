@@ -19,8 +19,8 @@ COLOR_FIXES = ("wavelet", "adain", "none")
 def adain_affine(x: Tensor, ref: Tensor, eps: float = 1e-5) -> tuple[Tensor, Tensor]:
     """(gain, bias), each (B, C, 1, 1), with ``adain(x, ref) = x * gain + bias``: ``gain = std(ref) / std(x)``,
     ``bias = mean(ref) - mean(x) * gain`` (statistics per image and channel over space)."""
-    sx, mx = torch.std_mean(x, dim=(2, 3), keepdim=True)
-    sr, mr = torch.std_mean(ref, dim=(2, 3), keepdim=True)
+    sx, mx = torch.std_mean(x, dim=(2, 3), keepdim=True, correction=0)  # population std: defined for 1 pixel
+    sr, mr = torch.std_mean(ref, dim=(2, 3), keepdim=True, correction=0)
     gain = sr / (sx + eps)
     return gain, mr - mx * gain
 

@@ -83,6 +83,10 @@ def apply_fast_path(model, fast: FastPath, static_shapes: bool = True) -> list[s
 
     notes = []
     vae, transformer = model.vae, model.transformer
+    device = next(transformer.parameters()).device
+    if fast.sdpa in ("efficient", "cudnn") and device.type != "cuda":
+        raise ValueError(f"--sdpa {fast.sdpa} needs a CUDA device (the model is on {device}); use auto, math or "
+                         "flash")
     if fast.channels_last_vae:
         vae.to(memory_format=torch.channels_last)
     if fast.fp8:
@@ -123,8 +127,9 @@ def add_fast_path_arguments(p: argparse.ArgumentParser) -> None:
                      help="regional torch.compile: the transformer's repeated blocks (first image takes minutes)")
     how.add_argument("--compile-full", dest="compile", action="store_const", const="full",
                      help="torch.compile the whole transformer instead")
-    g.add_argument("--compile-mode", choices=COMPILE_MODES,
-                   default="default", help="torch.compile mode (reduce-overhead: CUDA graphs)")
+    g.add_argument("--compile-mode", choices=COMPILE_MODES, default="default",
+                   help="torch.compile mode of the transformer (reduce-overhead: CUDA graphs); --compile-vae always "
+                        "uses the default mode")
     g.add_argument("--compile-vae", action="store_true", help="torch.compile the VAE encoder and decoder")
     g.add_argument("--channels-last-vae", action="store_true", help="VAE in channels-last layout")
     g.add_argument("--fp8", action="store_true", help="float8 transformer linears via torchao (if importable)")

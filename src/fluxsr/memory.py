@@ -16,6 +16,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 import sys
 from collections.abc import Callable
@@ -27,8 +28,14 @@ import torch
 from torch import Tensor
 
 GiB = 1 << 30
-AUTO_TILE_BATCH = 4  # most tiles per forward pass the planner picks on its own (docs/performance.md, "Tile batches")
+AUTO_TILE_BATCH = 4  # most tiles per forward pass the planner picks on its own (docs/performance.md, "Memory planner")
 OOM_ERRORS: tuple[type[BaseException], ...] = (torch.cuda.OutOfMemoryError, MemoryError)
+
+
+def is_oom(error: BaseException) -> bool:
+    """True for an out-of-memory error: CUDA's, Python's ``MemoryError``, or PyTorch's CPU allocator failure (a
+    plain ``RuntimeError`` "DefaultCPUAllocator: can't allocate memory")."""
+    return isinstance(error, OOM_ERRORS) or (isinstance(error, RuntimeError) and "can't allocate memory" in str(error))
 T = TypeVar("T")
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -126,14 +133,33 @@ _UNITS = {"": 1, "b": 1, "k": 1e3, "kb": 1e3, "m": 1e6, "mb": 1e6, "g": 1e9, "gb
           "kib": 1 << 10, "mib": 1 << 20, "gib": 1 << 30, "tib": 1 << 40}
 
 
+MIN_MEMORY = 1 << 20  # a memory cap below 1 MiB is a typo ("1.5" for "1.5GiB"), not a plan
+
+
 def parse_bytes(text: str | int) -> int:
-    """``"40GiB"``, ``"40G"`` (10^9), ``"512MiB"``, ``"4e10"`` or an int -> bytes."""
-    if isinstance(text, int):
-        return text
-    m = re.fullmatch(r"\s*([0-9.eE+]+)\s*([A-Za-z]*)\s*", str(text))
-    if not m or m.group(2).lower() not in _UNITS:
+    """``"40GiB"``, ``"40G"`` (10^9), ``"512MiB"``, ``"4e10"`` or an int -> bytes (at least :data:`MIN_MEMORY`)."""
+    value: float | None = float(text) if isinstance(text, int) else None
+    m = None if value is not None else re.fullmatch(r"\s*([0-9.]+(?:[eE][+-]?[0-9]+)?)\s*([A-Za-z]*)\s*", str(text))
+    if m and m.group(2).lower() in _UNITS:
+        try:
+            value = float(m.group(1)) * _UNITS[m.group(2).lower()]
+        except ValueError:
+            value = None
+    if value is None or not math.isfinite(value):
         raise ValueError(f"cannot read a memory size from {text!r} (e.g. 40GiB, 512MiB, 8G)")
-    return int(float(m.group(1)) * _UNITS[m.group(2).lower()])
+    if value < MIN_MEMORY:
+        raise ValueError(f"memory size {text!r} is under 1 MiB: give a unit, e.g. {text}GiB")
+    return int(value)
+
+
+def memory_size(text: str) -> int:
+    """argparse ``type`` for ``--max-memory``: :func:`parse_bytes`, refused before anything loads."""
+    import argparse
+
+    try:
+        return parse_bytes(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def format_bytes(n: float) -> str:
@@ -211,10 +237,15 @@ class CostModel:
                 "transformer": self.transformer(tile_px, dims, dtype_bytes),
                 "decode": self.decode(tile_px, dims, dtype_bytes)}
 
-    def full_image(self, image_px: int, on_device: bool) -> int:
-        """Bytes the whole image keeps on the device at the worst moment (colour fix), or latents only."""
+    def full_image(self, image_px: int, on_device: bool, device_type: str = "cuda") -> int:
+        """Bytes the whole image keeps in the budget's memory at the worst moment (colour fix).
+
+        Off an accelerator only the latents stay there. On the CPU, device and host are the same RAM: "off the
+        device" only makes the colour fix tile by tile, so the resident tensors still count."""
         if on_device:
             return int((self.resident_per_px + self.color_fix_per_px) * image_px)
+        if device_type == "cpu":
+            return int((self.resident_per_px + self.offloaded_per_px) * image_px)
         return int(self.offloaded_per_px * image_px)
 
 
@@ -249,6 +280,7 @@ class MemoryPlan:
     batch: int = 1
     requested_batch: int = 1
     tiles: int = 1
+    safety: float = DEFAULT_COST.safety
 
     @property
     def peak(self) -> int:
@@ -260,7 +292,8 @@ class MemoryPlan:
     def changed(self) -> bool:
         """True when the plan differs from what was asked (smaller tile or batch, image off the device, no fit).
 
-        An automatic batch (asked 0), or one capped by the number of tiles, is not a change."""
+        An automatic batch (asked 0), one capped by the number of tiles, or a tile capped at the image's size
+        (``requested_tile`` is then that size) is not a change."""
         return self.tile != self.requested_tile or not self.full_image_on_device or not self.fits \
             or 0 < self.batch < min(self.requested_batch, self.tiles)
 
@@ -271,8 +304,14 @@ class MemoryPlan:
         note = "" if self.fits else "; DOES NOT FIT, relying on OOM retry"
         asked = self.requested_batch or "auto"
         return (f"memory plan for {self.image_hw[0]}x{self.image_hw[1]}: tile {self.tile} (asked {self.requested_tile}),"
-                f" {self.batch} tile(s) per pass (asked {asked}), full image {where}; est. peak {format_bytes(self.peak)} of {format_bytes(self.budget)} "
-                f"({self.source}) [{parts}]{note}")
+                f" {self.batch} tile(s) per pass (asked {asked}), full image {where}; est. peak {format_bytes(self.peak)}"
+                f" of {format_bytes(self.usable)} usable ({self.safety:.0%} of {format_bytes(self.budget)}, "
+                f"{self.source}) [{parts}]{note}")
+
+    @property
+    def usable(self) -> int:
+        """The part of the budget plans are fitted into (``CostModel.safety`` of it)."""
+        return int(self.budget * self.safety)
 
 
 def tile_candidates(requested: int, multiple: int, min_tile: int) -> list[int]:
@@ -296,7 +335,8 @@ def min_tile_for(multiple: int) -> int:
 
 def plan_memory(image_hw: tuple[int, int], budget: int, dims: ModelDims, dtype_bytes: int, requested_tile: int,
                 *, multiple: int = 16, min_tile: int = 128, cost: CostModel = DEFAULT_COST,
-                source: str = "given", overlap: int = 0, requested_batch: int = 1) -> MemoryPlan:
+                source: str = "given", overlap: int = 0, requested_batch: int = 1,
+                device_type: str = "cuda") -> MemoryPlan:
     """Choose the tile, tiles per pass and where the whole image lives so that the estimated peak fits ``budget``.
 
     Tries tiles from ``requested_tile`` down by halving; for each, first with the full image on the device, then
@@ -310,6 +350,10 @@ def plan_memory(image_hw: tuple[int, int], budget: int, dims: ModelDims, dtype_b
     h, w = (-(-s // multiple) * multiple for s in image_hw)
     usable = int(budget * cost.safety)
     candidates = tile_candidates(requested_tile, multiple, min_tile)
+    # tiles at least as large as the padded image are all the same one tile: start at the smallest of them, so
+    # that an OOM retry's first halving shrinks something real
+    while len(candidates) > 1 and candidates[1] >= max(h, w):
+        candidates.pop(0)
     want = requested_batch if requested_batch > 0 else AUTO_TILE_BATCH
     last = None
     for tile in candidates:
@@ -318,9 +362,10 @@ def plan_memory(image_hw: tuple[int, int], budget: int, dims: ModelDims, dtype_b
         stages = cost.stages(tile_px, dims, dtype_bytes)
         for on_device in (True, False):
             for batch in range(min(want, tiles), 0, -1):
-                est = dict({k: v * batch for k, v in stages.items()}, full_image=cost.full_image(h * w, on_device))
+                est = dict({k: v * batch for k, v in stages.items()},
+                           full_image=cost.full_image(h * w, on_device, device_type))
                 last = MemoryPlan(tile, candidates[0], on_device, budget, source, tuple(image_hw), est,
-                                  batch=batch, requested_batch=requested_batch, tiles=tiles)
+                                  batch=batch, requested_batch=requested_batch, tiles=tiles, safety=cost.safety)
                 if last.peak <= usable:
                     return last
     last.fits = False
@@ -343,7 +388,7 @@ def plan_for(pipe, image_hw: tuple[int, int], requested_tile: int | None, max_me
     return plan_memory(image_hw, budget, ModelDims.from_model(pipe.model), dtype_bytes, requested_tile,
                        multiple=m, min_tile=min_tile_for(m), cost=cost, source=source,
                        overlap=spec.overlap if overlap is None else overlap,
-                       requested_batch=requested_batch or 0)
+                       requested_batch=requested_batch or 0, device_type=torch.device(pipe.device).type)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -363,7 +408,7 @@ def free_cached(device: torch.device | str) -> None:
 def run_with_oom_retry(fn: Callable[[int], T], tile: int, *, multiple: int = 16, min_tile: int = 64,
                        on_retry: Callable[[int, int, BaseException], int] | None = None,
                        device: torch.device | str = "cpu") -> T:
-    """``fn(tile)``; on ``torch.cuda.OutOfMemoryError`` / ``MemoryError`` retry with half the tile.
+    """``fn(tile)``; on an out-of-memory error (:func:`is_oom`) retry with half the tile.
 
     Tiles are multiples of ``multiple`` and never below ``min_tile``: past that the error is re-raised.
     ``on_retry(tile, halved, error)`` is called first and returns the tile to retry with: ``halved`` (0 when no
@@ -373,7 +418,9 @@ def run_with_oom_retry(fn: Callable[[int], T], tile: int, *, multiple: int = 16,
     while True:
         try:
             return fn(tile)
-        except OOM_ERRORS as error:
+        except Exception as error:
+            if not is_oom(error):
+                raise
             nxt = halve(tile, multiple, min_tile)
             if on_retry is not None:
                 nxt = on_retry(tile, nxt, error)

@@ -69,6 +69,9 @@ class UpscaleOptions:
 RANGE_TOLERANCE = 1e-3
 """How far outside [0, 1] float pixels may stray (rounding) before they are refused; they are clamped."""
 
+COLOR_FIX_TILE = 256
+"""Smallest tile of the tiled colour fix (full image off the device); it uses the pipeline's tile when larger."""
+
 
 def as_rgb(image) -> Tensor:
     """Check an RGB tensor for the pipeline: (3, H, W), float in [0, 1] or uint8 (scaled by 1/255).
@@ -236,8 +239,9 @@ class FluxSRPipeline:
 
         Tiles come from the memory planner (:mod:`fluxsr.memory`): ``opts.tile`` unless the estimate does not fit
         the free memory (or ``self.max_memory``), chosen from memory when ``opts.tile <= 0``; tiles per pass
-        likewise (``opts.tile_batch``, chosen when None or 0). Out of memory, the run is retried with half the
-        tiles per pass, then halved tiles (or, when resize/colour fix failed, with the full image off the device).
+        likewise (``opts.tile_batch``, chosen when 0). Out of memory, the run is retried with half the tiles per
+        pass, then halved tiles; with the full image off the device when resize or colour fix failed, or when no
+        smaller tile is left.
         """
         opts = opts or UpscaleOptions()
         rgb = as_rgb(rgb)
@@ -248,9 +252,11 @@ class FluxSRPipeline:
             print(f"fluxsr: {plan.describe()}", file=sys.stderr)
 
         def on_retry(tile: int, halved: int, error: BaseException) -> int:
-            moved = self._stage in ("resize", "color_fix") and plan.full_image_on_device
-            plan.full_image_on_device &= not moved
             fewer = self._stage in ("encode", "transformer", "decode") and plan.batch > 1
+            # full-size tensors (reference, blend buffers) do not shrink with the tile: move them off the device
+            # when a whole-image stage failed, or as the last resort when no smaller tile is left
+            moved = plan.full_image_on_device and (self._stage in ("resize", "color_fix") or not (fewer or halved))
+            plan.full_image_on_device &= not moved
             batch = plan.batch
             plan.batch = batch // 2 if fewer else batch
             nxt = tile if moved or fewer else halved
@@ -290,7 +296,7 @@ class FluxSRPipeline:
             if on_device:
                 y = color_fix(y, ref, opts.color_fix).clamp(0, 1)
             else:
-                y = memory.color_fix_tiled(y, ref, opts.color_fix, max(opts.tile, 256), self.device)
+                y = memory.color_fix_tiled(y, ref, opts.color_fix, max(opts.tile, COLOR_FIX_TILE), self.device)
         if not torch.isfinite(y).all():
             raise NonFiniteOutputError(f"the model produced NaN/Inf (dtype {self.dtype}); try --dtype bf16 or fp32")
         return y[0].cpu()

@@ -47,8 +47,11 @@ def latent_tiles(pixel: TileSpec, vae_scale: int) -> TileSpec:
 def tile_starts(size: int, tile: int, overlap: int, align: int = 1) -> list[int]:
     """Starts of tiles of edge ``tile`` covering [0, size) with at least ``overlap`` shared; last tile ends at size.
 
-    A single tile at 0 when ``tile >= size``. Starts are multiples of ``align`` (``size`` must be one too).
+    A single tile at 0 when ``tile >= size``. Starts are multiples of ``align``, so ``size`` must be one too (pad
+    first): otherwise the last pixels would be left uncovered, and that is a ValueError.
     """
+    if size % align:
+        raise ValueError(f"tiling: size {size} is not a multiple of {align}; pad the input to a multiple first")
     if tile >= size:
         return [0]
     stride = max(align, (tile - overlap) // align * align)

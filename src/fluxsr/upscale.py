@@ -19,6 +19,7 @@ from typing import Protocol
 import torch
 from torch import Tensor
 
+from . import memory
 from .images import (
     IMAGE_EXTENSIONS,
     READ_FORMATS,
@@ -133,6 +134,26 @@ def process_rank() -> tuple[int, int]:
     return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
 
 
+def sum_over_processes(counts: list[int], world: int) -> list[int]:
+    """``counts`` summed over the ``world`` launched processes; also a barrier (every process has finished its
+    share), so that one process ending with a failure does not make the launcher stop the others mid-batch.
+
+    A gloo process group (CPU tensors, any machine) from the launcher's environment, made and torn down here; it
+    waits up to 72 hours for the slowest process (shares of a large folder may finish hours apart)."""
+    if world == 1:
+        return list(counts)
+    import datetime
+
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        dist.init_process_group("gloo", timeout=datetime.timedelta(hours=72))
+    total = torch.tensor(counts, dtype=torch.int64)
+    dist.all_reduce(total)
+    dist.destroy_process_group()
+    return total.tolist()
+
+
 def bind_local_gpu() -> int | None:
     """Under a launcher (``LOCAL_RANK`` set) on a machine with GPUs, make ``cuda`` mean this process's own GPU
     (``LOCAL_RANK`` modulo the GPUs visible) so that N processes do not all load onto GPU 0; returns its index."""
@@ -155,6 +176,12 @@ def upscale_one(backend: Backend, src: Path, dst: Path, opts: UpscaleOptions, ba
                     exif=img.exif)
     except (ImageError, NonFiniteOutputError, ValueError, OSError) as e:
         return failure(src, e, time.perf_counter() - start)
+    except Exception as e:  # out of memory even at the smallest tile: this file fails, the batch goes on
+        if not memory.is_oom(e):
+            raise
+        memory.free_cached(getattr(backend, "device", "cpu"))
+        return failure(src, f"out of memory ({type(e).__name__}); try a smaller --max-memory or --tile, or fewer "
+                            f"--max-pixels", time.perf_counter() - start)
     return FileResult(str(src), str(dst), "ok", None, time.perf_counter() - start, (img.height, img.width),
                       tuple(rgb.shape[-2:]), dict(getattr(backend, "timings", {})))
 
@@ -196,10 +223,28 @@ def find_jobs(inputs: list[Path], out_dir: Path, batch: BatchOptions,
         jobs += [(src, destination(src, root, out_dir, batch)) for src in found]
     owner = {dst.resolve(): src.resolve() for src, dst in reversed(jobs)}
     jobs = [(src, dst) for src, dst in jobs if owner.get(src.resolve(), src.resolve()) == src.resolve()]
+    jobs, clashes = _one_job_per_output(jobs)
+    results += clashes
     if not jobs and not results:
         names = ", ".join(map(str, inputs))
         results.append(FileResult(names, None, "failed", f"no images found under {names}"))
     return jobs, results
+
+
+def _one_job_per_output(jobs: list[tuple[Path, Path]]) -> tuple[list[tuple[Path, Path]], list[FileResult]]:
+    """Each output written by one job: the same file given twice runs once; a second source for an output that an
+    earlier one writes (``a.jpg`` and ``a.png`` with ``--ext png``) is a failure naming both, decided here, before
+    the jobs are split across processes, so every run makes the same choice."""
+    kept, clashes, writer = [], [], {}
+    for src, dst in jobs:
+        key, source = dst.resolve(), src.resolve()
+        if key not in writer:
+            writer[key] = source
+            kept.append((src, dst))
+        elif writer[key] != source:
+            clashes.append(failure(src, f"same output {dst} as {writer[key]}; use --suffix or --ext to tell them "
+                                        "apart"))
+    return kept, clashes
 
 
 def check_job(src: Path, dst: Path, batch: BatchOptions) -> FileResult | None:
