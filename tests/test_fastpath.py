@@ -37,9 +37,8 @@ def test_compiled_transformer_equals_eager(how):
 
 
 def test_switches_are_checked():
-    assert FastPath(compile=True).compile == "regional"  # the old boolean
     assert not FastPath().enabled and FastPath(fp8=True).enabled
-    for bad in ({"compile": "fast"}, {"compile_mode": "max"}, {"sdpa": "xformers"}):
+    for bad in ({"compile": "fast"}, {"compile": True}, {"compile_mode": "max"}, {"sdpa": "xformers"}):
         with pytest.raises(ValueError):
             FastPath(**bad)
     with pytest.raises(ValueError, match="tile_batch"):

@@ -275,3 +275,49 @@ def test_out_of_memory_on_one_file_fails_it_and_the_batch_goes_on(tmp_path, caps
 def test_adain_on_a_one_pixel_image(tmp_path):
     out = FluxSRPipeline.from_pretrained("tiny", device="cpu")(torch.rand(3, 1, 1), scale=1, color_fix="adain")
     assert out.shape == (3, 1, 1) and torch.isfinite(out).all()
+
+
+def test_a_file_under_two_given_folders_runs_once(tmp_path):
+    save_rgb(tmp_path / "in" / "sub" / "x.png")
+    results = upscale_paths(BicubicBackend(), [tmp_path / "in", tmp_path / "in" / "sub"], tmp_path / "out",
+                            UpscaleOptions(scale=2), BatchOptions(), progress=False)
+    assert [r.status for r in results] == ["ok"] and tree(tmp_path / "out") == ["sub/x.png"]
+
+
+def test_json_log_into_a_folder_is_refused_before_work(tmp_path, capsys):
+    save_rgb(tmp_path / "in" / "a.png")
+    (tmp_path / "logdir").mkdir()
+    assert run(tmp_path / "in", "-o", tmp_path / "out", "--json", tmp_path / "logdir") == 2
+    assert "is a folder" in capsys.readouterr().err and not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("device, message", [("foo", "unknown device"), ("cuda:7", "CUDA is not available")])
+def test_baseline_backend_devices_are_checked(tmp_path, capsys, device, message):
+    if torch.cuda.device_count() > 7:
+        pytest.skip("a machine with 8 GPUs has cuda:7")
+    save_rgb(tmp_path / "in" / "a.png")
+    rc = cli.main(["upscale", "--backend", "realesrgan", "--device", device, "-q", str(tmp_path / "in"), "-o",
+                   str(tmp_path / "out")])
+    assert rc == 2 and message in capsys.readouterr().err
+
+
+def test_shares_run_by_hand_do_not_wait_for_each_other(tmp_path, monkeypatch, capsys):
+    """RANK/WORLD_SIZE set by hand (a job array): this share runs and ends on its own, no rendezvous."""
+    for name in ("a.png", "b.png", "c.png"):
+        save_rgb(tmp_path / "in" / name)
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.delenv("TORCHELASTIC_RUN_ID", raising=False)
+    assert run(tmp_path / "in", "-o", tmp_path / "out") == 0
+    assert tree(tmp_path / "out") == ["b.png"]
+
+
+def test_a_failed_rendezvous_is_a_note_not_a_crash(monkeypatch, capsys):
+    from fluxsr.upscale import sum_over_processes
+
+    monkeypatch.setenv("TORCHELASTIC_RUN_ID", "test")
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.delenv("MASTER_ADDR", raising=False)
+    assert sum_over_processes([3, 1, 0], 2) == [3, 1, 0]
+    assert "could not wait for the other processes" in capsys.readouterr().err

@@ -98,6 +98,8 @@ def cmd_upscale(args) -> int:
 
     opts = UpscaleOptions(args.scale, args.long_side, args.color_fix, args.tile, args.overlap, args.tile_batch)
     batch = BatchOptions(args.suffix, args.ext, args.overwrite, args.max_pixels)  # bad settings fail before loading
+    if args.json is not None and args.json.is_dir():
+        raise ValueError(f"--json {args.json}: is a folder; give a file name")
     fast = fast_path_from_args(args)
     torch.manual_seed(args.seed)
     rank, world = process_rank()
@@ -116,11 +118,15 @@ def cmd_upscale(args) -> int:
         with sdpa_context(fast.sdpa):
             results = upscale_paths(backend, args.inputs, args.output, opts, batch, progress=not args.quiet,
                                     rank=rank, world=world)
+        counts = [sum(r.status == s for r in results) for s in ("ok", "skipped", "failed")]
         if args.json:
             log = args.json if world == 1 else args.json.with_suffix(f".rank{rank}.json")
             settings = {k: v for k, v in vars(args).items() if k != "func"} | {"fp8": fast.fp8}
             write_log(results, log, settings)
-        counts = [sum(r.status == s for r in results) for s in ("ok", "skipped", "failed")]
+    except BaseException as error:
+        if world > 1:  # said now: the other processes may take hours to reach the end
+            print(f"error (process {rank}): {error}; waiting for the other processes", file=sys.stderr)
+        raise
     finally:
         ok, skipped, failed = sum_over_processes(counts, world)  # waits for every process's share
     processes = f" ({world} processes)" if world > 1 else ""

@@ -36,8 +36,6 @@ class FastPath:
     compile_mode: str = "default"
 
     def __post_init__(self):
-        if self.compile is True:  # the old boolean switch
-            self.compile = "regional"
         self.compile = self.compile or ""
         for name, value, allowed in (("compile", self.compile, ("", "regional", "full")),
                                      ("compile_mode", self.compile_mode, COMPILE_MODES),

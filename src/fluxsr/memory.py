@@ -33,9 +33,11 @@ OOM_ERRORS: tuple[type[BaseException], ...] = (torch.cuda.OutOfMemoryError, Memo
 
 
 def is_oom(error: BaseException) -> bool:
-    """True for an out-of-memory error: CUDA's, Python's ``MemoryError``, or PyTorch's CPU allocator failure (a
-    plain ``RuntimeError`` "DefaultCPUAllocator: can't allocate memory")."""
-    return isinstance(error, OOM_ERRORS) or (isinstance(error, RuntimeError) and "can't allocate memory" in str(error))
+    """True for an out-of-memory error: CUDA's, Python's ``MemoryError``, or a plain ``RuntimeError`` that says so
+    (PyTorch's CPU allocator: "can't allocate memory"; some CUDA libraries: "CUDA error: out of memory")."""
+    text = str(error).lower()
+    return isinstance(error, OOM_ERRORS) or (
+        isinstance(error, RuntimeError) and ("can't allocate memory" in text or "out of memory" in text))
 T = TypeVar("T")
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -269,7 +271,7 @@ class MemoryPlan:
     """
 
     tile: int
-    requested_tile: int
+    requested_tile: int  # the largest tile worth trying: the asked tile, capped at the padded image (one tile)
     full_image_on_device: bool
     budget: int
     source: str
@@ -293,7 +295,7 @@ class MemoryPlan:
         """True when the plan differs from what was asked (smaller tile or batch, image off the device, no fit).
 
         An automatic batch (asked 0), one capped by the number of tiles, or a tile capped at the image's size
-        (``requested_tile`` is then that size) is not a change."""
+        (``requested_tile`` is then that size: a larger one would be the same single tile) is not a change."""
         return self.tile != self.requested_tile or not self.full_image_on_device or not self.fits \
             or 0 < self.batch < min(self.requested_batch, self.tiles)
 

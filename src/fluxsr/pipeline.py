@@ -69,9 +69,6 @@ class UpscaleOptions:
 RANGE_TOLERANCE = 1e-3
 """How far outside [0, 1] float pixels may stray (rounding) before they are refused; they are clamped."""
 
-COLOR_FIX_TILE = 256
-"""Smallest tile of the tiled colour fix (full image off the device); it uses the pipeline's tile when larger."""
-
 
 def as_rgb(image) -> Tensor:
     """Check an RGB tensor for the pipeline: (3, H, W), float in [0, 1] or uint8 (scaled by 1/255).
@@ -251,15 +248,19 @@ class FluxSRPipeline:
         if plan.changed:
             print(f"fluxsr: {plan.describe()}", file=sys.stderr)
 
+        first_tile = plan.tile
+
         def on_retry(tile: int, halved: int, error: BaseException) -> int:
             fewer = self._stage in ("encode", "transformer", "decode") and plan.batch > 1
             # full-size tensors (reference, blend buffers) do not shrink with the tile: move them off the device
-            # when a whole-image stage failed, or as the last resort when no smaller tile is left
-            moved = plan.full_image_on_device and (self._stage in ("resize", "color_fix") or not (fewer or halved))
+            # when a whole-image stage failed (same tile), or as the last resort when no smaller tile is left
+            # (back to the planned tile: the tile was not what ran out)
+            whole = self._stage in ("resize", "color_fix")
+            moved = plan.full_image_on_device and (whole or not (fewer or halved))
             plan.full_image_on_device &= not moved
             batch = plan.batch
             plan.batch = batch // 2 if fewer else batch
-            nxt = tile if moved or fewer else halved
+            nxt = (tile if whole else first_tile) if moved else tile if fewer else halved
             if nxt:
                 plan.retries.append(f"out of memory in {self._stage} at tile {tile} x {batch}: retrying with tile "
                                     f"{nxt} x {plan.batch}" + (", full image off the device" if moved else ""))
@@ -296,7 +297,7 @@ class FluxSRPipeline:
             if on_device:
                 y = color_fix(y, ref, opts.color_fix).clamp(0, 1)
             else:
-                y = memory.color_fix_tiled(y, ref, opts.color_fix, max(opts.tile, COLOR_FIX_TILE), self.device)
+                y = memory.color_fix_tiled(y, ref, opts.color_fix, opts.tile, self.device)
         if not torch.isfinite(y).all():
             raise NonFiniteOutputError(f"the model produced NaN/Inf (dtype {self.dtype}); try --dtype bf16 or fp32")
         return y[0].cpu()

@@ -266,12 +266,12 @@ class Upscaler:
             return self._upscale(file, scale, color_fix, tile)
         except gr.Error:
             raise
-        except MemoryError:
-            fail("Out of memory: try a smaller tile size, a smaller scale or a smaller image.")
         except Exception as error:
-            traceback.print_exc()
-            if "out of memory" in str(error).lower():
+            from .memory import is_oom
+
+            if is_oom(error):
                 fail("Out of memory: try a smaller tile size, a smaller scale or a smaller image.")
+            traceback.print_exc()
             fail(f"Internal error ({type(error).__name__}): {error}")
 
     def _upscale(self, file: Any, scale: Any, color_fix: Any, tile: Any) -> tuple[tuple[str, str], str, str]:

@@ -2,8 +2,9 @@
 
 Per file: read (EXIF orientation, 16-bit, grey, alpha, ICC) -> backend on RGB -> alpha upscaled apart (bicubic) ->
 write with the input's bit depth, grey/colour, ICC and EXIF. A file that fails is reported in one line and the batch
-goes on; finished outputs are skipped on a rerun; under ``accelerate launch`` (or any RANK/WORLD_SIZE environment)
-each process takes every WORLD_SIZE-th file, so each file is done exactly once.
+goes on; finished outputs are skipped on a rerun; under ``accelerate launch`` / torchrun (or any RANK/WORLD_SIZE
+environment, e.g. a job array) each process takes every WORLD_SIZE-th file, so each file is done exactly once;
+launched processes also wait for each other at the end (:func:`sum_over_processes`).
 """
 
 from __future__ import annotations
@@ -87,8 +88,9 @@ def make_backend(backend: str, **fluxsr_kwargs) -> Backend:
     if backend == "bicubic":
         return BicubicBackend()
     if backend == "realesrgan":
-        device = fluxsr_kwargs.get("device") or ("cuda" if torch.cuda.is_available() else "cpu")
-        return RealESRGANBackend(device=str(device))
+        from .pipeline import resolve_device
+
+        return RealESRGANBackend(device=str(resolve_device(fluxsr_kwargs.get("device"))))
     raise ValueError(f"unknown backend {backend!r}: choose fluxsr, bicubic or realesrgan")
 
 
@@ -139,19 +141,29 @@ def sum_over_processes(counts: list[int], world: int) -> list[int]:
     share), so that one process ending with a failure does not make the launcher stop the others mid-batch.
 
     A gloo process group (CPU tensors, any machine) from the launcher's environment, made and torn down here; it
-    waits up to 72 hours for the slowest process (shares of a large folder may finish hours apart)."""
-    if world == 1:
+    waits up to 72 hours for the slowest process (shares of a large folder may finish hours apart).
+
+    Only processes started together by an elastic launcher (``TORCHELASTIC_RUN_ID``: ``accelerate launch``,
+    torchrun) wait; shares run by hand with RANK / WORLD_SIZE (a job array) keep their own counts. If the
+    rendezvous fails (a peer died, no route between nodes), that is a note and the counts stay this process's.
+    """
+    if world == 1 or "TORCHELASTIC_RUN_ID" not in os.environ:
         return list(counts)
     import datetime
 
     import torch.distributed as dist
 
-    if not dist.is_initialized():
-        dist.init_process_group("gloo", timeout=datetime.timedelta(hours=72))
-    total = torch.tensor(counts, dtype=torch.int64)
-    dist.all_reduce(total)
-    dist.destroy_process_group()
-    return total.tolist()
+    try:
+        if not dist.is_initialized():
+            dist.init_process_group("gloo", timeout=datetime.timedelta(hours=72))
+        total = torch.tensor(counts, dtype=torch.int64)
+        dist.all_reduce(total)
+        dist.destroy_process_group()
+        return total.tolist()
+    except (RuntimeError, ValueError, OSError) as e:  # torch.distributed's errors derive from RuntimeError
+        print(f"note: could not wait for the other processes ({' '.join(str(e).split())[:300]}); the counts "
+              f"below are this process's", file=sys.stderr)
+        return list(counts)
 
 
 def bind_local_gpu() -> int | None:
@@ -232,12 +244,16 @@ def find_jobs(inputs: list[Path], out_dir: Path, batch: BatchOptions,
 
 
 def _one_job_per_output(jobs: list[tuple[Path, Path]]) -> tuple[list[tuple[Path, Path]], list[FileResult]]:
-    """Each output written by one job: the same file given twice runs once; a second source for an output that an
-    earlier one writes (``a.jpg`` and ``a.png`` with ``--ext png``) is a failure naming both, decided here, before
-    the jobs are split across processes, so every run makes the same choice."""
-    kept, clashes, writer = [], [], {}
+    """Each output written by one job and each source read by one: a file met twice (given twice, or under two
+    given folders) runs once, at its first place; a second source for an output that an earlier one writes
+    (``a.jpg`` and ``a.png`` with ``--ext png``) is a failure naming both. Decided here, before the jobs are split
+    across processes, so every run makes the same choice."""
+    kept, clashes, writer, queued = [], [], {}, set()
     for src, dst in jobs:
         key, source = dst.resolve(), src.resolve()
+        if source in queued:
+            continue
+        queued.add(source)
         if key not in writer:
             writer[key] = source
             kept.append((src, dst))
