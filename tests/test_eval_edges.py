@@ -259,3 +259,64 @@ def test_niqe_on_a_flat_image(tmp_path):
     save(tmp_path / "p" / "flat.png", np.full((192, 192, 3), 128, np.uint8))
     report = evaluate_dirs(tmp_path / "p", None, "niqe")
     assert report.n_scored == 0 and "flat image" in report.problems[0]
+
+
+# -- fluxsr demo ----------------------------------------------------------------------------------------------------
+
+
+def _photo(path, size=(24, 16), seed=0):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.random.default_rng(seed).integers(0, 255, (size[1], size[0], 3), dtype=np.uint8)).save(path)
+    return path
+
+
+def test_demo_out_that_is_a_file_fails_before_any_work(tmp_path, capsys):
+    _photo(tmp_path / "in" / "a.png")
+    (tmp_path / "out").write_text("not a folder")
+    assert main(["demo", str(tmp_path / "in"), "--out", str(tmp_path / "out"), "--model", "tiny", "-q"]) == 2
+    assert "is a file" in capsys.readouterr().err
+
+
+def test_demo_rerun_with_out_inside_the_folder_skips_its_outputs(tmp_path, capsys):
+    _photo(tmp_path / "in" / "a.png")
+    argv = ["demo", str(tmp_path / "in"), "--out", str(tmp_path / "in" / "demo"), "--model", "tiny", "-q"]
+    assert main(argv) == 0
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert out.count("1 images in") == 4  # two methods, two runs, one image each time
+    assert not (tmp_path / "in" / "demo" / "bicubic" / "demo").exists()
+
+
+def test_demo_says_why_it_fails(tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    assert main(["demo", str(tmp_path / "empty"), "--out", str(tmp_path / "o"), "--model", "tiny", "-q"]) == 2
+    assert "no images" in capsys.readouterr().err
+    _photo(tmp_path / "dup" / "a.png")
+    _photo(tmp_path / "dup" / "a.bmp", seed=1)
+    assert main(["demo", str(tmp_path / "dup"), "--out", str(tmp_path / "o2"), "--model", "tiny", "-q"]) == 1
+    assert "duplicate name 'a'" in capsys.readouterr().err
+
+
+def test_sheet_crops_line_up_at_a_non_integer_scale(tmp_path, monkeypatch):
+    """At x2.5 the LR column must show the same area as the outputs (it used to be enlarged x2)."""
+    from fluxsr import evaluate as E
+    from fluxsr.images import write_image
+    from fluxsr.pipeline import UpscaleOptions
+
+    lr = torch.zeros(3, 20, 20)
+    lr[:, 10:, 10:] = 1.0
+    write_image(tmp_path / "lr" / "q.png", lr)
+    result = run_benchmark(load_dataset(tmp_path / "lr", "lr-only"), backend_factories("bicubic", lambda: None),
+                           tmp_path / "b", [], opts=UpscaleOptions(scale=2.5), sheet_images=1)
+    assert result.files["sheet"].is_file()
+    shapes, real_crop = [], E._crop
+
+    def spy(img, top, left, size):
+        shapes.append(tuple(img.shape[-2:]))
+        return real_crop(img, top, left, size)
+
+    monkeypatch.setattr(E, "_crop", spy)
+    E.comparison_sheet(result, tmp_path / "again.png", n_images=1)
+    full, lr_column, bicubic = shapes
+    # the LR column is enlarged to the output's size, so one crop window shows the same area in both
+    assert lr_column == bicubic == (50, 50)

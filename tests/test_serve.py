@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import io
+import math
 import os
 import shutil
 import socket
@@ -75,6 +76,7 @@ class FakePipeline:
     def __init__(self) -> None:
         self.model = SimpleNamespace(spec=ModelSpec(name="fake", description="test double", note=""))
         self.device, self.dtype, self.timings, self.calls = torch.device("cpu"), torch.float32, {}, 0
+        self.plan = None
 
     def upscale_tensor(self, rgb, opts):
         self.calls += 1
@@ -158,6 +160,30 @@ def test_over_budget_output_is_refused_before_the_model_runs(fake, tmp_path):
     assert "Over this server's budget" in text
     (_, result), _, _ = app.upscale(str(path), 2.75, "wavelet", 1024)  # 110x83 = 9130 px fits
     assert Image.open(result).size == (110, 83)
+
+
+def test_the_suggested_largest_scale_fits_after_rounding():
+    """sqrt(budget / pixels) rounded down can still give an output over the budget once sizes round to pixels."""
+    budget = 4 * 1024 * 1024
+    for h, w in [(175, 385), (100, 333), (251, 509), (64, 999)] + [(37 + 3 * i, 61 + 7 * i) for i in range(60)]:
+        image = SimpleNamespace(height=h, width=w)
+        s = serve.largest_scale(image, budget)
+        assert np.prod(serve.output_size(image, s)) <= budget, (h, w, s)
+        assert s >= math.floor(math.sqrt(budget / (h * w)) * 100) / 100 - 0.05  # lowered by a step or two at most
+
+
+def test_info_names_the_tile_the_planner_used(tiny, tmp_path):
+    app = upscaler_for(tiny, tmp_path)
+    tiny.max_memory = 1  # nothing fits: the planner goes down to its smallest tile
+    try:
+        _, _, info = app.upscale(str(write_png(tmp_path / "in.png", 40, 32)), 4, "none", 512)
+    finally:
+        tiny.max_memory = None
+    assert f"tile {tiny.plan.tile} (asked 512; lowered to fit memory)" in info and tiny.plan.tile < 512
+
+
+def test_overlap_follows_the_model_like_the_cli():
+    assert serve.overlap_for(256, 32) == 32 and serve.overlap_for(1024, 128) == 128 and serve.overlap_for(256, 128) == 64
 
 
 def test_over_budget_input_is_refused_from_its_header(fake, tmp_path, monkeypatch):

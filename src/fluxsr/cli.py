@@ -475,14 +475,23 @@ def cmd_demo(args) -> int:
     from .pipeline import UpscaleOptions
     from .upscale import BicubicBackend
 
+    if args.out.exists() and not args.out.is_dir():
+        raise ValueError(f"--out {args.out}: is a file; give a folder")
     dataset = load_dataset(args.folder, "lr-only")
+    out = args.out.resolve()  # a rerun with --out inside the folder must not upscale the last run's outputs
+    dataset.pairs = [p for p in dataset.pairs if not Path(p.lr).resolve().is_relative_to(out)]
+    if not dataset.pairs:
+        raise FileNotFoundError(f"no images to upscale under {args.folder}")
     factories = {"bicubic": BicubicBackend, "fluxsr": lambda: _pipeline(args)}
     result = run_benchmark(dataset, factories, args.out, [], opts=UpscaleOptions(scale=args.scale),
                            sheet_images=len(dataset.pairs), progress=not args.quiet)
     for run in result.runs:
         done = f"{run.n_images} images in {run.out_dir} ({run.s_per_image or 0:.2f} s/image)"
         print(f"{run.label}: {run.skipped or done}")
-    print(f"side-by-side sheet: {result.files.get('sheet')}")
+    for problem in result.problems:  # unreadable files, duplicate names, failed methods
+        print(f"error: {problem}", file=sys.stderr)
+    if result.files.get("sheet"):
+        print(f"side-by-side sheet: {result.files['sheet']}")
     return 1 if result.problems else 0
 
 
@@ -518,7 +527,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         return args.func(args)
-    except (FileNotFoundError, ValueError, ImageError) as e:  # ConfigError and MissingWeightsError included
+    except (OSError, ValueError, ImageError) as e:  # ConfigError, MissingWeightsError, FileNotFoundError included
         print(f"error: {e}", file=sys.stderr)
         return 2
 

@@ -35,7 +35,7 @@ from torch import Tensor
 
 from .cache import MissingWeightsError
 from .datasets import Dataset, ImagePair, match_files, relative_name
-from .images import ImageError, find_images, quantize, read_image
+from .images import ImageError, find_images, quantize, read_image, resize, target_size
 
 FULL_REFERENCE = ("psnr", "ssim", "lpips", "lpips-vgg", "dists")
 BUILTIN_NO_REFERENCE = ("niqe",)
@@ -780,9 +780,11 @@ def comparison_sheet(result: BenchmarkResult, path: Path, n_images: int = 4, cro
     """Rows of crops per image: full image with the crop box | LR (nearest) | each method | HR.
 
     The crop (``crop`` HR pixels, default 128, a multiple of the scale) is the window with the most detail in the
-    HR (or in the LR when there is none), aligned so the LR crop covers exactly the same area.
+    HR (or in the LR when there is none), aligned so the LR crop covers exactly the same area (at a non-integer
+    scale the LR is enlarged to the output's size with nearest-neighbour sampling, so crops align at any pixel).
     """
-    s = max(1, round(result.scale))
+    integer = float(result.scale).is_integer()
+    s = max(1, int(result.scale)) if integer else 1
     crop = (crop or 128) // s * s or s
     runs = [r for r in result.runs if r.outputs]
     pairs = [p for p in result.dataset.pairs if any(p.name in r.outputs for r in runs)][:n_images]
@@ -794,7 +796,12 @@ def comparison_sheet(result: BenchmarkResult, path: Path, n_images: int = 4, cro
     axes = fig.subplots(len(pairs), len(columns), squeeze=False)
     for row, pair in zip(axes, pairs, strict=True):
         lr, hr = _try_load(pair.lr), _try_load(pair.hr)
-        lr_up = lr.repeat_interleave(s, -2).repeat_interleave(s, -1) if lr is not None else None
+        if lr is None:
+            lr_up = None
+        elif integer:
+            lr_up = lr.repeat_interleave(s, -2).repeat_interleave(s, -1)
+        else:
+            lr_up = resize(lr, target_size(*lr.shape[-2:], result.scale), mode="nearest-exact")
         ref = hr if hr is not None else lr_up
         if ref is None:
             for ax in row:

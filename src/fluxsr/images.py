@@ -20,6 +20,7 @@ from __future__ import annotations
 import io
 import math
 import os
+import re
 import struct
 import zlib
 from collections.abc import Callable
@@ -301,8 +302,11 @@ def read_image(path: Path, max_pixels: int | None = None) -> LoadedImage:
             file_format = im.format or "unknown"
     except ImageError:
         raise
-    except Image.DecompressionBombError as error:
-        raise ImageError(path, f"too many pixels ({error})") from error
+    except Image.DecompressionBombError as error:  # PIL refuses past twice its own limit, before check_pixels
+        found = re.search(r"\((\d+) pixels\)", str(error))
+        pixels = f"{found.group(1)} pixels" if found else "too many pixels"
+        limit = min(pixel_limit(max_pixels) or Image.MAX_IMAGE_PIXELS * 2, Image.MAX_IMAGE_PIXELS * 2)
+        raise ImageError(path, f"{pixels} is over the limit of {limit} pixels") from error
     except UnidentifiedImageError as error:
         raise ImageError(path, unsupported_reason(sniff_format(path))) from error
     except OSError as error:

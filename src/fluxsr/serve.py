@@ -16,7 +16,8 @@ What keeps a shared machine alive:
   from the internet on the caller's behalf, are refused;
 - it binds to 127.0.0.1 unless ``--host`` says otherwise, never opens a share link and sends no analytics;
 - a bad upload (not an image, truncated, too large, bad settings) is answered with a one-line message, never a
-  stack trace, and the server keeps serving.
+  stack trace, and the server keeps serving (a non-numeric scale sent to the API directly is refused by Gradio's
+  slider before the handler runs: the caller gets Gradio's generic error and the server log its traceback).
 
 The handlers (:meth:`Upscaler.inspect`, :meth:`Upscaler.upscale`) are plain methods, testable without a server.
 Gradio is imported lazily, so ``fluxsr --help`` works without the ``serve`` extra.
@@ -172,8 +173,12 @@ def output_size(image: LoadedImage, scale: float) -> tuple[int, int]:
 
 
 def largest_scale(image: LoadedImage, max_pixels: int) -> float:
-    """The largest scale (2 decimals, rounded down) whose output fits ``max_pixels``."""
-    return math.floor(math.sqrt(max_pixels / (image.height * image.width)) * 100) / 100
+    """The largest scale (2 decimals, rounded down) whose output fits ``max_pixels`` (output sizes round to the
+    nearest pixel, so the square-root bound is lowered until the rounded size fits)."""
+    s = math.floor(math.sqrt(max_pixels / (image.height * image.width)) * 100) / 100
+    while s > 0.01 and math.prod(output_size(image, s)) > max_pixels:
+        s = round(s - 0.01, 2)
+    return s
 
 
 def check_budget(name: str, image: LoadedImage, scale: float, max_pixels: int) -> tuple[int, int]:
@@ -186,9 +191,9 @@ def check_budget(name: str, image: LoadedImage, scale: float, max_pixels: int) -
     return out_h, out_w
 
 
-def overlap_for(tile: int) -> int:
-    """Tile overlap in output pixels: the CLI's 128, or a quarter of small tiles."""
-    return min(128, tile // 4)
+def overlap_for(tile: int, model_overlap: int) -> int:
+    """Tile overlap in output pixels: the model's (what ``fluxsr upscale`` uses), at most a quarter of the tile."""
+    return min(model_overlap, tile // 4)
 
 
 def safe_stem(path: Path) -> str:
@@ -282,7 +287,8 @@ class Upscaler:
         scale, tile, color_fix = check_scale(scale, self.limits.max_scale), check_tile(tile), check_color_fix(color_fix)
         image = read_upload(path, self.limits.max_pixels)
         out_h, out_w = check_budget(path.name, image, scale, self.limits.max_pixels)
-        opts = UpscaleOptions(scale=scale, color_fix=color_fix, tile=tile, overlap=overlap_for(tile))
+        opts = UpscaleOptions(scale=scale, color_fix=color_fix, tile=tile,
+                              overlap=overlap_for(tile, self.pipeline.model.spec.overlap))
         start = time.perf_counter()
         try:
             rgb = self.pipeline.upscale_tensor(image.rgb, opts)
@@ -300,8 +306,12 @@ class Upscaler:
     def report(self, image: LoadedImage, out_hw: tuple[int, int], opts: Any, model_s: float, total_s: float) -> str:
         """The info markdown shown under the result."""
         stages = ", ".join(f"{k.replace('_', ' ')} {seconds(v)}" for k, v in self.pipeline.timings.items())
+        plan = self.pipeline.plan
+        tile = f"tile {plan.tile}" if plan is not None else f"tile {opts.tile}"
+        if plan is not None and plan.tile != opts.tile:
+            tile += f" (asked {opts.tile}; lowered to fit memory)" if plan.tile < opts.tile else ""
         return (f"{self.model_line()} · {image.width}x{image.height} → {out_hw[1]}x{out_hw[0]} "
-                f"(x{opts.scale:g}, colour fix {opts.color_fix}, tile {opts.tile})\n\n"
+                f"(x{opts.scale:g}, colour fix {opts.color_fix}, {tile})\n\n"
                 f"**Time {seconds(total_s)}**: model {seconds(model_s)} ({stages}); bicubic and PNGs "
                 f"{seconds(total_s - model_s)}.")
 
