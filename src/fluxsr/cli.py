@@ -477,6 +477,12 @@ def cmd_demo(args) -> int:
 
     if args.out.exists() and not args.out.is_dir():
         raise ValueError(f"--out {args.out}: is a file; give a folder")
+    if args.folder is None:
+        from .serve import default_examples_dir
+
+        args.folder = default_examples_dir()
+        if args.folder is None:
+            raise FileNotFoundError("no examples folder here (./examples or the source checkout's); give a folder")
     dataset = load_dataset(args.folder, "lr-only")
     out = args.out.resolve()  # a rerun with --out inside the folder must not upscale the last run's outputs
     dataset.pairs = [p for p in dataset.pairs if not Path(p.lr).resolve().is_relative_to(out)]
@@ -497,7 +503,8 @@ def cmd_demo(args) -> int:
 
 def add_demo(sub) -> None:
     p = sub.add_parser("demo", help="upscale a folder with bicubic and fluxsr and write a side-by-side sheet")
-    p.add_argument("folder", type=Path, nargs="?", default=Path("examples"), help="images (default: examples/)")
+    p.add_argument("folder", type=Path, nargs="?", default=None,
+                   help="images (default: ./examples, else the examples of the fluxsr source checkout)")
     p.add_argument("--out", type=Path, default=Path("outputs/demo"))
     p.add_argument("-s", "--scale", type=float, default=4.0)
     p.add_argument("-q", "--quiet", action="store_true")
