@@ -684,26 +684,29 @@ def _prepare(x: Tensor, p: Protocol) -> Tensor:
     return quantize_8bit(x.to(torch.float64)) if p.quantize else x
 
 
+def _under_protocol(ours: Callable, theirs: Callable, sr: Tensor, hr: Tensor, protocol: str | Protocol,
+                    scale: int) -> Tensor:
+    """A full-reference metric under a protocol: quantised if it says so, cropped by its border, then fluxsr's
+    definition (``ours``, with its Y-channel choice) or pyiqa's (``theirs``)."""
+    p = get_protocol(protocol)
+    a, b = _prepare(sr, p), _prepare(hr, p)
+    if p.flavour == "pyiqa":
+        return theirs(a, b, crop_border=p.border(scale))
+    return ours(a, b, crop_border=p.border(scale), y_channel=p.y_channel)
+
+
 def protocol_psnr(
     sr: Tensor, hr: Tensor, protocol: str | Protocol = DEFAULT_PROTOCOL, *, scale: int = 4
 ) -> Tensor:
     """PSNR (dB) of ``sr`` against ``hr`` under a protocol (see :data:`PROTOCOLS`)."""
-    p = get_protocol(protocol)
-    a, b = _prepare(sr, p), _prepare(hr, p)
-    if p.flavour == "pyiqa":
-        return pyiqa_psnr(a, b, crop_border=p.border(scale))
-    return psnr(a, b, crop_border=p.border(scale), y_channel=p.y_channel)
+    return _under_protocol(psnr, pyiqa_psnr, sr, hr, protocol, scale)
 
 
 def protocol_ssim(
     sr: Tensor, hr: Tensor, protocol: str | Protocol = DEFAULT_PROTOCOL, *, scale: int = 4
 ) -> Tensor:
     """SSIM of ``sr`` against ``hr`` under a protocol (see :data:`PROTOCOLS`)."""
-    p = get_protocol(protocol)
-    a, b = _prepare(sr, p), _prepare(hr, p)
-    if p.flavour == "pyiqa":
-        return pyiqa_ssim(a, b, crop_border=p.border(scale))
-    return ssim(a, b, crop_border=p.border(scale), y_channel=p.y_channel)
+    return _under_protocol(ssim, pyiqa_ssim, sr, hr, protocol, scale)
 
 
 def protocol_niqe(
