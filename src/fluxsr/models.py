@@ -16,6 +16,7 @@ tensors, so it works for any size, the tiny test models included.
 from __future__ import annotations
 
 import json
+import math
 import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -60,6 +61,14 @@ class ModelSpec:
     tile: int = 1024
     overlap: int = 128
 
+    def __post_init__(self) -> None:
+        if not (isinstance(self.t_l, int | float) and 0 < self.t_l < 1):
+            raise ValueError(f"t_l must be strictly between 0 and 1 (got {self.t_l})")
+        if not (isinstance(self.guidance, int | float) and math.isfinite(self.guidance)):
+            raise ValueError(f"guidance must be a finite number (got {self.guidance})")
+        if self.tile < 1 or self.overlap < 0:
+            raise ValueError(f"tile must be >= 1 and overlap >= 0 (got {self.tile}, {self.overlap})")
+
     @classmethod
     def from_dict(cls, d: dict) -> ModelSpec:
         """Typed read of ``fluxsr.json``: unknown keys and wrong types raise, naming the field."""
@@ -87,9 +96,21 @@ class TextCond:
 
     @classmethod
     def load(cls, path: Path) -> TextCond:
-        with safe_open(str(path), "pt") as f:
-            meta = f.metadata() or {}
-            return cls(f.get_tensor("prompt_embeds"), f.get_tensor("pooled_prompt_embeds"), meta.get("prompt", ""))
+        state, meta = _read_safetensors(Path(path))
+        missing = [k for k in ("prompt_embeds", "pooled_prompt_embeds") if k not in state]
+        if missing:
+            raise ValueError(f"{path}: not prompt embeddings (no {', '.join(missing)}); write them with "
+                             "`fluxsr embed-prompt`")
+        return cls(state["prompt_embeds"], state["pooled_prompt_embeds"], meta.get("prompt", ""))
+
+    def check_fits(self, transformer, source: Path | str) -> None:
+        """ValueError unless these embeddings have the widths ``transformer`` expects (T5 and pooled CLIP)."""
+        cfg = transformer.config
+        got = (self.prompt_embeds.shape[-1], self.pooled_embeds.shape[-1])
+        if got != (cfg.joint_attention_dim, cfg.pooled_projection_dim):
+            raise ValueError(f"{source}: prompt embeddings of widths {got} do not fit this transformer (expects "
+                             f"{cfg.joint_attention_dim}, {cfg.pooled_projection_dim}); embed the prompt with this "
+                             "model's text encoders (`fluxsr embed-prompt`)")
 
 
 @dataclass
@@ -238,15 +259,18 @@ def load_model_folder(path: Path, *, lora_scale: float = 1.0, merge_lora: bool =
     spec = ModelSpec.from_dict(json.loads((path / SPEC_FILE).read_text()))
     cond = TextCond.load(path / EMBEDS_FILE)
     if (path / "transformer").is_dir():
-        transformer = FluxTransformer2DModel.from_pretrained(path / "transformer", local_files_only=True)
-        vae = AutoencoderKL.from_pretrained(path / "vae", local_files_only=True)
-        model = FluxSRModel(transformer, vae, cond, spec)
+        model = FluxSRModel(pretrained(FluxTransformer2DModel, path / "transformer"),
+                            pretrained(AutoencoderKL, path / "vae"), cond, spec)
     elif spec.base:
-        base = path / spec.base  # an absolute base stays absolute
-        if base.is_dir():
+        base = path / Path(spec.base).expanduser()  # an absolute base stays absolute
+        if is_model_folder(base):  # a LoRA on a model folder (itself possibly with a LoRA)
+            model = load_model_folder(base)
+            model.cond, model.spec = cond, spec
+        elif base.is_dir():
             model = load_flux_diffusers(base, cond, spec)
         else:
-            model = load_flux_single_file(base, path / spec.ae if spec.ae else base.parent / "ae.safetensors", cond, spec)
+            ae = path / Path(spec.ae).expanduser() if spec.ae else base.parent / "ae.safetensors"
+            model = load_flux_single_file(base, ae, cond, spec)
     else:
         raise FileNotFoundError(f"{path}: no transformer/ folder and no 'base' in {SPEC_FILE}")
     if (path / LORA_FILE).is_file():
@@ -283,6 +307,19 @@ def to_device(model: FluxSRModel, device, dtype) -> FluxSRModel:
 # ----------------------------------------------------------------------------------------------------------------
 
 
+def pretrained(cls, folder: Path):
+    """``cls.from_pretrained(folder)`` from local safetensors only: a missing ``config.json`` or weights that exist
+    only as pickles (``.bin``, never loaded by fluxsr) are a FileNotFoundError naming the folder."""
+    folder = Path(folder)
+    if not (folder / "config.json").is_file():
+        raise FileNotFoundError(f"{folder}/config.json is missing: not a diffusers {cls.__name__} folder")
+    try:
+        return cls.from_pretrained(folder, local_files_only=True, use_safetensors=True)
+    except OSError as e:
+        raise FileNotFoundError(f"{folder}: no .safetensors weights ({' '.join(str(e).split())[:200]}); fluxsr does "
+                                "not load pickled .bin files: convert them to safetensors first") from None
+
+
 def load_flux_diffusers(path: Path, cond: TextCond, spec: ModelSpec | None = None) -> FluxSRModel:
     """FLUX.1-dev from a local diffusers folder (``transformer/``, ``vae/``; text encoders are not loaded)."""
     from diffusers import AutoencoderKL, FluxTransformer2DModel
@@ -291,9 +328,8 @@ def load_flux_diffusers(path: Path, cond: TextCond, spec: ModelSpec | None = Non
     for sub in ("transformer", "vae"):
         if not (path / sub / "config.json").is_file():
             raise FileNotFoundError(f"{path} is not a diffusers FLUX folder: {sub}/config.json is missing")
-    transformer = FluxTransformer2DModel.from_pretrained(path, subfolder="transformer", local_files_only=True)
-    vae = AutoencoderKL.from_pretrained(path, subfolder="vae", local_files_only=True)
-    return FluxSRModel(transformer, vae, cond, spec or ModelSpec(name=f"flux:{path.name}"))
+    return FluxSRModel(pretrained(FluxTransformer2DModel, path / "transformer"), pretrained(AutoencoderKL, path / "vae"),
+                       cond, spec or ModelSpec(name=f"flux:{path.name}"))
 
 
 def _keys(modules: list[tuple[str, str]], params: list[tuple[str, str]]) -> list[tuple[str, str]]:
@@ -444,17 +480,29 @@ def vae_to_ldm(sd: dict[str, Tensor], num_blocks: int) -> dict[str, Tensor]:
 
 
 def _read_safetensors(path: Path) -> tuple[dict[str, Tensor], dict[str, str]]:
-    with safe_open(str(path), "pt") as f:
-        meta = f.metadata() or {}
-    return load_file(str(path)), meta
+    """(tensors, metadata) of a safetensors file; anything else (a pickle, a truncated file) is a ValueError."""
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"{path}: no such file")
+    try:
+        with safe_open(str(path), "pt") as f:
+            meta = f.metadata() or {}
+        return load_file(str(path)), meta
+    except Exception as e:  # safetensors raises its own SafetensorError (not an OSError) for bad files
+        raise ValueError(f"{path}: not a readable safetensors file ({' '.join(str(e).split())[:200]})") from None
 
 
 def load_flux_single_file(transformer_file: Path, ae_file: Path, cond: TextCond,
                           spec: ModelSpec | None = None) -> FluxSRModel:
-    """FLUX.1-dev from Black Forest Labs single files (``flux1-dev.safetensors`` and ``ae.safetensors``)."""
+    """FLUX.1-dev from Black Forest Labs single files (``flux1-dev.safetensors`` and ``ae.safetensors``), in the
+    dtype the file stores (bf16 for BFL's release; :func:`to_device` casts)."""
     from diffusers.loaders.single_file_utils import convert_ldm_vae_checkpoint
 
+    if not Path(ae_file).is_file():
+        raise FileNotFoundError(f"{ae_file} not found: the FLUX autoencoder of {transformer_file} (pass --ae FILE)")
     sd, meta = _read_safetensors(transformer_file)
+    if not any(k.removeprefix("model.diffusion_model.") == "img_in.weight" for k in sd):
+        raise ValueError(f"{transformer_file}: not a Black Forest Labs FLUX transformer file (no img_in.weight); "
+                         "a diffusers folder or a fluxsr model folder is loaded by its folder")
     transformer = build_transformer(transformer_config_from_bfl(sd, meta), meta=True)
     transformer.load_state_dict(bfl_to_diffusers(sd), strict=True, assign=True)
     ae, ae_meta = _read_safetensors(ae_file)
@@ -481,7 +529,7 @@ def add_lora(transformer, rank: int, alpha: float, targets: tuple[str, ...] = DE
     """
     from peft import LoraConfig
 
-    pattern = r".*(transformer_blocks|single_transformer_blocks)\.\d+\.(" + "|".join(
+    pattern = r".*(transformer_blocks|single_transformer_blocks)\.\d+\.(attn\.)?(" + "|".join(
         re.escape(t) for t in targets) + r")$"
     cfg = dict(r=rank, lora_alpha=alpha, target_modules=pattern, init_lora_weights=True)
     transformer.add_adapter(LoraConfig(**cfg), adapter_name=adapter)
@@ -501,7 +549,8 @@ def save_lora(state: dict[str, Tensor], config: dict, path: Path) -> None:
 
 
 def apply_lora(transformer, path: Path, *, scale: float = 1.0, merge: bool = False, adapter: str = "fluxsr") -> None:
-    """Load a FluxSR LoRA file onto ``transformer``; ``merge=True`` folds it into the base weights (faster)."""
+    """Load a FluxSR LoRA file onto ``transformer`` as ``adapter``; ``merge=True`` folds it into the base weights
+    (faster). Unmerged, every unmerged LoRA on the transformer stays active, each at ``scale``."""
     from peft import LoraConfig, set_peft_model_state_dict
 
     state, meta = _read_safetensors(Path(path))
@@ -509,15 +558,20 @@ def apply_lora(transformer, path: Path, *, scale: float = 1.0, merge: bool = Fal
         raise ValueError(f"{path}: not a fluxsr LoRA file (no 'lora_config' metadata)")
     cfg = json.loads(meta["lora_config"])
     transformer.add_adapter(LoraConfig(**cfg), adapter_name=adapter)
-    result = set_peft_model_state_dict(transformer, state, adapter_name=adapter)
+    try:
+        result = set_peft_model_state_dict(transformer, state, adapter_name=adapter)
+    except RuntimeError as e:  # size mismatches: a LoRA trained on another transformer
+        first = next((line for line in str(e).splitlines() if "size mismatch" in line), str(e).splitlines()[0])
+        raise ValueError(f"{path}: LoRA shapes do not match this transformer ({first.strip()[:200]})") from None
     missing = [k for k in getattr(result, "unexpected_keys", []) if "lora" in k]
     if missing:
         raise ValueError(f"{path}: {len(missing)} LoRA tensors do not match this transformer, e.g. {missing[0]}")
     if merge:
         transformer.fuse_lora(lora_scale=scale, adapter_names=[adapter])
         transformer.unload_lora()
-    elif scale != 1.0:
-        transformer.set_adapters([adapter], weights=[scale])
+    else:  # adding an adapter makes it the only active one: keep every unmerged LoRA active, each at ``scale``
+        names = list(transformer.peft_config)
+        transformer.set_adapters(names, weights=[scale] * len(names))
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -586,8 +640,23 @@ def load_model(name: str | Path | None = None, *, ae: Path | None = None, prompt
     - a diffusers FLUX.1-dev folder (``transformer/``, ``vae/``) with ``prompt_embeds`` (default: the folder's
       ``prompt_embeds.safetensors``, written by ``fluxsr embed-prompt``);
     - a BFL single file ``flux1-dev.safetensors`` with ``ae`` (default: ``ae.safetensors`` beside it).
-    ``lora`` adds a FluxSR LoRA file (merged into the weights unless ``merge_lora=False``).
+    ``lora`` adds a FluxSR LoRA file (merged into the weights unless ``merge_lora=False``). Paths may start with
+    ``~``. ``ae`` / ``prompt_embeds`` given where they would not be used, or a ``lora_scale`` with no LoRA to
+    scale, are a ValueError rather than silently ignored.
     """
+    ae, prompt_embeds = (Path(p).expanduser() if p else None for p in (ae, prompt_embeds))
+    lora = Path(lora).expanduser() if lora else None
+    preset = name is None or str(name) in ("bundled", "tiny", "flux-dev-random")
+    folder = BUNDLED_MODEL if name is None or str(name) == "bundled" else \
+        None if preset or not is_model_folder(Path(name).expanduser()) else Path(name).expanduser()
+    if ae is not None and (preset or not Path(name).expanduser().is_file()):
+        raise ValueError("--ae applies to a Black Forest Labs single file (flux1-dev.safetensors) only")
+    if prompt_embeds is not None and (preset or folder is not None):
+        raise ValueError("--prompt-embeds applies to FLUX.1-dev weights (a diffusers folder or a single file); "
+                         "model folders and presets carry their own embeddings")
+    if lora_scale != 1.0 and lora is None and not (folder is not None and (folder / LORA_FILE).is_file()):
+        raise ValueError("--lora-scale: there is no LoRA to scale (give --lora FILE; a model folder's LoRA counts "
+                         "only when it is kept as lora.safetensors, not merged)")
     if name is None or str(name) == "bundled":
         if not is_model_folder(BUNDLED_MODEL):
             raise FileNotFoundError("the bundled model is not installed with this copy of fluxsr")
@@ -597,12 +666,16 @@ def load_model(name: str | Path | None = None, *, ae: Path | None = None, prompt
     elif str(name) == "flux-dev-random":
         model = build_random_flux(device or "cpu", dtype or torch.float32, text_len)
     else:
-        path = Path(name)
+        path = Path(name).expanduser()
         if is_model_folder(path):
             model = load_model_folder(path, lora_scale=lora_scale, merge_lora=merge_lora)
         elif path.is_dir() or path.is_file():
+            if path.is_dir() and not (path / "transformer" / "config.json").is_file():
+                raise FileNotFoundError(
+                    f"{path} is neither a fluxsr model folder (no {SPEC_FILE}) nor a diffusers FLUX folder (no "
+                    f"transformer/config.json); a training run's model is its final/ folder")
             base = path if path.is_dir() else path.parent
-            embeds = Path(prompt_embeds) if prompt_embeds else base / EMBEDS_FILE
+            embeds = prompt_embeds or base / EMBEDS_FILE
             if not embeds.is_file():
                 raise FileNotFoundError(
                     f"{embeds} not found: compute the prompt embeddings once with "
@@ -611,11 +684,12 @@ def load_model(name: str | Path | None = None, *, ae: Path | None = None, prompt
             if path.is_dir():
                 model = load_flux_diffusers(path, cond, spec)
             else:
-                model = load_flux_single_file(path, Path(ae) if ae else path.parent / "ae.safetensors", cond, spec)
+                model = load_flux_single_file(path, ae or path.parent / "ae.safetensors", cond, spec)
+            cond.check_fits(model.transformer, embeds)
         else:
             raise FileNotFoundError(f"model {name!r}: no such file or folder (or preset: bundled, tiny)")
     if spec is not None:
         model.spec = spec
-    if lora is not None:
-        apply_lora(model.transformer, Path(lora), scale=lora_scale, merge=merge_lora)
+    if lora is not None:  # its own adapter name: a model folder may already carry a LoRA named "fluxsr"
+        apply_lora(model.transformer, lora, scale=lora_scale, merge=merge_lora, adapter="user")
     return model

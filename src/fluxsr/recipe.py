@@ -11,6 +11,7 @@ from pathlib import Path
 
 from .config import ConfigError, check_range, load_config
 from .degrade import DegradationConfig
+from .models import DEFAULT_LORA_TARGETS
 from .pretrain import PretrainSection
 
 
@@ -118,9 +119,7 @@ class TrainSection:
     max_grad_norm: float = 1.0
     lora_rank: int = 64
     lora_alpha: float = 64.0
-    lora_targets: tuple[str, ...] = ("to_q", "to_k", "to_v", "to_out.0", "add_q_proj", "add_k_proj", "add_v_proj",
-                                     "to_add_out", "ff.net.0.proj", "ff.net.2", "ff_context.net.0.proj",
-                                     "ff_context.net.2", "proj_mlp", "proj_out")
+    lora_targets: tuple[str, ...] = DEFAULT_LORA_TARGETS
     mixed_precision: str = "bf16"
     gradient_checkpointing: bool = True
     vae_checkpointing: bool = False

@@ -44,7 +44,7 @@ T5_MAX_LENGTH = 512  # FLUX.1-dev's longest T5 sequence (FLUX.1-schnell: 256)
 def check_text_folders(flux_dir: Path) -> None:
     """Raise ``FileNotFoundError`` naming what ``flux_dir`` lacks to compute FLUX text embeddings."""
     flux_dir = Path(flux_dir)
-    if not flux_dir.is_dir():
+    if not flux_dir.exists():
         raise FileNotFoundError(f"FLUX folder not found: {flux_dir}")
     missing = [name for name in TEXT_SUBFOLDERS if not (flux_dir / name).is_dir()]
     if missing:
@@ -68,7 +68,7 @@ def _dtype_kwargs(dtype: torch.dtype) -> dict:
 
 def _load_encoder(cls, path: Path, device, dtype: torch.dtype):
     """A transformers text encoder from a local folder, in eval mode on ``device``."""
-    model = cls.from_pretrained(path, local_files_only=True, **_dtype_kwargs(dtype))
+    model = cls.from_pretrained(path, local_files_only=True, use_safetensors=True, **_dtype_kwargs(dtype))
     return model.to(device).eval().requires_grad_(False)
 
 

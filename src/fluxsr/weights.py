@@ -241,13 +241,13 @@ FETCHERS: dict[str, Fetcher] = {
 def fetch_all(names: Iterable[str] | None = None, *, force: bool = False) -> dict[str, list[Path]]:
     """Run the fetchers ``names`` (default: all of :data:`FETCHERS`, in insertion order); return name -> written files.
 
-    Unknown names raise :class:`KeyError` before anything is downloaded. Downloads go to one temporary folder,
+    Unknown names raise :class:`ValueError` before anything is downloaded. Downloads go to one temporary folder,
     removed at the end; only the converted files stay, in :func:`fluxsr.cache.cache_dir`.
     """
     selected = list(FETCHERS) if names is None else list(names)
     unknown = [n for n in selected if n not in FETCHERS]
     if unknown:
-        raise KeyError(f"unknown weights {unknown}; known: {sorted(FETCHERS)}")
+        raise ValueError(f"unknown weights {unknown}; known: {sorted(FETCHERS)}")
     results: dict[str, list[Path]] = {}
     with tempfile.TemporaryDirectory(prefix="fluxsr-fetch-") as tmp:
         for name in selected:
