@@ -271,9 +271,9 @@ def test_spec_ranges_and_ignored_arguments_are_refused(tiny, tmp_path):
     with pytest.raises(ValueError, match="t_l"):
         M.load_model(tmp_path / "m")
     M.save_model_folder(tiny, tmp_path / "m2")
-    with pytest.raises(ValueError, match="--ae applies"):
+    with pytest.raises(ValueError, match="autoencoder file .--ae, recipe model.ae. applies"):
         M.load_model(tmp_path / "m2", ae=tmp_path / "ae.safetensors")
-    with pytest.raises(ValueError, match="--prompt-embeds applies"):
+    with pytest.raises(ValueError, match="prompt embeddings .--prompt-embeds, recipe model.prompt_embeds. apply"):
         M.load_model(tmp_path / "m2", prompt_embeds=tmp_path / M.EMBEDS_FILE)
     with pytest.raises(ValueError, match="no LoRA to scale"):
         M.load_model(tmp_path / "m2", lora_scale=0.5)
@@ -348,3 +348,17 @@ def test_embed_prompt_checks_the_device_first(tmp_path, capsys):
         (tmp_path / "flux" / sub).mkdir(parents=True)
     assert main(["embed-prompt", "--flux", str(tmp_path / "flux"), "--device", "cuda"]) == 2
     assert "CUDA is not available" in capsys.readouterr().err
+
+
+def test_loading_a_lora_leaves_a_training_adapter_as_it_was(tmp_path):
+    t = M.build_tiny(seed=1).transformer
+    cfg = M.add_lora(t, rank=2, alpha=2)
+    M.save_lora(M.lora_state_dict(t), cfg, tmp_path / "l.safetensors")
+    train = M.build_tiny(seed=1).transformer
+    M.add_lora(train, rank=2, alpha=4)  # the training adapter "fluxsr": scaling alpha / r = 2, trainable
+    layer = train.transformer_blocks[0].attn.to_q
+    M.apply_lora(train, tmp_path / "l.safetensors", scale=0.5, adapter="user")
+    assert set(layer.active_adapters) == {"fluxsr", "user"}
+    assert layer.scaling == {"fluxsr": 2.0, "user": 0.5}
+    grads = {n.split(".lora_")[1].split(".")[1]: p.requires_grad for n, p in train.named_parameters() if "lora_" in n}
+    assert grads == {"fluxsr": True, "user": False}

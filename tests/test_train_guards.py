@@ -87,6 +87,21 @@ def test_resume_refuses_changed_recipe_and_logs_the_lr_used(pairs, tmp_path):
     assert [r[0] for r in log_rows(run)] == ["1", "2", "3"]
 
 
+def test_resume_refuses_a_checkpoint_with_other_trainable_tensors(pairs, tmp_path):
+    """A LoRA checkpoint made before the attention projections were adapted lacks their tensors."""
+    from safetensors.torch import load_file, save_file
+
+    run = tmp_path / "run"
+    train(recipe(), pairs, run, progress=False)
+    ckpt = max(p for p in (run / "checkpoints").iterdir() if p.is_dir())  # the latest, which resume reads
+    state = load_file(str(ckpt / "trainable.safetensors"))
+    old = {k: v for k, v in state.items() if ".attn." not in k}  # what the old target pattern trained
+    assert len(old) < len(state)
+    save_file(old, str(ckpt / "trainable.safetensors"))
+    with pytest.raises(ValueError, match="start a new run"):
+        train(recipe("train.steps=3"), pairs, run, resume=True, progress=False)
+
+
 def test_time_limit_logs_the_last_step_once(pairs, tmp_path):
     run = tmp_path / "run"
     train(recipe("train.steps=4", "train.time_limit=1e-9"), pairs, run, progress=False)

@@ -313,11 +313,12 @@ def pretrained(cls, folder: Path):
     folder = Path(folder)
     if not (folder / "config.json").is_file():
         raise FileNotFoundError(f"{folder}/config.json is missing: not a diffusers {cls.__name__} folder")
-    try:
-        return cls.from_pretrained(folder, local_files_only=True, use_safetensors=True)
-    except OSError as e:
-        raise FileNotFoundError(f"{folder}: no .safetensors weights ({' '.join(str(e).split())[:200]}); fluxsr does "
-                                "not load pickled .bin files: convert them to safetensors first") from None
+    if not any(folder.glob("*.safetensors")):
+        pickles = sorted(p.name for p in folder.glob("*.bin"))
+        raise FileNotFoundError(f"{folder}: no .safetensors weights" + (
+            f" ({', '.join(pickles[:3])} are pickles, which fluxsr never loads: convert them to safetensors)"
+            if pickles else ""))
+    return cls.from_pretrained(folder, local_files_only=True, use_safetensors=True)
 
 
 def load_flux_diffusers(path: Path, cond: TextCond, spec: ModelSpec | None = None) -> FluxSRModel:
@@ -557,6 +558,8 @@ def apply_lora(transformer, path: Path, *, scale: float = 1.0, merge: bool = Fal
     if "lora_config" not in meta:
         raise ValueError(f"{path}: not a fluxsr LoRA file (no 'lora_config' metadata)")
     cfg = json.loads(meta["lora_config"])
+    active = list(transformer.active_adapters()) if getattr(transformer, "peft_config", None) else []
+    grads = {n: p.requires_grad for n, p in transformer.named_parameters()}  # before peft switches adapters
     transformer.add_adapter(LoraConfig(**cfg), adapter_name=adapter)
     try:
         result = set_peft_model_state_dict(transformer, state, adapter_name=adapter)
@@ -569,9 +572,23 @@ def apply_lora(transformer, path: Path, *, scale: float = 1.0, merge: bool = Fal
     if merge:
         transformer.fuse_lora(lora_scale=scale, adapter_names=[adapter])
         transformer.unload_lora()
-    else:  # adding an adapter makes it the only active one: keep every unmerged LoRA active, each at ``scale``
-        names = list(transformer.peft_config)
-        transformer.set_adapters(names, weights=[scale] * len(names))
+    else:
+        _activate_alongside(transformer, active, adapter, scale, grads)
+
+
+def _activate_alongside(transformer, active: list[str], adapter: str, scale: float, grads: dict[str, bool]) -> None:
+    """Adding an adapter makes it the only active one: make ``active`` (the adapters active before, with their
+    scales untouched) and ``adapter`` (at ``scale``, frozen) active together; other parameters get back their
+    ``requires_grad`` from ``grads`` (taken before the adapter was added)."""
+    from peft.tuners.lora import LoraLayer
+
+    for module in transformer.modules():
+        if isinstance(module, LoraLayer):
+            module.set_adapter([*active, adapter])  # names a layer lacks are skipped in its forward
+            if adapter in module.lora_A:
+                module.set_scale(adapter, scale)
+    for n, p in transformer.named_parameters():  # peft marks the active adapters trainable: undo that
+        p.requires_grad_(grads.get(n, False))
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -647,13 +664,16 @@ def load_model(name: str | Path | None = None, *, ae: Path | None = None, prompt
     ae, prompt_embeds = (Path(p).expanduser() if p else None for p in (ae, prompt_embeds))
     lora = Path(lora).expanduser() if lora else None
     preset = name is None or str(name) in ("bundled", "tiny", "flux-dev-random")
+    if not preset and not Path(name).expanduser().exists():
+        raise FileNotFoundError(f"model {name!r}: no such file or folder (or preset: bundled, tiny)")
     folder = BUNDLED_MODEL if name is None or str(name) == "bundled" else \
         None if preset or not is_model_folder(Path(name).expanduser()) else Path(name).expanduser()
     if ae is not None and (preset or not Path(name).expanduser().is_file()):
-        raise ValueError("--ae applies to a Black Forest Labs single file (flux1-dev.safetensors) only")
+        raise ValueError(f"an autoencoder file (--ae, recipe model.ae) applies to a Black Forest Labs single file "
+                         f"(flux1-dev.safetensors) only, not to {name or 'bundled'}")
     if prompt_embeds is not None and (preset or folder is not None):
-        raise ValueError("--prompt-embeds applies to FLUX.1-dev weights (a diffusers folder or a single file); "
-                         "model folders and presets carry their own embeddings")
+        raise ValueError(f"prompt embeddings (--prompt-embeds, recipe model.prompt_embeds) apply to FLUX.1-dev "
+                         f"weights (a diffusers folder or a single file); {name or 'bundled'} carries its own")
     if lora_scale != 1.0 and lora is None and not (folder is not None and (folder / LORA_FILE).is_file()):
         raise ValueError("--lora-scale: there is no LoRA to scale (give --lora FILE; a model folder's LoRA counts "
                          "only when it is kept as lora.safetensors, not merged)")

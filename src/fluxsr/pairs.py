@@ -167,7 +167,8 @@ def generate_pairs(recipe: Recipe, out: Path, *, device=None, rank: int = 0, wor
         return []
     teacher_path = recipe.model.teacher or recipe.model.base
     pipe_device = torch.device(device) if device is not None else None
-    teacher = load_model(teacher_path, ae=recipe.model.ae, device=pipe_device,
+    ae = recipe.model.ae if teacher_path == recipe.model.base else None  # model.ae belongs to the base file
+    teacher = load_model(teacher_path, ae=ae, device=pipe_device,
                          dtype=torch.bfloat16 if pipe_device is not None and pipe_device.type == "cuda" else None,
                          text_len=cfg.text_len)
     pipe = FluxSRPipeline(teacher, device)

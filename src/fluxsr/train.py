@@ -173,8 +173,18 @@ def latest_checkpoint(folder: Path) -> Path | None:
 
 
 def load_checkpoint(path: Path, transformer, optimizer, scheduler, lora: bool) -> int:
-    """Restore weights, optimiser, schedule and RNG from a checkpoint folder; returns its step."""
-    load_trainable(transformer, load_file(str(path / "trainable.safetensors")), lora)
+    """Restore weights, optimiser, schedule and RNG from a checkpoint folder; returns its step.
+
+    The checkpoint must hold exactly the trainable tensors of this run (a LoRA made before fluxsr adapted the
+    attention projections has fewer: such a run cannot continue with the current targets)."""
+    saved = load_file(str(path / "trainable.safetensors"))
+    expected = trainable_state(transformer, lora).keys()
+    if saved.keys() != expected:
+        missing, extra = sorted(expected - saved.keys()), sorted(saved.keys() - expected)
+        raise ValueError(f"{path}: the checkpoint's trainable tensors do not match this run ({len(missing)} missing, "
+                         f"e.g. {(missing or extra)[0]}; {len(extra)} unexpected): a LoRA run from before fluxsr "
+                         "adapted the attention projections cannot continue; start a new run")
+    load_trainable(transformer, saved, lora)
     state = json.loads((path / "state.json").read_text())
     optimizer.load_state_dict(optimizer_from_tensors(load_file(str(path / "optimizer.safetensors")),
                                                      state["optimizer"]))
