@@ -362,3 +362,17 @@ def test_loading_a_lora_leaves_a_training_adapter_as_it_was(tmp_path):
     assert layer.scaling == {"fluxsr": 2.0, "user": 0.5}
     grads = {n.split(".lora_")[1].split(".")[1]: p.requires_grad for n, p in train.named_parameters() if "lora_" in n}
     assert grads == {"fluxsr": True, "user": False}
+
+
+def test_model_time_is_the_time_the_transformer_sees():
+    m = M.build_tiny()
+    m.transformer.to(torch.bfloat16)
+    seen = []
+    hook = m.transformer.time_text_embed.time_proj.register_forward_hook(lambda mod, a, out: seen.append(a[0]))
+    t = torch.tensor([0.6947, 0.8126, 0.25])
+    with torch.no_grad():
+        M.velocity(m, torch.randn(3, 16, 4, 4), t)
+    hook.remove()
+    assert torch.equal(seen[0].float() / 1000, M.model_time(t, torch.bfloat16))
+    assert M.model_time(t, torch.bfloat16)[0] != t[0] and M.model_time(t, torch.bfloat16)[2] == 0.25
+    assert torch.allclose(M.model_time(t, torch.float32), t)

@@ -596,6 +596,14 @@ def _activate_alongside(transformer, active: list[str], adapter: str, scale: flo
 # ----------------------------------------------------------------------------------------------------------------
 
 
+def model_time(t: Tensor, dtype: torch.dtype) -> Tensor:
+    """The flow time a FluxTransformer2DModel in ``dtype`` actually conditions on, as float32.
+
+    diffusers multiplies the timestep by 1000 in the hidden states' dtype; in bf16 that puts ``t`` on a coarse grid
+    (0.6947 -> 0.696). Training builds its noisy input from this time, so input and timestep agree."""
+    return (t.to(dtype) * 1000).to(dtype).float() / 1000
+
+
 def velocity(model: FluxSRModel, z: Tensor, t: float | Tensor,
              offset: tuple[int, int] | list[tuple[int, int]] = (0, 0), guidance: float | None = None,
              net: torch.nn.Module | None = None) -> Tensor:

@@ -40,6 +40,7 @@ from .models import (
     add_lora,
     load_model,
     lora_state_dict,
+    model_time,
     move,
     save_lora,
     save_model_folder,
@@ -424,6 +425,7 @@ def train(recipe: Recipe, pairs_dir: Path, run: Path, *, resume: bool = False, m
     move(model.transformer, acc.device, weight_dtype if lora else torch.float32)
     model.cond = model.cond.to(acc.device, weight_dtype)
     trainable = [p for p in model.transformer.parameters() if p.requires_grad]
+    model_dtype = next(model.transformer.parameters()).dtype  # the dtype velocity() runs the transformer in
     for p in trainable:
         p.data = p.data.float()
     if tc.gradient_checkpointing:
@@ -470,7 +472,7 @@ def train(recipe: Recipe, pairs_dir: Path, run: Path, *, resume: bool = False, m
                 parts = {"mse": F.mse_loss(x_h, x0)}
                 parts["lpips"] = tv_lpips(x_h, x0).mean() if tv_lpips is not None else x_h.new_zeros(())
                 parts["adl"] = adl.loss() if adl is not None else x_h.new_zeros(())
-                t = sample_ftd_t(x0.shape[0], t_l, g, acc.device)
+                t = model_time(sample_ftd_t(x0.shape[0], t_l, g, acc.device), model_dtype)
                 if adl is not None:
                     adl.enabled = False
                 v_t = velocity(model, ftd_point(z_l, eps, t, t_l), t, net=net).float()

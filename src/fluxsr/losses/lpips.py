@@ -92,7 +92,7 @@ class LPIPS(nn.Module):
             raise ValueError(f"shape mismatch: {tuple(a.shape)} vs {tuple(b.shape)}")
         dtype = (
             self.shift.dtype
-        )  # the metric's own precision (e.g. float32 under a bf16 model); grads still flow
+        )  # the metric's weights' dtype; under autocast (bf16 training) the convolutions still run in bf16
         a, b = a.to(dtype), b.to(dtype)
         feats_a = self.net(self.scale_input(a))
         feats_b = self.net(self.scale_input(b))
