@@ -141,7 +141,10 @@ def test_bench_command_line_writes_json_and_markdown(tmp_path):
     assert rc == 0
     data = json.loads(out.read_text())
     assert [r["row"] for r in data["rows"]] == ["fluxsr:tiny", "bicubic"]
-    assert "fluxsr:tiny" in (tmp_path / "b.md").read_text()
+    table = (tmp_path / "b.md").read_text()
+    assert "fluxsr:tiny" in table and "| transformer (ms) |" in table
+    # on the CPU the FLOP floor (a GPU's peak) is off unless asked for
+    assert data["config"]["analytic"] is False and "analytic" not in data["rows"][0]
 
 
 @pytest.mark.parametrize("args, message", [

@@ -320,3 +320,15 @@ def test_sheet_crops_line_up_at_a_non_integer_scale(tmp_path, monkeypatch):
     full, lr_column, bicubic = shapes
     # the LR column is enlarged to the output's size, so one crop window shows the same area in both
     assert lr_column == bicubic == (50, 50)
+
+
+def test_make_testset_checks_the_crop_first_and_writes_no_empty_manifest(tmp_path, capsys):
+    _photo(tmp_path / "hr" / "a.png", size=(40, 40))
+    assert main(["make-testset", "--hr", str(tmp_path / "hr"), "--out", str(tmp_path / "t1"), "--seed", "0",
+                 "--crop", "130"]) == 2
+    assert "multiple of the scale" in capsys.readouterr().err and not (tmp_path / "t1").exists()
+    # every input too small for the crop: errors, and no manifest that would pass for an empty test set
+    assert main(["make-testset", "--hr", str(tmp_path / "hr"), "--out", str(tmp_path / "t2"), "--seed", "0",
+                 "--crop", "200"]) == 1
+    assert "no pairs written" in capsys.readouterr().err
+    assert not (tmp_path / "t2" / "manifest.json").exists()

@@ -339,7 +339,7 @@ def test_benchmark_cli_writes_table_chart_and_sheet(tiny_set, capsys):
                "--device", "cpu", "--metrics", metrics, "--out", str(out), "-q", "--sheet-crop", "64"])
     stdout = capsys.readouterr().out
     assert rc == 0
-    assert "| bicubic |" in stdout and "fluxsr:tiny (tiny has random weights)" in stdout and "s/image" in stdout
+    assert "| bicubic |" in stdout and "fluxsr:tiny (tiny test model, random or briefly trained weights)" in stdout and "s/image" in stdout
     for name in ("benchmark.md", "benchmark.csv", "benchmark.json", "benchmark_chart.png", "comparison.png"):
         assert (out / name).stat().st_size > 0, name
     assert sorted(p.name for p in (out / "bicubic").iterdir()) == ["astronaut.png", "coffee.png"]

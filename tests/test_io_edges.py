@@ -242,7 +242,7 @@ def test_two_sources_for_one_output_fail_by_name(tmp_path, capsys):
     Image.fromarray(np.zeros((5, 7, 3), np.uint8)).save(tmp_path / "in" / "a.jpg")
     assert run(tmp_path / "in", "-o", tmp_path / "out", "--ext", "png") == 1
     err = capsys.readouterr().err
-    assert "a.png: same output" in err and "a.jpg" in err and "--suffix" in err
+    assert "a.png: same output" in err and "a.jpg" in err and "drop --ext" in err
     # the first source in the scan order writes it, every time (a.jpg sorts before a.png)
     assert tree(tmp_path / "out") == ["a.png"]
     assert np.asarray(Image.open(tmp_path / "out" / "a.png")).max() == 0
@@ -321,3 +321,10 @@ def test_a_failed_rendezvous_is_a_note_not_a_crash(monkeypatch, capsys):
     monkeypatch.delenv("MASTER_ADDR", raising=False)
     assert sum_over_processes([3, 1, 0], 2) == [3, 1, 0]
     assert "could not wait for the other processes" in capsys.readouterr().err
+
+
+def test_model_options_with_a_baseline_backend_are_refused(tmp_path, capsys):
+    save_rgb(tmp_path / "in" / "a.png")
+    rc = cli.main(["upscale", "--backend", "bicubic", "--model", "tiny", "--lora", str(tmp_path / "x.safetensors"),
+                   "-q", str(tmp_path / "in"), "-o", str(tmp_path / "out")])
+    assert rc == 2 and "--model, --lora: model options apply to --backend fluxsr" in capsys.readouterr().err

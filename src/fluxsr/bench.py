@@ -531,7 +531,8 @@ def to_markdown(result: dict[str, Any]) -> str:
              f"Medians of {result['config']['repeat']} runs after {result['config']['warmup']} warm-up; FLOP floor at "
              f"{result['config']['peak_tflops']:g} TFLOP/s.", ""]
     lines += [f"- {n}" for n in result["notes"]] + ([""] if result["notes"] else [])
-    head = ["size", "row", "tile", *COLUMNS, "GPU work", "total", "peak", "peak - start", "floor", "x floor"]
+    head = ["size", "row", "tile", *(f"{c} (ms)" for c in COLUMNS), "GPU work (ms)", "total (ms)", "peak",
+            "peak - start", "floor (ms)", "x floor"]
     lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for row in result["rows"]:
         size = f"{row['in_size']}->{row['size']}"
@@ -581,10 +582,11 @@ def add_bench_arguments(p) -> None:
                    help=f"'bundled' (default), 'tiny', '{RANDOM_FLUX}' (FLUX.1-dev shapes, random weights, made on "
                         "the device) or a model folder / FLUX.1-dev path")
     p.add_argument("--random-weights", action="store_true", help=f"same as --model {RANDOM_FLUX}")
-    p.add_argument("--sizes", default="512,1024,2048,4096", help="output sizes (square, x4 from size/4)")
-    p.add_argument("--repeat", type=int, default=3, help="timed runs per row (median reported)")
+    p.add_argument("--sizes", default="512,1024,2048,4096",
+                   help="output sizes (square, x4 from size/4; default 512,1024,2048,4096: long on a CPU)")
+    p.add_argument("--repeat", type=int, default=3, help="timed runs per row (median reported; default 3)")
     p.add_argument("--warmup", type=int, default=1, help="untimed runs first (compilation, cuDNN autotune)")
-    p.add_argument("--rows", default=",".join(ROWS), help=f"rows to run, from {','.join(ROWS)}")
+    p.add_argument("--rows", default=",".join(ROWS), help=f"rows to run (default: all of {','.join(ROWS)})")
     p.add_argument("--device", default=None)
     p.add_argument("--dtype", choices=("bf16", "fp32", "fp16"), default=None, help="default: bf16 CUDA, fp32 CPU")
     p.add_argument("--text-len", type=int, default=512, help=f"T5 tokens of {RANDOM_FLUX}'s cached embeddings")
@@ -607,7 +609,9 @@ def add_bench_arguments(p) -> None:
     p.add_argument("--max-memory", type=memory.memory_size, default=None, help="memory cap for the planner, e.g. 40GiB (weights included)")
     p.add_argument("--peak-tflops", type=float, default=790.0,
                    help="peak TFLOP/s for the FLOP floor (790: measured bf16 matmul ceiling of an H200/H100)")
-    p.add_argument("--analytic", action=argparse.BooleanOptionalAction, default=True, help="FLOP floor columns")
+    p.add_argument("--analytic", action=argparse.BooleanOptionalAction, default=None,
+                   help="FLOP floor columns at --peak-tflops (default: on for CUDA, off on the CPU, where a GPU's "
+                        "peak means nothing)")
     add_fast_path_arguments(p)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", type=Path, default=None, help="write results here (updated after every row)")
@@ -637,7 +641,8 @@ def config_from_args(args) -> BenchConfig:
         esrgan_tile=args.esrgan_tile, esrgan_weights=args.esrgan_weights, tile=args.tile,
         overlap=args.overlap, tile_batch=args.tile_batch, color_fix=args.color_fix, write_ext=args.write_ext,
         max_memory=args.max_memory,
-        peak_tflops=args.peak_tflops, analytic=args.analytic, seed=args.seed,
+        peak_tflops=args.peak_tflops, seed=args.seed,
+        analytic=args.analytic if args.analytic is not None else device.type == "cuda",
         fast=fast_path_from_args(args))
 
 

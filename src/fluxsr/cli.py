@@ -112,6 +112,10 @@ def cmd_upscale(args) -> int:
 
     opts = UpscaleOptions(args.scale, args.long_side, args.color_fix, args.tile, args.overlap, args.tile_batch)
     batch = BatchOptions(args.suffix, args.ext, args.overwrite, args.max_pixels)  # bad settings fail before loading
+    model_flags = [f"--{k.replace('_', '-')}" for k in ("model", "flux", "ae", "prompt_embeds", "lora", "t_l")
+                   if getattr(args, k) is not None]
+    if args.backend != "fluxsr" and model_flags:
+        raise ValueError(f"{', '.join(model_flags)}: model options apply to --backend fluxsr, not {args.backend}")
     if args.json is not None and args.json.is_dir():
         raise ValueError(f"--json {args.json}: is a folder; give a file name")
     fast = fast_path_from_args(args)
@@ -160,7 +164,8 @@ def add_upscale(sub) -> None:
     p.add_argument("--tile", type=int, default=None, help="tile edge in output pixels, all stages (default: model's)")
     p.add_argument("--overlap", type=int, default=None, help="tile overlap in output pixels (default: model's)")
     p.add_argument("--tile-batch", type=_non_negative, default=1,
-                   help="tiles per forward pass, each at its own position (0: as many as memory allows, up to 4)")
+                   help="tiles per forward pass, each at its own position (default 1; 0: as many as memory allows, "
+                        "up to 4)")
     p.add_argument("--suffix", default="", help="added to output file stems")
     p.add_argument("--ext", default="auto", help="output format: auto (same as input), png, jpg, webp, tif, bmp")
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs (default: skip them)")
@@ -413,7 +418,9 @@ def cmd_make_testset(args) -> int:
     cfg = DegradationConfig.from_yaml(args.degradation) if args.degradation else None
     result = make_testset(args.hr, args.out, args.seed, args.scale, args.crop, cfg, overwrite=args.overwrite)
     _print_notes([], result.problems)
-    print(f"{len(result.items)} pair(s) -> {args.out}/hr, {args.out}/lr; manifest {result.manifest}", file=sys.stderr)
+    if result.manifest is not None:
+        print(f"{len(result.items)} pair(s) -> {args.out}/hr, {args.out}/lr; manifest {result.manifest}",
+              file=sys.stderr)
     return 1 if result.problems else 0
 
 
@@ -458,7 +465,8 @@ def add_benchmark(sub) -> None:
                    help="lr/ + hr/ (make-testset), lq/ + gt/, RealSR, DRealSR, HR/ + LR_bicubic/X4/ (Set5, "
                         "Set14, ...) or an LR-only folder")
     p.add_argument("--layout", default="auto", help="auto, pairs, stablesr, realsr, drealsr, classic, lr-only")
-    p.add_argument("--backends", default="bicubic,realesrgan,fluxsr", help="comma-separated, run in this order")
+    p.add_argument("--backends", default="bicubic,realesrgan,fluxsr",
+                   help="comma-separated, run in this order (default: bicubic,realesrgan,fluxsr)")
     p.add_argument("--out", type=Path, required=True, help="outputs per backend, tables, chart and sheet")
     _protocol_args(p)
     p.add_argument("-s", "--scale", type=float, default=4.0)

@@ -392,7 +392,7 @@ class TestsetResult:
 
     __test__ = False  # not a pytest class
 
-    manifest: Path
+    manifest: Path | None  # None when no pair was written
     items: list[dict]
     problems: list[str]
 
@@ -445,6 +445,8 @@ def make_testset(inputs: list[Path], out: Path, seed: int, scale: int = 4, crop:
     cfg = cfg or DegradationConfig(scale=scale)
     if int(cfg.scale) != scale:
         raise ValueError(f"degradation config scale {cfg.scale} differs from --scale {scale}")
+    if crop is not None and (crop <= 0 or crop % scale):
+        raise ValueError(f"--crop {crop} must be a positive multiple of the scale {scale}")
     out = Path(out)
     _prepare_out(out, overwrite)
     sources, problems = _collect_sources(inputs)
@@ -466,6 +468,10 @@ def make_testset(inputs: list[Path], out: Path, seed: int, scale: int = 4, crop:
             "hr_size": [int(hr.shape[-1]), int(hr.shape[-2])], "lr_size": [int(lr.shape[-1]), int(lr.shape[-2])],
             "hr_sha256": sha256_file(hr_path), "lr_sha256": sha256_file(lr_path),
         })
+    if not items:  # nothing usable: no manifest that would pass for an (empty) test set
+        problems.append(f"no pairs written to {out}: every input failed (see above)" if sources
+                        else f"no pairs written to {out}")
+        return TestsetResult(None, items, problems)
     manifest = {
         "seed": int(seed), "scale": scale, "crop": crop,
         "seed_rule": "sha256(f'{seed}:{source file name}')[:8] big-endian & (2**63 - 1)",

@@ -439,7 +439,7 @@ class MethodRun:
 
     @property
     def label(self) -> str:
-        """Name plus the model note's first clause, e.g. ``fluxsr:tiny (tiny has random weights)``."""
+        """Name plus the model note's first clause, e.g. ``fluxsr:tiny (tiny test model, random or briefly trained weights)``."""
         return f"{self.name} ({self.note.split(':')[0]})" if self.note else self.name
 
 

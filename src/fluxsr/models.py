@@ -192,7 +192,7 @@ def build_tiny(seed: int = 0) -> FluxSRModel:
     vae = build_vae(TINY_VAE)
     return FluxSRModel(transformer, vae, random_cond(transformer, TINY_TEXT_LEN, seed),
                        ModelSpec(name="tiny", description="random-weight tiny FLUX (tests only)",
-                                 note="tiny has random weights: its output is not a real upscale"))
+                                 note="tiny test model, random or briefly trained weights: not a real upscale"))
 
 
 def _init_random(module: torch.nn.Module) -> torch.nn.Module:

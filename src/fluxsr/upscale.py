@@ -255,11 +255,11 @@ def _one_job_per_output(jobs: list[tuple[Path, Path]]) -> tuple[list[tuple[Path,
             continue
         queued.add(source)
         if key not in writer:
-            writer[key] = source
+            writer[key] = src
             kept.append((src, dst))
-        elif writer[key] != source:
-            clashes.append(failure(src, f"same output {dst} as {writer[key]}; use --suffix or --ext to tell them "
-                                        "apart"))
+        elif writer[key].resolve() != source:
+            clashes.append(failure(src, f"same output {dst} as {writer[key]}; rename one of them, or drop --ext "
+                                        "(auto keeps each input's extension)"))
     return kept, clashes
 
 
