@@ -253,7 +253,7 @@ def test_inspect_shows_sizes_and_a_small_preview(fake, tmp_path):
 
 def test_describe_names_model_device_and_limits(tiny, tmp_path):
     text = upscaler_for(tiny, tmp_path, max_pixels=1_000_000, max_upload_mb=5).describe()
-    assert "**tiny** on **cpu**" in text and "random weights" in text
+    assert "**tiny** on **cpu**" in text and "random or briefly trained weights" in text
     assert "1.00 MP per request" in text and "5 MB" in text and "one job at a time" in text
 
 
