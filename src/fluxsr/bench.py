@@ -484,12 +484,8 @@ def _run_row(name: str, size: int, cfg: BenchConfig, device, dtype, pipe, teache
                 if cfg.esrgan_weights == "auto" and cfg.model == RANDOM_FLUX:
                     return bench_realesrgan(cfg, device, dtype, size, img_path, out_path, random_weights=True)
                 return _skip(name, size, f"weights not cached ({e})")
-        if name == "bicubic":
-            return bench_bicubic(cfg, device, size, img_path, out_path)
-        raise ValueError(f"unknown row {name!r}: choose from {ROWS}")
+        return bench_bicubic(cfg, device, size, img_path, out_path)  # rows are checked by BenchConfig
     except (RuntimeError, MemoryError, ValueError, NotImplementedError) as e:
-        if isinstance(e, ValueError) and "unknown row" in str(e):
-            raise
         log(f"{name} @ {size}: {type(e).__name__}: {e}")
         memory.free_cached(device)
         return {"row": name, "size": size, "in_size": size // 4, "error": f"{type(e).__name__}: {str(e)[:500]}"}

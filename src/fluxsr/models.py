@@ -321,14 +321,21 @@ def pretrained(cls, folder: Path):
     return cls.from_pretrained(folder, local_files_only=True, use_safetensors=True)
 
 
+def check_flux_folder(path: Path) -> None:
+    """FileNotFoundError unless ``path`` holds a diffusers FLUX transformer and VAE (their config.json)."""
+    for sub in ("transformer", "vae"):
+        if not (path / sub / "config.json").is_file():
+            hint = "" if (path / "vae").is_dir() else " (a training run's model is its final/ folder)"
+            raise FileNotFoundError(f"{path} is neither a fluxsr model folder (no {SPEC_FILE}) nor a diffusers FLUX "
+                                    f"folder ({sub}/config.json is missing){hint}")
+
+
 def load_flux_diffusers(path: Path, cond: TextCond, spec: ModelSpec | None = None) -> FluxSRModel:
     """FLUX.1-dev from a local diffusers folder (``transformer/``, ``vae/``; text encoders are not loaded)."""
     from diffusers import AutoencoderKL, FluxTransformer2DModel
 
     path = Path(path)
-    for sub in ("transformer", "vae"):
-        if not (path / sub / "config.json").is_file():
-            raise FileNotFoundError(f"{path} is not a diffusers FLUX folder: {sub}/config.json is missing")
+    check_flux_folder(path)
     return FluxSRModel(pretrained(FluxTransformer2DModel, path / "transformer"), pretrained(AutoencoderKL, path / "vae"),
                        cond, spec or ModelSpec(name=f"flux:{path.name}"))
 
@@ -650,6 +657,7 @@ def velocity(model: FluxSRModel, z: Tensor, t: float | Tensor,
 
 
 BUNDLED_MODEL = Path(__file__).parent / "assets" / "model"
+PRESETS = ("bundled", "tiny", "flux-dev-random")
 
 
 def load_model(name: str | Path | None = None, *, ae: Path | None = None, prompt_embeds: Path | None = None,
@@ -669,53 +677,43 @@ def load_model(name: str | Path | None = None, *, ae: Path | None = None, prompt
     ``~``. ``ae`` / ``prompt_embeds`` given where they would not be used, or a ``lora_scale`` with no LoRA to
     scale, are a ValueError rather than silently ignored.
     """
-    ae, prompt_embeds = (Path(p).expanduser() if p else None for p in (ae, prompt_embeds))
-    lora = Path(lora).expanduser() if lora else None
-    preset = name is None or str(name) in ("bundled", "tiny", "flux-dev-random")
-    if not preset and not Path(name).expanduser().exists():
-        raise FileNotFoundError(f"model {name!r}: no such file or folder (or preset: bundled, tiny)")
-    folder = BUNDLED_MODEL if name is None or str(name) == "bundled" else \
-        None if preset or not is_model_folder(Path(name).expanduser()) else Path(name).expanduser()
-    if ae is not None and (preset or not Path(name).expanduser().is_file()):
+    ae, prompt_embeds, lora = (Path(p).expanduser() if p else None for p in (ae, prompt_embeds, lora))
+    key = "bundled" if name is None else str(name)
+    path = None if key in PRESETS else Path(name).expanduser()
+    if path is not None and not path.exists():
+        raise FileNotFoundError(f"model {name!r}: no such file or folder (or preset: {', '.join(PRESETS)})")
+    folder = BUNDLED_MODEL if key == "bundled" else path if path is not None and is_model_folder(path) else None
+    if ae is not None and not (path is not None and path.is_file()):
         raise ValueError(f"an autoencoder file (--ae, recipe model.ae) applies to a Black Forest Labs single file "
-                         f"(flux1-dev.safetensors) only, not to {name or 'bundled'}")
-    if prompt_embeds is not None and (preset or folder is not None):
+                         f"(flux1-dev.safetensors) only, not to {key}")
+    if prompt_embeds is not None and (path is None or folder is not None):
         raise ValueError(f"prompt embeddings (--prompt-embeds, recipe model.prompt_embeds) apply to FLUX.1-dev "
-                         f"weights (a diffusers folder or a single file); {name or 'bundled'} carries its own")
+                         f"weights (a diffusers folder or a single file); {key} carries its own")
     if lora_scale != 1.0 and lora is None and not (folder is not None and (folder / LORA_FILE).is_file()):
         raise ValueError("--lora-scale: there is no LoRA to scale (give --lora FILE; a model folder's LoRA counts "
                          "only when it is kept as lora.safetensors, not merged)")
-    if name is None or str(name) == "bundled":
-        if not is_model_folder(BUNDLED_MODEL):
-            raise FileNotFoundError("the bundled model is not installed with this copy of fluxsr")
-        model = load_model_folder(BUNDLED_MODEL)
-    elif str(name) == "tiny":
+    if key == "tiny":
         model = build_tiny()
-    elif str(name) == "flux-dev-random":
+    elif key == "flux-dev-random":
         model = build_random_flux(device or "cpu", dtype or torch.float32, text_len)
+    elif key == "bundled" and not is_model_folder(BUNDLED_MODEL):
+        raise FileNotFoundError("the bundled model is not installed with this copy of fluxsr")
+    elif folder is not None:
+        model = load_model_folder(folder, lora_scale=lora_scale, merge_lora=merge_lora)
     else:
-        path = Path(name).expanduser()
-        if is_model_folder(path):
-            model = load_model_folder(path, lora_scale=lora_scale, merge_lora=merge_lora)
-        elif path.is_dir() or path.is_file():
-            if path.is_dir() and not (path / "transformer" / "config.json").is_file():
-                raise FileNotFoundError(
-                    f"{path} is neither a fluxsr model folder (no {SPEC_FILE}) nor a diffusers FLUX folder (no "
-                    f"transformer/config.json); a training run's model is its final/ folder")
-            base = path if path.is_dir() else path.parent
-            embeds = prompt_embeds or base / EMBEDS_FILE
-            if not embeds.is_file():
-                raise FileNotFoundError(
-                    f"{embeds} not found: compute the prompt embeddings once with "
-                    f"`fluxsr embed-prompt --flux DIR --out {embeds}` (or pass --prompt-embeds FILE)")
-            cond = TextCond.load(embeds)
-            if path.is_dir():
-                model = load_flux_diffusers(path, cond, spec)
-            else:
-                model = load_flux_single_file(path, ae or path.parent / "ae.safetensors", cond, spec)
-            cond.check_fits(model.transformer, embeds)
+        if path.is_dir():
+            check_flux_folder(path)  # before the embeddings: a wrong folder is the first thing to say
+        embeds = prompt_embeds or (path if path.is_dir() else path.parent) / EMBEDS_FILE
+        if not embeds.is_file():
+            raise FileNotFoundError(
+                f"{embeds} not found: compute the prompt embeddings once with "
+                f"`fluxsr embed-prompt --flux DIR --out {embeds}` (or pass --prompt-embeds FILE)")
+        cond = TextCond.load(embeds)
+        if path.is_dir():
+            model = load_flux_diffusers(path, cond, spec)
         else:
-            raise FileNotFoundError(f"model {name!r}: no such file or folder (or preset: bundled, tiny)")
+            model = load_flux_single_file(path, ae or path.parent / "ae.safetensors", cond, spec)
+        cond.check_fits(model.transformer, embeds)
     if spec is not None:
         model.spec = spec
     if lora is not None:  # its own adapter name: a model folder may already carry a LoRA named "fluxsr"
