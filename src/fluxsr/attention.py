@@ -21,9 +21,10 @@ from torch import Tensor
 
 def rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
     """Rotate ``x`` (B, S, H, D) by per-sample angles: ``cos``/``sin`` (B, S, D), channel pairs as complex numbers."""
-    pairs = rearrange(x.float(), "... (d two) -> ... d two", two=2)
+    xf = x.float()
+    pairs = rearrange(xf, "... (d two) -> ... d two", two=2)
     rotated = torch.stack((-pairs[..., 1], pairs[..., 0]), dim=-1).flatten(-2)
-    return (x.float() * cos[:, :, None] + rotated * sin[:, :, None]).to(x.dtype)
+    return (xf * cos[:, :, None] + rotated * sin[:, :, None]).to(x.dtype)
 
 
 def tile_rope(pos_embed: torch.nn.Module, ids: Tensor) -> tuple[Tensor, Tensor]:

@@ -79,12 +79,10 @@ def _load_kwargs(args) -> dict:
 
 
 def _pipeline(args):
-    from .pipeline import FluxSRPipeline, check_dtype, resolve_device
+    from .pipeline import FluxSRPipeline
 
-    resolve_device(args.device)  # device and dtype are checked before minutes of loading
-    if args.dtype:
-        check_dtype(_dtype(args.dtype), args.force_fp16)
-    pipe = FluxSRPipeline(_load_kwargs(args), args.device, _dtype(args.dtype), allow_fp16=args.force_fp16)
+    device, dtype = FluxSRPipeline.settings(args.device, _dtype(args.dtype), args.force_fp16)  # before the load
+    pipe = FluxSRPipeline(_load_kwargs(args), device, dtype, allow_fp16=args.force_fp16)
     pipe.max_memory = args.max_memory
     pipe.name = f"fluxsr:{pipe.model.spec.name}"
     if pipe.model.spec.note:
@@ -105,6 +103,7 @@ def cmd_upscale(args) -> int:
         bind_local_gpu,
         make_backend,
         process_rank,
+        status_counts,
         sum_over_processes,
         upscale_paths,
         write_log,
@@ -136,7 +135,7 @@ def cmd_upscale(args) -> int:
         with sdpa_context(fast.sdpa):
             results = upscale_paths(backend, args.inputs, args.output, opts, batch, progress=not args.quiet,
                                     rank=rank, world=world)
-        counts = [sum(r.status == s for r in results) for s in ("ok", "skipped", "failed")]
+        counts = list(status_counts(results).values())
         if args.json:
             log = args.json if world == 1 else args.json.with_suffix(f".rank{rank}.json")
             settings = {k: v for k, v in vars(args).items() if k != "func"} | {"fp8": fast.fp8}
@@ -272,12 +271,11 @@ def add_train(sub) -> None:
 def cmd_embed_prompt(args) -> int:
     import torch
 
-    from .pipeline import resolve_device
     from .text import default_embeds_path, embed_prompt, save_prompt_embeds
 
     if args.out is not None and args.out.is_dir():
         raise ValueError(f"--out {args.out}: is a folder; give a file name (e.g. prompt_embeds.safetensors)")
-    device = resolve_device(args.device)
+    device = _device(args)
     cond = embed_prompt(args.flux, args.prompt, args.max_length, device, getattr(torch, args.dtype))
     print(save_prompt_embeds(cond, args.out or default_embeds_path(args.flux)))
     return 0

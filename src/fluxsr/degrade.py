@@ -607,9 +607,7 @@ def degrade_file(in_path: str | Path, out_path: str | Path, seed: int, cfg: Degr
     The HR is cropped at the bottom/right to a multiple of ``cfg.scale``. Save to a lossless format (PNG):
     a JPEG ``out_path`` would compress once more.
     """
-    from PIL import Image
-
-    from .images import read_image
+    from .images import read_image, write_image
 
     cfg = cfg or DegradationConfig()
     s = int(cfg.scale)
@@ -619,9 +617,4 @@ def degrade_file(in_path: str | Path, out_path: str | Path, seed: int, cfg: Degr
         raise ValueError(f"{in_path}: image {rgb.shape[-1]}x{rgb.shape[-2]} is smaller than scale {s}")
     hr = rgb[None, :, :h, :w].float()
     lr, lr_up = degrade_to_input(hr, cfg, torch.Generator().manual_seed(seed))
-    img = lr_up if upsample else lr
-    out = (img[0].permute(1, 2, 0) * 255.0).round().clamp(0, 255).to(torch.uint8).numpy()
-    out_path = Path(out_path)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(out).save(out_path)
-    return out_path
+    return write_image(Path(out_path), (lr_up if upsample else lr)[0])

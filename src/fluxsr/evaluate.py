@@ -796,12 +796,8 @@ def comparison_sheet(result: BenchmarkResult, path: Path, n_images: int = 4, cro
     axes = fig.subplots(len(pairs), len(columns), squeeze=False)
     for row, pair in zip(axes, pairs, strict=True):
         lr, hr = _try_load(pair.lr), _try_load(pair.hr)
-        if lr is None:
-            lr_up = None
-        elif integer:
-            lr_up = lr.repeat_interleave(s, -2).repeat_interleave(s, -1)
-        else:
-            lr_up = resize(lr, target_size(*lr.shape[-2:], result.scale), mode="nearest-exact")
+        # nearest-neighbour to the output's size (at an integer scale: each LR pixel repeated s x s times)
+        lr_up = None if lr is None else resize(lr, target_size(*lr.shape[-2:], result.scale), mode="nearest-exact")
         ref = hr if hr is not None else lr_up
         if ref is None:
             for ax in row:

@@ -459,6 +459,8 @@ def color_fix_tiled(x: Tensor, ref: Tensor, method: str, tile: int = 1024,
 
     if method not in COLOR_FIXES:
         raise ValueError(f"unknown colour fix {method!r}; choose one of {COLOR_FIXES}")
+    if method == "none":
+        return x.clamp(0, 1)
     device = torch.device(device) if device is not None else x.device
     out = torch.empty_like(x)
     _, _, h, w = x.shape
@@ -472,7 +474,7 @@ def color_fix_tiled(x: Tensor, ref: Tensor, method: str, tile: int = 1024,
             if method == "adain":
                 res = xt * gain + bias
             else:
-                res = color_fix(xt, ref[:, :, wy0:wy1, wx0:wx1].to(device) if method == "wavelet" else xt, method)
+                res = color_fix(xt, ref[:, :, wy0:wy1, wx0:wx1].to(device), method)
             core = res[:, :, y0 - wy0:y1 - wy0, x0 - wx0:x1 - wx0].clamp(0, 1)
             out[:, :, y0:y1, x0:x1] = core.to(out.device)
     return out

@@ -565,9 +565,9 @@ def niqe_distance(feats: Tensor, mu_p: Tensor, cov_p: Tensor) -> Tensor:
     """``sqrt((mu_p - mu_d)^T pinv((cov_p + cov_d) / 2) (mu_p - mu_d))`` with the image's feature mean mu_d and
     unbiased covariance cov_d over blocks; blocks with a NaN feature are dropped (MATLAB nanmean/nancov).
     ValueError when no block has finite features (a flat image: NIQE is undefined)."""
-    if not torch.isfinite(feats).all(dim=1).any():
+    good = torch.isfinite(feats).all(dim=1)
+    if not good.any():
         raise ValueError("NIQE undefined: no textured 96x96 block (flat image)")
-    good = ~torch.isnan(feats).any(dim=1)
     f = feats[good]
     mu_d = f.mean(dim=0)
     cov_d = torch.cov(f.t(), correction=1 if f.shape[0] > 1 else 0)

@@ -157,9 +157,7 @@ class FluxSRPipeline:
     def __init__(self, model: FluxSRModel, device=None, dtype=None, *, allow_fp16: bool = False,
                  prepare: bool = True):
         """``prepare=False`` uses the model as it is (already placed; training keeps its trainable state)."""
-        self.device = resolve_device(device)
-        self.dtype = dtype or default_dtype(self.device)
-        check_dtype(self.dtype, allow_fp16)
+        self.device, self.dtype = self.settings(device, dtype, allow_fp16)
         self.model = to_device(model, self.device, self.dtype) if prepare else model
         self.timings: dict[str, float] = {}
         self.peaks: dict[str, int] = {}  # peak bytes per stage (CUDA allocator, or CPU peak RSS)
@@ -170,8 +168,19 @@ class FluxSRPipeline:
     @classmethod
     def from_pretrained(cls, name=None, device=None, dtype=None, *, allow_fp16: bool = False,
                         **load_kwargs) -> FluxSRPipeline:
-        """Load a model by name or path (see :func:`fluxsr.models.load_model`) and build the pipeline."""
+        """Load a model by name or path (see :func:`fluxsr.models.load_model`) and build the pipeline; the device
+        and dtype are checked before the (possibly minutes-long) load."""
+        device, dtype = cls.settings(device, dtype, allow_fp16)
         return cls(load_model(name, **load_kwargs), device, dtype, allow_fp16=allow_fp16)
+
+    @staticmethod
+    def settings(device=None, dtype=None, allow_fp16: bool = False) -> tuple[torch.device, torch.dtype]:
+        """(device, dtype) checked: the device exists here (:func:`resolve_device`), the dtype is allowed
+        (:func:`check_dtype`); defaults: CUDA if available, bf16 there and fp32 elsewhere."""
+        device = resolve_device(device)
+        dtype = dtype or default_dtype(device)
+        check_dtype(dtype, allow_fp16)
+        return device, dtype
 
     # -- stages ---------------------------------------------------------------------------------------------------
 

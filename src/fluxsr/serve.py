@@ -307,9 +307,9 @@ class Upscaler:
         """The info markdown shown under the result."""
         stages = ", ".join(f"{k.replace('_', ' ')} {seconds(v)}" for k, v in self.pipeline.timings.items())
         plan = self.pipeline.plan
-        tile = f"tile {plan.tile}" if plan is not None else f"tile {opts.tile}"
-        if plan is not None and plan.tile != opts.tile:
-            tile += f" (asked {opts.tile}; lowered to fit memory)" if plan.tile < opts.tile else ""
+        tile = f"tile {plan.tile if plan else opts.tile}"
+        if plan and plan.tile < opts.tile:
+            tile += f" (asked {opts.tile}; lowered to fit memory)"
         return (f"{self.model_line()} · {image.width}x{image.height} → {out_hw[1]}x{out_hw[0]} "
                 f"(x{opts.scale:g}, colour fix {opts.color_fix}, {tile})\n\n"
                 f"**Time {seconds(total_s)}**: model {seconds(model_s)} ({stages}); bicubic and PNGs "

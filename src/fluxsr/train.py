@@ -117,10 +117,18 @@ def trainable_state(transformer, lora: bool) -> dict[str, Tensor]:
     return {k: v.detach().cpu() for k, v in transformer.state_dict().items()}
 
 
-def load_trainable(transformer, state: dict[str, Tensor], lora: bool) -> None:
+def load_trainable(transformer, state: dict[str, Tensor], lora: bool, source: Path | str = "checkpoint") -> None:
+    """Load trainable weights; a full state must match exactly (strict), and so must a LoRA state, which peft would
+    otherwise load leniently (a LoRA made before fluxsr adapted the attention projections has fewer tensors)."""
     if lora:
-        from peft import set_peft_model_state_dict
+        from peft import get_peft_model_state_dict, set_peft_model_state_dict
 
+        expected = get_peft_model_state_dict(transformer, adapter_name="fluxsr").keys()
+        if state.keys() != expected:
+            missing, extra = sorted(expected - state.keys()), sorted(state.keys() - expected)
+            raise ValueError(f"{source}: the checkpoint's LoRA tensors do not match this run ({len(missing)} missing, "
+                             f"e.g. {(missing or extra)[0]}; {len(extra)} unexpected): a LoRA run from before fluxsr "
+                             "adapted the attention projections cannot continue; start a new run")
         set_peft_model_state_dict(transformer, state, adapter_name="fluxsr")
     else:
         transformer.load_state_dict(state, strict=True)
@@ -174,18 +182,8 @@ def latest_checkpoint(folder: Path) -> Path | None:
 
 
 def load_checkpoint(path: Path, transformer, optimizer, scheduler, lora: bool) -> int:
-    """Restore weights, optimiser, schedule and RNG from a checkpoint folder; returns its step.
-
-    The checkpoint must hold exactly the trainable tensors of this run (a LoRA made before fluxsr adapted the
-    attention projections has fewer: such a run cannot continue with the current targets)."""
-    saved = load_file(str(path / "trainable.safetensors"))
-    expected = trainable_state(transformer, lora).keys()
-    if saved.keys() != expected:
-        missing, extra = sorted(expected - saved.keys()), sorted(saved.keys() - expected)
-        raise ValueError(f"{path}: the checkpoint's trainable tensors do not match this run ({len(missing)} missing, "
-                         f"e.g. {(missing or extra)[0]}; {len(extra)} unexpected): a LoRA run from before fluxsr "
-                         "adapted the attention projections cannot continue; start a new run")
-    load_trainable(transformer, saved, lora)
+    """Restore weights, optimiser, schedule and RNG from a checkpoint folder; returns its step."""
+    load_trainable(transformer, load_file(str(path / "trainable.safetensors")), lora, path)
     state = json.loads((path / "state.json").read_text())
     optimizer.load_state_dict(optimizer_from_tensors(load_file(str(path / "optimizer.safetensors")),
                                                      state["optimizer"]))
@@ -447,7 +445,7 @@ def train(recipe: Recipe, pairs_dir: Path, run: Path, *, resume: bool = False, m
         start = load_checkpoint(found, acc.unwrap_model(net), optimizer, scheduler, lora)
         acc.print(f"resumed from {found} (step {start})")
     log = RunLog(run, acc.is_main_process, start)
-    spec = model.spec
+    t_l = train_t_l  # one pairs config, one resolution: every batch has the first pair's size
     bar = tqdm(total=steps, initial=start, disable=not (progress and acc.is_main_process), file=sys.stderr,
                desc="train")
     tic = time.perf_counter()
@@ -462,7 +460,6 @@ def train(recipe: Recipe, pairs_dir: Path, run: Path, *, resume: bool = False, m
             x0 = torch.stack([it["image"] for it in items]).to(acc.device)
             eps = torch.cat([it["eps"] for it in items]).to(acc.device)
             z0 = torch.cat([it["z0"] for it in items]).to(acc.device)
-            t_l = effective_t_l(spec.t_l, recipe.model.shift_t_l, tuple(z0.shape[-2:]))
             _, lr_up = degrade_to_input(x0, recipe.degradation, g)
             with torch.no_grad():
                 z_l = vae_ops.encode(lr_up, opts).float()

@@ -319,9 +319,14 @@ def run_jobs(backend: Backend, jobs: list[tuple[Path, Path]], opts: UpscaleOptio
     return results
 
 
+def status_counts(results: list[FileResult]) -> dict[str, int]:
+    """How many results are ``ok``, ``skipped`` and ``failed`` (in that order)."""
+    return {s: sum(r.status == s for r in results) for s in ("ok", "skipped", "failed")}
+
+
 def write_log(results: list[FileResult], path: Path, settings: dict) -> None:
     """JSON run log: settings (JSON values; paths and other objects as strings), per-file results and counts."""
-    counts = {s: sum(r.status == s for r in results) for s in ("ok", "skipped", "failed")}
+    counts = status_counts(results)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps({"settings": settings, "counts": counts,
                                 "files": [asdict(r) for r in results]}, indent=2, default=str) + "\n")
