@@ -88,10 +88,16 @@ def config_hashes(out: Path) -> dict[str, list[int]]:
     return found
 
 
-def check_one_config(out: Path) -> None:
-    """Raise ValueError when ``out`` holds pairs made with different recipes (they cannot be batched together)."""
+def check_one_config(out: Path, expect: str | None = None) -> None:
+    """Raise ValueError when ``out`` holds pairs made with different recipes (they cannot be batched together),
+    or, given ``expect``, any pair made with another recipe than the one hashing to ``expect``."""
     found = config_hashes(out)
-    if len(found) > 1:
+    if expect is not None:
+        other = {h: v for h, v in found.items() if h != expect}
+        if other:
+            raise ValueError(f"{out}: {sum(map(len, other.values()))} existing pairs were made with a different "
+                             f"config (hash {', '.join(other)}, now {expect}); use a new --out for the changed recipe")
+    elif len(found) > 1:
         parts = ", ".join(f"{h}: {len(v)} pairs (first {v[0]})" for h, v in sorted(found.items()))
         raise ValueError(f"{out}: pairs from {len(found)} different gen-pairs configs ({parts}); "
                          "regenerate them into one new folder")
@@ -156,11 +162,7 @@ def generate_pairs(recipe: Recipe, out: Path, *, device=None, rank: int = 0, wor
     if cfg.source == "photos" and not cfg.photos:
         raise ValueError("pairs.photos: required when pairs.source is 'photos'")
     chash = pairs_config_hash(recipe)
-    other = {h: v for h, v in config_hashes(out).items() if h != chash} if out.is_dir() else {}
-    if other:
-        n = sum(len(v) for v in other.values())
-        raise ValueError(f"{out}: {n} existing pairs were made with a different config (hash {', '.join(other)}, "
-                         f"now {chash}); use a new --out for the changed recipe")
+    check_one_config(out, chash)
     out.mkdir(parents=True, exist_ok=True)
     todo = [i for i in range(cfg.count) if i % world == rank and not is_complete(out, i)]
     if not todo:
