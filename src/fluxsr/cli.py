@@ -494,7 +494,7 @@ def add_bench(sub) -> None:
 
 
 def cmd_demo(args) -> int:
-    from .datasets import load_dataset
+    from .datasets import load_lr_only
     from .evaluate import run_benchmark
     from .pipeline import UpscaleOptions
     from .upscale import BicubicBackend
@@ -507,9 +507,7 @@ def cmd_demo(args) -> int:
         args.folder = default_examples_dir()
         if args.folder is None:
             raise FileNotFoundError("no examples folder here (./examples or the source checkout's); give a folder")
-    dataset = load_dataset(args.folder, "lr-only")
-    out = args.out.resolve()  # a rerun with --out inside the folder must not upscale the last run's outputs
-    dataset.pairs = [p for p in dataset.pairs if not Path(p.lr).resolve().is_relative_to(out)]
+    dataset = load_lr_only(args.folder, exclude=args.out)  # a rerun must not upscale the last run's outputs
     if not dataset.pairs:
         raise FileNotFoundError(f"no images to upscale under {args.folder}")
     factories = {"bicubic": BicubicBackend, "fluxsr": lambda: _pipeline(args)}

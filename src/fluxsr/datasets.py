@@ -190,13 +190,14 @@ def pairs_from_lists(lr: list[Path], hr: list[Path], lr_root: Path | None = None
     return pairs, m.problems("LR", "HR")
 
 
-def pairs_from_dirs(lr_dir: Path, hr_dir: Path | None) -> tuple[list[ImagePair], list[str]]:
-    """Pair every image under ``lr_dir`` with one under ``hr_dir`` (see :func:`match_files`).
+def pairs_from_dirs(lr_dir: Path, hr_dir: Path | None, exclude: Path | None = None) -> tuple[list[ImagePair], list[str]]:
+    """Pair every image under ``lr_dir`` (not searching ``exclude``) with one under ``hr_dir`` (see
+    :func:`match_files`).
 
     ``hr_dir=None`` gives LR-only items. Returns (pairs, problems); problems name unpaired or ambiguous files.
     """
     lr_dir = Path(lr_dir)
-    lr = find_images(lr_dir)
+    lr = find_images(lr_dir, exclude)
     if hr_dir is None:
         return [ImagePair(relative_name(p, lr_dir), p, None) for p in lr], []
     hr_dir = Path(hr_dir)
@@ -313,10 +314,11 @@ def load_pairs(root: Path) -> Dataset:
     return Dataset(root.name, "pairs", root, pairs, problems)
 
 
-def load_lr_only(root: Path) -> Dataset:
-    """A folder of LR images without ground truth (RealSet65, RealLQ250, RealSRSet, ...)."""
+def load_lr_only(root: Path, exclude: Path | None = None) -> Dataset:
+    """A folder of LR images without ground truth (RealSet65, RealLQ250, RealSRSet, ...); the folder ``exclude``
+    below it (an output folder) is not searched."""
     root = Path(root)
-    pairs, _ = pairs_from_dirs(root, None)
+    pairs, _ = pairs_from_dirs(root, None, exclude)
     return Dataset(root.name, "lr-only", root, pairs, [])
 
 

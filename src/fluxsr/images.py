@@ -96,21 +96,23 @@ class LoadedImage:
 # ----------------------------------------------------------------------------------------------------- finding
 
 
-def find_images(path: Path) -> list[Path]:
-    """``[path]`` for a file; for a folder every image below it (recursive, sorted, hidden entries skipped)."""
-    return scan_images(path)[0]
+def find_images(path: Path, exclude: Path | None = None) -> list[Path]:
+    """``[path]`` for a file; for a folder every image below it (recursive, sorted, hidden entries skipped), not
+    entering the folder ``exclude`` when it lies below ``path`` (an output folder inside the input folder)."""
+    return scan_images(path, exclude)[0]
 
 
-def scan_images(path: Path) -> tuple[list[Path], list[Path]]:
+def scan_images(path: Path, exclude: Path | None = None) -> tuple[list[Path], list[Path]]:
     """:func:`find_images` plus the files it passed over for their extension (hidden entries are not counted)."""
     path = Path(path)
+    skip = Path(exclude).resolve() if exclude is not None else None
     if path.is_file():
         return [path], []
     if not path.is_dir():
         raise FileNotFoundError(2, "No such file or directory", str(path))
     found, ignored = [], []
     for root, dirs, files in os.walk(path):
-        dirs[:] = [d for d in dirs if not d.startswith(".")]
+        dirs[:] = [d for d in dirs if not d.startswith(".") and (skip is None or (Path(root) / d).resolve() != skip)]
         for f in files:
             if not f.startswith("."):
                 (found if Path(f).suffix.lower() in IMAGE_EXTENSIONS else ignored).append(Path(root) / f)

@@ -225,9 +225,7 @@ def find_jobs(inputs: list[Path], out_dir: Path, batch: BatchOptions,
         if not root.exists():
             results.append(FileResult(str(root), None, "failed", f"{root}: no such file or folder"))
             continue
-        found, ignored = scan_images(root)
-        inside = root.is_dir() and out != root.resolve() and out.is_relative_to(root.resolve())
-        found = [src for src in found if not (inside and src.resolve().is_relative_to(out))]
+        found, ignored = scan_images(root, exclude=out)  # earlier outputs under the input folder are not inputs
         if ignored:
             kinds = ", ".join(sorted({p.suffix.lower() or "no extension" for p in ignored}))
             note(f"note: {root}: ignored {len(ignored)} file(s) with unsupported extensions ({kinds}); "
