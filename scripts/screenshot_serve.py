@@ -13,8 +13,14 @@ import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-        "--disable-component-update", "--disable-sync"]
+ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 
 
 def main() -> int:
@@ -24,7 +30,9 @@ def main() -> int:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False"}
-    server = subprocess.Popen([sys.executable, "-m", "fluxsr.cli", "serve", "--port", str(port)], cwd=ROOT, env=env)
+    server = subprocess.Popen(
+        [sys.executable, "-m", "fluxsr.cli", "serve", "--port", str(port)], cwd=ROOT, env=env
+    )
     url = f"http://127.0.0.1:{port}/"
     try:
         for _ in range(240):

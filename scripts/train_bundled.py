@@ -23,8 +23,16 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-SKIMAGE_PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "motorcycle_left", "hubble_deep_field",
-                  "immunohistochemistry", "colorwheel")
+SKIMAGE_PHOTOS = (
+    "astronaut",
+    "coffee",
+    "chelsea",
+    "rocket",
+    "motorcycle_left",
+    "hubble_deep_field",
+    "immunohistochemistry",
+    "colorwheel",
+)
 
 
 def export_skimage_photos(out: Path) -> Path:
@@ -48,8 +56,13 @@ def export_skimage_photos(out: Path) -> Path:
 def hardware() -> dict:
     import torch
 
-    info = {"python": platform.python_version(), "torch": torch.__version__, "cpu": platform.processor() or
-            platform.machine(), "cpu_count": os.cpu_count(), "cuda": torch.cuda.is_available()}
+    info = {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "cpu": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "cuda": torch.cuda.is_available(),
+    }
     if torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name(0)
     return info
@@ -69,8 +82,12 @@ def main() -> int:
     ap.add_argument("--data", type=Path, required=True, help="folder with BSD100/HR and Urban100_subset40/HR")
     ap.add_argument("--run", type=Path, default=ROOT / "runs" / "bundled")
     ap.add_argument("--config", type=Path, default=ROOT / "configs" / "bundled.yaml")
-    ap.add_argument("--smoke", action="store_true", help="a few steps per stage (checks the chain, not a model)")
-    ap.add_argument("--scale", type=float, default=1.0, help="multiply every stage's steps (longer/shorter run)")
+    ap.add_argument(
+        "--smoke", action="store_true", help="a few steps per stage (checks the chain, not a model)"
+    )
+    ap.add_argument(
+        "--scale", type=float, default=1.0, help="multiply every stage's steps (longer/shorter run)"
+    )
     ap.add_argument("--install", action="store_true", help="copy the result into src/fluxsr/assets/model")
     ap.add_argument("--set", action="append", default=[], help="extra recipe overrides")
     args = ap.parse_args()
@@ -78,8 +95,11 @@ def main() -> int:
     from fluxsr.recipe import load_recipe
 
     run_dir = args.run.resolve()
-    photos = [str(args.data / "BSD100" / "HR"), str(args.data / "Urban100_subset40" / "HR"),
-              str(export_skimage_photos(run_dir / "photos" / "skimage"))]
+    photos = [
+        str(args.data / "BSD100" / "HR"),
+        str(args.data / "Urban100_subset40" / "HR"),
+        str(export_skimage_photos(run_dir / "photos" / "skimage")),
+    ]
     pairs_photos = run_dir / "photos" / "all"
     if pairs_photos.exists():
         shutil.rmtree(pairs_photos)
@@ -93,23 +113,40 @@ def main() -> int:
     def steps(n: int) -> int:
         return max(2, int(n * s))
 
-    sets = [f"pretrain.photos={json.dumps(photos)}", f"model.base={run_dir / 'teacher'}",
-            f"pairs.photos={pairs_photos}",
-            f"pretrain.vae.steps={steps(recipe.pretrain.vae.steps)}",
-            f"pretrain.teacher.steps={steps(recipe.pretrain.teacher.steps)}",
-            f"train.steps={steps(recipe.train.steps)}"]
+    sets = [
+        f"pretrain.photos={json.dumps(photos)}",
+        f"model.base={run_dir / 'teacher'}",
+        f"pairs.photos={pairs_photos}",
+        f"pretrain.vae.steps={steps(recipe.pretrain.vae.steps)}",
+        f"pretrain.teacher.steps={steps(recipe.pretrain.teacher.steps)}",
+        f"train.steps={steps(recipe.train.steps)}",
+    ]
     if args.smoke:
-        sets += ["pairs.count=4", "pairs.steps=2", "pretrain.vae.batch_size=2", "pretrain.teacher.batch_size=2",
-                 "train.batch_size=2", "train.validate_every=2", "train.checkpoint_every=2"]
+        sets += [
+            "pairs.count=4",
+            "pairs.steps=2",
+            "pretrain.vae.batch_size=2",
+            "pretrain.teacher.batch_size=2",
+            "train.batch_size=2",
+            "train.validate_every=2",
+            "train.checkpoint_every=2",
+        ]
     sets += args.set
     common = ["--config", str(args.config), *[f"--set={x}" for x in sets]]
     report = {"hardware": hardware(), "overrides": sets, "stages": {}, "smoke": args.smoke}
     tic = time.perf_counter()
     run("train-vae", ["train-vae", *common, "--out", str(run_dir / "vae")], report)
-    run("train-teacher", ["train-teacher", *common, "--vae", str(run_dir / "vae"), "--out", str(run_dir / "teacher")],
-        report)
+    run(
+        "train-teacher",
+        ["train-teacher", *common, "--vae", str(run_dir / "vae"), "--out", str(run_dir / "teacher")],
+        report,
+    )
     run("gen-pairs", ["gen-pairs", *common, "--out", str(run_dir / "pairs")], report)
-    run("train", ["train", *common, "--pairs", str(run_dir / "pairs"), "--out", str(run_dir / "student")], report)
+    run(
+        "train",
+        ["train", *common, "--pairs", str(run_dir / "pairs"), "--out", str(run_dir / "student")],
+        report,
+    )
     report["total_seconds"] = round(time.perf_counter() - tic, 1)
     (run_dir / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     print(json.dumps(report, indent=2))

@@ -20,9 +20,13 @@ from fluxsr.pipeline import FluxSRPipeline, UpscaleOptions
 def test_flops_match_hand_count_for_tiny_config():
     """TINY_TRANSFORMER: D = 2 heads x 16 = 32, MLP 128, 1 double + 1 single block; 16 image + 8 text tokens."""
     ni, nt, n, d, mlp = 16, 8, 24, 32, 128
-    embed = (2 * ni * 64 * d + 2 * nt * 32 * d  # x_embedder (64 ch), context_embedder (joint dim 32)
-             + 2 * (2 * 256 * d + 2 * d * d)  # timestep and guidance MLPs
-             + 2 * 32 * d + 2 * d * d)  # pooled text MLP
+    embed = (
+        2 * ni * 64 * d
+        + 2 * nt * 32 * d  # x_embedder (64 ch), context_embedder (joint dim 32)
+        + 2 * (2 * 256 * d + 2 * d * d)  # timestep and guidance MLPs
+        + 2 * 32 * d
+        + 2 * d * d
+    )  # pooled text MLP
     stream = lambda t: 2 * t * d * 3 * d + 2 * t * d * d + 2 * t * d * mlp + 2 * t * mlp * d  # noqa: E731
     double = 2 * (2 * d * 6 * d) + stream(ni) + stream(nt)
     single = 2 * d * 3 * d + 2 * n * d * 3 * d + 2 * n * d * mlp + 2 * n * (d + mlp) * d
@@ -83,8 +87,16 @@ def test_tile_tokens_follow_the_pipelines_tiling(monkeypatch):
 
 
 def _run(tmp_path, **kw) -> dict:
-    cfg = B.BenchConfig(model="tiny", sizes=(32, 64), repeat=2, warmup=0, device="cpu", teacher_steps=6,
-                        teacher_run_steps=2, **kw)
+    cfg = B.BenchConfig(
+        model="tiny",
+        sizes=(32, 64),
+        repeat=2,
+        warmup=0,
+        device="cpu",
+        teacher_steps=6,
+        teacher_run_steps=2,
+        **kw,
+    )
     written = []
     result = B.run_bench(cfg, on_row=lambda r: written.append(len(r["rows"])), log=lambda s: None)
     assert written == list(range(1, len(result["rows"]) + 1))  # partial JSON after every row
@@ -116,8 +128,10 @@ def test_bench_rows_and_stages_without_realesrgan_weights(tmp_path, monkeypatch)
     assert table.count("| 8->32 |") == 4 and "not cached" in table and "x floor" in table
 
 
-@pytest.mark.skipif(not (cache_dir() / "realesrgan_x4plus.safetensors").is_file(),
-                    reason="Real-ESRGAN weights not cached (fluxsr weights fetch)")
+@pytest.mark.skipif(
+    not (cache_dir() / "realesrgan_x4plus.safetensors").is_file(),
+    reason="Real-ESRGAN weights not cached (fluxsr weights fetch)",
+)
 def test_bench_realesrgan_row_when_weights_cached(tmp_path):
     cfg = B.BenchConfig(model="tiny", sizes=(32,), repeat=1, warmup=0, device="cpu", rows=("realesrgan",))
     (row,) = B.run_bench(cfg, log=lambda s: None)["rows"]
@@ -126,8 +140,15 @@ def test_bench_realesrgan_row_when_weights_cached(tmp_path):
 
 def test_realesrgan_random_weights_row(tmp_path, monkeypatch):
     monkeypatch.setenv("FLUXSR_HOME", str(tmp_path / "empty-cache"))
-    cfg = B.BenchConfig(model="tiny", sizes=(16,), repeat=1, warmup=0, device="cpu", rows=("realesrgan",),
-                        esrgan_weights="random")
+    cfg = B.BenchConfig(
+        model="tiny",
+        sizes=(16,),
+        repeat=1,
+        warmup=0,
+        device="cpu",
+        rows=("realesrgan",),
+        esrgan_weights="random",
+    )
     (row,) = B.run_bench(cfg, log=lambda s: None)["rows"]
     assert row["row"] == "realesrgan (random weights)" and set(row["stages_ms"]) == {"read", "net", "write"}
 
@@ -136,8 +157,27 @@ def test_bench_command_line_writes_json_and_markdown(tmp_path):
     from fluxsr.cli import main
 
     out = tmp_path / "b.json"
-    rc = main(["bench", "--model", "tiny", "--sizes", "32", "--repeat", "1", "--warmup", "0", "--device", "cpu",
-               "--rows", "fluxsr,bicubic", "--json", str(out), "--markdown", str(tmp_path / "b.md")])
+    rc = main(
+        [
+            "bench",
+            "--model",
+            "tiny",
+            "--sizes",
+            "32",
+            "--repeat",
+            "1",
+            "--warmup",
+            "0",
+            "--device",
+            "cpu",
+            "--rows",
+            "fluxsr,bicubic",
+            "--json",
+            str(out),
+            "--markdown",
+            str(tmp_path / "b.md"),
+        ]
+    )
     assert rc == 0
     data = json.loads(out.read_text())
     assert [r["row"] for r in data["rows"]] == ["fluxsr:tiny", "bicubic"]
@@ -147,23 +187,26 @@ def test_bench_command_line_writes_json_and_markdown(tmp_path):
     assert data["config"]["analytic"] is False and "analytic" not in data["rows"][0]
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--rows", "fluxsr,nope"], "unknown rows"),
-    (["--rows", ","], "nothing to run"),
-    (["--sizes", "0"], "multiples of 4"),
-    (["--sizes", "66"], "multiples of 4"),  # the input would be 16 px and the x4 output 64, not 66
-    (["--sizes", "64,x"], "whole numbers"),
-    (["--repeat", "0"], "--repeat"),
-    (["--warmup", "-1"], "--warmup"),
-    (["--peak-tflops", "0"], "--peak-tflops"),
-    (["--peak-tflops", "nan"], "--peak-tflops"),
-    (["--teacher-steps", "0"], "--teacher-steps"),
-    (["--teacher-run-steps", "-1"], "--teacher-run-steps"),
-    (["--teacher-steps", "4", "--teacher-run-steps", "8"], "--teacher-run-steps"),
-    (["--json", "."], "is a folder"),
-    (["--markdown", "."], "is a folder"),
-    (["--device", "foo"], "unknown device"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--rows", "fluxsr,nope"], "unknown rows"),
+        (["--rows", ","], "nothing to run"),
+        (["--sizes", "0"], "multiples of 4"),
+        (["--sizes", "66"], "multiples of 4"),  # the input would be 16 px and the x4 output 64, not 66
+        (["--sizes", "64,x"], "whole numbers"),
+        (["--repeat", "0"], "--repeat"),
+        (["--warmup", "-1"], "--warmup"),
+        (["--peak-tflops", "0"], "--peak-tflops"),
+        (["--peak-tflops", "nan"], "--peak-tflops"),
+        (["--teacher-steps", "0"], "--teacher-steps"),
+        (["--teacher-run-steps", "-1"], "--teacher-run-steps"),
+        (["--teacher-steps", "4", "--teacher-run-steps", "8"], "--teacher-run-steps"),
+        (["--json", "."], "is a folder"),
+        (["--markdown", "."], "is a folder"),
+        (["--device", "foo"], "unknown device"),
+    ],
+)
 def test_bad_bench_arguments_are_one_line_errors(args, message, capsys):
     from fluxsr.cli import main
 
@@ -182,8 +225,17 @@ def test_cuda_device_without_cuda_is_a_clear_error(capsys):
 
 def test_teacher_note_only_with_a_teacher_row_and_baseline_gpu_work(tmp_path, monkeypatch):
     monkeypatch.setenv("FLUXSR_HOME", str(tmp_path / "empty-cache"))
-    cfg = B.BenchConfig(model="tiny", sizes=(16,), repeat=1, warmup=0, device="cpu", rows=("realesrgan",),
-                        esrgan_weights="random", teacher_run_steps=2, teacher_steps=6)
+    cfg = B.BenchConfig(
+        model="tiny",
+        sizes=(16,),
+        repeat=1,
+        warmup=0,
+        device="cpu",
+        rows=("realesrgan",),
+        esrgan_weights="random",
+        teacher_run_steps=2,
+        teacher_steps=6,
+    )
     result = B.run_bench(cfg, log=lambda s: None)
     assert not any("teacher" in n for n in result["notes"])
     (row,) = result["rows"]
@@ -246,15 +298,25 @@ def test_tile_candidates_halve_on_the_multiple():
     assert MEM.tile_candidates(1000, 16, 100) == [992, 496, 240, 112]
 
 
-COST = MEM.CostModel(encode_per_px=100, decode_per_px=200, transformer_per_token_dim=10, resident_per_px=40,
-                     color_fix_per_px=60, offloaded_per_px=4, safety=1.0)
+COST = MEM.CostModel(
+    encode_per_px=100,
+    decode_per_px=200,
+    transformer_per_token_dim=10,
+    resident_per_px=40,
+    color_fix_per_px=60,
+    offloaded_per_px=4,
+    safety=1.0,
+)
 DIMS = MEM.ModelDims(inner_dim=64, heads=4, text_len=16, vae_scale=8, vae_width=128)
 
 
 def test_cost_model_arithmetic():
     # tile 256: 65536 px; tokens 65536 / 256 + 16 = 272
-    assert COST.stages(65536, DIMS, 2) == {"encode": 100 * 65536 * 2, "decode": 200 * 65536 * 2,
-                                           "transformer": 10 * 272 * 64 * 2}
+    assert COST.stages(65536, DIMS, 2) == {
+        "encode": 100 * 65536 * 2,
+        "decode": 200 * 65536 * 2,
+        "transformer": 10 * 272 * 64 * 2,
+    }
     assert COST.full_image(1000, True) == 100_000 and COST.full_image(1000, False) == 4000
     quad = MEM.CostModel(transformer_per_token_dim=10, attention_quadratic=True)
     assert quad.transformer(65536, DIMS, 2) == 10 * 272 * 64 * 2 + 4 * 272**2 * 2 * 2
@@ -413,7 +475,10 @@ def test_oom_retry_gives_up_below_min_tile(tiny_pipe, monkeypatch):
     # 128 -> 64; 32 is below the minimum, so the last resort moves the full image off the device and starts again
     # from the planned 128; 64 again, then it gives up
     retries = tiny_pipe.plan.retries
-    assert len(retries) == 3 and "tile 64 x 1: retrying with tile 128 x 1, full image off the device" in retries[1]
+    assert (
+        len(retries) == 3
+        and "tile 64 x 1: retrying with tile 128 x 1, full image off the device" in retries[1]
+    )
 
 
 @pytest.mark.parametrize("stage", ["decode", "transform"])
@@ -443,14 +508,20 @@ def test_cpu_allocator_failure_is_an_out_of_memory_error(tiny_pipe, monkeypatch)
 
     def flaky(z, opts, *a, **kw):
         if opts.tile > 64:
-            raise RuntimeError("[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: can't allocate memory: "
-                               "you tried to allocate 1099511627776 bytes.")
+            raise RuntimeError(
+                "[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: can't allocate memory: "
+                "you tried to allocate 1099511627776 bytes."
+            )
         return real(z, opts, *a, **kw)
 
     monkeypatch.setattr(tiny_pipe, "decode", flaky)
     assert torch.equal(tiny_pipe.upscale_tensor(x, UpscaleOptions(tile=128, overlap=16)), small)
-    assert MEM.is_oom(RuntimeError("DefaultCPUAllocator: can't allocate memory")) and MEM.is_oom(MemoryError())
-    assert MEM.is_oom(RuntimeError("CUDA error: out of memory")) and not MEM.is_oom(RuntimeError("shape mismatch"))
+    assert MEM.is_oom(RuntimeError("DefaultCPUAllocator: can't allocate memory")) and MEM.is_oom(
+        MemoryError()
+    )
+    assert MEM.is_oom(RuntimeError("CUDA error: out of memory")) and not MEM.is_oom(
+        RuntimeError("shape mismatch")
+    )
 
 
 def test_tiles_larger_than_the_image_are_one_tile_and_not_a_change():
@@ -461,7 +532,10 @@ def test_tiles_larger_than_the_image_are_one_tile_and_not_a_change():
 
 def test_cpu_plan_counts_the_full_image_that_stays_in_ram():
     """On the CPU "off the device" is the same RAM: only the colour fix's extra goes, the resident tensors stay."""
-    assert COST.full_image(1000, False, "cpu") == (40 + 4) * 1000 and COST.full_image(1000, False, "cuda") == 4000
+    assert (
+        COST.full_image(1000, False, "cpu") == (40 + 4) * 1000
+        and COST.full_image(1000, False, "cuda") == 4000
+    )
     image = (1024, 1024)
     dec = 200 * 512 * 512 * 2
     p_gpu = MEM.plan_memory(image, dec + 4 * 2**20, DIMS, 2, 512, cost=COST, device_type="cuda")

@@ -143,7 +143,9 @@ def test_plateau_and_generalized_shapes():
     # a larger exponent flattens the top: the neighbour of the peak is closer to it
     assert flat_top[0, 10, 11] / flat_top[0, 10, 10] > gauss[0, 10, 11] / gauss[0, 10, 10]
     # plateau kernels have heavy tails: 1 / (1 + Q^beta) at Q = 1 is exactly half the peak
-    torch.testing.assert_close(plateau[0, 10, 12] / plateau[0, 10, 10], torch.tensor(0.5, dtype=torch.float64))
+    torch.testing.assert_close(
+        plateau[0, 10, 12] / plateau[0, 10, 10], torch.tensor(0.5, dtype=torch.float64)
+    )
 
 
 def test_sinc_kernel_is_a_lowpass():
@@ -260,7 +262,9 @@ def test_degrade_sizes_and_levels():
     hr = textured(2, 64, 96)
     lr, lr_up = degrade_to_input(hr, DegradationConfig(), gen(11))
     assert lr.shape == (2, 3, 16, 24) and lr_up.shape == hr.shape
-    assert float(lr.min()) >= 0 and float(lr.max()) <= 1 and float(lr_up.min()) >= 0 and float(lr_up.max()) <= 1
+    assert (
+        float(lr.min()) >= 0 and float(lr.max()) <= 1 and float(lr_up.min()) >= 0 and float(lr_up.max()) <= 1
+    )
     torch.testing.assert_close(lr * 255, (lr * 255).round(), atol=1e-4, rtol=0)
 
 
@@ -307,12 +311,22 @@ def test_batch_of_two_gets_different_parameters():
 
 
 def test_mild_config_approximates_plain_downsampling():
-    mild = DegradationConfig.from_dict({
-        "resize_prob": [0, 0, 1], "resize_prob2": [0, 0, 1], "sinc_prob": 0, "blur_sigma": [0.05, 0.05],
-        "noise_range": [0, 0], "poisson_scale_range": [0, 0], "noise_range2": [0, 0],
-        "poisson_scale_range2": [0, 0], "jpeg_range": [100, 100], "jpeg_range2": [100, 100],
-        "second_blur_prob": 0, "final_sinc_prob": 0,
-    })
+    mild = DegradationConfig.from_dict(
+        {
+            "resize_prob": [0, 0, 1],
+            "resize_prob2": [0, 0, 1],
+            "sinc_prob": 0,
+            "blur_sigma": [0.05, 0.05],
+            "noise_range": [0, 0],
+            "poisson_scale_range": [0, 0],
+            "noise_range2": [0, 0],
+            "poisson_scale_range2": [0, 0],
+            "jpeg_range": [100, 100],
+            "jpeg_range2": [100, 100],
+            "second_blur_prob": 0,
+            "final_sinc_prob": 0,
+        }
+    )
     hr = textured(2, 64, 64)
     lr = degrade(hr, mild, gen(40))
     ref = F.interpolate(hr, size=(16, 16), mode="area")

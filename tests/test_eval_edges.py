@@ -87,8 +87,13 @@ def test_benchmark_keeps_equal_stems_in_different_folders_apart(tmp_path):
         assert scores[f"{year}/IMG_0001"] == pytest.approx(expected)
         assert expected > 20
 
-    demo = run_benchmark(load_dataset(root / "lr", "lr-only"), backend_factories("bicubic", lambda: None),
-                         tmp_path / "demo", [], sheet_images=0)  # what `fluxsr demo` does
+    demo = run_benchmark(
+        load_dataset(root / "lr", "lr-only"),
+        backend_factories("bicubic", lambda: None),
+        tmp_path / "demo",
+        [],
+        sheet_images=0,
+    )  # what `fluxsr demo` does
     assert demo.runs[0].n_images == 2 and not demo.problems
     assert (tmp_path / "demo" / "bicubic" / "2024" / "IMG_0001.png").is_file()
 
@@ -96,8 +101,13 @@ def test_benchmark_keeps_equal_stems_in_different_folders_apart(tmp_path):
 def test_benchmark_reports_names_that_still_clash(tmp_path):
     save(tmp_path / "set" / "a.png", shrink(texture(32, 0)))
     save(tmp_path / "set" / "a.jpg", shrink(texture(32, 1)))
-    res = run_benchmark(load_dataset(tmp_path / "set", "lr-only"), backend_factories("bicubic", lambda: None),
-                        tmp_path / "out", [], sheet_images=0)
+    res = run_benchmark(
+        load_dataset(tmp_path / "set", "lr-only"),
+        backend_factories("bicubic", lambda: None),
+        tmp_path / "out",
+        [],
+        sheet_images=0,
+    )
     assert len(res.problems) == 1 and "duplicate name 'a'" in res.problems[0] and "a.png" in res.problems[0]
     assert res.runs[0].n_images == 1 and len(res.dataset.pairs) == 1
 
@@ -119,8 +129,9 @@ def test_make_testset_refuses_stale_folders_unless_overwrite(tmp_path, capsys):
     assert main(["make-testset", "--hr", str(new), "--out", str(out), "--seed", "0", "--overwrite"]) == 0
     manifest = json.loads((out / "manifest.json").read_text())
     assert [i["name"] for i in manifest["images"]] == ["z"]
-    assert [p.name for p in (out / "lr").iterdir()] == ["z.png"] and [p.name for p in (out / "hr").iterdir()] == [
-        "z.png"]
+    assert [p.name for p in (out / "lr").iterdir()] == ["z.png"] and [
+        p.name for p in (out / "hr").iterdir()
+    ] == ["z.png"]
     assert [p.name for p in load_dataset(out).pairs] == ["z"]
     with pytest.raises(ValueError, match="not empty"):
         make_testset([old], out, seed=0)
@@ -144,14 +155,30 @@ def test_classic_layout_pairs_hr_with_lr_bicubic(tmp_path, capsys):
     ds = load_dataset(root)
     assert ds.has_hr and not ds.problems and [p.name for p in ds.pairs] == ["baby", "bird"]
     assert [(p.lr.relative_to(root).as_posix(), p.hr.name) for p in ds.pairs] == [
-        ("LR_bicubic/X4/babyx4.png", "baby.png"), ("LR_bicubic/X4/birdx4.png", "bird.png")]
+        ("LR_bicubic/X4/babyx4.png", "baby.png"),
+        ("LR_bicubic/X4/birdx4.png", "bird.png"),
+    ]
     assert [p.lr.name for p in load_dataset(root, scale=2).pairs] == ["babyx2.png", "birdx2.png"]
     with pytest.raises(FileNotFoundError, match="X3"):
         load_dataset(root, scale=3)
 
     out = tmp_path / "out"
-    rc = main(["benchmark", "--dataset", str(root), "--backends", "bicubic", "--metrics", "psnr,ssim",
-               "--out", str(out), "-q", "--sheet-images", "0"])
+    rc = main(
+        [
+            "benchmark",
+            "--dataset",
+            str(root),
+            "--backends",
+            "bicubic",
+            "--metrics",
+            "psnr,ssim",
+            "--out",
+            str(out),
+            "-q",
+            "--sheet-images",
+            "0",
+        ]
+    )
     assert rc == 0
     doc = json.loads((out / "benchmark.json").read_text())
     assert doc["dataset"]["layout"] == "classic" and doc["dataset"]["has_hr"]
@@ -162,8 +189,20 @@ def test_classic_layout_pairs_hr_with_lr_bicubic(tmp_path, capsys):
 
 def test_benchmark_refuses_full_reference_metrics_without_ground_truth(tmp_path, capsys):
     save(tmp_path / "lr" / "a.png", shrink(texture(32, 0)))
-    rc = main(["benchmark", "--dataset", str(tmp_path / "lr"), "--backends", "bicubic", "--metrics", "psnr,niqe",
-               "--out", str(tmp_path / "out"), "-q"])
+    rc = main(
+        [
+            "benchmark",
+            "--dataset",
+            str(tmp_path / "lr"),
+            "--backends",
+            "bicubic",
+            "--metrics",
+            "psnr,niqe",
+            "--out",
+            str(tmp_path / "out"),
+            "-q",
+        ]
+    )
     err = capsys.readouterr().err
     assert rc == 2 and "psnr need ground truth" in err
     assert not (tmp_path / "out" / "bicubic").exists()
@@ -172,8 +211,13 @@ def test_benchmark_refuses_full_reference_metrics_without_ground_truth(tmp_path,
 @pytest.mark.skipif(not has_niqe(), reason="NIQE parameters not fetched (fluxsr weights fetch)")
 def test_benchmark_default_metrics_without_ground_truth_keep_the_note(tmp_path):
     save(tmp_path / "lr" / "a.png", shrink(texture(32, 0)))
-    res = run_benchmark(load_dataset(tmp_path / "lr"), backend_factories("bicubic", lambda: None),
-                        tmp_path / "out", None, sheet_images=0)
+    res = run_benchmark(
+        load_dataset(tmp_path / "lr"),
+        backend_factories("bicubic", lambda: None),
+        tmp_path / "out",
+        None,
+        sheet_images=0,
+    )
     assert [m.name for m in res.metrics] == ["niqe"]
     assert any("no ground truth: skipped psnr, ssim, lpips, dists" in n for n in res.notes)
 
@@ -184,8 +228,20 @@ def test_benchmark_default_metrics_without_ground_truth_keep_the_note(tmp_path):
 def test_eval_single_files(tmp_path, capsys):
     gt = save(tmp_path / "g" / "cat.png", texture(32, 0))
     pred = save(tmp_path / "p" / "cat_out.png", texture(32, 1))
-    rc = main(["eval", "--pred", str(pred), "--gt", str(gt), "--metrics", "psnr", "-q",
-               "--json", str(tmp_path / "r.json")])
+    rc = main(
+        [
+            "eval",
+            "--pred",
+            str(pred),
+            "--gt",
+            str(gt),
+            "--metrics",
+            "psnr",
+            "-q",
+            "--json",
+            str(tmp_path / "r.json"),
+        ]
+    )
     assert rc == 0, capsys.readouterr().err
     doc = json.loads((tmp_path / "r.json").read_text())
     assert doc["count"] == 1 and [i["name"] for i in doc["images"]] == ["cat_out"]
@@ -197,7 +253,9 @@ def test_eval_single_files(tmp_path, capsys):
 def test_eval_empty_folder_is_an_error(tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     save(tmp_path / "g" / "a.png", texture(32, 0))
-    rc = main(["eval", "--pred", str(tmp_path / "empty"), "--gt", str(tmp_path / "g"), "--metrics", "psnr", "-q"])
+    rc = main(
+        ["eval", "--pred", str(tmp_path / "empty"), "--gt", str(tmp_path / "g"), "--metrics", "psnr", "-q"]
+    )
     err = capsys.readouterr().err
     assert rc == 1 and f"no images found under {tmp_path / 'empty'}" in err and "0 image(s) scored" in err
     report = evaluate_dirs(tmp_path / "empty", tmp_path / "g", "psnr")
@@ -210,9 +268,11 @@ def test_eval_empty_folder_is_an_error(tmp_path, capsys):
 def partial_report() -> EvalReport:
     """psnr on a and b, niqe on a only, nothing on c (every metric failed there)."""
     metrics = [Metric("psnr", True, False, lambda p, g: 0.0), Metric("niqe", False, True, lambda p, g: 0.0)]
-    images = [ImageScore("a", "a.png", "ga.png", {"psnr": 20.0, "niqe": 5.0}),
-              ImageScore("b", "b.png", "gb.png", {"psnr": 22.0}),
-              ImageScore("c", "c.png", "gc.png", {})]
+    images = [
+        ImageScore("a", "a.png", "ga.png", {"psnr": 20.0, "niqe": 5.0}),
+        ImageScore("b", "b.png", "gb.png", {"psnr": 22.0}),
+        ImageScore("c", "c.png", "gc.png", {}),
+    ]
     return EvalReport(metrics, images)
 
 
@@ -226,7 +286,9 @@ def test_mean_row_shows_per_metric_counts():
     rows = list(csv.reader(io.StringIO(report_csv(report))))
     assert rows[-2][0] == "mean" and rows[-1] == ["count", "", "", "2", "1"]
 
-    run = MethodRun("bicubic", "bicubic", outputs={n: Path(f"{n}.png") for n in "abc"}, wall_s=1.0, report=report)
+    run = MethodRun(
+        "bicubic", "bicubic", outputs={n: Path(f"{n}.png") for n in "abc"}, wall_s=1.0, report=report
+    )
     result = BenchmarkResult(load_dataset_stub(), report.metrics, [run], "fluxsr", 4, 4.0, "cpu")
     assert "21.00 (n=2)" in benchmark_markdown(result) and "5.000 (n=1)" in benchmark_markdown(result)
     assert benchmark_json(result)["methods"][0]["counts"] == {"psnr": 2, "niqe": 1}
@@ -266,7 +328,9 @@ def test_niqe_on_a_flat_image(tmp_path):
 
 def _photo(path, size=(24, 16), seed=0):
     path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(np.random.default_rng(seed).integers(0, 255, (size[1], size[0], 3), dtype=np.uint8)).save(path)
+    Image.fromarray(np.random.default_rng(seed).integers(0, 255, (size[1], size[0], 3), dtype=np.uint8)).save(
+        path
+    )
     return path
 
 
@@ -306,8 +370,14 @@ def test_sheet_crops_line_up_at_a_non_integer_scale(tmp_path, monkeypatch):
     lr = torch.zeros(3, 20, 20)
     lr[:, 10:, 10:] = 1.0
     write_image(tmp_path / "lr" / "q.png", lr)
-    result = run_benchmark(load_dataset(tmp_path / "lr", "lr-only"), backend_factories("bicubic", lambda: None),
-                           tmp_path / "b", [], opts=UpscaleOptions(scale=2.5), sheet_images=1)
+    result = run_benchmark(
+        load_dataset(tmp_path / "lr", "lr-only"),
+        backend_factories("bicubic", lambda: None),
+        tmp_path / "b",
+        [],
+        opts=UpscaleOptions(scale=2.5),
+        sheet_images=1,
+    )
     assert result.files["sheet"].is_file()
     shapes, real_crop = [], E._crop
 
@@ -324,11 +394,39 @@ def test_sheet_crops_line_up_at_a_non_integer_scale(tmp_path, monkeypatch):
 
 def test_make_testset_checks_the_crop_first_and_writes_no_empty_manifest(tmp_path, capsys):
     _photo(tmp_path / "hr" / "a.png", size=(40, 40))
-    assert main(["make-testset", "--hr", str(tmp_path / "hr"), "--out", str(tmp_path / "t1"), "--seed", "0",
-                 "--crop", "130"]) == 2
+    assert (
+        main(
+            [
+                "make-testset",
+                "--hr",
+                str(tmp_path / "hr"),
+                "--out",
+                str(tmp_path / "t1"),
+                "--seed",
+                "0",
+                "--crop",
+                "130",
+            ]
+        )
+        == 2
+    )
     assert "multiple of the scale" in capsys.readouterr().err and not (tmp_path / "t1").exists()
     # every input too small for the crop: errors, and no manifest that would pass for an empty test set
-    assert main(["make-testset", "--hr", str(tmp_path / "hr"), "--out", str(tmp_path / "t2"), "--seed", "0",
-                 "--crop", "200"]) == 1
+    assert (
+        main(
+            [
+                "make-testset",
+                "--hr",
+                str(tmp_path / "hr"),
+                "--out",
+                str(tmp_path / "t2"),
+                "--seed",
+                "0",
+                "--crop",
+                "200",
+            ]
+        )
+        == 1
+    )
     assert "no pairs written" in capsys.readouterr().err
     assert not (tmp_path / "t2" / "manifest.json").exists()

@@ -77,23 +77,42 @@ def blur(a: np.ndarray) -> np.ndarray:
 # ---------------------------------------------------------------------------------------------------- pairing
 
 
-@pytest.mark.parametrize("stem, key", [
-    ("baby", "baby"), ("baby_out", "baby"), ("babyx4", "baby"), ("baby_x4", "baby"), ("Baby_SR", "baby"),
-    ("Canon_001_LR4", "canon_001"), ("Canon_001_HR", "canon_001"), ("DSC_1454_x1", "dsc_1454"),
-    ("0801x4_out", "0801"), ("img_003_SRF_4_HR", "img_003_srf_4"), ("sr", "sr"), ("x4", "x4"), ("lq-gt", "lq"),
-])
+@pytest.mark.parametrize(
+    "stem, key",
+    [
+        ("baby", "baby"),
+        ("baby_out", "baby"),
+        ("babyx4", "baby"),
+        ("baby_x4", "baby"),
+        ("Baby_SR", "baby"),
+        ("Canon_001_LR4", "canon_001"),
+        ("Canon_001_HR", "canon_001"),
+        ("DSC_1454_x1", "dsc_1454"),
+        ("0801x4_out", "0801"),
+        ("img_003_SRF_4_HR", "img_003_srf_4"),
+        ("sr", "sr"),
+        ("x4", "x4"),
+        ("lq-gt", "lq"),
+    ],
+)
 def test_pair_key(stem, key):
     assert pair_key(stem) == key
 
 
 def test_match_files_levels_and_leftovers(tmp_path):
     left = [tmp_path / "p" / n for n in ("a_out.png", "sub/b.png", "c.png", "d_x4.png", "d_out.png", "e.jpg")]
-    right = [tmp_path / "g" / n for n in ("a_HR.png", "sub/b_gt.png", "other/b.png", "d.png", "e.png", "f.png")]
+    right = [
+        tmp_path / "g" / n for n in ("a_HR.png", "sub/b_gt.png", "other/b.png", "d.png", "e.png", "f.png")
+    ]
     m = match_files(left, right, tmp_path / "p", tmp_path / "g")
     pairs = {(a.name, b.relative_to(tmp_path / "g").as_posix()) for a, b in m.pairs}
     assert pairs == {("a_out.png", "a_HR.png"), ("b.png", "sub/b_gt.png"), ("e.jpg", "e.png")}
     assert [p.name for p in m.left_only] == ["c.png", "d_out.png", "d_x4.png"]
-    assert [p.relative_to(tmp_path / "g").as_posix() for p in m.right_only] == ["d.png", "f.png", "other/b.png"]
+    assert [p.relative_to(tmp_path / "g").as_posix() for p in m.right_only] == [
+        "d.png",
+        "f.png",
+        "other/b.png",
+    ]
     assert list(m.ambiguous) == ["d"]
     text = "\n".join(m.problems("pred", "gt"))
     assert "d_x4.png" in text and "d_out.png" in text and "ambiguous" in text
@@ -124,8 +143,22 @@ def eval_dirs(tmp_path):
 
 def test_eval_cli_reports_problems_and_writes_json_csv(eval_dirs, tmp_path, capsys):
     pred, gt = eval_dirs
-    rc = main(["eval", "--pred", str(pred), "--gt", str(gt), "--metrics", "psnr,ssim", "-q",
-               "--json", str(tmp_path / "r.json"), "--csv", str(tmp_path / "r.csv")])
+    rc = main(
+        [
+            "eval",
+            "--pred",
+            str(pred),
+            "--gt",
+            str(gt),
+            "--metrics",
+            "psnr,ssim",
+            "-q",
+            "--json",
+            str(tmp_path / "r.json"),
+            "--csv",
+            str(tmp_path / "r.csv"),
+        ]
+    )
     out, err = capsys.readouterr()
     assert rc == 1
     for name in ("cat_SR.png", "cat.png", "broken.png", "orphan.png", "lonely.png"):
@@ -162,7 +195,9 @@ def test_eval_crop_border_and_protocol(eval_dirs):
     assert default.crop_border == 4 and no_crop.crop_border == 0 and pyiqa.crop_border == 0
     a, b = default.images[0].scores["psnr"], no_crop.images[0].scores["psnr"]
     assert a != b and math.isfinite(a) and math.isfinite(b)
-    assert pyiqa.images[0].scores["psnr"] == pytest.approx(b, abs=0.05)  # same pixels, float32 vs float64 luma
+    assert pyiqa.images[0].scores["psnr"] == pytest.approx(
+        b, abs=0.05
+    )  # same pixels, float32 vs float64 luma
 
 
 def test_json_and_csv_keep_inf(tmp_path):
@@ -243,16 +278,22 @@ def test_layouts_detected_and_paired(tmp_path):
     save(lq_only / "a.jpg", small)
     save(lq_only / "b.png", small)
 
-    assert [detect_layout(p) for p in (realsr, drealsr, div2k, lq_only)] == ["realsr", "drealsr", "stablesr",
-                                                                             "lr-only"]
+    assert [detect_layout(p) for p in (realsr, drealsr, div2k, lq_only)] == [
+        "realsr",
+        "drealsr",
+        "stablesr",
+        "lr-only",
+    ]
     ds = load_dataset(realsr)
     assert [p.name for p in ds.pairs] == ["Canon_001", "Canon_002", "Nikon_001", "Nikon_002"]
     assert all(p.hr.name == p.name + "_HR.png" for p in ds.pairs)
     assert ds.has_hr and len(ds.problems) == 1 and "Nikon_009_LR4.png" in ds.problems[0]
     assert load_dataset(realsr / "Canon" / "Test" / "4").layout == "realsr"
     ds = load_dataset(drealsr)
-    assert [(p.lr.name, p.hr.name) for p in ds.pairs] == [("DSC_0001_x4.png", "DSC_0001_x1.png"),
-                                                          ("DSC_0002_x4.png", "DSC_0002_x1.png")]
+    assert [(p.lr.name, p.hr.name) for p in ds.pairs] == [
+        ("DSC_0001_x4.png", "DSC_0001_x1.png"),
+        ("DSC_0002_x4.png", "DSC_0002_x1.png"),
+    ]
     assert load_dataset(div2k).has_hr and len(load_dataset(div2k).pairs) == 1
     ds = load_dataset(lq_only)
     assert not ds.has_hr and [p.name for p in ds.pairs] == ["a", "b"]
@@ -277,7 +318,13 @@ def test_make_testset_is_deterministic(tmp_path):
     make_testset([src], tmp_path / "b", seed=7)
     make_testset([src], tmp_path / "c", seed=8)
     a, b, c = (folder_bytes(tmp_path / x) for x in "abc")
-    assert sorted(a) == ["hr/astronaut.png", "hr/coffee.png", "lr/astronaut.png", "lr/coffee.png", "manifest.json"]
+    assert sorted(a) == [
+        "hr/astronaut.png",
+        "hr/coffee.png",
+        "lr/astronaut.png",
+        "lr/coffee.png",
+        "manifest.json",
+    ]
     assert a == b  # same seed -> identical bytes, manifest included
     assert a["hr/coffee.png"] == c["hr/coffee.png"] and a["lr/coffee.png"] != c["lr/coffee.png"]
     assert a["lr/astronaut.png"] != c["lr/astronaut.png"]
@@ -335,11 +382,33 @@ def tiny_set(tmp_path_factory):
 def test_benchmark_cli_writes_table_chart_and_sheet(tiny_set, capsys):
     out = tiny_set / "out"
     metrics = "psnr,ssim" + (",lpips" if HAS_LPIPS else "")
-    rc = main(["benchmark", "--dataset", str(tiny_set / "set"), "--backends", "bicubic,fluxsr", "--model", "tiny",
-               "--device", "cpu", "--metrics", metrics, "--out", str(out), "-q", "--sheet-crop", "64"])
+    rc = main(
+        [
+            "benchmark",
+            "--dataset",
+            str(tiny_set / "set"),
+            "--backends",
+            "bicubic,fluxsr",
+            "--model",
+            "tiny",
+            "--device",
+            "cpu",
+            "--metrics",
+            metrics,
+            "--out",
+            str(out),
+            "-q",
+            "--sheet-crop",
+            "64",
+        ]
+    )
     stdout = capsys.readouterr().out
     assert rc == 0
-    assert "| bicubic |" in stdout and "fluxsr:tiny (tiny test model, random or briefly trained weights)" in stdout and "s/image" in stdout
+    assert (
+        "| bicubic |" in stdout
+        and "fluxsr:tiny (tiny test model, random or briefly trained weights)" in stdout
+        and "s/image" in stdout
+    )
     for name in ("benchmark.md", "benchmark.csv", "benchmark.json", "benchmark_chart.png", "comparison.png"):
         assert (out / name).stat().st_size > 0, name
     assert sorted(p.name for p in (out / "bicubic").iterdir()) == ["astronaut.png", "coffee.png"]
@@ -378,14 +447,22 @@ def test_benchmark_lr_only_and_unknown_backend(tiny_set, tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not HAS_REALESRGAN, reason="Real-ESRGAN weights not fetched (fluxsr weights fetch): skipped")
+@pytest.mark.skipif(
+    not HAS_REALESRGAN, reason="Real-ESRGAN weights not fetched (fluxsr weights fetch): skipped"
+)
 def test_benchmark_with_realesrgan(tmp_path):
     from fluxsr.evaluate import backend_factories
 
     save(tmp_path / "src" / "cat.png", photo("chelsea", 48, 60, 100))
     make_testset([tmp_path / "src"], tmp_path / "set", seed=0)
-    res = run_benchmark(load_dataset(tmp_path / "set"), backend_factories("bicubic,realesrgan", lambda: None),
-                        tmp_path / "out", ["psnr"], device="cpu", sheet_crop=32)
+    res = run_benchmark(
+        load_dataset(tmp_path / "set"),
+        backend_factories("bicubic,realesrgan", lambda: None),
+        tmp_path / "out",
+        ["psnr"],
+        device="cpu",
+        sheet_crop=32,
+    )
     assert [r.name for r in res.runs] == ["bicubic", "realesrgan"] and not res.problems
     assert Image.open(tmp_path / "out" / "realesrgan" / "cat.png").size == (48, 48)
     assert "realesrgan" in (tmp_path / "out" / "benchmark.md").read_text()

@@ -14,7 +14,10 @@ from fluxsr.pipeline import FluxSRPipeline, UpscaleOptions
 
 def test_labels():
     assert FastPath().label() == ""
-    assert FastPath(sdpa="flash", compile="regional", compile_vae=True).label() == "+compile+compile-vae+sdpa-flash"
+    assert (
+        FastPath(sdpa="flash", compile="regional", compile_vae=True).label()
+        == "+compile+compile-vae+sdpa-flash"
+    )
     assert FastPath(compile="full", compile_mode="reduce-overhead").label() == "+compile-full-reduce-overhead"
 
 
@@ -30,8 +33,9 @@ def test_compiled_transformer_equals_eager(how):
         try:
             for batch in (1, 2):
                 opts = UpscaleOptions(tile=64, overlap=16, tile_batch=batch)
-                torch.testing.assert_close(fast.upscale_tensor(x, opts), eager.upscale_tensor(x, opts),
-                                           atol=1e-5, rtol=0)
+                torch.testing.assert_close(
+                    fast.upscale_tensor(x, opts), eager.upscale_tensor(x, opts), atol=1e-5, rtol=0
+                )
         finally:
             torch._dynamo.reset()
 
@@ -45,12 +49,20 @@ def test_switches_are_checked():
         UpscaleOptions(tile_batch=-1)
 
 
-@pytest.mark.parametrize("flags,message", [(["--compile", "--compile-full"], "not allowed with"),
-                                           (["--compile-mode", "reduce-overhead"], "needs --compile"),
-                                           (["--tile-batch", "-2"], "must be >= 0")])
+@pytest.mark.parametrize(
+    "flags,message",
+    [
+        (["--compile", "--compile-full"], "not allowed with"),
+        (["--compile-mode", "reduce-overhead"], "needs --compile"),
+        (["--tile-batch", "-2"], "must be >= 0"),
+    ],
+)
 def test_upscale_refuses_contradicting_speed_flags(tmp_path, flags, message):
-    r = subprocess.run([sys.executable, "-m", "fluxsr.cli", "upscale", str(tmp_path / "x.png"), "--model", "tiny",
-                        *flags], capture_output=True, text=True)
+    r = subprocess.run(
+        [sys.executable, "-m", "fluxsr.cli", "upscale", str(tmp_path / "x.png"), "--model", "tiny", *flags],
+        capture_output=True,
+        text=True,
+    )
     assert r.returncode != 0 and message in r.stderr
 
 
@@ -81,17 +93,41 @@ def test_fp8_refused_by_the_hardware_is_skipped_with_a_note(monkeypatch):
     monkeypatch.setitem(sys.modules, "torchao.quantization", fake)
     fast = FastPath(fp8=True)
     notes = apply_fast_path(M.build_tiny(), fast)
-    assert not fast.fp8 and notes == ["fp8 skipped: Float8 dynamic quantization requires CUDA compute capability "
-                                      ">= 8.9"]
+    assert not fast.fp8 and notes == [
+        "fp8 skipped: Float8 dynamic quantization requires CUDA compute capability >= 8.9"
+    ]
 
 
 def test_upscale_command_takes_the_speed_flags(tmp_path):
     from PIL import Image
 
     Image.new("RGB", (24, 16), (200, 40, 90)).save(tmp_path / "a.png")
-    r = subprocess.run([sys.executable, "-m", "fluxsr.cli", "upscale", str(tmp_path / "a.png"), "-o",
-                        str(tmp_path / "out"), "--model", "tiny", "--sdpa", "math", "--tile", "64", "--overlap", "16",
-                        "--tile-batch", "2", "--max-memory", "64GiB", "-q"], capture_output=True, text=True)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "fluxsr.cli",
+            "upscale",
+            str(tmp_path / "a.png"),
+            "-o",
+            str(tmp_path / "out"),
+            "--model",
+            "tiny",
+            "--sdpa",
+            "math",
+            "--tile",
+            "64",
+            "--overlap",
+            "16",
+            "--tile-batch",
+            "2",
+            "--max-memory",
+            "64GiB",
+            "-q",
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert r.returncode == 0, r.stderr
     assert Image.open(tmp_path / "out" / "a.png").size == (96, 64)
 

@@ -171,8 +171,9 @@ def test_alpha_content_named_jpg_goes_to_png(tmp_path):
 # -- 6. size options ----------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("kwargs", [{"long_side": 0}, {"scale": 0}, {"scale": -2}, {"scale": math.inf},
-                                    {"scale": math.nan}])
+@pytest.mark.parametrize(
+    "kwargs", [{"long_side": 0}, {"scale": 0}, {"scale": -2}, {"scale": math.inf}, {"scale": math.nan}]
+)
 def test_bad_sizes_are_refused_by_the_options(kwargs):
     with pytest.raises(ValueError, match="long_side|scale"):
         UpscaleOptions(**kwargs)
@@ -181,7 +182,10 @@ def test_bad_sizes_are_refused_by_the_options(kwargs):
 def test_long_side_zero_fails_before_the_model_loads(tmp_path, monkeypatch, capsys):
     save_rgb(tmp_path / "a.png")
     monkeypatch.setattr(cli, "_pipeline", lambda args: pytest.fail("model loaded"))
-    assert cli.main(["upscale", "-q", str(tmp_path / "a.png"), "-o", str(tmp_path / "o"), "--long-side", "0"]) == 2
+    assert (
+        cli.main(["upscale", "-q", str(tmp_path / "a.png"), "-o", str(tmp_path / "o"), "--long-side", "0"])
+        == 2
+    )
     assert capsys.readouterr().err.strip() == "error: long_side must be >= 1 pixel, got 0"
 
 
@@ -219,8 +223,14 @@ def test_unwritable_output_extension_fails_before_upscaling(tmp_path):
         def upscale_tensor(self, rgb, opts):
             raise AssertionError("upscaled")
 
-    [result] = upscale_paths(Refuse(), [tmp_path / "pic.gif.txt"], tmp_path / "out", UpscaleOptions(),
-                             BatchOptions(), progress=False)
+    [result] = upscale_paths(
+        Refuse(),
+        [tmp_path / "pic.gif.txt"],
+        tmp_path / "out",
+        UpscaleOptions(),
+        BatchOptions(),
+        progress=False,
+    )
     assert result.status == "failed" and "cannot write .txt" in result.error
 
 
@@ -250,8 +260,14 @@ def test_two_sources_for_one_output_fail_by_name(tmp_path, capsys):
 
 def test_the_same_file_given_twice_runs_once(tmp_path, capsys):
     src = save_rgb(tmp_path / "in" / "a.png")
-    results = upscale_paths(BicubicBackend(), [src, src, tmp_path / "in"], tmp_path / "out", UpscaleOptions(scale=2),
-                            BatchOptions(), progress=False)
+    results = upscale_paths(
+        BicubicBackend(),
+        [src, src, tmp_path / "in"],
+        tmp_path / "out",
+        UpscaleOptions(scale=2),
+        BatchOptions(),
+        progress=False,
+    )
     assert [r.status for r in results] == ["ok"]
 
 
@@ -266,21 +282,30 @@ def test_out_of_memory_on_one_file_fails_it_and_the_batch_goes_on(tmp_path, caps
                 raise RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 1 TB")
             return super().upscale_tensor(rgb, opts)
 
-    results = upscale_paths(Flaky(), [tmp_path / "in"], tmp_path / "out", UpscaleOptions(scale=2), BatchOptions(),
-                            progress=False)
+    results = upscale_paths(
+        Flaky(), [tmp_path / "in"], tmp_path / "out", UpscaleOptions(scale=2), BatchOptions(), progress=False
+    )
     assert [r.status for r in results] == ["failed", "ok"]
     assert "out of memory" in results[0].error and "--max-memory" in results[0].error
 
 
 def test_adain_on_a_one_pixel_image(tmp_path):
-    out = FluxSRPipeline.from_pretrained("tiny", device="cpu")(torch.rand(3, 1, 1), scale=1, color_fix="adain")
+    out = FluxSRPipeline.from_pretrained("tiny", device="cpu")(
+        torch.rand(3, 1, 1), scale=1, color_fix="adain"
+    )
     assert out.shape == (3, 1, 1) and torch.isfinite(out).all()
 
 
 def test_a_file_under_two_given_folders_runs_once(tmp_path):
     save_rgb(tmp_path / "in" / "sub" / "x.png")
-    results = upscale_paths(BicubicBackend(), [tmp_path / "in", tmp_path / "in" / "sub"], tmp_path / "out",
-                            UpscaleOptions(scale=2), BatchOptions(), progress=False)
+    results = upscale_paths(
+        BicubicBackend(),
+        [tmp_path / "in", tmp_path / "in" / "sub"],
+        tmp_path / "out",
+        UpscaleOptions(scale=2),
+        BatchOptions(),
+        progress=False,
+    )
     assert [r.status for r in results] == ["ok"] and tree(tmp_path / "out") == ["sub/x.png"]
 
 
@@ -296,8 +321,19 @@ def test_baseline_backend_devices_are_checked(tmp_path, capsys, device, message)
     if torch.cuda.device_count() > 7:
         pytest.skip("a machine with 8 GPUs has cuda:7")
     save_rgb(tmp_path / "in" / "a.png")
-    rc = cli.main(["upscale", "--backend", "realesrgan", "--device", device, "-q", str(tmp_path / "in"), "-o",
-                   str(tmp_path / "out")])
+    rc = cli.main(
+        [
+            "upscale",
+            "--backend",
+            "realesrgan",
+            "--device",
+            device,
+            "-q",
+            str(tmp_path / "in"),
+            "-o",
+            str(tmp_path / "out"),
+        ]
+    )
     assert rc == 2 and message in capsys.readouterr().err
 
 
@@ -325,6 +361,19 @@ def test_a_failed_rendezvous_is_a_note_not_a_crash(monkeypatch, capsys):
 
 def test_model_options_with_a_baseline_backend_are_refused(tmp_path, capsys):
     save_rgb(tmp_path / "in" / "a.png")
-    rc = cli.main(["upscale", "--backend", "bicubic", "--model", "tiny", "--lora", str(tmp_path / "x.safetensors"),
-                   "-q", str(tmp_path / "in"), "-o", str(tmp_path / "out")])
+    rc = cli.main(
+        [
+            "upscale",
+            "--backend",
+            "bicubic",
+            "--model",
+            "tiny",
+            "--lora",
+            str(tmp_path / "x.safetensors"),
+            "-q",
+            str(tmp_path / "in"),
+            "-o",
+            str(tmp_path / "out"),
+        ]
+    )
     assert rc == 2 and "--model, --lora: model options apply to --backend fluxsr" in capsys.readouterr().err

@@ -32,10 +32,16 @@ def test_tiny_velocity_shapes(tiny):
 
 def test_velocity_matches_raw_transformer_call(tiny):
     z = torch.randn(1, 16, 4, 6)
-    out = tiny.transformer(hidden_states=pack(z), encoder_hidden_states=tiny.cond.prompt_embeds,
-                           pooled_projections=tiny.cond.pooled_embeds, timestep=torch.tensor([0.3]),
-                           img_ids=img_ids(4, 6, (2, 4)), txt_ids=txt_ids(M.TINY_TEXT_LEN),
-                           guidance=torch.tensor([tiny.spec.guidance]), return_dict=False)[0]
+    out = tiny.transformer(
+        hidden_states=pack(z),
+        encoder_hidden_states=tiny.cond.prompt_embeds,
+        pooled_projections=tiny.cond.pooled_embeds,
+        timestep=torch.tensor([0.3]),
+        img_ids=img_ids(4, 6, (2, 4)),
+        txt_ids=txt_ids(M.TINY_TEXT_LEN),
+        guidance=torch.tensor([tiny.spec.guidance]),
+        return_dict=False,
+    )[0]
     assert torch.allclose(M.velocity(tiny, z, 0.3, offset=(2, 4)), unpack(out, 4, 6))
 
 
@@ -49,8 +55,12 @@ def test_tiles_in_one_pass_match_one_at_a_time(per_tile):
     offsets = [(0, 0), (0, 6), (4, 2), (10, 0)]
     z = torch.randn(len(offsets) * per_tile, 16, 4, 6)
     t = torch.rand(z.shape[0])
-    one = torch.cat([M.velocity(model, z[i:i + per_tile], t[i:i + per_tile], offsets[i // per_tile])
-                     for i in range(0, z.shape[0], per_tile)])
+    one = torch.cat(
+        [
+            M.velocity(model, z[i : i + per_tile], t[i : i + per_tile], offsets[i // per_tile])
+            for i in range(0, z.shape[0], per_tile)
+        ]
+    )
     assert not attention.installed(model.transformer)
     many = M.velocity(model, z, t, offsets)
     assert attention.installed(model.transformer)
@@ -58,13 +68,17 @@ def test_tiles_in_one_pass_match_one_at_a_time(per_tile):
     # the offsets matter: the same tiles all at (0, 0) give something else
     assert not torch.allclose(M.velocity(model, z, t, [(0, 0)] * len(offsets)), one, atol=1e-3)
     # with the processor installed, a single offset still runs diffusers' own path, unchanged
-    assert torch.allclose(M.velocity(model, z[:per_tile], t[:per_tile], offsets[0]), one[:per_tile], atol=1e-6)
+    assert torch.allclose(
+        M.velocity(model, z[:per_tile], t[:per_tile], offsets[0]), one[:per_tile], atol=1e-6
+    )
     with pytest.raises(ValueError, match="offsets"):
         M.velocity(model, z[:3], t[:3], offsets[:2])
     # the same offsets as lists (JSON, numpy) are read the same way
     torch.testing.assert_close(M.velocity(model, z, t, [list(o) for o in offsets]), many)
-    torch.testing.assert_close(M.velocity(model, z[:per_tile], t[:per_tile], [0, 6]),
-                               M.velocity(model, z[:per_tile], t[:per_tile], (0, 6)))
+    torch.testing.assert_close(
+        M.velocity(model, z[:per_tile], t[:per_tile], [0, 6]),
+        M.velocity(model, z[:per_tile], t[:per_tile], (0, 6)),
+    )
 
 
 def test_position_ids_reach_the_transformer_in_float32():
@@ -111,7 +125,10 @@ def test_bfl_mapping_matches_diffusers_at_flux_dev_size():
     assert ours.keys() == theirs.keys() == sd.keys()
     assert all(ours[k].shape == theirs[k].shape == sd[k].shape for k in sd)
     cfg = M.transformer_config_from_bfl(bfl)
-    assert {k: cfg[k] for k in M.FLUX_DEV_TRANSFORMER} == {**M.FLUX_DEV_TRANSFORMER, "axes_dims_rope": (16, 56, 56)}
+    assert {k: cfg[k] for k in M.FLUX_DEV_TRANSFORMER} == {
+        **M.FLUX_DEV_TRANSFORMER,
+        "axes_dims_rope": (16, 56, 56),
+    }
     assert sum(p.numel() for p in big.parameters()) / 1e9 == pytest.approx(11.9, abs=0.01)
 
 
@@ -119,8 +136,17 @@ def test_bfl_converter_values_match_diffusers():
     """The swapped final-norm halves survive: check values with a tiny random model against diffusers'."""
     from diffusers.loaders.single_file_utils import convert_flux_transformer_checkpoint_to_diffusers
 
-    tr = M.build_transformer(dict(M.TINY_TRANSFORMER, attention_head_dim=128, num_attention_heads=24,
-                                  axes_dims_rope=(16, 56, 56), num_layers=1, num_single_layers=1), meta=False)
+    tr = M.build_transformer(
+        dict(
+            M.TINY_TRANSFORMER,
+            attention_head_dim=128,
+            num_attention_heads=24,
+            axes_dims_rope=(16, 56, 56),
+            num_layers=1,
+            num_single_layers=1,
+        ),
+        meta=False,
+    )
     sd = tr.state_dict()
     bfl = M.diffusers_to_bfl(sd)
     theirs = convert_flux_transformer_checkpoint_to_diffusers(dict(bfl))
@@ -129,18 +155,26 @@ def test_bfl_converter_values_match_diffusers():
 
 
 def _write_bfl_files(model, folder):
-    save_file({k: v.contiguous() for k, v in M.diffusers_to_bfl(model.transformer.state_dict()).items()},
-              folder / "flux1-dev.safetensors", metadata={"axes_dims_rope": json.dumps([4, 6, 6])})
+    save_file(
+        {k: v.contiguous() for k, v in M.diffusers_to_bfl(model.transformer.state_dict()).items()},
+        folder / "flux1-dev.safetensors",
+        metadata={"axes_dims_rope": json.dumps([4, 6, 6])},
+    )
     ldm = M.vae_to_ldm(model.vae.state_dict(), len(model.vae.config.block_out_channels))
-    save_file({k: v.contiguous() for k, v in ldm.items()}, folder / "ae.safetensors",
-              metadata={"norm_num_groups": "4"})
+    save_file(
+        {k: v.contiguous() for k, v in ldm.items()},
+        folder / "ae.safetensors",
+        metadata={"norm_num_groups": "4"},
+    )
     model.cond.save(folder / M.EMBEDS_FILE)
 
 
 def test_load_bfl_single_files(tiny, tmp_path):
     _write_bfl_files(tiny, tmp_path)
     with safe_keys(tmp_path / "ae.safetensors") as keys:
-        assert "encoder.down.0.block.0.conv1.weight" in keys and "decoder.up.0.upsample.conv.weight" not in keys
+        assert (
+            "encoder.down.0.block.0.conv1.weight" in keys and "decoder.up.0.upsample.conv.weight" not in keys
+        )
         assert "decoder.up.3.upsample.conv.weight" in keys and "encoder.mid.attn_1.q.weight" in keys
     loaded = M.load_model(tmp_path / "flux1-dev.safetensors")
     _same_weights(loaded.transformer, tiny.transformer)
@@ -226,12 +260,19 @@ def test_wrong_files_are_named(tiny, tmp_path):
     save_file({"x": torch.zeros(2)}, tmp_path / "lora_like.safetensors")
     _write_bfl_files(tiny, tmp_path)
     (tmp_path / "alone").mkdir()
-    (tmp_path / "alone" / "flux1-dev.safetensors").write_bytes((tmp_path / "flux1-dev.safetensors").read_bytes())
-    with pytest.raises(FileNotFoundError, match="ae.safetensors not found.*--ae"):  # before reading the big file
+    (tmp_path / "alone" / "flux1-dev.safetensors").write_bytes(
+        (tmp_path / "flux1-dev.safetensors").read_bytes()
+    )
+    with pytest.raises(
+        FileNotFoundError, match="ae.safetensors not found.*--ae"
+    ):  # before reading the big file
         M.load_model(tmp_path / "alone" / "flux1-dev.safetensors", prompt_embeds=tmp_path / M.EMBEDS_FILE)
     with pytest.raises(ValueError, match="not a Black Forest Labs FLUX transformer"):
-        M.load_model(tmp_path / "lora_like.safetensors", ae=tmp_path / "ae.safetensors",
-                     prompt_embeds=tmp_path / M.EMBEDS_FILE)
+        M.load_model(
+            tmp_path / "lora_like.safetensors",
+            ae=tmp_path / "ae.safetensors",
+            prompt_embeds=tmp_path / M.EMBEDS_FILE,
+        )
     (tmp_path / "pickle.safetensors").write_bytes(b"\x80\x04not safetensors at all")
     with pytest.raises(ValueError, match="not a readable safetensors"):
         M.load_model(tmp_path / "pickle.safetensors", prompt_embeds=tmp_path / M.EMBEDS_FILE)
@@ -273,7 +314,9 @@ def test_spec_ranges_and_ignored_arguments_are_refused(tiny, tmp_path):
     M.save_model_folder(tiny, tmp_path / "m2")
     with pytest.raises(ValueError, match="autoencoder file .--ae, recipe model.ae. applies"):
         M.load_model(tmp_path / "m2", ae=tmp_path / "ae.safetensors")
-    with pytest.raises(ValueError, match="prompt embeddings .--prompt-embeds, recipe model.prompt_embeds. apply"):
+    with pytest.raises(
+        ValueError, match="prompt embeddings .--prompt-embeds, recipe model.prompt_embeds. apply"
+    ):
         M.load_model(tmp_path / "m2", prompt_embeds=tmp_path / M.EMBEDS_FILE)
     with pytest.raises(ValueError, match="no LoRA to scale"):
         M.load_model(tmp_path / "m2", lora_scale=0.5)
@@ -319,11 +362,14 @@ def test_lora_on_a_model_folder_with_its_own_lora(tmp_path):
     torch.testing.assert_close(stacked, merged, atol=1e-5, rtol=0)
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--model", "tiny", "--flux", "/somewhere"], "not both"),
-    (["--model", "tiny", "--lora-scale", "0.5"], "no LoRA to scale"),
-    (["--model", "tiny", "--dtype", "fp16"], "fp16"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--model", "tiny", "--flux", "/somewhere"], "not both"),
+        (["--model", "tiny", "--lora-scale", "0.5"], "no LoRA to scale"),
+        (["--model", "tiny", "--dtype", "fp16"], "fp16"),
+    ],
+)
 def test_model_arguments_checked_in_one_line(args, message, tmp_path, capsys):
     from fluxsr.cli import main
 
@@ -360,7 +406,11 @@ def test_loading_a_lora_leaves_a_training_adapter_as_it_was(tmp_path):
     M.apply_lora(train, tmp_path / "l.safetensors", scale=0.5, adapter="user")
     assert set(layer.active_adapters) == {"fluxsr", "user"}
     assert layer.scaling == {"fluxsr": 2.0, "user": 0.5}
-    grads = {n.split(".lora_")[1].split(".")[1]: p.requires_grad for n, p in train.named_parameters() if "lora_" in n}
+    grads = {
+        n.split(".lora_")[1].split(".")[1]: p.requires_grad
+        for n, p in train.named_parameters()
+        if "lora_" in n
+    }
     assert grads == {"fluxsr": True, "user": False}
 
 
@@ -368,7 +418,9 @@ def test_model_time_is_the_time_the_transformer_sees():
     m = M.build_tiny()
     m.transformer.to(torch.bfloat16)
     seen = []
-    hook = m.transformer.time_text_embed.time_proj.register_forward_hook(lambda mod, a, out: seen.append(a[0]))
+    hook = m.transformer.time_text_embed.time_proj.register_forward_hook(
+        lambda mod, a, out: seen.append(a[0])
+    )
     t = torch.tensor([0.6947, 0.8126, 0.25])
     with torch.no_grad():
         M.velocity(m, torch.randn(3, 16, 4, 4), t)

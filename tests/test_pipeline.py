@@ -18,8 +18,15 @@ def psnr(a, b):
     return (-10 * torch.log10(((a - b) ** 2).mean())).item()
 
 
-@pytest.mark.parametrize("hw,scale,expected", [((5, 7), 4.0, (20, 28)), ((10, 12), 2.5, (25, 30)),
-                                               ((333, 1000), 0.25, (83, 250)), ((9, 9), 1.0, (9, 9))])
+@pytest.mark.parametrize(
+    "hw,scale,expected",
+    [
+        ((5, 7), 4.0, (20, 28)),
+        ((10, 12), 2.5, (25, 30)),
+        ((333, 1000), 0.25, (83, 250)),
+        ((9, 9), 1.0, (9, 9)),
+    ],
+)
 def test_output_sizes(pipe, hw, scale, expected):
     out = pipe.upscale_tensor(torch.rand(3, *hw), UpscaleOptions(scale=scale))
     assert out.shape == (3, *expected)
@@ -40,8 +47,10 @@ def test_bit_identical_on_cpu(pipe):
 
 def test_tiled_equals_untiled_when_one_tile_covers(pipe):
     x = torch.rand(3, 12, 16)
-    assert torch.equal(pipe.upscale_tensor(x, UpscaleOptions(tile=1024)),
-                       pipe.upscale_tensor(x, UpscaleOptions(tile=64, overlap=16)))
+    assert torch.equal(
+        pipe.upscale_tensor(x, UpscaleOptions(tile=1024)),
+        pipe.upscale_tensor(x, UpscaleOptions(tile=64, overlap=16)),
+    )
 
 
 def test_tiled_close_to_untiled(pipe):
@@ -63,7 +72,9 @@ def test_tiles_get_global_position_ids(pipe, monkeypatch):
         return real(model, z, t, offsets, guidance)
 
     monkeypatch.setattr("fluxsr.pipeline.velocity", spy)
-    pipe.upscale_tensor(torch.rand(3, 16, 40), UpscaleOptions(tile=64, overlap=32))  # 64x160 px -> 8x20 latents
+    pipe.upscale_tensor(
+        torch.rand(3, 16, 40), UpscaleOptions(tile=64, overlap=32)
+    )  # 64x160 px -> 8x20 latents
     assert seen[0] == (0, 0) and len(seen) > 1
     assert all(oy == 0 for oy, _ in seen) and sorted({ox for _, ox in seen})[-1] == 20 - 8
 
@@ -106,6 +117,7 @@ def test_non_finite_output_is_an_error():
 def test_t_l_changes_output(pipe):
     x = torch.rand(3, 8, 8)
     a = pipe.upscale_tensor(x)
-    other = FluxSRPipeline(M.FluxSRModel(pipe.model.transformer, pipe.model.vae, pipe.model.cond,
-                                         M.ModelSpec(t_l=0.6)), "cpu")
+    other = FluxSRPipeline(
+        M.FluxSRModel(pipe.model.transformer, pipe.model.vae, pipe.model.cond, M.ModelSpec(t_l=0.6)), "cpu"
+    )
     assert not torch.equal(a, other.upscale_tensor(x))

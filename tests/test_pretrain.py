@@ -16,18 +16,35 @@ from fluxsr.pretrain import random_crops
 
 DATA = Path(__file__).parent / "data"
 CONFIG = Path(__file__).parents[1] / "configs" / "bundled.yaml"
-TINY = ["pretrain.max_side=96",
-        "pretrain.vae.block_out_channels=[8,16]", "pretrain.vae.latent_channels=4", "pretrain.vae.norm_num_groups=4",
-        "pretrain.vae.batch_size=4", "pretrain.vae.crop=32", "pretrain.vae.lpips=0", "pretrain.vae.lr=1e-2",
-        "pretrain.teacher.num_layers=1", "pretrain.teacher.num_single_layers=1",
-        "pretrain.teacher.attention_head_dim=16", "pretrain.teacher.num_attention_heads=2",
-        "pretrain.teacher.axes_dims_rope=[4,6,6]", "pretrain.teacher.text_dim=16", "pretrain.teacher.text_len=2",
-        "pretrain.teacher.batch_size=8", "pretrain.teacher.crop=32", "pretrain.teacher.lr=3e-3"]
+TINY = [
+    "pretrain.max_side=96",
+    "pretrain.vae.block_out_channels=[8,16]",
+    "pretrain.vae.latent_channels=4",
+    "pretrain.vae.norm_num_groups=4",
+    "pretrain.vae.batch_size=4",
+    "pretrain.vae.crop=32",
+    "pretrain.vae.lpips=0",
+    "pretrain.vae.lr=1e-2",
+    "pretrain.teacher.num_layers=1",
+    "pretrain.teacher.num_single_layers=1",
+    "pretrain.teacher.attention_head_dim=16",
+    "pretrain.teacher.num_attention_heads=2",
+    "pretrain.teacher.axes_dims_rope=[4,6,6]",
+    "pretrain.teacher.text_dim=16",
+    "pretrain.teacher.text_len=2",
+    "pretrain.teacher.batch_size=8",
+    "pretrain.teacher.crop=32",
+    "pretrain.teacher.lr=3e-3",
+]
 
 
 def run(command: str, photos: Path, *args: str, steps: int, **sets: str) -> None:
-    overrides = [*TINY, f"pretrain.photos=[{photos}]", f"pretrain.{command[6:]}.steps={steps}",
-                 *(f"{k}={v}" for k, v in sets.items())]
+    overrides = [
+        *TINY,
+        f"pretrain.photos=[{photos}]",
+        f"pretrain.{command[6:]}.steps={steps}",
+        *(f"{k}={v}" for k, v in sets.items()),
+    ]
     argv = [command, "--config", str(CONFIG), "-q", "--device", "cpu", *args]
     for o in overrides:
         argv += ["--set", o]
@@ -97,7 +114,15 @@ def test_teacher_is_a_loadable_model_that_learned_the_flow(chain):
 
 def test_train_vae_without_photos_fails_cleanly(tmp_path, capsys):
     (tmp_path / "empty").mkdir()
-    argv = ["train-vae", "--config", str(CONFIG), "-q", "--out", str(tmp_path / "o"),
-            "--set", f"pretrain.photos=[{tmp_path / 'empty'}]"]
+    argv = [
+        "train-vae",
+        "--config",
+        str(CONFIG),
+        "-q",
+        "--out",
+        str(tmp_path / "o"),
+        "--set",
+        f"pretrain.photos=[{tmp_path / 'empty'}]",
+    ]
     assert main(argv) == 2
     assert "no readable images" in capsys.readouterr().err

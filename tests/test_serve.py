@@ -35,8 +35,14 @@ from fluxsr.serve import ServeLimits, Upscaler  # noqa: E402
 from fluxsr.upscale import BicubicBackend  # noqa: E402
 
 CHROMIUM = os.environ.get("FLUXSR_CHROMIUM", "/usr/bin/chromium")
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync"]
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 SERVER_START_S = 180
 JOB_TIMEOUT_MS = 120_000
 
@@ -65,7 +71,9 @@ def write_png(path: Path, width: int = 24, height: int = 16, mode: str = "RGB") 
 def write_truncated_png(path: Path) -> Path:
     """A PNG whose pixel data stops half-way."""
     buffer = io.BytesIO()
-    Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(buffer, "PNG")
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(
+        buffer, "PNG"
+    )
     path.write_bytes(buffer.getvalue()[: len(buffer.getvalue()) // 2])
     return path
 
@@ -113,8 +121,9 @@ def error_of(call, *args) -> str:
 @pytest.mark.parametrize("size,scale,expected", [((24, 16), 4.0, (96, 64)), ((20, 14), 2.5, (50, 35))])
 def test_upscale_gives_input_times_scale(tiny, tmp_path, size, scale, expected):
     app = upscaler_for(tiny, tmp_path)
-    (bicubic, result), download, info = app.upscale(str(write_png(tmp_path / "in.png", *size)), scale, "wavelet",
-                                                   512)
+    (bicubic, result), download, info = app.upscale(
+        str(write_png(tmp_path / "in.png", *size)), scale, "wavelet", 512
+    )
     assert download == result and Path(result).parent.parent == tmp_path / "work" / "results"
     for path in (bicubic, result):
         with Image.open(path) as im:
@@ -132,11 +141,14 @@ def test_upscale_keeps_alpha(fake, tmp_path):
             assert im.mode == "RGBA" and im.size == (20, 16)
 
 
-@pytest.mark.parametrize("name,make,reason", [
-    ("notes.png", lambda p: p.write_bytes(b"this is not an image\n"), "not an image"),
-    ("cut.png", write_truncated_png, "truncated"),
-    ("empty.jpg", lambda p: p.write_bytes(b""), "empty file"),
-])
+@pytest.mark.parametrize(
+    "name,make,reason",
+    [
+        ("notes.png", lambda p: p.write_bytes(b"this is not an image\n"), "not an image"),
+        ("cut.png", write_truncated_png, "truncated"),
+        ("empty.jpg", lambda p: p.write_bytes(b""), "empty file"),
+    ],
+)
 def test_bad_files_get_a_one_line_error(fake, tmp_path, name, make, reason):
     app = upscaler_for(fake, tmp_path)
     path = tmp_path / "uploads" / name
@@ -165,11 +177,15 @@ def test_over_budget_output_is_refused_before_the_model_runs(fake, tmp_path):
 def test_the_suggested_largest_scale_fits_after_rounding():
     """sqrt(budget / pixels) rounded down can still give an output over the budget once sizes round to pixels."""
     budget = 4 * 1024 * 1024
-    for h, w in [(175, 385), (100, 333), (251, 509), (64, 999)] + [(37 + 3 * i, 61 + 7 * i) for i in range(60)]:
+    for h, w in [(175, 385), (100, 333), (251, 509), (64, 999)] + [
+        (37 + 3 * i, 61 + 7 * i) for i in range(60)
+    ]:
         image = SimpleNamespace(height=h, width=w)
         s = serve.largest_scale(image, budget)
         assert np.prod(serve.output_size(image, s)) <= budget, (h, w, s)
-        assert s >= math.floor(math.sqrt(budget / (h * w)) * 100) / 100 - 0.05  # lowered by a step or two at most
+        assert (
+            s >= math.floor(math.sqrt(budget / (h * w)) * 100) / 100 - 0.05
+        )  # lowered by a step or two at most
 
 
 def test_info_names_the_tile_the_planner_used(tiny, tmp_path):
@@ -183,7 +199,11 @@ def test_info_names_the_tile_the_planner_used(tiny, tmp_path):
 
 
 def test_overlap_follows_the_model_like_the_cli():
-    assert serve.overlap_for(256, 32) == 32 and serve.overlap_for(1024, 128) == 128 and serve.overlap_for(256, 128) == 64
+    assert (
+        serve.overlap_for(256, 32) == 32
+        and serve.overlap_for(1024, 128) == 128
+        and serve.overlap_for(256, 128) == 64
+    )
 
 
 def test_over_budget_input_is_refused_from_its_header(fake, tmp_path, monkeypatch):
@@ -193,16 +213,19 @@ def test_over_budget_input_is_refused_from_its_header(fake, tmp_path, monkeypatc
     assert "over the limit of 500 pixels" in error_of(app.upscale, str(path), 1, "none", 1024)
 
 
-@pytest.mark.parametrize("args,expected", [
-    ((None, 4, "wavelet", 1024), "Upload an image first"),
-    (("IMAGE", 0, "wavelet", 1024), "Scale must be between 1 and 8"),
-    (("IMAGE", float("nan"), "wavelet", 1024), "Scale must be between"),
-    (("IMAGE", 100, "wavelet", 1024), "Scale must be between"),
-    (("IMAGE", "x", "wavelet", 1024), "Scale must be a number"),
-    (("IMAGE", 4, "sepia", 1024), "Colour fix must be one of wavelet, adain, none"),
-    (("IMAGE", 4, "wavelet", 8), "Tile size must be between 64 and 4096"),
-    (("IMAGE", 4, "wavelet", None), "Tile size must be a number"),
-])
+@pytest.mark.parametrize(
+    "args,expected",
+    [
+        ((None, 4, "wavelet", 1024), "Upload an image first"),
+        (("IMAGE", 0, "wavelet", 1024), "Scale must be between 1 and 8"),
+        (("IMAGE", float("nan"), "wavelet", 1024), "Scale must be between"),
+        (("IMAGE", 100, "wavelet", 1024), "Scale must be between"),
+        (("IMAGE", "x", "wavelet", 1024), "Scale must be a number"),
+        (("IMAGE", 4, "sepia", 1024), "Colour fix must be one of wavelet, adain, none"),
+        (("IMAGE", 4, "wavelet", 8), "Tile size must be between 64 and 4096"),
+        (("IMAGE", 4, "wavelet", None), "Tile size must be a number"),
+    ],
+)
 def test_bad_settings_are_refused(fake, tmp_path, args, expected):
     image = str(write_png(tmp_path / "in.png"))
     args = tuple(image if a == "IMAGE" else a for a in args)
@@ -248,7 +271,10 @@ def test_inspect_shows_sizes_and_a_small_preview(fake, tmp_path):
     preview, text = app.inspect(str(write_png(tmp_path / "wide.png", 1200, 300)), 2)
     assert preview.size == (512, 128)
     assert text == "wide.png: 1200x300 → 2400x600 (1.44 MP)"
-    assert app.inspect(None, 4) == (None, "Upload an image (PNG, JPEG, WebP, BMP or TIFF) or click an example below.")
+    assert app.inspect(None, 4) == (
+        None,
+        "Upload an image (PNG, JPEG, WebP, BMP or TIFF) or click an example below.",
+    )
 
 
 def test_describe_names_model_device_and_limits(tiny, tmp_path):
@@ -278,8 +304,9 @@ def test_examples_are_listed_from_the_folder(tmp_path):
 
 def test_build_app_queues_one_job_at_a_time(fake, tmp_path):
     write_png(tmp_path / "examples" / "photo.png")
-    demo = serve.build_app(fake, tmp_path / "examples", max_pixels=123_456, max_upload_mb=3, workdir=tmp_path / "w",
-                           queue_size=5)
+    demo = serve.build_app(
+        fake, tmp_path / "examples", max_pixels=123_456, max_upload_mb=3, workdir=tmp_path / "w", queue_size=5
+    )
     assert isinstance(demo, gr.Blocks)
     assert demo._queue.default_concurrency_limit == 1 and demo._queue.max_size == 5
     run = next(fn for fn in demo.fns.values() if fn.name == "upscale")
@@ -348,9 +375,18 @@ def server(tmp_path_factory):
     server_tmp.mkdir()
     write_png(examples / "example.png", 40, 30)
     port = free_port()
-    env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1",
-           "TMPDIR": str(server_tmp), "NO_PROXY": "127.0.0.1,localhost", "no_proxy": "127.0.0.1,localhost"}
-    command = server_command(port, "--max-upload-mb", "1", "--max-pixels", "300000", "--examples", str(examples))
+    env = {
+        **os.environ,
+        "GRADIO_ANALYTICS_ENABLED": "False",
+        "HF_HUB_OFFLINE": "1",
+        "PYTHONUNBUFFERED": "1",
+        "TMPDIR": str(server_tmp),
+        "NO_PROXY": "127.0.0.1,localhost",
+        "no_proxy": "127.0.0.1,localhost",
+    }
+    command = server_command(
+        port, "--max-upload-mb", "1", "--max-pixels", "300000", "--examples", str(examples)
+    )
     with open(log, "wb") as out:
         process = subprocess.Popen(command, cwd=root, env=env, stdout=out, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
@@ -380,8 +416,14 @@ def test_server_serves_only_its_own_files(server):
 
 def test_server_caps_upload_size(server):
     boundary = "fluxsrboundary"
-    body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"files\"; filename=\"big.png\"\r\n"
-            "Content-Type: image/png\r\n\r\n").encode() + b"\0" * (1_200_000) + f"\r\n--{boundary}--\r\n".encode()
+    body = (
+        (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="files"; filename="big.png"\r\n'
+            "Content-Type: image/png\r\n\r\n"
+        ).encode()
+        + b"\0" * (1_200_000)
+        + f"\r\n--{boundary}--\r\n".encode()
+    )
     headers = {"Content-Type": f"multipart/form-data; boundary={boundary}"}
     assert http_status(server.url + "/gradio_api/upload", body, headers) == 413
 
@@ -443,8 +485,9 @@ def test_browser_upload_compare_download_and_errors(server, tmp_path):
             downloaded = page.request.get(href)
             assert downloaded.ok
             assert Image.open(io.BytesIO(downloaded.body())).size == (256, 192)
-            sizes = page.evaluate("[...document.querySelectorAll('#compare img')]"
-                                  ".map(i => [i.naturalWidth, i.naturalHeight])")
+            sizes = page.evaluate(
+                "[...document.querySelectorAll('#compare img')].map(i => [i.naturalWidth, i.naturalHeight])"
+            )
             assert sizes == [[256, 192], [256, 192]]  # bicubic and fluxsr, both at output size
             info = page.locator("#info").inner_text()
             assert "tiny on cpu" in info and "Time" in info

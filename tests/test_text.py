@@ -25,8 +25,15 @@ def pipe(flux_dir):
 
     clip_tok, clip = T.load_clip(flux_dir)
     t5_tok, t5 = T.load_t5(flux_dir)
-    return FluxPipeline(scheduler=FlowMatchEulerDiscreteScheduler(), vae=None, text_encoder=clip,
-                        tokenizer=clip_tok, text_encoder_2=t5, tokenizer_2=t5_tok, transformer=None)
+    return FluxPipeline(
+        scheduler=FlowMatchEulerDiscreteScheduler(),
+        vae=None,
+        text_encoder=clip,
+        tokenizer=clip_tok,
+        text_encoder_2=t5,
+        tokenizer_2=t5_tok,
+        transformer=None,
+    )
 
 
 @pytest.fixture(scope="module")

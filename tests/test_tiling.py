@@ -10,8 +10,10 @@ from fluxsr.color import adain, color_fix, wavelet_fix, wavelet_lowpass
 from fluxsr.tiling import TileSpec, ramp, snapped, tile_count, tile_starts, tiled_map
 
 
-@pytest.mark.parametrize("size,tile,overlap,align", [(100, 32, 8, 1), (64, 16, 4, 2), (48, 64, 8, 16),
-                                                      (1000, 256, 32, 16), (96, 32, 16, 16)])
+@pytest.mark.parametrize(
+    "size,tile,overlap,align",
+    [(100, 32, 8, 1), (64, 16, 4, 2), (48, 64, 8, 16), (1000, 256, 32, 16), (96, 32, 16, 16)],
+)
 def test_tile_starts_cover_with_overlap(size, tile, overlap, align):
     size = size // align * align
     starts = tile_starts(size, tile, overlap, align)
@@ -86,7 +88,10 @@ def test_batches_of_tiles_equal_one_at_a_time(batch):
         calls.append(len(offs))
         assert t.shape[0] == 2 * len(offs)
         # position-dependent on purpose: a sample paired with the wrong offset changes the output
-        return conv(t) + torch.tensor([float(o[0] + 10 * o[1]) for o in offs]).repeat_interleave(2)[:, None, None, None]
+        return (
+            conv(t)
+            + torch.tensor([float(o[0] + 10 * o[1]) for o in offs]).repeat_interleave(2)[:, None, None, None]
+        )
 
     spec = TileSpec(16, 6, 2)
     with torch.no_grad():
@@ -100,7 +105,9 @@ def test_batches_of_tiles_equal_one_at_a_time(batch):
 def test_snapped_and_tile_count():
     assert snapped(100, 30, 16) == TileSpec(96, 16, 16)
     assert snapped(8, 30, 16) == TileSpec(16, 0, 16)
-    assert snapped(64, 128, 16) == TileSpec(64, 32, 16)  # overlap at most half the tile (halved tiles after OOM)
+    assert snapped(64, 128, 16) == TileSpec(
+        64, 32, 16
+    )  # overlap at most half the tile (halved tiles after OOM)
     assert tile_count((64, 64), TileSpec(64, 8, 2)) == 1
     assert tile_count((64, 100), TileSpec(32, 8, 2)) == 3 * 4
 

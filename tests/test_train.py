@@ -18,8 +18,16 @@ from fluxsr.train import batch_indices, lr_lambda, train
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "configs" / "tiny.yaml"
-FAST = ["pairs.count=4", "pairs.resolution=32", "pairs.steps=2", "train.steps=6", "train.batch_size=1",
-        "train.checkpoint_every=3", "train.validate_every=0", "loss.lpips_net=random-vgg"]
+FAST = [
+    "pairs.count=4",
+    "pairs.resolution=32",
+    "pairs.steps=2",
+    "train.steps=6",
+    "train.batch_size=1",
+    "train.checkpoint_every=3",
+    "train.validate_every=0",
+    "loss.lpips_net=random-vgg",
+]
 
 
 def recipe(*extra):
@@ -65,8 +73,12 @@ def test_photo_pairs_by_inversion(tmp_path):
     for i in range(2):
         Image.new("RGB", (48, 40), (40 * i, 120, 200)).save(photos / f"p{i}.png")
     out = tmp_path / "pairs"
-    generate_pairs(recipe("pairs.count=2", "pairs.source=photos", f"pairs.photos={photos}"), out, device="cpu",
-                   progress=False)
+    generate_pairs(
+        recipe("pairs.count=2", "pairs.source=photos", f"pairs.photos={photos}"),
+        out,
+        device="cpu",
+        progress=False,
+    )
     p = load_pair(out, 1)
     assert p["image"].shape == (3, 32, 32) and p["meta"]["source"] == "photos"
     assert torch.isfinite(p["eps"]).all() and p["eps"].std() > 0
@@ -88,8 +100,16 @@ def test_lr_schedule():
 
 
 def test_loss_falls_when_overfitting_one_pair(pairs, tmp_path):
-    r = recipe("pairs.count=1", "train.steps=30", "train.lora_rank=0", "train.lr=2e-3", "train.log_every=1",
-               "loss.lpips=0", "loss.adl=0", "train.checkpoint_every=100")
+    r = recipe(
+        "pairs.count=1",
+        "train.steps=30",
+        "train.lora_rank=0",
+        "train.lr=2e-3",
+        "train.log_every=1",
+        "loss.lpips=0",
+        "loss.adl=0",
+        "train.checkpoint_every=100",
+    )
     one = tmp_path / "one"
     one.mkdir()
     for suffix in (".json", ".png", ".safetensors"):
@@ -127,18 +147,43 @@ def test_cli_chain_gen_pairs_train_upscale(tmp_path):
     """The README's tiny chain, with the real LPIPS-VGG weights: gen-pairs -> train -> upscale RUN/final."""
     from PIL import Image
 
-    sets = ["--set", "pairs.count=4", "--set", "pairs.resolution=32", "--set", "train.steps=20",
-            "--set", "train.checkpoint_every=10", "--set", "train.validate_every=10", "-q"]
+    sets = [
+        "--set",
+        "pairs.count=4",
+        "--set",
+        "pairs.resolution=32",
+        "--set",
+        "train.steps=20",
+        "--set",
+        "train.checkpoint_every=10",
+        "--set",
+        "train.validate_every=10",
+        "-q",
+    ]
     cfg = ["--config", str(TINY)]
     assert main(["gen-pairs", *cfg, "--out", str(tmp_path / "pairs"), *sets]) == 0
-    assert main(["train", *cfg, "--pairs", str(tmp_path / "pairs"), "--out", str(tmp_path / "run"), *sets]) == 0
+    assert (
+        main(["train", *cfg, "--pairs", str(tmp_path / "pairs"), "--out", str(tmp_path / "run"), *sets]) == 0
+    )
     run = tmp_path / "run"
     assert (run / "final" / "fluxsr.json").is_file() and (run / "loss.png").is_file()
     assert json.loads((run / "val" / "step_0000020" / "metrics.json").read_text())["psnr_y"]
     assert len((run / "log.csv").read_text().splitlines()) == 21
     Image.new("RGB", (8, 6), (10, 200, 30)).save(tmp_path / "in.png")
-    assert main(["upscale", "--model", str(run / "final"), str(tmp_path / "in.png"), "-o", str(tmp_path / "o"),
-                 "-q"]) == 0
+    assert (
+        main(
+            [
+                "upscale",
+                "--model",
+                str(run / "final"),
+                str(tmp_path / "in.png"),
+                "-o",
+                str(tmp_path / "o"),
+                "-q",
+            ]
+        )
+        == 0
+    )
     assert Image.open(tmp_path / "o" / "in.png").size == (32, 24)
 
 
@@ -149,17 +194,51 @@ def test_accelerate_two_processes(tmp_path):
     accelerate's `--cpu` launcher starts several processes only through MPI; `--multi_gpu` starts them with torchrun,
     and on a machine without CUDA fluxsr runs them on the CPU (gloo backend)."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-              "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "fluxsr.cli"]
+    launch = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--multi_gpu",
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "-m",
+        "fluxsr.cli",
+    ]
     sets = [f"--set={s}" for s in FAST] + ["--set=pairs.count=5", "--set=train.steps=2", "-q"]
-    res = subprocess.run([*launch, "gen-pairs", "--config", str(TINY), "--out", str(tmp_path / "p"), *sets],
-                         capture_output=True, text=True, env=env, timeout=600)
+    res = subprocess.run(
+        [*launch, "gen-pairs", "--config", str(TINY), "--out", str(tmp_path / "p"), *sets],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
     assert res.returncode == 0, res.stderr[-3000:]
     assert "process 0: wrote 3 pairs" in res.stderr and "process 1: wrote 2 pairs" in res.stderr
     assert complete_indices(tmp_path / "p") == [0, 1, 2, 3, 4]
     lines = (tmp_path / "p" / "manifest.jsonl").read_text().splitlines()
     assert [json.loads(x)["index"] for x in lines] == [0, 1, 2, 3, 4]
-    res = subprocess.run([*launch, "train", "--config", str(TINY), "--pairs", str(tmp_path / "p"), "--out",
-                          str(tmp_path / "r"), *sets], capture_output=True, text=True, env=env, timeout=600)
+    res = subprocess.run(
+        [
+            *launch,
+            "train",
+            "--config",
+            str(TINY),
+            "--pairs",
+            str(tmp_path / "p"),
+            "--out",
+            str(tmp_path / "r"),
+            *sets,
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
     assert res.returncode == 0, res.stderr[-3000:]
     assert (tmp_path / "r" / "final" / "fluxsr.json").is_file()

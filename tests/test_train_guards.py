@@ -20,9 +20,19 @@ from fluxsr.train import effective_t_l, train
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "configs" / "tiny.yaml"
-FAST = ["pairs.count=2", "pairs.resolution=32", "pairs.steps=2", "train.steps=2", "train.batch_size=1",
-        "train.checkpoint_every=1", "train.validate_every=0", "train.warmup_steps=2", "train.log_every=1",
-        "loss.lpips=0", "loss.lpips_net=random-vgg"]
+FAST = [
+    "pairs.count=2",
+    "pairs.resolution=32",
+    "pairs.steps=2",
+    "train.steps=2",
+    "train.batch_size=1",
+    "train.checkpoint_every=1",
+    "train.validate_every=0",
+    "train.warmup_steps=2",
+    "train.log_every=1",
+    "loss.lpips=0",
+    "loss.lpips_net=random-vgg",
+]
 
 
 def recipe(*extra):
@@ -43,10 +53,22 @@ def log_rows(run: Path) -> list[list[str]]:
 # -- 5. range checks --------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("override", ["train.steps=-5", "train.grad_accum=0", "train.batch_size=0",
-                                      "train.log_every=0", "train.checkpoint_every=0", "train.schedule=linear",
-                                      "pairs.steps=0", "pairs.count=0", "pretrain.vae.steps=0",
-                                      "pretrain.teacher.batch_size=0", "model.t_l=1.5"])
+@pytest.mark.parametrize(
+    "override",
+    [
+        "train.steps=-5",
+        "train.grad_accum=0",
+        "train.batch_size=0",
+        "train.log_every=0",
+        "train.checkpoint_every=0",
+        "train.schedule=linear",
+        "pairs.steps=0",
+        "pairs.count=0",
+        "pretrain.vae.steps=0",
+        "pretrain.teacher.batch_size=0",
+        "model.t_l=1.5",
+    ],
+)
 def test_out_of_range_fields_fail_at_load(override):
     with pytest.raises(ConfigError, match=override.split("=")[0].replace(".", r"\.")):
         recipe(override)
@@ -82,8 +104,13 @@ def test_resume_refuses_changed_recipe_and_logs_the_lr_used(pairs, tmp_path):
         train(recipe("train.steps=1"), pairs, run, resume=True, progress=False)
     assert (run / "recipe.yaml").read_text() == saved_recipe  # not rewritten by a refused resume
     # more steps, other intervals and a time limit may change
-    train(recipe("train.steps=3", "train.checkpoint_every=5", "train.time_limit=1000"), pairs, run, resume=True,
-          progress=False)
+    train(
+        recipe("train.steps=3", "train.checkpoint_every=5", "train.time_limit=1000"),
+        pairs,
+        run,
+        resume=True,
+        progress=False,
+    )
     assert [r[0] for r in log_rows(run)] == ["1", "2", "3"]
 
 
@@ -116,12 +143,18 @@ def test_shifted_t_l_is_exported_and_validated(pairs, tmp_path, monkeypatch):
 
     seen = []
     monkeypatch.setattr(tr, "validate", lambda *a, t_l=None, **k: seen.append(t_l))
-    train(recipe("model.shift_t_l=true", "train.steps=1", "train.validate_every=1"), pairs, tmp_path / "run",
-          progress=False)
+    train(
+        recipe("model.shift_t_l=true", "train.steps=1", "train.validate_every=1"),
+        pairs,
+        tmp_path / "run",
+        progress=False,
+    )
     expected = effective_t_l(0.25, True, tuple(load_pair(pairs, 0)["z0"].shape[-2:]))
     assert expected != pytest.approx(0.25)
     assert seen == [pytest.approx(expected)]
-    assert json.loads((tmp_path / "run" / "final" / "fluxsr.json").read_text())["t_l"] == pytest.approx(expected)
+    assert json.loads((tmp_path / "run" / "final" / "fluxsr.json").read_text())["t_l"] == pytest.approx(
+        expected
+    )
 
 
 # -- 3. pairs made with another config --------------------------------------------------------------------------------
@@ -149,8 +182,9 @@ def test_unreadable_photos_are_skipped_with_a_warning(tmp_path, capsys):
     Image.new("RGB", (48, 40), (40, 120, 200)).save(photos / "a.png")
     truncated_png(photos / "b.png")
     out = tmp_path / "pairs"
-    written = generate_pairs(recipe("pairs.source=photos", f"pairs.photos={photos}"), out, device="cpu",
-                             progress=False)
+    written = generate_pairs(
+        recipe("pairs.source=photos", f"pairs.photos={photos}"), out, device="cpu", progress=False
+    )
     assert written == [0]
     err = capsys.readouterr().err
     assert "b.png" in err and "1 pair(s) skipped" in err
@@ -162,9 +196,21 @@ def test_unreadable_validation_image_is_one_line_at_start(pairs, tmp_path, capsy
     val = tmp_path / "val"
     val.mkdir()
     truncated_png(val / "bad.png")
-    rc = main(["train", "--config", str(TINY), *sum((["--set", s] for s in FAST), []),
-               "--set", f"train.validation_images={val}", "--pairs", str(pairs), "--out", str(tmp_path / "run"),
-               "-q"])
+    rc = main(
+        [
+            "train",
+            "--config",
+            str(TINY),
+            *sum((["--set", s] for s in FAST), []),
+            "--set",
+            f"train.validation_images={val}",
+            "--pairs",
+            str(pairs),
+            "--out",
+            str(tmp_path / "run"),
+            "-q",
+        ]
+    )
     err = capsys.readouterr().err
     assert rc == 2 and "bad.png" in err and "Traceback" not in err
     assert not (tmp_path / "run" / "checkpoints").exists()
@@ -182,8 +228,10 @@ def test_degrade_reads_16_bit_and_exif_and_applies_set_without_config(tmp_path):
     Image.new("RGB", (32, 16), (90, 90, 90)).save(tmp_path / "rot.png", exif=exif.tobytes())
     assert main(["degrade", str(tmp_path / "rot.png"), str(tmp_path / "rot_lr.png")]) == 0
     assert Image.open(tmp_path / "rot_lr.png").size == (4, 8)
-    assert main(["degrade", str(tmp_path / "rot.png"), str(tmp_path / "x2.png"), "--set",
-                 "degradation.scale=2"]) == 0
+    assert (
+        main(["degrade", str(tmp_path / "rot.png"), str(tmp_path / "x2.png"), "--set", "degradation.scale=2"])
+        == 0
+    )
     assert Image.open(tmp_path / "x2.png").size == (8, 16)
 
 

@@ -28,7 +28,9 @@ def photos(tmp_path):
     Image.fromarray(rng.integers(0, 65535, (6, 8), dtype=np.uint16)).save(src / "deep.png")
     exif = Image.Exif()
     exif[0x0112] = 6  # rotate 90 degrees clockwise when shown
-    Image.fromarray(rng.integers(0, 255, (4, 12, 3), dtype=np.uint8)).save(src / "rot.jpg", exif=exif.tobytes())
+    Image.fromarray(rng.integers(0, 255, (4, 12, 3), dtype=np.uint8)).save(
+        src / "rot.jpg", exif=exif.tobytes()
+    )
     (src / "broken.png").write_bytes((src / "tiny.png").read_bytes()[:40])
     (src / "empty.webp").write_bytes(b"")
     (src / "notes.txt").write_text("not an image, not picked up")
@@ -80,7 +82,20 @@ def test_suffix_ext_and_scale(photos, tmp_path):
 
 def test_bicubic_backend_and_output_identical_across_runs(photos, tmp_path):
     for name in ("a", "b"):
-        assert main(["upscale", "--backend", "bicubic", "-q", str(photos / "tiny.png"), "-o", str(tmp_path / name)]) == 0
+        assert (
+            main(
+                [
+                    "upscale",
+                    "--backend",
+                    "bicubic",
+                    "-q",
+                    str(photos / "tiny.png"),
+                    "-o",
+                    str(tmp_path / name),
+                ]
+            )
+            == 0
+        )
     assert (tmp_path / "a" / "tiny.png").read_bytes() == (tmp_path / "b" / "tiny.png").read_bytes()
     for name in ("c", "d"):
         assert run(photos / "alpha.png", "-o", tmp_path / name) == 0
@@ -100,8 +115,12 @@ def test_missing_input(tmp_path, capsys):
 def test_console_script(photos, tmp_path):
     """The installed `fluxsr` entry point, as a user runs it."""
     exe = [sys.executable, "-m", "fluxsr.cli"]
-    res = subprocess.run([*exe, "upscale", "--model", "tiny", str(photos / "tiny.png"), "-o", str(tmp_path / "o")],
-                         capture_output=True, text=True, env={"HF_HUB_OFFLINE": "1", "PATH": ""})
+    res = subprocess.run(
+        [*exe, "upscale", "--model", "tiny", str(photos / "tiny.png"), "-o", str(tmp_path / "o")],
+        capture_output=True,
+        text=True,
+        env={"HF_HUB_OFFLINE": "1", "PATH": ""},
+    )
     assert res.returncode == 0, res.stderr
     assert "1 upscaled" in res.stderr and "random or briefly trained weights" in res.stderr
     assert Image.open(tmp_path / "o" / "tiny.png").size == (28, 20)
@@ -116,11 +135,36 @@ def test_upscale_split_across_two_processes(photos, tmp_path):
     import os
 
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-              "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "fluxsr.cli"]
-    args = ["upscale", "--model", "tiny", "-q", str(photos), "--scale", "2", "--json", str(tmp_path / "log.json")]
-    res = subprocess.run([*launch, *args, "-o", str(tmp_path / "two")], capture_output=True, text=True, env=env,
-                         timeout=600)
+    launch = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--multi_gpu",
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "-m",
+        "fluxsr.cli",
+    ]
+    args = [
+        "upscale",
+        "--model",
+        "tiny",
+        "-q",
+        str(photos),
+        "--scale",
+        "2",
+        "--json",
+        str(tmp_path / "log.json"),
+    ]
+    res = subprocess.run(
+        [*launch, *args, "-o", str(tmp_path / "two")], capture_output=True, text=True, env=env, timeout=600
+    )
     assert res.returncode == 1, res.stderr[-3000:]  # two files failed
     logs = [json.loads((tmp_path / f"log.rank{r}.json").read_text()) for r in (0, 1)]
     done = [f["input"] for log in logs for f in log["files"] if f["status"] == "ok"]
@@ -128,11 +172,18 @@ def test_upscale_split_across_two_processes(photos, tmp_path):
     assert len(done) == len(set(done)) == 5 and failed == {"broken.png", "empty.webp"}
     assert "5 upscaled, 0 skipped, 2 failed (2 processes)" in res.stderr
     # the same per-process threading (OMP_NUM_THREADS=1) as the two launched processes, so bytes can match exactly
-    one = subprocess.run([sys.executable, "-m", "fluxsr.cli", *args[:-2], "-o", str(tmp_path / "one")],
-                         capture_output=True, text=True, env=env, timeout=600)
+    one = subprocess.run(
+        [sys.executable, "-m", "fluxsr.cli", *args[:-2], "-o", str(tmp_path / "one")],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
     assert one.returncode == 1, one.stderr[-3000:]
     for out in (tmp_path / "one").rglob("*.*"):
-        assert (tmp_path / "two" / out.relative_to(tmp_path / "one")).read_bytes() == out.read_bytes(), out.name
+        assert (tmp_path / "two" / out.relative_to(tmp_path / "one")).read_bytes() == out.read_bytes(), (
+            out.name
+        )
 
 
 def test_each_launched_process_binds_its_own_gpu(monkeypatch):

@@ -45,11 +45,19 @@ class TileAttnProcessor(FluxAttnProcessor):
     single blocks get the already concatenated sequence. ``tile_rope`` covers the whole sequence (text first).
     """
 
-    def __call__(self, attn, hidden_states: Tensor, encoder_hidden_states: Tensor | None = None,
-                 attention_mask: Tensor | None = None, image_rotary_emb=None,
-                 tile_rope: tuple[Tensor, Tensor] | None = None):
+    def __call__(
+        self,
+        attn,
+        hidden_states: Tensor,
+        encoder_hidden_states: Tensor | None = None,
+        attention_mask: Tensor | None = None,
+        image_rotary_emb=None,
+        tile_rope: tuple[Tensor, Tensor] | None = None,
+    ):
         if tile_rope is None:
-            return super().__call__(attn, hidden_states, encoder_hidden_states, attention_mask, image_rotary_emb)
+            return super().__call__(
+                attn, hidden_states, encoder_hidden_states, attention_mask, image_rotary_emb
+            )
         d = attn.head_dim
         q = attn.norm_q(_heads(attn.to_q(hidden_states), d))
         k = attn.norm_k(_heads(attn.to_k(hidden_states), d))
@@ -60,8 +68,9 @@ class TileAttnProcessor(FluxAttnProcessor):
             v = torch.cat((_heads(attn.add_v_proj(encoder_hidden_states), d), v), dim=1)
         cos, sin = tile_rope
         q, k = rope(q, cos, sin), rope(k, cos, sin)
-        out = F.scaled_dot_product_attention(*(rearrange(a, "b s h d -> b h s d") for a in (q, k, v)),
-                                             attn_mask=attention_mask)
+        out = F.scaled_dot_product_attention(
+            *(rearrange(a, "b s h d -> b h s d") for a in (q, k, v)), attn_mask=attention_mask
+        )
         out = rearrange(out, "b h s d -> b s (h d)").to(q.dtype)
         if encoder_hidden_states is None:
             return out

@@ -80,8 +80,10 @@ class BenchConfig:
     def __post_init__(self) -> None:
         bad = [s for s in self.sizes if s < 16 or s % 4]
         if not self.sizes or bad:
-            raise ValueError(f"--sizes: output sizes must be multiples of 4, at least 16 (the input is size/4): "
-                             f"got {list(self.sizes) or 'none'}")
+            raise ValueError(
+                f"--sizes: output sizes must be multiples of 4, at least 16 (the input is size/4): "
+                f"got {list(self.sizes) or 'none'}"
+            )
         if not self.rows:
             raise ValueError(f"--rows: nothing to run; choose from {','.join(ROWS)}")
         unknown = sorted(set(self.rows) - set(ROWS))
@@ -90,13 +92,16 @@ class BenchConfig:
         if self.repeat < 1 or self.warmup < 0:
             raise ValueError(f"--repeat must be >= 1 and --warmup >= 0 (got {self.repeat}, {self.warmup})")
         if self.teacher_steps < 1 or not 1 <= (self.teacher_run_steps or 1) <= self.teacher_steps:
-            raise ValueError(f"--teacher-steps must be >= 1 and --teacher-run-steps between 1 and it (got "
-                             f"{self.teacher_steps}, {self.teacher_run_steps})")
+            raise ValueError(
+                f"--teacher-steps must be >= 1 and --teacher-run-steps between 1 and it (got "
+                f"{self.teacher_steps}, {self.teacher_run_steps})"
+            )
         if not (math.isfinite(self.peak_tflops) and self.peak_tflops > 0):
             raise ValueError(f"--peak-tflops must be a positive number (got {self.peak_tflops})")
         if self.text_len < 1 or self.esrgan_tile < 0:
-            raise ValueError(f"--text-len must be >= 1 and --esrgan-tile >= 0 (got {self.text_len}, "
-                             f"{self.esrgan_tile})")
+            raise ValueError(
+                f"--text-len must be >= 1 and --esrgan-tile >= 0 (got {self.text_len}, {self.esrgan_tile})"
+            )
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -125,8 +130,10 @@ def transformer_flops(config, img_tokens: int, txt_tokens: int, mlp_ratio: float
     vec *= 2 if c.get("guidance_embeds") else 1
     vec += _linear(1, c["pooled_projection_dim"], d) + _linear(1, d, d)
     embed = _linear(img_tokens, c["in_channels"], d) + _linear(txt_tokens, c["joint_attention_dim"], d) + vec
-    stream = sum(_linear(t, d, 3 * d) + _linear(t, d, d) + _linear(t, d, mlp) + _linear(t, mlp, d)
-                 for t in (img_tokens, txt_tokens))
+    stream = sum(
+        _linear(t, d, 3 * d) + _linear(t, d, d) + _linear(t, d, mlp) + _linear(t, mlp, d)
+        for t in (img_tokens, txt_tokens)
+    )
     double = 2 * _linear(1, d, 6 * d) + stream
     single = _linear(1, d, 3 * d) + _linear(n, d, 3 * d) + _linear(n, d, mlp) + _linear(n, d + mlp, d)
     final = _linear(1, d, 2 * d) + _linear(img_tokens, d, out_ch)
@@ -145,13 +152,25 @@ def tile_tokens(out_hw: tuple[int, int], tile: int, overlap: int, vae_scale: int
     return [per_tile] * tile_count((lh, lw), spec)
 
 
-def analytic_floor(config, out_hw: tuple[int, int], tile: int, overlap: int, text_len: int,
-                   peak_tflops: float, forwards: int = 1, vae_scale: int = 8) -> dict[str, float]:
+def analytic_floor(
+    config,
+    out_hw: tuple[int, int],
+    tile: int,
+    overlap: int,
+    text_len: int,
+    peak_tflops: float,
+    forwards: int = 1,
+    vae_scale: int = 8,
+) -> dict[str, float]:
     """FLOP floor of the transformer stage: TFLOP over all tiles (x ``forwards`` steps) and ms at ``peak_tflops``."""
     tokens = tile_tokens(out_hw, tile, overlap, vae_scale)
     flops = forwards * sum(transformer_flops(config, t, text_len)["total"] for t in tokens)
-    return {"tflop": flops / 1e12, "floor_ms": flops / (peak_tflops * 1e12) * 1e3, "tiles": len(tokens),
-            "tokens_per_tile": tokens[0] + text_len}
+    return {
+        "tflop": flops / 1e12,
+        "floor_ms": flops / (peak_tflops * 1e12) * 1e3,
+        "tiles": len(tokens),
+        "tokens_per_tile": tokens[0] + text_len,
+    }
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -215,12 +234,16 @@ def measure(run_once: RunOnce, device: torch.device, warmup: int, repeat: int) -
         runs.append(times)
     stages = {k: statistics.median(r[k] for r in runs) * 1e3 for k in runs[0]}
     work = [sum(v for k, v in r.items() if k in GPU_STAGES) for r in runs]
-    return {"stages_ms": stages, "total_ms": statistics.median(totals) * 1e3,
-            "cpu_ms": statistics.median(cpu) * 1e3,
-            "gpu_work_ms": statistics.median(work) * 1e3 if any(k in GPU_STAGES for k in runs[0]) else None,
-            "peak_bytes": max(peaks),
-            "peak_above_start_bytes": max(above), "first_call_s": warm_s[0] if warm_s else None,
-            "repeat": len(runs)}
+    return {
+        "stages_ms": stages,
+        "total_ms": statistics.median(totals) * 1e3,
+        "cpu_ms": statistics.median(cpu) * 1e3,
+        "gpu_work_ms": statistics.median(work) * 1e3 if any(k in GPU_STAGES for k in runs[0]) else None,
+        "peak_bytes": max(peaks),
+        "peak_above_start_bytes": max(above),
+        "first_call_s": warm_s[0] if warm_s else None,
+        "repeat": len(runs),
+    }
 
 
 def make_input(path: Path, size: int, seed: int = 0) -> Path:
@@ -238,8 +261,9 @@ def _row(name: str, size: int, result: dict[str, Any], **extra) -> dict[str, Any
     return {"row": name, "size": size, "in_size": size // 4, **result, **extra}
 
 
-def _io_run(img_path: Path, out_path: Path, device: torch.device,
-            body: Callable[[Any, dict[str, float]], Any]) -> tuple[dict[str, float], dict[str, int]]:
+def _io_run(
+    img_path: Path, out_path: Path, device: torch.device, body: Callable[[Any, dict[str, float]], Any]
+) -> tuple[dict[str, float], dict[str, int]]:
     """read -> ``body(image, times)`` -> write, with the read and write stages timed."""
     from .images import read_image, write_image
 
@@ -252,11 +276,13 @@ def _io_run(img_path: Path, out_path: Path, device: torch.device,
     return times, peaks
 
 
-def bench_pipeline(pipe: FluxSRPipeline, cfg: BenchConfig, size: int, img_path: Path, out_path: Path,
-                   name: str, ctx) -> dict[str, Any]:
+def bench_pipeline(
+    pipe: FluxSRPipeline, cfg: BenchConfig, size: int, img_path: Path, out_path: Path, name: str, ctx
+) -> dict[str, Any]:
     """One row for ``pipe`` (one-step FluxSR or the teacher): read, the pipeline's stages, write."""
-    opts = UpscaleOptions(scale=4.0, color_fix=cfg.color_fix, tile=cfg.tile, overlap=cfg.overlap,
-                          tile_batch=cfg.tile_batch)
+    opts = UpscaleOptions(
+        scale=4.0, color_fix=cfg.color_fix, tile=cfg.tile, overlap=cfg.overlap, tile_batch=cfg.tile_batch
+    )
 
     def body(img, times):
         with ctx():
@@ -264,15 +290,31 @@ def bench_pipeline(pipe: FluxSRPipeline, cfg: BenchConfig, size: int, img_path: 
         times.update(pipe.timings)
         return out, dict(pipe.peaks)
 
-    result = measure(lambda: _io_run(img_path, out_path, pipe.device, body), pipe.device, cfg.warmup, cfg.repeat)
+    result = measure(
+        lambda: _io_run(img_path, out_path, pipe.device, body), pipe.device, cfg.warmup, cfg.repeat
+    )
     plan = pipe.plan
-    return _row(name, size, result, tile=plan.tile if plan else None, tile_batch=plan.batch if plan else None,
-                plan=plan.describe() if plan else None,
-                retries=list(plan.retries) if plan else [], stage_peak_bytes=dict(pipe.peaks))
+    return _row(
+        name,
+        size,
+        result,
+        tile=plan.tile if plan else None,
+        tile_batch=plan.batch if plan else None,
+        plan=plan.describe() if plan else None,
+        retries=list(plan.retries) if plan else [],
+        stage_peak_bytes=dict(pipe.peaks),
+    )
 
 
-def bench_realesrgan(cfg: BenchConfig, device: torch.device, dtype: torch.dtype, size: int, img_path: Path,
-                     out_path: Path, random_weights: bool = False) -> dict[str, Any]:
+def bench_realesrgan(
+    cfg: BenchConfig,
+    device: torch.device,
+    dtype: torch.dtype,
+    size: int,
+    img_path: Path,
+    out_path: Path,
+    random_weights: bool = False,
+) -> dict[str, Any]:
     """Real-ESRGAN x4plus (fluxsr's RRDBNet port) on the same device and dtype; the network is one stage.
 
     ``random_weights`` runs the same architecture untrained (same cost; for random-weight benchmarks on machines
@@ -280,8 +322,9 @@ def bench_realesrgan(cfg: BenchConfig, device: torch.device, dtype: torch.dtype,
     from .baselines.realesrgan import RealESRGAN
     from .baselines.rrdbnet import RRDBNet
 
-    net = RealESRGAN(device=device, dtype=dtype, tile=cfg.esrgan_tile or None,
-                     model=RRDBNet() if random_weights else None)
+    net = RealESRGAN(
+        device=device, dtype=dtype, tile=cfg.esrgan_tile or None, model=RRDBNet() if random_weights else None
+    )
 
     def body(img, times):
         with stage(times, "net", device):
@@ -289,8 +332,13 @@ def bench_realesrgan(cfg: BenchConfig, device: torch.device, dtype: torch.dtype,
         return out.cpu(), {}
 
     result = measure(lambda: _io_run(img_path, out_path, device, body), device, cfg.warmup, cfg.repeat)
-    return _row("realesrgan" + (" (random weights)" if random_weights else ""), size, result,
-                tile=cfg.esrgan_tile or None, tile_unit="input px")
+    return _row(
+        "realesrgan" + (" (random weights)" if random_weights else ""),
+        size,
+        result,
+        tile=cfg.esrgan_tile or None,
+        tile_unit="input px",
+    )
 
 
 def bench_bicubic(cfg: BenchConfig, device: torch.device, size: int, img_path: Path, out_path: Path) -> dict:
@@ -302,8 +350,11 @@ def bench_bicubic(cfg: BenchConfig, device: torch.device, size: int, img_path: P
             out = resize(img.rgb.to(device), (size, size))
         return out.cpu(), {}
 
-    return _row("bicubic", size, measure(lambda: _io_run(img_path, out_path, device, body), device, cfg.warmup,
-                                          cfg.repeat))
+    return _row(
+        "bicubic",
+        size,
+        measure(lambda: _io_run(img_path, out_path, device, body), device, cfg.warmup, cfg.repeat),
+    )
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -330,13 +381,23 @@ def environment(device: torch.device, dtype: torch.dtype) -> dict[str, Any]:
     """Versions and hardware the numbers belong to."""
     import diffusers
 
-    env = {"device": str(device), "device_name": device_name(device), "dtype": str(dtype).removeprefix("torch."),
-           "torch": torch.__version__, "diffusers": diffusers.__version__, "python": platform.python_version(),
-           "cuda": torch.version.cuda, "threads": torch.get_num_threads()}
+    env = {
+        "device": str(device),
+        "device_name": device_name(device),
+        "dtype": str(dtype).removeprefix("torch."),
+        "torch": torch.__version__,
+        "diffusers": diffusers.__version__,
+        "python": platform.python_version(),
+        "cuda": torch.version.cuda,
+        "threads": torch.get_num_threads(),
+    }
     if device.type == "cuda":
         props = torch.cuda.get_device_properties(device)
-        env.update(gpu_memory_bytes=props.total_memory, sm_count=props.multi_processor_count,
-                   cudnn=torch.backends.cudnn.version())
+        env.update(
+            gpu_memory_bytes=props.total_memory,
+            sm_count=props.multi_processor_count,
+            cudnn=torch.backends.cudnn.version(),
+        )
     return env
 
 
@@ -346,7 +407,9 @@ def environment(device: torch.device, dtype: torch.dtype) -> dict[str, Any]:
 
 
 def _weight_bytes(model: FluxSRModel) -> int:
-    return sum(p.numel() * p.element_size() for part in (model.transformer, model.vae) for p in part.parameters())
+    return sum(
+        p.numel() * p.element_size() for part in (model.transformer, model.vae) for p in part.parameters()
+    )
 
 
 def _calibration(row: dict, weights: int, tile_px: int, dtype_bytes: int, tokens: int, inner: int) -> dict:
@@ -357,7 +420,9 @@ def _calibration(row: dict, weights: int, tile_px: int, dtype_bytes: int, tokens
         if st in peaks:
             out[key] = round((peaks[st] - weights) / (tile_px * dtype_bytes), 1)
     if "transformer" in peaks:
-        out["transformer_per_token_dim"] = round((peaks["transformer"] - weights) / (tokens * inner * dtype_bytes), 2)
+        out["transformer_per_token_dim"] = round(
+            (peaks["transformer"] - weights) / (tokens * inner * dtype_bytes), 2
+        )
     return out
 
 
@@ -368,8 +433,9 @@ def _add_analytic(row: dict, model: FluxSRModel, cfg: BenchConfig, forwards: int
     tile = row.get("tile") or spec.tile
     overlap = cfg.overlap if cfg.overlap is not None else spec.overlap
     text = int(model.cond.prompt_embeds.shape[1])
-    a = analytic_floor(tcfg, (row["size"], row["size"]), tile, overlap, text, cfg.peak_tflops, forwards,
-                       model.vae_scale)
+    a = analytic_floor(
+        tcfg, (row["size"], row["size"]), tile, overlap, text, cfg.peak_tflops, forwards, model.vae_scale
+    )
     row["analytic"] = a
     measured = row["stages_ms"].get("transformer")
     row["x_floor"] = measured / a["floor_ms"] if measured and a["floor_ms"] > 0 else None
@@ -392,13 +458,21 @@ def _scale_teacher(row: dict, factor: float) -> None:
     row["run_first_call_s"], row["first_call_s"] = row["first_call_s"], None
 
 
-def run_bench(cfg: BenchConfig, on_row: Callable[[dict], None] | None = None,
-              log: Callable[[str], None] = lambda s: print(s, file=sys.stderr)) -> dict[str, Any]:
+def run_bench(
+    cfg: BenchConfig,
+    on_row: Callable[[dict], None] | None = None,
+    log: Callable[[str], None] = lambda s: print(s, file=sys.stderr),
+) -> dict[str, Any]:
     """Run every requested row at every size; ``on_row(result_so_far)`` after each row (for partial JSON)."""
     device = resolve_device(cfg.device)
     dtype = cfg.dtype or default_dtype(device)
     torch.manual_seed(cfg.seed)
-    result: dict[str, Any] = {"env": environment(device, dtype), "config": _config_dict(cfg), "rows": [], "notes": []}
+    result: dict[str, Any] = {
+        "env": environment(device, dtype),
+        "config": _config_dict(cfg),
+        "rows": [],
+        "notes": [],
+    }
     notes = result["notes"]
     pipe = teacher = None
     if {"fluxsr", "teacher"} & set(cfg.rows):
@@ -408,18 +482,26 @@ def run_bench(cfg: BenchConfig, on_row: Callable[[dict], None] | None = None,
         pipe = FluxSRPipeline(model, device, dtype, allow_fp16=True)
         pipe.max_memory = cfg.max_memory
         pipe.name = f"fluxsr:{model.spec.name}"
-        result["env"].update(model=model.spec.name, model_build_s=round(time.perf_counter() - start, 2),
-                             weight_bytes=_weight_bytes(model), text_len=int(model.cond.prompt_embeds.shape[1]))
+        result["env"].update(
+            model=model.spec.name,
+            model_build_s=round(time.perf_counter() - start, 2),
+            weight_bytes=_weight_bytes(model),
+            text_len=int(model.cond.prompt_embeds.shape[1]),
+        )
         if cfg.model != RANDOM_FLUX and cfg.text_len != 512:
-            notes.append("--text-len applies to flux-dev-random only; other models use their stored embeddings")
+            notes.append(
+                "--text-len applies to flux-dev-random only; other models use their stored embeddings"
+            )
         notes += apply_fast_path(pipe.model, cfg.fast)
     if "teacher" in cfg.rows:
         run_steps = cfg.teacher_run_steps or cfg.teacher_steps
         teacher = TeacherPipeline(pipe, run_steps)
         if run_steps != cfg.teacher_steps:
-            notes.append(f"teacher: {run_steps} Euler steps run, transformer time scaled linearly to "
-                         f"{cfg.teacher_steps} steps (its cpu_ms and first_call_s are reported as run_cpu_ms, "
-                         f"run_first_call_s)")
+            notes.append(
+                f"teacher: {run_steps} Euler steps run, transformer time scaled linearly to "
+                f"{cfg.teacher_steps} steps (its cpu_ms and first_call_s are reported as run_cpu_ms, "
+                f"run_first_call_s)"
+            )
 
     def ctx():
         return sdpa_context(cfg.fast.sdpa)
@@ -430,7 +512,9 @@ def run_bench(cfg: BenchConfig, on_row: Callable[[dict], None] | None = None,
             img_path = make_input(Path(tmp) / f"in_{size}.png", size, cfg.seed)
             out_path = Path(tmp) / f"out_{size}.{cfg.write_ext}"
             for name in cfg.rows:
-                row = _run_row(name, size, cfg, device, dtype, pipe, teacher, img_path, out_path, ctx, label, log)
+                row = _run_row(
+                    name, size, cfg, device, dtype, pipe, teacher, img_path, out_path, ctx, label, log
+                )
                 if row is None:
                     continue
                 result["rows"].append(row)
@@ -444,12 +528,26 @@ def _skip(name: str, size: int, why: str) -> dict[str, Any]:
     return {"row": name, "size": size, "in_size": size // 4, "skipped": why}
 
 
-def _run_row(name: str, size: int, cfg: BenchConfig, device, dtype, pipe, teacher, img_path: Path,
-             out_path: Path, ctx, label: str, log) -> dict[str, Any] | None:
+def _run_row(
+    name: str,
+    size: int,
+    cfg: BenchConfig,
+    device,
+    dtype,
+    pipe,
+    teacher,
+    img_path: Path,
+    out_path: Path,
+    ctx,
+    label: str,
+    log,
+) -> dict[str, Any] | None:
     """One row, or a ``skipped``/``error`` entry: a failing row never stops the benchmark."""
     try:
         if name == "fluxsr":
-            row = bench_pipeline(pipe, cfg, size, img_path, out_path, f"fluxsr:{pipe.model.spec.name}{label}", ctx)
+            row = bench_pipeline(
+                pipe, cfg, size, img_path, out_path, f"fluxsr:{pipe.model.spec.name}{label}", ctx
+            )
             if cfg.analytic:
                 _add_analytic(row, pipe.model, cfg, 1)
             if device.type == "cuda" and row.get("stage_peak_bytes") and row.get("tile"):
@@ -457,15 +555,20 @@ def _run_row(name: str, size: int, cfg: BenchConfig, device, dtype, pipe, teache
                 per_pass = row.get("tile_batch") or 1  # the plan's tiles per pass (never more than the tiles)
                 tcfg = pipe.model.transformer.config
                 row["calibration"] = _calibration(
-                    row, _weight_bytes(pipe.model), tile_px * per_pass, torch.empty((), dtype=dtype).element_size(),
+                    row,
+                    _weight_bytes(pipe.model),
+                    tile_px * per_pass,
+                    torch.empty((), dtype=dtype).element_size(),
                     memory.ModelDims.from_model(pipe.model).tokens(tile_px) * per_pass,
-                    tcfg.num_attention_heads * tcfg.attention_head_dim)
+                    tcfg.num_attention_heads * tcfg.attention_head_dim,
+                )
             return row
         if name == "teacher":
             if cfg.teacher_max_size and size > cfg.teacher_max_size:
                 return _skip(name, size, f"teacher rows only up to --teacher-max-size {cfg.teacher_max_size}")
-            row = bench_pipeline(teacher, cfg, size, img_path, out_path,
-                                 f"teacher:{cfg.teacher_steps}-step{label}", ctx)
+            row = bench_pipeline(
+                teacher, cfg, size, img_path, out_path, f"teacher:{cfg.teacher_steps}-step{label}", ctx
+            )
             row.update(teacher_steps=cfg.teacher_steps, teacher_run_steps=teacher.steps)
             _scale_teacher(row, cfg.teacher_steps / teacher.steps)
             if cfg.analytic:
@@ -473,7 +576,9 @@ def _run_row(name: str, size: int, cfg: BenchConfig, device, dtype, pipe, teache
             return row
         if name == "realesrgan":
             if cfg.baseline_max_size and size > cfg.baseline_max_size:
-                return _skip(name, size, f"Real-ESRGAN only up to --baseline-max-size {cfg.baseline_max_size}")
+                return _skip(
+                    name, size, f"Real-ESRGAN only up to --baseline-max-size {cfg.baseline_max_size}"
+                )
             from .cache import MissingWeightsError
 
             if cfg.esrgan_weights == "random":
@@ -488,7 +593,12 @@ def _run_row(name: str, size: int, cfg: BenchConfig, device, dtype, pipe, teache
     except (RuntimeError, MemoryError, ValueError, NotImplementedError) as e:
         log(f"{name} @ {size}: {type(e).__name__}: {e}")
         memory.free_cached(device)
-        return {"row": name, "size": size, "in_size": size // 4, "error": f"{type(e).__name__}: {str(e)[:500]}"}
+        return {
+            "row": name,
+            "size": size,
+            "in_size": size // 4,
+            "error": f"{type(e).__name__}: {str(e)[:500]}",
+        }
 
 
 def _config_dict(cfg: BenchConfig) -> dict[str, Any]:
@@ -520,29 +630,61 @@ def format_row(row: dict) -> str:
 def to_markdown(result: dict[str, Any]) -> str:
     """The environment, notes and one table (ms, medians) of every row."""
     env = result["env"]
-    lines = [f"Device: {env['device_name']} ({env['device']}), dtype {env['dtype']}, torch {env['torch']}, "
-             f"diffusers {env['diffusers']}, python {env['python']}"
-             + (f", model {env['model']} ({env['weight_bytes'] / 1e9:.2f} GB weights, text {env['text_len']} tokens)"
-                if "model" in env else ""),
-             f"Medians of {result['config']['repeat']} runs after {result['config']['warmup']} warm-up; FLOP floor at "
-             f"{result['config']['peak_tflops']:g} TFLOP/s.", ""]
+    lines = [
+        f"Device: {env['device_name']} ({env['device']}), dtype {env['dtype']}, torch {env['torch']}, "
+        f"diffusers {env['diffusers']}, python {env['python']}"
+        + (
+            f", model {env['model']} ({env['weight_bytes'] / 1e9:.2f} GB weights, text {env['text_len']} tokens)"
+            if "model" in env
+            else ""
+        ),
+        f"Medians of {result['config']['repeat']} runs after {result['config']['warmup']} warm-up; FLOP floor at "
+        f"{result['config']['peak_tflops']:g} TFLOP/s.",
+        "",
+    ]
     lines += [f"- {n}" for n in result["notes"]] + ([""] if result["notes"] else [])
-    head = ["size", "row", "tile", *(f"{c} (ms)" for c in COLUMNS), "GPU work (ms)", "total (ms)", "peak",
-            "peak - start", "floor (ms)", "x floor"]
+    head = [
+        "size",
+        "row",
+        "tile",
+        *(f"{c} (ms)" for c in COLUMNS),
+        "GPU work (ms)",
+        "total (ms)",
+        "peak",
+        "peak - start",
+        "floor (ms)",
+        "x floor",
+    ]
     lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for row in result["rows"]:
         size = f"{row['in_size']}->{row['size']}"
         if "skipped" in row or "error" in row:
-            lines.append(f"| {size} | {row['row']} | " + (row.get("skipped") or row.get("error"))[:120]
-                         + " |" * (len(head) - 2))
+            lines.append(
+                f"| {size} | {row['row']} | "
+                + (row.get("skipped") or row.get("error"))[:120]
+                + " |" * (len(head) - 2)
+            )
             continue
         st, a = row["stages_ms"], row.get("analytic") or {}
-        tile = f"{row['tile']}" + (f" x{row['tile_batch']}" if (row.get("tile_batch") or 1) > 1 else "") \
-            + (" (input)" if row.get("tile_unit") == "input px" else "") if row.get("tile") else ""
-        cells = [size, row["row"], tile, *(_ms(st.get(c)) for c in COLUMNS), _ms(row.get("gpu_work_ms")),
-                 _ms(row["total_ms"]), memory.format_bytes(row["peak_bytes"]),
-                 memory.format_bytes(row["peak_above_start_bytes"]),
-                 f"{a['floor_ms']:.3g}" if a else "", f"{row['x_floor']:.3g}" if row.get("x_floor") else ""]
+        tile = (
+            f"{row['tile']}"
+            + (f" x{row['tile_batch']}" if (row.get("tile_batch") or 1) > 1 else "")
+            + (" (input)" if row.get("tile_unit") == "input px" else "")
+            if row.get("tile")
+            else ""
+        )
+        cells = [
+            size,
+            row["row"],
+            tile,
+            *(_ms(st.get(c)) for c in COLUMNS),
+            _ms(row.get("gpu_work_ms")),
+            _ms(row["total_ms"]),
+            memory.format_bytes(row["peak_bytes"]),
+            memory.format_bytes(row["peak_above_start_bytes"]),
+            f"{a['floor_ms']:.3g}" if a else "",
+            f"{row['x_floor']:.3g}" if row.get("x_floor") else "",
+        ]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -574,40 +716,87 @@ def _sizes(text: str) -> tuple[int, ...]:
 
 def add_bench_arguments(p) -> None:
     """``fluxsr bench`` options."""
-    p.add_argument("--model", default=None,
-                   help=f"'bundled' (default), 'tiny', '{RANDOM_FLUX}' (FLUX.1-dev shapes, random weights, made on "
-                        "the device) or a model folder / FLUX.1-dev path")
+    p.add_argument(
+        "--model",
+        default=None,
+        help=f"'bundled' (default), 'tiny', '{RANDOM_FLUX}' (FLUX.1-dev shapes, random weights, made on "
+        "the device) or a model folder / FLUX.1-dev path",
+    )
     p.add_argument("--random-weights", action="store_true", help=f"same as --model {RANDOM_FLUX}")
-    p.add_argument("--sizes", default="512,1024,2048,4096",
-                   help="output sizes (square, x4 from size/4; default 512,1024,2048,4096: long on a CPU)")
+    p.add_argument(
+        "--sizes",
+        default="512,1024,2048,4096",
+        help="output sizes (square, x4 from size/4; default 512,1024,2048,4096: long on a CPU)",
+    )
     p.add_argument("--repeat", type=int, default=3, help="timed runs per row (median reported; default 3)")
     p.add_argument("--warmup", type=int, default=1, help="untimed runs first (compilation, cuDNN autotune)")
     p.add_argument("--rows", default=",".join(ROWS), help=f"rows to run (default: all of {','.join(ROWS)})")
     p.add_argument("--device", default=None)
-    p.add_argument("--dtype", choices=("bf16", "fp32", "fp16"), default=None, help="default: bf16 CUDA, fp32 CPU")
-    p.add_argument("--text-len", type=int, default=512, help=f"T5 tokens of {RANDOM_FLUX}'s cached embeddings")
+    p.add_argument(
+        "--dtype", choices=("bf16", "fp32", "fp16"), default=None, help="default: bf16 CUDA, fp32 CPU"
+    )
+    p.add_argument(
+        "--text-len", type=int, default=512, help=f"T5 tokens of {RANDOM_FLUX}'s cached embeddings"
+    )
     p.add_argument("--teacher-steps", type=int, default=28, help="teacher Euler steps to report")
-    p.add_argument("--teacher-run-steps", type=int, default=None,
-                   help="steps actually run (transformer time scaled linearly to --teacher-steps)")
-    p.add_argument("--teacher-max-size", type=int, default=1024, help="largest output size for teacher rows (0: all)")
-    p.add_argument("--baseline-max-size", type=int, default=None,
-                   help="largest output size for Real-ESRGAN rows (default: all on CUDA, 1024 on CPU)")
-    p.add_argument("--esrgan-tile", type=int, default=512, help="Real-ESRGAN tile in input pixels (0: whole image)")
-    p.add_argument("--esrgan-weights", choices=("auto", "cached", "random"), default="auto",
-                   help=f"Real-ESRGAN weights: cached (row skipped without them), random (same cost), auto (cached, "
-                        f"else random with --model {RANDOM_FLUX}, else skipped)")
+    p.add_argument(
+        "--teacher-run-steps",
+        type=int,
+        default=None,
+        help="steps actually run (transformer time scaled linearly to --teacher-steps)",
+    )
+    p.add_argument(
+        "--teacher-max-size", type=int, default=1024, help="largest output size for teacher rows (0: all)"
+    )
+    p.add_argument(
+        "--baseline-max-size",
+        type=int,
+        default=None,
+        help="largest output size for Real-ESRGAN rows (default: all on CUDA, 1024 on CPU)",
+    )
+    p.add_argument(
+        "--esrgan-tile", type=int, default=512, help="Real-ESRGAN tile in input pixels (0: whole image)"
+    )
+    p.add_argument(
+        "--esrgan-weights",
+        choices=("auto", "cached", "random"),
+        default="auto",
+        help=f"Real-ESRGAN weights: cached (row skipped without them), random (same cost), auto (cached, "
+        f"else random with --model {RANDOM_FLUX}, else skipped)",
+    )
     p.add_argument("--tile", type=int, default=None, help="tile in output pixels (default: the model's)")
-    p.add_argument("--overlap", type=int, default=None, help="tile overlap in output pixels (default: the model's)")
-    p.add_argument("--tile-batch", type=int, default=1, help="tiles per forward pass (0: as many as memory allows)")
+    p.add_argument(
+        "--overlap", type=int, default=None, help="tile overlap in output pixels (default: the model's)"
+    )
+    p.add_argument(
+        "--tile-batch", type=int, default=1, help="tiles per forward pass (0: as many as memory allows)"
+    )
     p.add_argument("--color-fix", choices=("wavelet", "adain", "none"), default="wavelet")
-    p.add_argument("--write-ext", choices=("png", "jpg", "webp", "tif", "bmp"), default="png",
-                   help="output format of the write stage (png of a 4096^2 noise-like image takes seconds)")
-    p.add_argument("--max-memory", type=memory.memory_size, default=None, help="memory cap for the planner, e.g. 40GiB (weights included)")
-    p.add_argument("--peak-tflops", type=float, default=790.0,
-                   help="peak TFLOP/s for the FLOP floor (790: measured bf16 matmul ceiling of an H200/H100)")
-    p.add_argument("--analytic", action=argparse.BooleanOptionalAction, default=None,
-                   help="FLOP floor columns at --peak-tflops (default: on for CUDA, off on the CPU, where a GPU's "
-                        "peak means nothing)")
+    p.add_argument(
+        "--write-ext",
+        choices=("png", "jpg", "webp", "tif", "bmp"),
+        default="png",
+        help="output format of the write stage (png of a 4096^2 noise-like image takes seconds)",
+    )
+    p.add_argument(
+        "--max-memory",
+        type=memory.memory_size,
+        default=None,
+        help="memory cap for the planner, e.g. 40GiB (weights included)",
+    )
+    p.add_argument(
+        "--peak-tflops",
+        type=float,
+        default=790.0,
+        help="peak TFLOP/s for the FLOP floor (790: measured bf16 matmul ceiling of an H200/H100)",
+    )
+    p.add_argument(
+        "--analytic",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="FLOP floor columns at --peak-tflops (default: on for CUDA, off on the CPU, where a GPU's "
+        "peak means nothing)",
+    )
     add_fast_path_arguments(p)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", type=Path, default=None, help="write results here (updated after every row)")
@@ -626,20 +815,37 @@ def config_from_args(args) -> BenchConfig:
         if model not in (None, RANDOM_FLUX):
             raise ValueError(f"--random-weights means --model {RANDOM_FLUX}, not {model}")
         model = RANDOM_FLUX
-    baseline_max = args.baseline_max_size if args.baseline_max_size is not None else \
-        (None if device.type == "cuda" else 1024)
+    baseline_max = (
+        args.baseline_max_size
+        if args.baseline_max_size is not None
+        else (None if device.type == "cuda" else 1024)
+    )
     return BenchConfig(
-        model=model, sizes=_sizes(args.sizes), repeat=args.repeat, warmup=args.warmup,
-        device=str(device), dtype=dtypes[args.dtype] if args.dtype else None, rows=tuple(_csv(args.rows)),
+        model=model,
+        sizes=_sizes(args.sizes),
+        repeat=args.repeat,
+        warmup=args.warmup,
+        device=str(device),
+        dtype=dtypes[args.dtype] if args.dtype else None,
+        rows=tuple(_csv(args.rows)),
         text_len=args.text_len,
-        teacher_steps=args.teacher_steps, teacher_run_steps=args.teacher_run_steps,
-        teacher_max_size=args.teacher_max_size or None, baseline_max_size=baseline_max or None,
-        esrgan_tile=args.esrgan_tile, esrgan_weights=args.esrgan_weights, tile=args.tile,
-        overlap=args.overlap, tile_batch=args.tile_batch, color_fix=args.color_fix, write_ext=args.write_ext,
+        teacher_steps=args.teacher_steps,
+        teacher_run_steps=args.teacher_run_steps,
+        teacher_max_size=args.teacher_max_size or None,
+        baseline_max_size=baseline_max or None,
+        esrgan_tile=args.esrgan_tile,
+        esrgan_weights=args.esrgan_weights,
+        tile=args.tile,
+        overlap=args.overlap,
+        tile_batch=args.tile_batch,
+        color_fix=args.color_fix,
+        write_ext=args.write_ext,
         max_memory=args.max_memory,
-        peak_tflops=args.peak_tflops, seed=args.seed,
+        peak_tflops=args.peak_tflops,
+        seed=args.seed,
         analytic=args.analytic if args.analytic is not None else device.type == "cuda",
-        fast=fast_path_from_args(args))
+        fast=fast_path_from_args(args),
+    )
 
 
 def cmd_bench(args) -> int:

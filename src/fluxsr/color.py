@@ -38,8 +38,8 @@ def _blur(x: Tensor, dilation: int) -> Tensor:
     """
     d, (h, w) = dilation, x.shape[-2:]
     xp = F.pad(x, (d, d, d, d), mode="replicate")
-    rows = 0.25 * xp[..., :, :w] + 0.5 * xp[..., :, d:d + w] + 0.25 * xp[..., :, 2 * d:2 * d + w]
-    return 0.25 * rows[..., :h, :] + 0.5 * rows[..., d:d + h, :] + 0.25 * rows[..., 2 * d:2 * d + h, :]
+    rows = 0.25 * xp[..., :, :w] + 0.5 * xp[..., :, d : d + w] + 0.25 * xp[..., :, 2 * d : 2 * d + w]
+    return 0.25 * rows[..., :h, :] + 0.5 * rows[..., d : d + h, :] + 0.25 * rows[..., 2 * d : 2 * d + h, :]
 
 
 def wavelet_lowpass(x: Tensor, levels: int = 5) -> Tensor:

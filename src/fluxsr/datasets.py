@@ -72,13 +72,21 @@ class Matching:
 
     def problems(self, left_name: str = "left", right_name: str = "right") -> list[str]:
         """One line per leftover file, naming it and what is wrong."""
-        lines = [f"ambiguous name: {', '.join(map(str, files))} all pair as {key!r}"
-                 for key, files in sorted(self.ambiguous.items())]
+        lines = [
+            f"ambiguous name: {', '.join(map(str, files))} all pair as {key!r}"
+            for key, files in sorted(self.ambiguous.items())
+        ]
         done = {p for files in self.ambiguous.values() for p in files}
-        lines += [f"missing partner: {p} ({left_name}) has no {right_name} file" for p in self.left_only
-                  if p not in done]
-        lines += [f"missing partner: {p} ({right_name}) has no {left_name} file" for p in self.right_only
-                  if p not in done]
+        lines += [
+            f"missing partner: {p} ({left_name}) has no {right_name} file"
+            for p in self.left_only
+            if p not in done
+        ]
+        lines += [
+            f"missing partner: {p} ({right_name}) has no {left_name} file"
+            for p in self.right_only
+            if p not in done
+        ]
         return lines
 
 
@@ -100,6 +108,7 @@ def relative_name(path: Path, root: Path | None) -> str:
 
 def _key_levels(root: Path | None) -> list[Callable[[Path], object]]:
     """Keys tried in order: relative path without extension; (folder, pair key); pair key alone."""
+
     def exact(p: Path) -> object:
         return _relative(p, root).with_suffix("").as_posix()
 
@@ -120,8 +129,9 @@ def _group(files: Iterable[Path], key: Callable[[Path], object]) -> dict[object,
     return groups
 
 
-def match_files(left: list[Path], right: list[Path], left_root: Path | None = None,
-                right_root: Path | None = None) -> Matching:
+def match_files(
+    left: list[Path], right: list[Path], left_root: Path | None = None, right_root: Path | None = None
+) -> Matching:
     """Pair files of two lists by name.
 
     Three rounds, each pairing only keys held by exactly one file on each side among the files still unpaired:
@@ -142,8 +152,11 @@ def match_files(left: list[Path], right: list[Path], left_root: Path | None = No
         todo_l = [p for p in todo_l if p not in used]
         todo_r = [p for p in todo_r if p not in used]
     gl, gr = _group(todo_l, lefts[-1]), _group(todo_r, rights[-1])
-    ambiguous = {str(k): sorted(gl.get(k, []) + gr.get(k, [])) for k in set(gl) | set(gr)
-                 if len(gl.get(k, ())) > 1 or len(gr.get(k, ())) > 1}
+    ambiguous = {
+        str(k): sorted(gl.get(k, []) + gr.get(k, []))
+        for k in set(gl) | set(gr)
+        if len(gl.get(k, ())) > 1 or len(gr.get(k, ())) > 1
+    }
     return Matching(sorted(pairs), todo_l, todo_r, ambiguous)
 
 
@@ -182,15 +195,18 @@ def _images_in(folder: Path, pattern: str | None = None) -> list[Path]:
     return [f for f in files if pattern is None or re.search(pattern, f.stem, re.IGNORECASE)]
 
 
-def pairs_from_lists(lr: list[Path], hr: list[Path], lr_root: Path | None = None,
-                     hr_root: Path | None = None) -> tuple[list[ImagePair], list[str]]:
+def pairs_from_lists(
+    lr: list[Path], hr: list[Path], lr_root: Path | None = None, hr_root: Path | None = None
+) -> tuple[list[ImagePair], list[str]]:
     """:func:`match_files` on LR and HR lists -> (pairs named by :func:`relative_name` of the LR, problems)."""
     m = match_files(lr, hr, lr_root, hr_root)
     pairs = [ImagePair(relative_name(a, lr_root), a, b) for a, b in m.pairs]
     return pairs, m.problems("LR", "HR")
 
 
-def pairs_from_dirs(lr_dir: Path, hr_dir: Path | None, exclude: Path | None = None) -> tuple[list[ImagePair], list[str]]:
+def pairs_from_dirs(
+    lr_dir: Path, hr_dir: Path | None, exclude: Path | None = None
+) -> tuple[list[ImagePair], list[str]]:
     """Pair every image under ``lr_dir`` (not searching ``exclude``) with one under ``hr_dir`` (see
     :func:`match_files`).
 
@@ -235,8 +251,10 @@ def _classic_dirs(root: Path) -> tuple[Path, list[Path]] | None:
     hr, lr = child_dir(root, "HR"), child_dir(root, "LR_bicubic")
     if hr is None or lr is None:
         return None
-    scales = sorted((c for c in lr.iterdir() if c.is_dir() and re.fullmatch(r"x\d+", c.name, re.IGNORECASE)),
-                    key=lambda c: int(c.name[1:]))
+    scales = sorted(
+        (c for c in lr.iterdir() if c.is_dir() and re.fullmatch(r"x\d+", c.name, re.IGNORECASE)),
+        key=lambda c: int(c.name[1:]),
+    )
     return (hr, scales) if scales else None
 
 
@@ -422,13 +440,22 @@ def _prepare_out(out: Path, overwrite: bool) -> None:
     for folder in (out / "lr", out / "hr"):
         if folder.is_dir() and any(folder.iterdir()):
             if not overwrite:
-                raise ValueError(f"{folder} is not empty: its old pairs would mix with the new set; choose another "
-                                 "--out or pass --overwrite to delete them first")
+                raise ValueError(
+                    f"{folder} is not empty: its old pairs would mix with the new set; choose another "
+                    "--out or pass --overwrite to delete them first"
+                )
             shutil.rmtree(folder)
 
 
-def make_testset(inputs: list[Path], out: Path, seed: int, scale: int = 4, crop: int | None = None,
-                 cfg=None, overwrite: bool = False) -> TestsetResult:
+def make_testset(
+    inputs: list[Path],
+    out: Path,
+    seed: int,
+    scale: int = 4,
+    crop: int | None = None,
+    cfg=None,
+    overwrite: bool = False,
+) -> TestsetResult:
     """Build a reproducible LR/HR evaluation set from HR photos.
 
     For each image under ``inputs`` (files or folders, recursive): read it (EXIF orientation applied, alpha
@@ -464,23 +491,36 @@ def make_testset(inputs: list[Path], out: Path, seed: int, scale: int = 4, crop:
         name = strip_suffixes(src.stem)
         hr_path = write_image(out / "hr" / f"{name}.png", hr)
         lr_path = write_image(out / "lr" / f"{name}.png", lr)
-        items.append({
-            "name": name, "source": src.name, "source_sha256": sha256_file(src), "seed": item_seed,
-            "hr": f"hr/{hr_path.name}", "lr": f"lr/{lr_path.name}",
-            "hr_size": [int(hr.shape[-1]), int(hr.shape[-2])], "lr_size": [int(lr.shape[-1]), int(lr.shape[-2])],
-            "hr_sha256": sha256_file(hr_path), "lr_sha256": sha256_file(lr_path),
-        })
+        items.append(
+            {
+                "name": name,
+                "source": src.name,
+                "source_sha256": sha256_file(src),
+                "seed": item_seed,
+                "hr": f"hr/{hr_path.name}",
+                "lr": f"lr/{lr_path.name}",
+                "hr_size": [int(hr.shape[-1]), int(hr.shape[-2])],
+                "lr_size": [int(lr.shape[-1]), int(lr.shape[-2])],
+                "hr_sha256": sha256_file(hr_path),
+                "lr_sha256": sha256_file(lr_path),
+            }
+        )
     if not items:  # nothing usable: no manifest that would pass for an (empty) test set
-        problems.append(f"no pairs written to {out}: every input failed (see above)" if sources
-                        else f"no pairs written to {out}")
+        problems.append(
+            f"no pairs written to {out}: every input failed (see above)"
+            if sources
+            else f"no pairs written to {out}"
+        )
         return TestsetResult(None, items, problems)
     manifest = {
-        "seed": int(seed), "scale": scale, "crop": crop,
+        "seed": int(seed),
+        "scale": scale,
+        "crop": crop,
         "seed_rule": "sha256(f'{seed}:{source file name}')[:8] big-endian & (2**63 - 1)",
-        "degradation": asdict(cfg), "images": items,
+        "degradation": asdict(cfg),
+        "images": items,
     }
     out.mkdir(parents=True, exist_ok=True)
     path = out / "manifest.json"
     path.write_text(json.dumps(manifest, indent=2) + "\n")
     return TestsetResult(path, items, problems)
-

@@ -127,14 +127,35 @@ class DegradationConfig:
                 setattr(self, f.name, tuple(value))
         for name in ("resize_prob", "resize_prob2"):
             _check_probs(name, getattr(self, name), 3)
-        for name in ("gaussian_noise_prob", "gray_noise_prob", "second_blur_prob", "gaussian_noise_prob2",
-                     "gray_noise_prob2", "sinc_prob", "sinc_prob2", "final_sinc_prob"):
+        for name in (
+            "gaussian_noise_prob",
+            "gray_noise_prob",
+            "second_blur_prob",
+            "gaussian_noise_prob2",
+            "gray_noise_prob2",
+            "sinc_prob",
+            "sinc_prob2",
+            "final_sinc_prob",
+        ):
             p = getattr(self, name)
             if not 0.0 <= p <= 1.0:
                 raise ValueError(f"{name}={p} is not a probability")
-        for name in ("resize_range", "resize_range2", "noise_range", "noise_range2", "poisson_scale_range",
-                     "poisson_scale_range2", "jpeg_range", "jpeg_range2", "blur_sigma", "blur_sigma2",
-                     "betag_range", "betap_range", "betag_range2", "betap_range2"):
+        for name in (
+            "resize_range",
+            "resize_range2",
+            "noise_range",
+            "noise_range2",
+            "poisson_scale_range",
+            "poisson_scale_range2",
+            "jpeg_range",
+            "jpeg_range2",
+            "blur_sigma",
+            "blur_sigma2",
+            "betag_range",
+            "betap_range",
+            "betag_range2",
+            "betap_range2",
+        ):
             lo, hi = _check_range(name, getattr(self, name))
             if name.startswith("jpeg") and not 1 <= lo <= hi <= 100:
                 raise ValueError(f"{name}={(lo, hi)} must lie in [1, 100]")
@@ -148,7 +169,9 @@ class DegradationConfig:
             _check_probs(prob, getattr(self, prob), len(names))
         k0, k1 = self.min_kernel_size, self.blur_kernel_size
         if k0 % 2 == 0 or k1 % 2 == 0 or not 1 <= k0 <= k1:
-            raise ValueError(f"kernel sizes must be odd with 1 <= min_kernel_size <= blur_kernel_size, got {k0}, {k1}")
+            raise ValueError(
+                f"kernel sizes must be odd with 1 <= min_kernel_size <= blur_kernel_size, got {k0}, {k1}"
+            )
         if int(self.scale) != self.scale or self.scale < 1:
             raise ValueError(f"scale must be a positive integer, got {self.scale}")
 
@@ -169,15 +192,35 @@ class DegradationConfig:
         with open(path) as fh:
             return cls.from_dict(yaml.safe_load(fh) or {})
 
-    def stage_kernel_settings(self, stage: int) -> tuple[tuple[str, ...], tuple[float, ...], float,
-                                                        tuple[float, float], tuple[float, float], tuple[float, float]]:
+    def stage_kernel_settings(
+        self, stage: int
+    ) -> tuple[
+        tuple[str, ...],
+        tuple[float, ...],
+        float,
+        tuple[float, float],
+        tuple[float, float],
+        tuple[float, float],
+    ]:
         """``(kernel_list, kernel_prob, sinc_prob, blur_sigma, betag_range, betap_range)`` of blur stage 1 or 2."""
         if stage == 1:
-            return (self.kernel_list, self.kernel_prob, self.sinc_prob, self.blur_sigma, self.betag_range,
-                    self.betap_range)
+            return (
+                self.kernel_list,
+                self.kernel_prob,
+                self.sinc_prob,
+                self.blur_sigma,
+                self.betag_range,
+                self.betap_range,
+            )
         if stage == 2:
-            return (self.kernel_list2, self.kernel_prob2, self.sinc_prob2, self.blur_sigma2, self.betag_range2,
-                    self.betap_range2)
+            return (
+                self.kernel_list2,
+                self.kernel_prob2,
+                self.sinc_prob2,
+                self.blur_sigma2,
+                self.betag_range2,
+                self.betap_range2,
+            )
         raise ValueError(f"stage must be 1 or 2, got {stage}")
 
 
@@ -234,12 +277,20 @@ def _finish(kernel: Tensor, kernel_size: Tensor, size: int) -> Tensor:
 
 def _batch(*values: Tensor | float | int) -> list[Tensor]:
     """Broadcast scalars / 1-D values to a common float64 batch vector."""
-    return list(torch.broadcast_tensors(*(torch.as_tensor(v, dtype=torch.float64).reshape(-1) for v in values)))
+    return list(
+        torch.broadcast_tensors(*(torch.as_tensor(v, dtype=torch.float64).reshape(-1) for v in values))
+    )
 
 
-def bivariate_kernel(sigma_x: Tensor | float, sigma_y: Tensor | float, theta: Tensor | float,
-                     beta: Tensor | float = 1.0, plateau: Tensor | bool = False,
-                     kernel_size: Tensor | int = 21, size: int = 21) -> Tensor:
+def bivariate_kernel(
+    sigma_x: Tensor | float,
+    sigma_y: Tensor | float,
+    theta: Tensor | float,
+    beta: Tensor | float = 1.0,
+    plateau: Tensor | bool = False,
+    kernel_size: Tensor | int = 21,
+    size: int = 21,
+) -> Tensor:
     """Batch of anisotropic Gaussian-family kernels, ``(B, size, size)`` float64, each summing to 1.
 
     With ``Q = x^T Sigma^-1 x`` (``Sigma`` the covariance of axes ``sigma_x, sigma_y`` rotated by ``theta``):
@@ -267,8 +318,9 @@ def sinc_kernel(omega_c: Tensor | float, kernel_size: Tensor | int = 21, size: i
     r = torch.hypot(xx, yy)
     w = w.reshape(-1, 1, 1)
     r_safe = torch.where(r > 0, r, torch.ones_like(r))
-    kernel = torch.where(r > 0, w * torch.special.bessel_j1(w * r_safe) / (2 * math.pi * r_safe),
-                         w**2 / (4 * math.pi))
+    kernel = torch.where(
+        r > 0, w * torch.special.bessel_j1(w * r_safe) / (2 * math.pi * r_safe), w**2 / (4 * math.pi)
+    )
     return _finish(kernel, ks, size)
 
 
@@ -297,7 +349,9 @@ def random_kernel(batch: int, cfg: DegradationConfig, generator: torch.Generator
     u = _rand(generator, batch, 10)
     ksize = _kernel_sizes(u[:, 0], cfg)
     is_sinc = u[:, 1] < sinc_p
-    omega = torch.where(ksize < 13, _between(u[:, 2], math.pi / 3, math.pi), _between(u[:, 2], math.pi / 5, math.pi))
+    omega = torch.where(
+        ksize < 13, _between(u[:, 2], math.pi / 3, math.pi), _between(u[:, 2], math.pi / 5, math.pi)
+    )
     names = [kinds[i] for i in _categorical(u[:, 3], probs).tolist()]
     iso = torch.tensor([n.endswith("iso") and not n.endswith("aniso") for n in names])
     gen = torch.tensor([n.startswith("generalized") for n in names])
@@ -363,8 +417,9 @@ def resize(img: Tensor, size: tuple[int, int], mode: str) -> Tensor:
     return F.interpolate(img, size=size, mode=mode, align_corners=False)
 
 
-def draw_resize(resize_prob: Sequence[float], resize_range: Sequence[float],
-                generator: torch.Generator) -> tuple[float, str]:
+def draw_resize(
+    resize_prob: Sequence[float], resize_range: Sequence[float], generator: torch.Generator
+) -> tuple[float, str]:
     """Draw ``(scale, mode)``: up in [1, high], down in [low, 1] or keep (1), by ``resize_prob``; mode uniform."""
     u = _rand(generator, 3)
     kind = int(_categorical(u[:1], resize_prob)[0])
@@ -373,8 +428,13 @@ def draw_resize(resize_prob: Sequence[float], resize_range: Sequence[float],
     return scale, RESIZE_MODES[min(int(float(u[2]) * 3), 2)]
 
 
-def random_resize(img: Tensor, resize_prob: Sequence[float], resize_range: Sequence[float],
-                  generator: torch.Generator, base_size: tuple[int, int] | None = None) -> Tensor:
+def random_resize(
+    img: Tensor,
+    resize_prob: Sequence[float],
+    resize_range: Sequence[float],
+    generator: torch.Generator,
+    base_size: tuple[int, int] | None = None,
+) -> Tensor:
     """Resize the batch by a random factor of ``base_size`` (default: its own size) with a random mode."""
     scale, mode = draw_resize(resize_prob, resize_range, generator)
     h, w = base_size if base_size is not None else img.shape[-2:]
@@ -392,8 +452,14 @@ def to_gray(img: Tensor) -> Tensor:
     return (_GRAY_WEIGHTS[0] * r + _GRAY_WEIGHTS[1] * g + _GRAY_WEIGHTS[2] * b).unsqueeze(1)
 
 
-def _add_noise(img: Tensor, strength: Tensor | float, gray: Tensor | bool, clip: bool,
-               color_fn: Callable[[Tensor], Tensor], gray_fn: Callable[[Tensor], Tensor]) -> Tensor:
+def _add_noise(
+    img: Tensor,
+    strength: Tensor | float,
+    gray: Tensor | bool,
+    clip: bool,
+    color_fn: Callable[[Tensor], Tensor],
+    gray_fn: Callable[[Tensor], Tensor],
+) -> Tensor:
     """Add ``strength * noise`` per sample: ``color_fn(img[i])`` or, for gray samples, ``gray_fn(img[i])``
     shared by all channels. Noise is drawn only for the samples with non-zero strength."""
     b = img.shape[0]
@@ -410,17 +476,26 @@ def _add_noise(img: Tensor, strength: Tensor | float, gray: Tensor | bool, clip:
 
 def _randn_like(img: Tensor, generator: torch.Generator) -> Tensor:
     """Standard normal noise shaped like ``img``, drawn on the generator's device."""
-    return torch.randn(img.shape, generator=generator, device=generator.device, dtype=img.dtype).to(img.device)
+    return torch.randn(img.shape, generator=generator, device=generator.device, dtype=img.dtype).to(
+        img.device
+    )
 
 
-def add_gaussian_noise(img: Tensor, sigma: Tensor | float, gray: Tensor | bool, generator: torch.Generator,
-                       clip: bool = True) -> Tensor:
+def add_gaussian_noise(
+    img: Tensor, sigma: Tensor | float, gray: Tensor | bool, generator: torch.Generator, clip: bool = True
+) -> Tensor:
     """Add N(0, (sigma/255)^2) noise; ``sigma`` (0-255 units) and ``gray`` are scalars or per-sample (B,).
 
     Gray samples get one noise plane shared by all channels. Clamped to [0, 1] when ``clip``.
     """
-    return _add_noise(img, torch.as_tensor(sigma) / 255.0, gray, clip,
-                      lambda x: _randn_like(x, generator), lambda x: _randn_like(x[:, :1], generator))
+    return _add_noise(
+        img,
+        torch.as_tensor(sigma) / 255.0,
+        gray,
+        clip,
+        lambda x: _randn_like(x, generator),
+        lambda x: _randn_like(x[:, :1], generator),
+    )
 
 
 def _shot_noise(img: Tensor, generator: torch.Generator) -> Tensor:
@@ -430,15 +505,22 @@ def _shot_noise(img: Tensor, generator: torch.Generator) -> Tensor:
     return torch.poisson(rate, generator=generator).to(img.device) / POISSON_LEVELS - q
 
 
-def add_poisson_noise(img: Tensor, scale: Tensor | float, gray: Tensor | bool, generator: torch.Generator,
-                      clip: bool = True) -> Tensor:
+def add_poisson_noise(
+    img: Tensor, scale: Tensor | float, gray: Tensor | bool, generator: torch.Generator, clip: bool = True
+) -> Tensor:
     """Add Poisson (shot) noise times ``scale``; ``scale`` and ``gray`` are scalars or per-sample (B,).
 
     The noise of a pixel of intensity ``I`` has variance ``scale^2 * I / 256``. Gray samples draw the noise
     on the luma and share it across channels. Clamped to [0, 1] when ``clip``.
     """
-    return _add_noise(img, scale, gray, clip,
-                      lambda x: _shot_noise(x, generator), lambda x: _shot_noise(to_gray(x), generator))
+    return _add_noise(
+        img,
+        scale,
+        gray,
+        clip,
+        lambda x: _shot_noise(x, generator),
+        lambda x: _shot_noise(to_gray(x), generator),
+    )
 
 
 def jpeg_compress(img: Tensor, quality: Tensor | Sequence[int] | int) -> Tensor:
@@ -499,13 +581,21 @@ class DegradationParams:
     """True: [resize, sinc, JPEG]; False: [JPEG, resize, sinc]."""
 
 
-def _draw_noise(batch: int, gaussian_prob: float, sigma_range: Sequence[float], poisson_range: Sequence[float],
-                gray_prob: float, generator: torch.Generator) -> tuple[Tensor, Tensor, Tensor]:
+def _draw_noise(
+    batch: int,
+    gaussian_prob: float,
+    sigma_range: Sequence[float],
+    poisson_range: Sequence[float],
+    gray_prob: float,
+    generator: torch.Generator,
+) -> tuple[Tensor, Tensor, Tensor]:
     """Per-sample ``(sigma, poisson_scale, gray)``, exactly one of sigma/poisson non-zero per sample."""
     u = _rand(generator, batch, 4)
     use_gauss = u[:, 0] < gaussian_prob
     sigma = torch.where(use_gauss, _between(u[:, 1], *sigma_range), torch.zeros(batch, dtype=torch.float64))
-    poisson = torch.where(use_gauss, torch.zeros(batch, dtype=torch.float64), _between(u[:, 2], *poisson_range))
+    poisson = torch.where(
+        use_gauss, torch.zeros(batch, dtype=torch.float64), _between(u[:, 2], *poisson_range)
+    )
     return sigma.float(), poisson.float(), u[:, 3] < gray_prob
 
 
@@ -519,15 +609,27 @@ def sample_params(batch: int, cfg: DegradationConfig, generator: torch.Generator
     """Draw all parameters of one degradation of ``batch`` images from ``generator``."""
     k1 = random_kernel(batch, cfg, generator, stage=1)
     s1, m1 = draw_resize(cfg.resize_prob, cfg.resize_range, generator)
-    n1 = _draw_noise(batch, cfg.gaussian_noise_prob, cfg.noise_range, cfg.poisson_scale_range,
-                     cfg.gray_noise_prob, generator)
+    n1 = _draw_noise(
+        batch,
+        cfg.gaussian_noise_prob,
+        cfg.noise_range,
+        cfg.poisson_scale_range,
+        cfg.gray_noise_prob,
+        generator,
+    )
     q1 = _draw_quality(batch, cfg.jpeg_range, generator)
     k2 = random_kernel(batch, cfg, generator, stage=2)
     skip = (_rand(generator, batch) >= cfg.second_blur_prob).reshape(-1, 1, 1)
     k2 = torch.where(skip, pulse_kernel(batch, cfg.blur_kernel_size).float(), k2)
     s2, m2 = draw_resize(cfg.resize_prob2, cfg.resize_range2, generator)
-    n2 = _draw_noise(batch, cfg.gaussian_noise_prob2, cfg.noise_range2, cfg.poisson_scale_range2,
-                     cfg.gray_noise_prob2, generator)
+    n2 = _draw_noise(
+        batch,
+        cfg.gaussian_noise_prob2,
+        cfg.noise_range2,
+        cfg.poisson_scale_range2,
+        cfg.gray_noise_prob2,
+        generator,
+    )
     q2 = _draw_quality(batch, cfg.jpeg_range2, generator)
     sinc = final_sinc_kernel(batch, cfg, generator)
     u = _rand(generator, 2)
@@ -556,8 +658,9 @@ def _check_hr(hr: Tensor, scale: int) -> None:
 
 
 @torch.no_grad()
-def apply_degradation(hr: Tensor, params: DegradationParams, cfg: DegradationConfig,
-                      generator: torch.Generator) -> Tensor:
+def apply_degradation(
+    hr: Tensor, params: DegradationParams, cfg: DegradationConfig, generator: torch.Generator
+) -> Tensor:
     """Degrade ``hr`` with drawn ``params`` (noise samples still come from ``generator``); returns the LR."""
     s = int(cfg.scale)
     _check_hr(hr, s)
@@ -600,8 +703,13 @@ def degrade_to_input(hr: Tensor, cfg: DegradationConfig, generator: torch.Genera
     return lr, lr_up
 
 
-def degrade_file(in_path: str | Path, out_path: str | Path, seed: int, cfg: DegradationConfig | None = None,
-                 upsample: bool = False) -> Path:
+def degrade_file(
+    in_path: str | Path,
+    out_path: str | Path,
+    seed: int,
+    cfg: DegradationConfig | None = None,
+    upsample: bool = False,
+) -> Path:
     """Degrade one image file and save the LR (or, with ``upsample``, the bicubic LR at HR size).
 
     The HR is cropped at the bottom/right to a multiple of ``cfg.scale``. Save to a lossless format (PNG):

@@ -108,6 +108,7 @@ def effective_protocol(protocol: str, crop_border: int | None):
 
 def _network_metric(name: str, net: torch.nn.Module, device: str) -> Metric:
     """Wrap a frozen distance network ``net(a, b) -> (B,)`` (LPIPS, DISTS) as a full-reference metric."""
+
     def score(pred: Tensor, gt: Tensor | None) -> float:
         with torch.inference_mode():
             return float(net(pred[None].float().to(device), gt[None].float().to(device))[0])
@@ -150,8 +151,10 @@ def _pyiqa_metrics(names: list[str], device: str) -> tuple[list[Metric], list[st
     try:
         import pyiqa
     except Exception as e:  # ImportError, or a broken torchvision underneath
-        return [], [f"pyiqa is not importable ({type(e).__name__}: {e}): skipped {', '.join(names)} "
-                    "(optional extra: pip install 'fluxsr[iqa]', needs torchvision)"]
+        return [], [
+            f"pyiqa is not importable ({type(e).__name__}: {e}): skipped {', '.join(names)} "
+            "(optional extra: pip install 'fluxsr[iqa]', needs torchvision)"
+        ]
     out = []
     for name in names:
         net = pyiqa.create_metric(PYIQA_NAMES[name], device=torch.device(device), as_loss=False)
@@ -164,8 +167,14 @@ def _pyiqa_metrics(names: list[str], device: str) -> tuple[list[Metric], list[st
     return out, []
 
 
-def build_metrics(names: Sequence[str], protocol: str = "fluxsr", *, scale: int = 4,
-                  crop_border: int | None = None, device: str = "cpu") -> tuple[list[Metric], list[str]]:
+def build_metrics(
+    names: Sequence[str],
+    protocol: str = "fluxsr",
+    *,
+    scale: int = 4,
+    crop_border: int | None = None,
+    device: str = "cpu",
+) -> tuple[list[Metric], list[str]]:
     """Ready-to-call metrics for ``names`` (order kept) and notes about skipped ones.
 
     Raises :class:`fluxsr.cache.MissingWeightsError` when LPIPS/DISTS/NIQE parameters are not fetched yet.
@@ -236,7 +245,9 @@ def _size(x: Tensor) -> str:
     return f"{x.shape[-1]}x{x.shape[-2]}"
 
 
-def score_images(pred: Tensor, gt: Tensor | None, metrics: Sequence[Metric], name: str) -> tuple[dict, list[str]]:
+def score_images(
+    pred: Tensor, gt: Tensor | None, metrics: Sequence[Metric], name: str
+) -> tuple[dict, list[str]]:
     """{metric: value} for one image (full-reference metrics only when ``gt`` is given) and per-metric errors."""
     scores, problems = {}, []
     for m in metrics:
@@ -249,8 +260,9 @@ def score_images(pred: Tensor, gt: Tensor | None, metrics: Sequence[Metric], nam
     return scores, problems
 
 
-def evaluate_items(items: Sequence[tuple[str, Path, Path | None]], metrics: Sequence[Metric],
-                   progress: bool = False) -> tuple[list[ImageScore], list[str]]:
+def evaluate_items(
+    items: Sequence[tuple[str, Path, Path | None]], metrics: Sequence[Metric], progress: bool = False
+) -> tuple[list[ImageScore], list[str]]:
     """Score (name, prediction, ground truth or None) items; unreadable files and size mismatches become problems
     (one line naming the files) and the item is skipped, the others are still scored."""
     images, problems = [], []
@@ -284,15 +296,25 @@ def _progress(total: int, desc: str, enabled: bool):
     return tqdm(total=total, desc=desc, unit="img", file=sys.stderr, disable=not sys.stderr.isatty())
 
 
-def evaluate_dirs(pred_dir: Path, gt_dir: Path | None, metric_names: str | Sequence[str] | None = None,
-                  protocol: str = "fluxsr", *, scale: int = 4, crop_border: int | None = None,
-                  device: str = "cpu", progress: bool = False) -> EvalReport:
+def evaluate_dirs(
+    pred_dir: Path,
+    gt_dir: Path | None,
+    metric_names: str | Sequence[str] | None = None,
+    protocol: str = "fluxsr",
+    *,
+    scale: int = 4,
+    crop_border: int | None = None,
+    device: str = "cpu",
+    progress: bool = False,
+) -> EvalReport:
     """Pair the images under ``pred_dir`` with those under ``gt_dir`` (see :func:`fluxsr.datasets.match_files`)
     and score them. Without ``gt_dir`` only no-reference metrics are allowed (ValueError otherwise); the default
     metrics are :data:`DEFAULT_METRICS` (their no-reference part without ``gt_dir``)."""
     names = parse_metric_names(metric_names) if metric_names else default_metric_names(gt_dir is not None)
     if gt_dir is None and (fr := [n for n in names if needs_reference(n)]):
-        raise ValueError(f"{', '.join(fr)} need ground truth (--gt); without it use no-reference metrics (niqe, ...)")
+        raise ValueError(
+            f"{', '.join(fr)} need ground truth (--gt); without it use no-reference metrics (niqe, ...)"
+        )
     pred_dir = Path(pred_dir)
     preds = find_images(pred_dir)
     problems: list[str] = [] if preds else [f"no images found under {pred_dir}"]
@@ -368,8 +390,15 @@ def report_json(report: EvalReport) -> dict:
         "metrics": metric_info(report.metrics),
         "count": report.n_scored,
         "counts": report.counts(),
-        "images": [{"name": s.name, "pred": s.pred, "gt": s.gt,
-                    "scores": {k: json_number(v) for k, v in s.scores.items()}} for s in report.images],
+        "images": [
+            {
+                "name": s.name,
+                "pred": s.pred,
+                "gt": s.gt,
+                "scores": {k: json_number(v) for k, v in s.scores.items()},
+            }
+            for s in report.images
+        ],
         "mean": {k: json_number(v) for k, v in report.mean().items()},
         "problems": report.problems,
         "notes": report.notes,
@@ -475,8 +504,9 @@ def default_metric_names(has_hr: bool) -> list[str]:
     return [n for n in DEFAULT_METRICS if has_hr or not needs_reference(n)]
 
 
-def backend_factories(names: str | Sequence[str], fluxsr: Callable[[], object],
-                      device: str | None = None) -> dict[str, Callable[[], object]]:
+def backend_factories(
+    names: str | Sequence[str], fluxsr: Callable[[], object], device: str | None = None
+) -> dict[str, Callable[[], object]]:
     """Constructors for ``bicubic``, ``realesrgan`` (:func:`fluxsr.upscale.make_backend`) and ``fluxsr`` (the given
     ``fluxsr`` callable, so the CLI loads the model exactly as ``fluxsr upscale`` does); ValueError for others."""
     from .upscale import make_backend
@@ -485,7 +515,9 @@ def backend_factories(names: str | Sequence[str], fluxsr: Callable[[], object],
     keys = list(dict.fromkeys(n.strip().lower() for n in items if n.strip()))
     unknown = [k for k in keys if k not in BACKENDS]
     if unknown or not keys:
-        raise ValueError(f"unknown backend(s) {', '.join(unknown) or '(none given)'}; choose from {', '.join(BACKENDS)}")
+        raise ValueError(
+            f"unknown backend(s) {', '.join(unknown) or '(none given)'}; choose from {', '.join(BACKENDS)}"
+        )
     return {k: fluxsr if k == "fluxsr" else (lambda k=k: make_backend(k, device=device)) for k in keys}
 
 
@@ -499,8 +531,15 @@ def warm_up(backend, pairs: Sequence[ImagePair], opts) -> None:
         pass
 
 
-def run_method(key: str, factory: Callable[[], object], pairs: Sequence[ImagePair], out_dir: Path, opts,
-               progress: bool = False, warmup: bool = True) -> MethodRun:
+def run_method(
+    key: str,
+    factory: Callable[[], object],
+    pairs: Sequence[ImagePair],
+    out_dir: Path,
+    opts,
+    progress: bool = False,
+    warmup: bool = True,
+) -> MethodRun:
     """Build a backend and upscale every pair's LR into ``out_dir/<pair name>.png`` (so sub-folders of the data set
     are mirrored and equal stems in different folders stay apart; names must be unique) with
     :func:`fluxsr.upscale.run_jobs`, the code behind ``fluxsr upscale``. ``load_s`` covers building it and
@@ -519,8 +558,13 @@ def run_method(key: str, factory: Callable[[], object], pairs: Sequence[ImagePai
     name = str(getattr(backend, "name", key))
     todo = [p for p in pairs if p.lr is not None]
     start = time.perf_counter()
-    results = run_jobs(backend, [(Path(p.lr), Path(out_dir) / f"{p.name}.png") for p in todo], opts,
-                       BatchOptions(ext="png", overwrite=True), progress=progress)
+    results = run_jobs(
+        backend,
+        [(Path(p.lr), Path(out_dir) / f"{p.name}.png") for p in todo],
+        opts,
+        BatchOptions(ext="png", overwrite=True),
+        progress=progress,
+    )
     wall_s = time.perf_counter() - start
     outputs = {p.name: Path(r.output) for p, r in zip(todo, results, strict=True) if r.status == "ok"}
     failures = [f"{name}: {r.error}" for r in results if r.status == "failed"]
@@ -541,10 +585,20 @@ def unique_pairs(pairs: Sequence[ImagePair]) -> tuple[list[ImagePair], list[str]
     return kept, problems
 
 
-def run_benchmark(dataset: Dataset, factories: dict[str, Callable[[], object]], out: Path,
-                  metric_names: Sequence[str] | None = None, protocol: str = "fluxsr", *, opts=None,
-                  crop_border: int | None = None, device: str = "cpu", sheet_images: int = 4,
-                  sheet_crop: int | None = None, progress: bool = False) -> BenchmarkResult:
+def run_benchmark(
+    dataset: Dataset,
+    factories: dict[str, Callable[[], object]],
+    out: Path,
+    metric_names: Sequence[str] | None = None,
+    protocol: str = "fluxsr",
+    *,
+    opts=None,
+    crop_border: int | None = None,
+    device: str = "cpu",
+    sheet_images: int = 4,
+    sheet_crop: int | None = None,
+    progress: bool = False,
+) -> BenchmarkResult:
     """Run each backend on the data set's LR images, score the outputs and write the report files.
 
     ``factories`` maps a backend key to a zero-argument constructor (timed as ``load_s``). Metrics are built
@@ -564,14 +618,19 @@ def run_benchmark(dataset: Dataset, factories: dict[str, Callable[[], object]], 
         names = parse_metric_names(metric_names) if metric_names else []
     notes: list[str] = []
     if dataset.pairs and not dataset.has_hr and (fr := [n for n in names if needs_reference(n)]):
-        raise ValueError(f"{', '.join(fr)} need ground truth, but {dataset.name} ({dataset.layout} layout, "
-                         f"{dataset.root}) has none; use no-reference metrics (niqe, ...) or a data set with HR")
+        raise ValueError(
+            f"{', '.join(fr)} need ground truth, but {dataset.name} ({dataset.layout} layout, "
+            f"{dataset.root}) has none; use no-reference metrics (niqe, ...) or a data set with HR"
+        )
     if not dataset.has_hr and metric_names is None:
         fr = [n for n in DEFAULT_METRICS if needs_reference(n)]
         notes.append(f"{dataset.name} has no ground truth: skipped {', '.join(fr)}")
     int_scale = max(1, round(opts.scale))
-    metrics, metric_notes = (build_metrics(names, protocol, scale=int_scale, crop_border=crop_border, device=device)
-                             if names else ([], []))
+    metrics, metric_notes = (
+        build_metrics(names, protocol, scale=int_scale, crop_border=crop_border, device=device)
+        if names
+        else ([], [])
+    )
     notes += metric_notes
     proto = effective_protocol(protocol, crop_border)
     pairs, duplicates = unique_pairs(dataset.pairs)
@@ -587,11 +646,14 @@ def run_benchmark(dataset: Dataset, factories: dict[str, Callable[[], object]], 
         else:
             items = [(p.name, run.outputs[p.name], p.hr) for p in dataset.pairs if p.name in run.outputs]
             images, errors = evaluate_items(items, metrics, progress)
-            run.report = EvalReport(metrics, images, errors, [], proto.name, proto.border(int_scale), int_scale)
+            run.report = EvalReport(
+                metrics, images, errors, [], proto.name, proto.border(int_scale), int_scale
+            )
             problems += run.failures + errors
         runs.append(run)
-    result = BenchmarkResult(dataset, metrics, runs, proto.name, proto.border(int_scale), opts.scale, device,
-                             problems, notes)
+    result = BenchmarkResult(
+        dataset, metrics, runs, proto.name, proto.border(int_scale), opts.scale, device, problems, notes
+    )
     write_benchmark(result, out, sheet_images, sheet_crop)
     return result
 
@@ -601,20 +663,32 @@ def benchmark_rows(result: BenchmarkResult) -> list[dict]:
     load/wall seconds, seconds per image."""
     rows = []
     for r in result.runs:
-        rows.append({
-            "key": r.key, "name": r.name, "label": r.label, "note": r.note, "skipped": r.skipped,
-            "mean": r.report.mean() if r.report else {}, "counts": r.report.counts() if r.report else {},
-            "images": r.n_images,
-            "load_s": r.load_s, "wall_s": r.wall_s, "s_per_image": r.s_per_image,
-        })
+        rows.append(
+            {
+                "key": r.key,
+                "name": r.name,
+                "label": r.label,
+                "note": r.note,
+                "skipped": r.skipped,
+                "mean": r.report.mean() if r.report else {},
+                "counts": r.report.counts() if r.report else {},
+                "images": r.n_images,
+                "load_s": r.load_s,
+                "wall_s": r.wall_s,
+                "s_per_image": r.s_per_image,
+            }
+        )
     return rows
 
 
 def benchmark_markdown(result: BenchmarkResult) -> str:
     """The method table (mean scores, images, load s, wall s, s/image) with a header line and notes."""
     ds = result.dataset
-    header = ["method"] + [f"{m.name} {m.arrow}" for m in result.metrics] + ["images", "load s", "wall s",
-                                                                              "s/image"]
+    header = (
+        ["method"]
+        + [f"{m.name} {m.arrow}" for m in result.metrics]
+        + ["images", "load s", "wall s", "s/image"]
+    )
     rows = []
     for row in benchmark_rows(result):
         if row["skipped"]:
@@ -622,10 +696,19 @@ def benchmark_markdown(result: BenchmarkResult) -> str:
             continue
         spi = row["s_per_image"]
         counts = row["counts"]
-        rows.append([row["label"]] + [mean_cell(m.name, row["mean"].get(m.name), counts.get(m.name), row["images"],
-                                                bold=False) for m in result.metrics]
-                    + [str(row["images"]), f"{row['load_s']:.2f}", f"{row['wall_s']:.2f}",
-                       "–" if spi is None else f"{spi:.3f}"])
+        rows.append(
+            [row["label"]]
+            + [
+                mean_cell(m.name, row["mean"].get(m.name), counts.get(m.name), row["images"], bold=False)
+                for m in result.metrics
+            ]
+            + [
+                str(row["images"]),
+                f"{row['load_s']:.2f}",
+                f"{row['wall_s']:.2f}",
+                "–" if spi is None else f"{spi:.3f}",
+            ]
+        )
     lines = [
         f"Data set: {ds.name} ({ds.layout}, {len(ds.pairs)} images, "
         f"{'with' if ds.has_hr else 'without'} ground truth); x{result.scale:g}; protocol {result.protocol} "
@@ -648,8 +731,17 @@ def benchmark_csv(result: BenchmarkResult) -> str:
     w.writerow(["method", "label", *names, "images", "load_s", "wall_s", "s_per_image"])
     for row in benchmark_rows(result):
         spi = row["s_per_image"]
-        w.writerow([row["name"], row["label"], *(_csv_value(row["mean"].get(n)) for n in names), row["images"],
-                    f"{row['load_s']:.4f}", f"{row['wall_s']:.4f}", "" if spi is None else f"{spi:.4f}"])
+        w.writerow(
+            [
+                row["name"],
+                row["label"],
+                *(_csv_value(row["mean"].get(n)) for n in names),
+                row["images"],
+                f"{row['load_s']:.4f}",
+                f"{row['wall_s']:.4f}",
+                "" if spi is None else f"{spi:.4f}",
+            ]
+        )
     return buf.getvalue()
 
 
@@ -664,10 +756,18 @@ def benchmark_json(result: BenchmarkResult) -> dict:
         row["failures"] = r.failures
         methods.append(row)
     return {
-        "dataset": {"name": ds.name, "layout": ds.layout, "root": str(ds.root), "images": len(ds.pairs),
-                    "has_hr": ds.has_hr},
-        "protocol": result.protocol, "crop_border": result.crop_border, "scale": result.scale,
-        "device": result.device, "torch": torch.__version__,
+        "dataset": {
+            "name": ds.name,
+            "layout": ds.layout,
+            "root": str(ds.root),
+            "images": len(ds.pairs),
+            "has_hr": ds.has_hr,
+        },
+        "protocol": result.protocol,
+        "crop_border": result.crop_border,
+        "scale": result.scale,
+        "device": result.device,
+        "torch": torch.__version__,
         "metrics": metric_info(result.metrics),
         "methods": methods,
         "problems": result.problems,
@@ -675,8 +775,9 @@ def benchmark_json(result: BenchmarkResult) -> dict:
     }
 
 
-def write_benchmark(result: BenchmarkResult, out: Path, sheet_images: int = 4,
-                    sheet_crop: int | None = None) -> dict[str, Path]:
+def write_benchmark(
+    result: BenchmarkResult, out: Path, sheet_images: int = 4, sheet_crop: int | None = None
+) -> dict[str, Path]:
     """Write benchmark.md/.csv/.json, the bar chart and the comparison sheet under ``out``."""
     out = Path(out)
     files = {
@@ -712,7 +813,9 @@ def _figure(width: float, height: float):
 def bar_chart(result: BenchmarkResult, path: Path) -> Path:
     """One bar panel per metric plus seconds/image; each bar labelled with its value."""
     runs = [r for r in result.runs if r.report is not None]
-    panels = [(f"{m.name} {m.arrow}", m.name, [r.report.mean().get(m.name) for r in runs]) for m in result.metrics]
+    panels = [
+        (f"{m.name} {m.arrow}", m.name, [r.report.mean().get(m.name) for r in runs]) for m in result.metrics
+    ]
     panels.append(("seconds / image ↓", "s", [r.s_per_image for r in runs]))
     fig = _figure(max(6.0, 2.8 * len(panels)), 4.0)
     axes = fig.subplots(1, len(panels), squeeze=False)[0]
@@ -723,13 +826,23 @@ def bar_chart(result: BenchmarkResult, path: Path) -> Path:
         bars = ax.bar(range(len(runs)), heights, color=colors)
         for bar, v in zip(bars, values, strict=True):
             text = "–" if v is None else (format_value(name, v) if name != "s" else f"{v:.2f}")
-            ax.annotate(text, (bar.get_x() + bar.get_width() / 2, bar.get_height()), ha="center", va="bottom",
-                        fontsize=8, xytext=(0, 2), textcoords="offset points")
+            ax.annotate(
+                text,
+                (bar.get_x() + bar.get_width() / 2, bar.get_height()),
+                ha="center",
+                va="bottom",
+                fontsize=8,
+                xytext=(0, 2),
+                textcoords="offset points",
+            )
         ax.set_title(title, fontsize=10)
         ax.set_xticks(range(len(runs)), labels, fontsize=7, rotation=20, ha="right")
         ax.margins(y=0.15)
-    fig.suptitle(f"{result.dataset.name}: {len(result.dataset.pairs)} images, x{result.scale:g}, "
-                 f"protocol {result.protocol}", fontsize=11)
+    fig.suptitle(
+        f"{result.dataset.name}: {len(result.dataset.pairs)} images, x{result.scale:g}, "
+        f"protocol {result.protocol}",
+        fontsize=11,
+    )
     return _save_figure(fig, path)
 
 
@@ -797,7 +910,11 @@ def comparison_sheet(result: BenchmarkResult, path: Path, n_images: int = 4, cro
     for row, pair in zip(axes, pairs, strict=True):
         lr, hr = _try_load(pair.lr), _try_load(pair.hr)
         # nearest-neighbour to the output's size (at an integer scale: each LR pixel repeated s x s times)
-        lr_up = None if lr is None else resize(lr, target_size(*lr.shape[-2:], result.scale), mode="nearest-exact")
+        lr_up = (
+            None
+            if lr is None
+            else resize(lr, target_size(*lr.shape[-2:], result.scale), mode="nearest-exact")
+        )
         ref = hr if hr is not None else lr_up
         if ref is None:
             for ax in row:
@@ -807,8 +924,13 @@ def comparison_sheet(result: BenchmarkResult, path: Path, n_images: int = 4, cro
         size = min(crop, ref.shape[-2], ref.shape[-1]) // s * s or min(ref.shape[-2:])
         top, left = busiest_window(ref, size, s)
         panels = [(_crop(ref, 0, 0, max(ref.shape[-2:])), ""), (_crop(lr_up, top, left, size), "")]
-        panels += [(_crop(_try_load(r.outputs.get(pair.name)), top, left, size),
-                    _score_caption(r, pair.name, result.metrics)) for r in runs]
+        panels += [
+            (
+                _crop(_try_load(r.outputs.get(pair.name)), top, left, size),
+                _score_caption(r, pair.name, result.metrics),
+            )
+            for r in runs
+        ]
         if has_hr:
             panels.append((_crop(hr, top, left, size), ""))
         for i, (ax, (img, caption)) in enumerate(zip(row, panels, strict=True)):
@@ -821,11 +943,16 @@ def comparison_sheet(result: BenchmarkResult, path: Path, n_images: int = 4, cro
             if i == 0:
                 from matplotlib.patches import Rectangle
 
-                ax.add_patch(Rectangle((left - 0.5, top - 0.5), size, size, fill=False, edgecolor="red", lw=1.5))
+                ax.add_patch(
+                    Rectangle((left - 0.5, top - 0.5), size, size, fill=False, edgecolor="red", lw=1.5)
+                )
                 ax.set_ylabel(pair.name, fontsize=9)
             ax.set_xlabel(caption, fontsize=7)
     for ax, title in zip(axes[0], columns, strict=True):
         ax.set_title(title, fontsize=9)
-    fig.suptitle(f"{result.dataset.name}: {crop}px crops of the x{result.scale:g} results "
-                 f"(red box in the first column)", fontsize=10)
+    fig.suptitle(
+        f"{result.dataset.name}: {crop}px crops of the x{result.scale:g} results "
+        f"(red box in the first column)",
+        fontsize=10,
+    )
     return _save_figure(fig, path)

@@ -37,9 +37,11 @@ class FastPath:
 
     def __post_init__(self):
         self.compile = self.compile or ""
-        for name, value, allowed in (("compile", self.compile, ("", "regional", "full")),
-                                     ("compile_mode", self.compile_mode, COMPILE_MODES),
-                                     ("sdpa", self.sdpa, SDPA_BACKENDS)):
+        for name, value, allowed in (
+            ("compile", self.compile, ("", "regional", "full")),
+            ("compile_mode", self.compile_mode, COMPILE_MODES),
+            ("sdpa", self.sdpa, SDPA_BACKENDS),
+        ):
             if value not in allowed:
                 raise ValueError(f"{name}={value!r}: choose one of {allowed}")
 
@@ -53,8 +55,16 @@ class FastPath:
         compiled = {"": "", "regional": "compile", "full": "compile-full"}[self.compile]
         if compiled and self.compile_mode != "default":
             compiled += f"-{self.compile_mode}"
-        tags = [t for t, on in ((compiled, compiled), ("compile-vae", self.compile_vae),
-                                ("cl-vae", self.channels_last_vae), ("fp8", self.fp8)) if on]
+        tags = [
+            t
+            for t, on in (
+                (compiled, compiled),
+                ("compile-vae", self.compile_vae),
+                ("cl-vae", self.channels_last_vae),
+                ("fp8", self.fp8),
+            )
+            if on
+        ]
         if self.sdpa != "auto":
             tags.append(f"sdpa-{self.sdpa}")
         return "".join(f"+{t}" for t in tags)
@@ -66,8 +76,12 @@ def sdpa_context(name: str):
         return nullcontext()
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
-    backend = {"flash": SDPBackend.FLASH_ATTENTION, "efficient": SDPBackend.EFFICIENT_ATTENTION,
-               "cudnn": SDPBackend.CUDNN_ATTENTION, "math": SDPBackend.MATH}[name]
+    backend = {
+        "flash": SDPBackend.FLASH_ATTENTION,
+        "efficient": SDPBackend.EFFICIENT_ATTENTION,
+        "cudnn": SDPBackend.CUDNN_ATTENTION,
+        "math": SDPBackend.MATH,
+    }[name]
     return sdpa_kernel([backend])
 
 
@@ -83,8 +97,9 @@ def apply_fast_path(model, fast: FastPath, static_shapes: bool = True) -> list[s
     vae, transformer = model.vae, model.transformer
     device = next(transformer.parameters()).device
     if fast.sdpa in ("efficient", "cudnn") and device.type != "cuda":
-        raise ValueError(f"--sdpa {fast.sdpa} needs a CUDA device (the model is on {device}); use auto, math or "
-                         "flash")
+        raise ValueError(
+            f"--sdpa {fast.sdpa} needs a CUDA device (the model is on {device}); use auto, math or flash"
+        )
     if fast.channels_last_vae:
         vae.to(memory_format=torch.channels_last)
     if fast.fp8:
@@ -121,20 +136,39 @@ def add_fast_path_arguments(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("speed (GPU)")
     g.add_argument("--sdpa", choices=SDPA_BACKENDS, default="auto", help="attention kernel")
     how = g.add_mutually_exclusive_group()
-    how.add_argument("--compile", dest="compile", action="store_const", const="regional", default="",
-                     help="regional torch.compile: the transformer's repeated blocks (first image takes minutes)")
-    how.add_argument("--compile-full", dest="compile", action="store_const", const="full",
-                     help="torch.compile the whole transformer instead")
-    g.add_argument("--compile-mode", choices=COMPILE_MODES, default="default",
-                   help="torch.compile mode of the transformer (reduce-overhead: CUDA graphs); --compile-vae always "
-                        "uses the default mode")
+    how.add_argument(
+        "--compile",
+        dest="compile",
+        action="store_const",
+        const="regional",
+        default="",
+        help="regional torch.compile: the transformer's repeated blocks (first image takes minutes)",
+    )
+    how.add_argument(
+        "--compile-full",
+        dest="compile",
+        action="store_const",
+        const="full",
+        help="torch.compile the whole transformer instead",
+    )
+    g.add_argument(
+        "--compile-mode",
+        choices=COMPILE_MODES,
+        default="default",
+        help="torch.compile mode of the transformer (reduce-overhead: CUDA graphs); --compile-vae always "
+        "uses the default mode",
+    )
     g.add_argument("--compile-vae", action="store_true", help="torch.compile the VAE encoder and decoder")
     g.add_argument("--channels-last-vae", action="store_true", help="VAE in channels-last layout")
-    g.add_argument("--fp8", action="store_true", help="float8 transformer linears via torchao (if importable)")
+    g.add_argument(
+        "--fp8", action="store_true", help="float8 transformer linears via torchao (if importable)"
+    )
 
 
 def fast_path_from_args(args: argparse.Namespace) -> FastPath:
     """The switches from parsed flags; ``--compile-mode`` without ``--compile``/``--compile-full`` is an error."""
     if args.compile_mode != "default" and not args.compile:
         raise SystemExit("--compile-mode needs --compile or --compile-full")
-    return FastPath(args.sdpa, args.compile, args.compile_vae, args.channels_last_vae, args.fp8, args.compile_mode)
+    return FastPath(
+        args.sdpa, args.compile, args.compile_vae, args.channels_last_vae, args.fp8, args.compile_mode
+    )

@@ -67,15 +67,21 @@ def time_shift(mu: float, sigma: float, t: Tensor | float) -> Tensor | float:
     return math.exp(mu) / (math.exp(mu) + (1 / t - 1) ** sigma)
 
 
-def shift_mu(image_seq_len: int, base_shift: float = 0.5, max_shift: float = 1.15,
-             base_len: int = 256, max_len: int = 4096) -> float:
+def shift_mu(
+    image_seq_len: int,
+    base_shift: float = 0.5,
+    max_shift: float = 1.15,
+    base_len: int = 256,
+    max_len: int = 4096,
+) -> float:
     """Linear ``mu`` in the number of image tokens: ``base_shift`` at ``base_len`` tokens, ``max_shift`` at ``max_len``."""
     slope = (max_shift - base_shift) / (max_len - base_len)
     return base_shift + slope * (image_seq_len - base_len)
 
 
-def get_schedule(num_steps: int, image_seq_len: int, base_shift: float = 0.5, max_shift: float = 1.15,
-                 shift: bool = True) -> list[float]:
+def get_schedule(
+    num_steps: int, image_seq_len: int, base_shift: float = 0.5, max_shift: float = 1.15, shift: bool = True
+) -> list[float]:
     """Times from 1 (noise) down to 0 (data), ``num_steps + 1`` values, shifted as FLUX.1-dev when ``shift``."""
     ts = torch.linspace(1, 0, num_steps + 1)
     if shift:

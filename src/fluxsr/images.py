@@ -112,7 +112,9 @@ def scan_images(path: Path, exclude: Path | None = None) -> tuple[list[Path], li
         raise FileNotFoundError(2, "No such file or directory", str(path))
     found, ignored = [], []
     for root, dirs, files in os.walk(path):
-        dirs[:] = [d for d in dirs if not d.startswith(".") and (skip is None or (Path(root) / d).resolve() != skip)]
+        dirs[:] = [
+            d for d in dirs if not d.startswith(".") and (skip is None or (Path(root) / d).resolve() != skip)
+        ]
         for f in files:
             if not f.startswith("."):
                 (found if Path(f).suffix.lower() in IMAGE_EXTENSIONS else ignored).append(Path(root) / f)
@@ -350,7 +352,11 @@ def may_have_alpha(path: Path) -> bool:
     try:
         with Image.open(path, formats=READ_FORMATS) as im:
             palette = im.palette.mode if im.mode == "P" and im.palette else ""
-            return im.mode in ("RGBA", "RGBa", "LA", "La", "PA") or "transparency" in im.info or palette == "RGBA"
+            return (
+                im.mode in ("RGBA", "RGBa", "LA", "La", "PA")
+                or "transparency" in im.info
+                or palette == "RGBA"
+            )
     except Exception:
         return False
 
@@ -488,7 +494,9 @@ def write_atomic(path: Path, write: Callable[[BinaryIO], None]) -> None:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as error:
-        raise ImageError(path, f"cannot create folder {error.filename} ({error.strerror or error})") from error
+        raise ImageError(
+            path, f"cannot create folder {error.filename} ({error.strerror or error})"
+        ) from error
     try:
         write_file_atomic(path, write)
     except OSError as error:
@@ -637,7 +645,7 @@ def tensor_to_pil(rgb: torch.Tensor, alpha: torch.Tensor | None = None, is_gray:
     """Inverse of :func:`pil_to_tensor` (8 bit): RGB/RGBA, or L/LA when ``is_gray`` (BT.601 luma)."""
     x = rgb.float().clamp(0, 1)
     if is_gray:
-        x = (0.299 * x[0:1] + 0.587 * x[1:2] + 0.114 * x[2:3])
+        x = 0.299 * x[0:1] + 0.587 * x[1:2] + 0.114 * x[2:3]
     if alpha is not None:
         x = torch.cat([x, alpha.float().clamp(0, 1)])
     arr = quantize(x, 8).permute(1, 2, 0).numpy()

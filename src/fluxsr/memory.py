@@ -28,7 +28,9 @@ import torch
 from torch import Tensor
 
 GiB = 1 << 30
-AUTO_TILE_BATCH = 4  # most tiles per forward pass the planner picks on its own (docs/performance.md, "Memory planner")
+AUTO_TILE_BATCH = (
+    4  # most tiles per forward pass the planner picks on its own (docs/performance.md, "Memory planner")
+)
 OOM_ERRORS: tuple[type[BaseException], ...] = (torch.cuda.OutOfMemoryError, MemoryError)
 
 
@@ -37,7 +39,10 @@ def is_oom(error: BaseException) -> bool:
     (PyTorch's CPU allocator: "can't allocate memory"; some CUDA libraries: "CUDA error: out of memory")."""
     text = str(error).lower()
     return isinstance(error, OOM_ERRORS) or (
-        isinstance(error, RuntimeError) and ("can't allocate memory" in text or "out of memory" in text))
+        isinstance(error, RuntimeError) and ("can't allocate memory" in text or "out of memory" in text)
+    )
+
+
 T = TypeVar("T")
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -131,8 +136,22 @@ def device_budget(device: torch.device | str, max_memory: int | None = None) -> 
 # Units
 # ----------------------------------------------------------------------------------------------------------------
 
-_UNITS = {"": 1, "b": 1, "k": 1e3, "kb": 1e3, "m": 1e6, "mb": 1e6, "g": 1e9, "gb": 1e9, "t": 1e12, "tb": 1e12,
-          "kib": 1 << 10, "mib": 1 << 20, "gib": 1 << 30, "tib": 1 << 40}
+_UNITS = {
+    "": 1,
+    "b": 1,
+    "k": 1e3,
+    "kb": 1e3,
+    "m": 1e6,
+    "mb": 1e6,
+    "g": 1e9,
+    "gb": 1e9,
+    "t": 1e12,
+    "tb": 1e12,
+    "kib": 1 << 10,
+    "mib": 1 << 20,
+    "gib": 1 << 30,
+    "tib": 1 << 40,
+}
 
 
 MIN_MEMORY = 1 << 20  # a memory cap below 1 MiB is a typo ("1.5" for "1.5GiB"), not a plan
@@ -141,7 +160,11 @@ MIN_MEMORY = 1 << 20  # a memory cap below 1 MiB is a typo ("1.5" for "1.5GiB"),
 def parse_bytes(text: str | int) -> int:
     """``"40GiB"``, ``"40G"`` (10^9), ``"512MiB"``, ``"4e10"`` or an int -> bytes (at least :data:`MIN_MEMORY`)."""
     value: float | None = float(text) if isinstance(text, int) else None
-    m = None if value is not None else re.fullmatch(r"\s*([0-9.]+(?:[eE][+-]?[0-9]+)?)\s*([A-Za-z]*)\s*", str(text))
+    m = (
+        None
+        if value is not None
+        else re.fullmatch(r"\s*([0-9.]+(?:[eE][+-]?[0-9]+)?)\s*([A-Za-z]*)\s*", str(text))
+    )
     if m and m.group(2).lower() in _UNITS:
         try:
             value = float(m.group(1)) * _UNITS[m.group(2).lower()]
@@ -192,9 +215,13 @@ class ModelDims:
     def from_model(cls, model) -> ModelDims:
         """Read the dimensions off a :class:`~fluxsr.models.FluxSRModel`."""
         cfg = model.transformer.config
-        return cls(cfg.num_attention_heads * cfg.attention_head_dim, cfg.num_attention_heads,
-                   int(model.cond.prompt_embeds.shape[1]), model.vae_scale,
-                   int(model.vae.config.block_out_channels[0]))
+        return cls(
+            cfg.num_attention_heads * cfg.attention_head_dim,
+            cfg.num_attention_heads,
+            int(model.cond.prompt_embeds.shape[1]),
+            model.vae_scale,
+            int(model.vae.config.block_out_channels[0]),
+        )
 
 
 @dataclass(frozen=True)
@@ -214,7 +241,9 @@ class CostModel:
     attention_quadratic: bool = False
     resident_per_px: float = 44.0
     color_fix_per_px: float = 60.0
-    offloaded_per_px: float = 4.0  # latents z_L, z_H and their blend accumulators (16 ch at 1/64 of the pixels)
+    offloaded_per_px: float = (
+        4.0  # latents z_L, z_H and their blend accumulators (16 ch at 1/64 of the pixels)
+    )
     safety: float = 0.85  # plan against this fraction of the budget (fragmentation, allocator slack)
 
     def encode(self, tile_px: int, dims: ModelDims, dtype_bytes: int) -> int:
@@ -235,9 +264,11 @@ class CostModel:
 
     def stages(self, tile_px: int, dims: ModelDims, dtype_bytes: int) -> dict[str, int]:
         """Per-stage bytes for one tile."""
-        return {"encode": self.encode(tile_px, dims, dtype_bytes),
-                "transformer": self.transformer(tile_px, dims, dtype_bytes),
-                "decode": self.decode(tile_px, dims, dtype_bytes)}
+        return {
+            "encode": self.encode(tile_px, dims, dtype_bytes),
+            "transformer": self.transformer(tile_px, dims, dtype_bytes),
+            "decode": self.decode(tile_px, dims, dtype_bytes),
+        }
 
     def full_image(self, image_px: int, on_device: bool, device_type: str = "cuda") -> int:
         """Bytes the whole image keeps in the budget's memory at the worst moment (colour fix).
@@ -271,7 +302,9 @@ class MemoryPlan:
     """
 
     tile: int
-    requested_tile: int  # the largest tile worth trying: the asked tile, capped at the padded image (one tile)
+    requested_tile: (
+        int  # the largest tile worth trying: the asked tile, capped at the padded image (one tile)
+    )
     full_image_on_device: bool
     budget: int
     source: str
@@ -287,8 +320,9 @@ class MemoryPlan:
     @property
     def peak(self) -> int:
         """Estimated peak bytes (largest tile stage plus the whole-image tensors)."""
-        return max((v for k, v in self.estimates.items() if k != "full_image"), default=0) \
-            + self.estimates.get("full_image", 0)
+        return max(
+            (v for k, v in self.estimates.items() if k != "full_image"), default=0
+        ) + self.estimates.get("full_image", 0)
 
     @property
     def changed(self) -> bool:
@@ -296,8 +330,12 @@ class MemoryPlan:
 
         An automatic batch (asked 0), one capped by the number of tiles, or a tile capped at the image's size
         (``requested_tile`` is then that size: a larger one would be the same single tile) is not a change."""
-        return self.tile != self.requested_tile or not self.full_image_on_device or not self.fits \
+        return (
+            self.tile != self.requested_tile
+            or not self.full_image_on_device
+            or not self.fits
             or 0 < self.batch < min(self.requested_batch, self.tiles)
+        )
 
     def describe(self) -> str:
         """One line for logs: tile, where the full image lives, estimates against the budget."""
@@ -305,10 +343,12 @@ class MemoryPlan:
         parts = ", ".join(f"{k} {format_bytes(v)}" for k, v in self.estimates.items())
         note = "" if self.fits else "; DOES NOT FIT, relying on OOM retry"
         asked = self.requested_batch or "auto"
-        return (f"memory plan for {self.image_hw[0]}x{self.image_hw[1]}: tile {self.tile} (asked {self.requested_tile}),"
-                f" {self.batch} tile(s) per pass (asked {asked}), full image {where}; est. peak {format_bytes(self.peak)}"
-                f" of {format_bytes(self.usable)} usable ({self.safety:.0%} of {format_bytes(self.budget)}, "
-                f"{self.source}) [{parts}]{note}")
+        return (
+            f"memory plan for {self.image_hw[0]}x{self.image_hw[1]}: tile {self.tile} (asked {self.requested_tile}),"
+            f" {self.batch} tile(s) per pass (asked {asked}), full image {where}; est. peak {format_bytes(self.peak)}"
+            f" of {format_bytes(self.usable)} usable ({self.safety:.0%} of {format_bytes(self.budget)}, "
+            f"{self.source}) [{parts}]{note}"
+        )
 
     @property
     def usable(self) -> int:
@@ -335,10 +375,21 @@ def min_tile_for(multiple: int) -> int:
     return max(64, 4 * multiple)
 
 
-def plan_memory(image_hw: tuple[int, int], budget: int, dims: ModelDims, dtype_bytes: int, requested_tile: int,
-                *, multiple: int = 16, min_tile: int = 128, cost: CostModel = DEFAULT_COST,
-                source: str = "given", overlap: int = 0, requested_batch: int = 1,
-                device_type: str = "cuda") -> MemoryPlan:
+def plan_memory(
+    image_hw: tuple[int, int],
+    budget: int,
+    dims: ModelDims,
+    dtype_bytes: int,
+    requested_tile: int,
+    *,
+    multiple: int = 16,
+    min_tile: int = 128,
+    cost: CostModel = DEFAULT_COST,
+    source: str = "given",
+    overlap: int = 0,
+    requested_batch: int = 1,
+    device_type: str = "cuda",
+) -> MemoryPlan:
     """Choose the tile, tiles per pass and where the whole image lives so that the estimated peak fits ``budget``.
 
     Tries tiles from ``requested_tile`` down by halving; for each, first with the full image on the device, then
@@ -364,18 +415,38 @@ def plan_memory(image_hw: tuple[int, int], budget: int, dims: ModelDims, dtype_b
         stages = cost.stages(tile_px, dims, dtype_bytes)
         for on_device in (True, False):
             for batch in range(min(want, tiles), 0, -1):
-                est = dict({k: v * batch for k, v in stages.items()},
-                           full_image=cost.full_image(h * w, on_device, device_type))
-                last = MemoryPlan(tile, candidates[0], on_device, budget, source, tuple(image_hw), est,
-                                  batch=batch, requested_batch=requested_batch, tiles=tiles, safety=cost.safety)
+                est = dict(
+                    {k: v * batch for k, v in stages.items()},
+                    full_image=cost.full_image(h * w, on_device, device_type),
+                )
+                last = MemoryPlan(
+                    tile,
+                    candidates[0],
+                    on_device,
+                    budget,
+                    source,
+                    tuple(image_hw),
+                    est,
+                    batch=batch,
+                    requested_batch=requested_batch,
+                    tiles=tiles,
+                    safety=cost.safety,
+                )
                 if last.peak <= usable:
                     return last
     last.fits = False
     return last
 
 
-def plan_for(pipe, image_hw: tuple[int, int], requested_tile: int | None, max_memory: int | None = None,
-             cost: CostModel = DEFAULT_COST, overlap: int | None = None, requested_batch: int | None = 1) -> MemoryPlan:
+def plan_for(
+    pipe,
+    image_hw: tuple[int, int],
+    requested_tile: int | None,
+    max_memory: int | None = None,
+    cost: CostModel = DEFAULT_COST,
+    overlap: int | None = None,
+    requested_batch: int | None = 1,
+) -> MemoryPlan:
     """:func:`plan_memory` for a :class:`~fluxsr.pipeline.FluxSRPipeline` on its device.
 
     ``requested_tile`` None or <= 0 takes the model's default tile (``ModelSpec.tile``, 1024 for FLUX) as the
@@ -387,10 +458,20 @@ def plan_for(pipe, image_hw: tuple[int, int], requested_tile: int | None, max_me
     m, spec = pipe.model.multiple, pipe.model.spec
     if not requested_tile or requested_tile <= 0:
         requested_tile = spec.tile
-    return plan_memory(image_hw, budget, ModelDims.from_model(pipe.model), dtype_bytes, requested_tile,
-                       multiple=m, min_tile=min_tile_for(m), cost=cost, source=source,
-                       overlap=spec.overlap if overlap is None else overlap,
-                       requested_batch=requested_batch or 0, device_type=torch.device(pipe.device).type)
+    return plan_memory(
+        image_hw,
+        budget,
+        ModelDims.from_model(pipe.model),
+        dtype_bytes,
+        requested_tile,
+        multiple=m,
+        min_tile=min_tile_for(m),
+        cost=cost,
+        source=source,
+        overlap=spec.overlap if overlap is None else overlap,
+        requested_batch=requested_batch or 0,
+        device_type=torch.device(pipe.device).type,
+    )
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -407,9 +488,15 @@ def free_cached(device: torch.device | str) -> None:
         torch.cuda.empty_cache()
 
 
-def run_with_oom_retry(fn: Callable[[int], T], tile: int, *, multiple: int = 16, min_tile: int = 64,
-                       on_retry: Callable[[int, int, BaseException], int] | None = None,
-                       device: torch.device | str = "cpu") -> T:
+def run_with_oom_retry(
+    fn: Callable[[int], T],
+    tile: int,
+    *,
+    multiple: int = 16,
+    min_tile: int = 64,
+    on_retry: Callable[[int, int, BaseException], int] | None = None,
+    device: torch.device | str = "cpu",
+) -> T:
     """``fn(tile)``; on an out-of-memory error (:func:`is_oom`) retry with half the tile.
 
     Tiles are multiples of ``multiple`` and never below ``min_tile``: past that the error is re-raised.
@@ -446,8 +533,9 @@ def _spans(length: int, tile: int) -> list[tuple[int, int]]:
     return [(s, min(s + tile, length)) for s in range(0, length, tile)]
 
 
-def color_fix_tiled(x: Tensor, ref: Tensor, method: str, tile: int = 1024,
-                    device: torch.device | str | None = None) -> Tensor:
+def color_fix_tiled(
+    x: Tensor, ref: Tensor, method: str, tile: int = 1024, device: torch.device | str | None = None
+) -> Tensor:
     """``color_fix(x, ref, method).clamp(0, 1)`` computed tile by tile, into a tensor on ``x``'s device.
 
     Only one tile (plus a halo of :func:`wavelet_halo` pixels) is on ``device`` at a time, so a huge image can stay
@@ -475,7 +563,6 @@ def color_fix_tiled(x: Tensor, ref: Tensor, method: str, tile: int = 1024,
                 res = xt * gain + bias
             else:
                 res = color_fix(xt, ref[:, :, wy0:wy1, wx0:wx1].to(device), method)
-            core = res[:, :, y0 - wy0:y1 - wy0, x0 - wx0:x1 - wx0].clamp(0, 1)
+            core = res[:, :, y0 - wy0 : y1 - wy0, x0 - wx0 : x1 - wx0].clamp(0, 1)
             out[:, :, y0:y1, x0:x1] = core.to(out.device)
     return out
-

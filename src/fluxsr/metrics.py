@@ -684,8 +684,9 @@ def _prepare(x: Tensor, p: Protocol) -> Tensor:
     return quantize_8bit(x.to(torch.float64)) if p.quantize else x
 
 
-def _under_protocol(ours: Callable, theirs: Callable, sr: Tensor, hr: Tensor, protocol: str | Protocol,
-                    scale: int) -> Tensor:
+def _under_protocol(
+    ours: Callable, theirs: Callable, sr: Tensor, hr: Tensor, protocol: str | Protocol, scale: int
+) -> Tensor:
     """A full-reference metric under a protocol: quantised if it says so, cropped by its border, then fluxsr's
     definition (``ours``, with its Y-channel choice) or pyiqa's (``theirs``)."""
     p = get_protocol(protocol)

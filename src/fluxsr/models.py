@@ -86,12 +86,15 @@ class TextCond:
     prompt: str = ""
 
     def to(self, device=None, dtype=None) -> TextCond:
-        return TextCond(self.prompt_embeds.to(device, dtype), self.pooled_embeds.to(device, dtype), self.prompt)
+        return TextCond(
+            self.prompt_embeds.to(device, dtype), self.pooled_embeds.to(device, dtype), self.prompt
+        )
 
     def save(self, path: Path) -> None:
         atomic_save_safetensors(
             {"prompt_embeds": self.prompt_embeds, "pooled_prompt_embeds": self.pooled_embeds},
-            path, metadata={"prompt": self.prompt},
+            path,
+            metadata={"prompt": self.prompt},
         )
 
     @classmethod
@@ -99,8 +102,10 @@ class TextCond:
         state, meta = _read_safetensors(Path(path))
         missing = [k for k in ("prompt_embeds", "pooled_prompt_embeds") if k not in state]
         if missing:
-            raise ValueError(f"{path}: not prompt embeddings (no {', '.join(missing)}); write them with "
-                             "`fluxsr embed-prompt`")
+            raise ValueError(
+                f"{path}: not prompt embeddings (no {', '.join(missing)}); write them with "
+                "`fluxsr embed-prompt`"
+            )
         return cls(state["prompt_embeds"], state["pooled_prompt_embeds"], meta.get("prompt", ""))
 
     def check_fits(self, transformer, source: Path | str) -> None:
@@ -108,9 +113,11 @@ class TextCond:
         cfg = transformer.config
         got = (self.prompt_embeds.shape[-1], self.pooled_embeds.shape[-1])
         if got != (cfg.joint_attention_dim, cfg.pooled_projection_dim):
-            raise ValueError(f"{source}: prompt embeddings of widths {got} do not fit this transformer (expects "
-                             f"{cfg.joint_attention_dim}, {cfg.pooled_projection_dim}); embed the prompt with this "
-                             "model's text encoders (`fluxsr embed-prompt`)")
+            raise ValueError(
+                f"{source}: prompt embeddings of widths {got} do not fit this transformer (expects "
+                f"{cfg.joint_attention_dim}, {cfg.pooled_projection_dim}); embed the prompt with this "
+                "model's text encoders (`fluxsr embed-prompt`)"
+            )
 
 
 @dataclass
@@ -138,18 +145,42 @@ class FluxSRModel:
 # ----------------------------------------------------------------------------------------------------------------
 
 FLUX_DEV_TRANSFORMER = dict(
-    patch_size=1, in_channels=64, num_layers=19, num_single_layers=38, attention_head_dim=128,
-    num_attention_heads=24, joint_attention_dim=4096, pooled_projection_dim=768, guidance_embeds=True,
+    patch_size=1,
+    in_channels=64,
+    num_layers=19,
+    num_single_layers=38,
+    attention_head_dim=128,
+    num_attention_heads=24,
+    joint_attention_dim=4096,
+    pooled_projection_dim=768,
+    guidance_embeds=True,
     axes_dims_rope=(16, 56, 56),
 )
 FLUX_VAE = dict(
-    in_channels=3, out_channels=3, latent_channels=16, block_out_channels=(128, 256, 512, 512), layers_per_block=2,
-    down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
-    norm_num_groups=32, use_quant_conv=False, use_post_quant_conv=False, scaling_factor=0.3611, shift_factor=0.1159,
+    in_channels=3,
+    out_channels=3,
+    latent_channels=16,
+    block_out_channels=(128, 256, 512, 512),
+    layers_per_block=2,
+    down_block_types=("DownEncoderBlock2D",) * 4,
+    up_block_types=("UpDecoderBlock2D",) * 4,
+    norm_num_groups=32,
+    use_quant_conv=False,
+    use_post_quant_conv=False,
+    scaling_factor=0.3611,
+    shift_factor=0.1159,
 )
 TINY_TRANSFORMER = dict(
-    patch_size=1, in_channels=64, num_layers=1, num_single_layers=1, attention_head_dim=16, num_attention_heads=2,
-    joint_attention_dim=32, pooled_projection_dim=32, guidance_embeds=True, axes_dims_rope=(4, 6, 6),
+    patch_size=1,
+    in_channels=64,
+    num_layers=1,
+    num_single_layers=1,
+    attention_head_dim=16,
+    num_attention_heads=2,
+    joint_attention_dim=32,
+    pooled_projection_dim=32,
+    guidance_embeds=True,
+    axes_dims_rope=(4, 6, 6),
 )
 TINY_VAE = dict(FLUX_VAE, block_out_channels=(8, 16, 16, 16), layers_per_block=1, norm_num_groups=4)
 TINY_TEXT_LEN = 8
@@ -190,9 +221,16 @@ def build_tiny(seed: int = 0) -> FluxSRModel:
     torch.manual_seed(seed)
     transformer = build_transformer(TINY_TRANSFORMER)
     vae = build_vae(TINY_VAE)
-    return FluxSRModel(transformer, vae, random_cond(transformer, TINY_TEXT_LEN, seed),
-                       ModelSpec(name="tiny", description="random-weight tiny FLUX (tests only)",
-                                 note="tiny test model, random or briefly trained weights: not a real upscale"))
+    return FluxSRModel(
+        transformer,
+        vae,
+        random_cond(transformer, TINY_TEXT_LEN, seed),
+        ModelSpec(
+            name="tiny",
+            description="random-weight tiny FLUX (tests only)",
+            note="tiny test model, random or briefly trained weights: not a real upscale",
+        ),
+    )
 
 
 def _init_random(module: torch.nn.Module) -> torch.nn.Module:
@@ -216,7 +254,9 @@ def build_random_flux(device="cpu", dtype=torch.bfloat16, text_len: int = 512, s
         parts.append(_init_random(part.to(dtype).to_empty(device=device)))
     transformer, vae = parts
     cond = random_cond(transformer, text_len, seed).to(device, dtype)
-    return FluxSRModel(transformer, vae, cond, ModelSpec(name="flux-dev-random", note="random weights (benchmarks)"))
+    return FluxSRModel(
+        transformer, vae, cond, ModelSpec(name="flux-dev-random", note="random weights (benchmarks)")
+    )
 
 
 def _meta_vae():
@@ -231,8 +271,9 @@ def _meta_vae():
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def save_model_folder(model: FluxSRModel, path: Path, *, lora_state: dict | None = None,
-                      lora_config: dict | None = None) -> Path:
+def save_model_folder(
+    model: FluxSRModel, path: Path, *, lora_state: dict | None = None, lora_config: dict | None = None
+) -> Path:
     """Write ``model`` as a fluxsr model folder (see module docstring). Returns ``path``."""
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
@@ -259,8 +300,12 @@ def load_model_folder(path: Path, *, lora_scale: float = 1.0, merge_lora: bool =
     spec = ModelSpec.from_dict(json.loads((path / SPEC_FILE).read_text()))
     cond = TextCond.load(path / EMBEDS_FILE)
     if (path / "transformer").is_dir():
-        model = FluxSRModel(pretrained(FluxTransformer2DModel, path / "transformer"),
-                            pretrained(AutoencoderKL, path / "vae"), cond, spec)
+        model = FluxSRModel(
+            pretrained(FluxTransformer2DModel, path / "transformer"),
+            pretrained(AutoencoderKL, path / "vae"),
+            cond,
+            spec,
+        )
     elif spec.base:
         base = path / Path(spec.base).expanduser()  # an absolute base stays absolute
         if is_model_folder(base):  # a LoRA on a model folder (itself possibly with a LoRA)
@@ -315,9 +360,14 @@ def pretrained(cls, folder: Path):
         raise FileNotFoundError(f"{folder}/config.json is missing: not a diffusers {cls.__name__} folder")
     if not any(folder.glob("*.safetensors")):
         pickles = sorted(p.name for p in folder.glob("*.bin"))
-        raise FileNotFoundError(f"{folder}: no .safetensors weights" + (
-            f" ({', '.join(pickles[:3])} are pickles, which fluxsr never loads: convert them to safetensors)"
-            if pickles else ""))
+        raise FileNotFoundError(
+            f"{folder}: no .safetensors weights"
+            + (
+                f" ({', '.join(pickles[:3])} are pickles, which fluxsr never loads: convert them to safetensors)"
+                if pickles
+                else ""
+            )
+        )
     return cls.from_pretrained(folder, local_files_only=True, use_safetensors=True)
 
 
@@ -326,8 +376,10 @@ def check_flux_folder(path: Path) -> None:
     for sub in ("transformer", "vae"):
         if not (path / sub / "config.json").is_file():
             hint = "" if (path / "vae").is_dir() else " (a training run's model is its final/ folder)"
-            raise FileNotFoundError(f"{path} is neither a fluxsr model folder (no {SPEC_FILE}) nor a diffusers FLUX "
-                                    f"folder ({sub}/config.json is missing){hint}")
+            raise FileNotFoundError(
+                f"{path} is neither a fluxsr model folder (no {SPEC_FILE}) nor a diffusers FLUX "
+                f"folder ({sub}/config.json is missing){hint}"
+            )
 
 
 def load_flux_diffusers(path: Path, cond: TextCond, spec: ModelSpec | None = None) -> FluxSRModel:
@@ -336,8 +388,12 @@ def load_flux_diffusers(path: Path, cond: TextCond, spec: ModelSpec | None = Non
 
     path = Path(path)
     check_flux_folder(path)
-    return FluxSRModel(pretrained(FluxTransformer2DModel, path / "transformer"), pretrained(AutoencoderKL, path / "vae"),
-                       cond, spec or ModelSpec(name=f"flux:{path.name}"))
+    return FluxSRModel(
+        pretrained(FluxTransformer2DModel, path / "transformer"),
+        pretrained(AutoencoderKL, path / "vae"),
+        cond,
+        spec or ModelSpec(name=f"flux:{path.name}"),
+    )
 
 
 def _keys(modules: list[tuple[str, str]], params: list[tuple[str, str]]) -> list[tuple[str, str]]:
@@ -347,28 +403,46 @@ def _keys(modules: list[tuple[str, str]], params: list[tuple[str, str]]) -> list
 
 # (diffusers, BFL) names inside a double block, a single block and at the top; fused q/k/v are split apart.
 _DOUBLE_KEYS = _keys(
-    [("norm1.linear", "img_mod.lin"), ("norm1_context.linear", "txt_mod.lin"), ("ff.net.0.proj", "img_mlp.0"),
-     ("ff.net.2", "img_mlp.2"), ("ff_context.net.0.proj", "txt_mlp.0"), ("ff_context.net.2", "txt_mlp.2"),
-     ("attn.to_out.0", "img_attn.proj"), ("attn.to_add_out", "txt_attn.proj")],
-    [("attn.norm_q.weight", "img_attn.norm.query_norm.scale"), ("attn.norm_k.weight", "img_attn.norm.key_norm.scale"),
-     ("attn.norm_added_q.weight", "txt_attn.norm.query_norm.scale"),
-     ("attn.norm_added_k.weight", "txt_attn.norm.key_norm.scale")],
+    [
+        ("norm1.linear", "img_mod.lin"),
+        ("norm1_context.linear", "txt_mod.lin"),
+        ("ff.net.0.proj", "img_mlp.0"),
+        ("ff.net.2", "img_mlp.2"),
+        ("ff_context.net.0.proj", "txt_mlp.0"),
+        ("ff_context.net.2", "txt_mlp.2"),
+        ("attn.to_out.0", "img_attn.proj"),
+        ("attn.to_add_out", "txt_attn.proj"),
+    ],
+    [
+        ("attn.norm_q.weight", "img_attn.norm.query_norm.scale"),
+        ("attn.norm_k.weight", "img_attn.norm.key_norm.scale"),
+        ("attn.norm_added_q.weight", "txt_attn.norm.query_norm.scale"),
+        ("attn.norm_added_k.weight", "txt_attn.norm.key_norm.scale"),
+    ],
 )
-_DOUBLE_QKV = {"img_attn": ("attn.to_q", "attn.to_k", "attn.to_v"),
-               "txt_attn": ("attn.add_q_proj", "attn.add_k_proj", "attn.add_v_proj")}
+_DOUBLE_QKV = {
+    "img_attn": ("attn.to_q", "attn.to_k", "attn.to_v"),
+    "txt_attn": ("attn.add_q_proj", "attn.add_k_proj", "attn.add_v_proj"),
+}
 _SINGLE_KEYS = _keys(
     [("norm.linear", "modulation.lin"), ("proj_out", "linear2")],
     [("attn.norm_q.weight", "norm.query_norm.scale"), ("attn.norm_k.weight", "norm.key_norm.scale")],
 )
 _SINGLE_LINEAR1 = ("attn.to_q", "attn.to_k", "attn.to_v", "proj_mlp")
 _TOP_KEYS = _keys(
-    [("time_text_embed.timestep_embedder.linear_1", "time_in.in_layer"),
-     ("time_text_embed.timestep_embedder.linear_2", "time_in.out_layer"),
-     ("time_text_embed.text_embedder.linear_1", "vector_in.in_layer"),
-     ("time_text_embed.text_embedder.linear_2", "vector_in.out_layer"),
-     ("time_text_embed.guidance_embedder.linear_1", "guidance_in.in_layer"),
-     ("time_text_embed.guidance_embedder.linear_2", "guidance_in.out_layer"),
-     ("context_embedder", "txt_in"), ("x_embedder", "img_in"), ("proj_out", "final_layer.linear")], [])
+    [
+        ("time_text_embed.timestep_embedder.linear_1", "time_in.in_layer"),
+        ("time_text_embed.timestep_embedder.linear_2", "time_in.out_layer"),
+        ("time_text_embed.text_embedder.linear_1", "vector_in.in_layer"),
+        ("time_text_embed.text_embedder.linear_2", "vector_in.out_layer"),
+        ("time_text_embed.guidance_embedder.linear_1", "guidance_in.in_layer"),
+        ("time_text_embed.guidance_embedder.linear_2", "guidance_in.out_layer"),
+        ("context_embedder", "txt_in"),
+        ("x_embedder", "img_in"),
+        ("proj_out", "final_layer.linear"),
+    ],
+    [],
+)
 # The final AdaLayerNorm stores (shift, scale) in BFL and (scale, shift) in diffusers.
 _FINAL_NORM = _keys([("norm_out.linear", "final_layer.adaLN_modulation.1")], [])
 
@@ -379,7 +453,7 @@ def _swap_halves(t: Tensor) -> Tensor:
 
 
 def _block_indices(keys, prefix: str) -> list[int]:
-    return sorted({int(k[len(prefix) + 1:].split(".")[0]) for k in keys if k.startswith(prefix + ".")})
+    return sorted({int(k[len(prefix) + 1 :].split(".")[0]) for k in keys if k.startswith(prefix + ".")})
 
 
 def bfl_to_diffusers(sd: dict[str, Tensor]) -> dict[str, Tensor]:
@@ -393,7 +467,12 @@ def bfl_to_diffusers(sd: dict[str, Tensor]) -> dict[str, Tensor]:
         out.update({dst + d: sd[src + b] for d, b in _DOUBLE_KEYS})
         for stream, names in _DOUBLE_QKV.items():
             for p in ("weight", "bias"):
-                out.update({f"{dst}{n}.{p}": t for n, t in zip(names, sd[f"{src}{stream}.qkv.{p}"].chunk(3), strict=True)})
+                out.update(
+                    {
+                        f"{dst}{n}.{p}": t
+                        for n, t in zip(names, sd[f"{src}{stream}.qkv.{p}"].chunk(3), strict=True)
+                    }
+                )
     for i in _block_indices(sd, "single_blocks"):
         src, dst = f"single_blocks.{i}.", f"single_transformer_blocks.{i}."
         out.update({dst + d: sd[src + b] for d, b in _SINGLE_KEYS})
@@ -433,13 +512,20 @@ def transformer_config_from_bfl(sd: dict[str, Tensor], metadata: dict[str, str] 
     elif head == 128:
         axes = (16, 56, 56)
     else:
-        raise ValueError(f"head dim {head}: rotary axes unknown; store 'axes_dims_rope' in the file's metadata")
+        raise ValueError(
+            f"head dim {head}: rotary axes unknown; store 'axes_dims_rope' in the file's metadata"
+        )
     return dict(
-        patch_size=1, in_channels=in_ch, num_layers=len(_block_indices(sd, "double_blocks")),
-        num_single_layers=len(_block_indices(sd, "single_blocks")), attention_head_dim=head,
-        num_attention_heads=inner // head, joint_attention_dim=sd["txt_in.weight"].shape[1],
+        patch_size=1,
+        in_channels=in_ch,
+        num_layers=len(_block_indices(sd, "double_blocks")),
+        num_single_layers=len(_block_indices(sd, "single_blocks")),
+        attention_head_dim=head,
+        num_attention_heads=inner // head,
+        joint_attention_dim=sd["txt_in.weight"].shape[1],
         pooled_projection_dim=sd["vector_in.in_layer.weight"].shape[1],
-        guidance_embeds="guidance_in.in_layer.weight" in sd, axes_dims_rope=axes,
+        guidance_embeds="guidance_in.in_layer.weight" in sd,
+        axes_dims_rope=axes,
     )
 
 
@@ -450,12 +536,17 @@ def vae_config_from_ldm(sd: dict[str, Tensor], metadata: dict[str, str] | None =
     per_block = len({k.split(".")[4] for k in sd if k.startswith("encoder.down.0.block.")})
     meta = metadata or {}
     return dict(
-        FLUX_VAE, in_channels=sd["encoder.conv_in.weight"].shape[1], out_channels=sd["decoder.conv_out.weight"].shape[0],
-        latent_channels=sd["encoder.conv_out.weight"].shape[0] // 2, block_out_channels=chans,
-        layers_per_block=per_block, down_block_types=("DownEncoderBlock2D",) * len(chans),
+        FLUX_VAE,
+        in_channels=sd["encoder.conv_in.weight"].shape[1],
+        out_channels=sd["decoder.conv_out.weight"].shape[0],
+        latent_channels=sd["encoder.conv_out.weight"].shape[0] // 2,
+        block_out_channels=chans,
+        layers_per_block=per_block,
+        down_block_types=("DownEncoderBlock2D",) * len(chans),
         up_block_types=("UpDecoderBlock2D",) * len(chans),
         norm_num_groups=int(meta.get("norm_num_groups", 32)),
-        use_quant_conv="quant_conv.weight" in sd, use_post_quant_conv="post_quant_conv.weight" in sd,
+        use_quant_conv="quant_conv.weight" in sd,
+        use_post_quant_conv="post_quant_conv.weight" in sd,
         scaling_factor=float(meta.get("scaling_factor", FLUX_VAE["scaling_factor"])),
         shift_factor=float(meta.get("shift_factor", FLUX_VAE["shift_factor"])),
     )
@@ -469,12 +560,20 @@ def vae_to_ldm(sd: dict[str, Tensor], num_blocks: int) -> dict[str, Tensor]:
     rules = [
         (r"^encoder\.down_blocks\.(\d+)\.resnets\.", lambda m: f"encoder.down.{m[1]}.block."),
         (r"^encoder\.down_blocks\.(\d+)\.downsamplers\.0\.", lambda m: f"encoder.down.{m[1]}.downsample."),
-        (r"^decoder\.up_blocks\.(\d+)\.resnets\.", lambda m: f"decoder.up.{num_blocks - 1 - int(m[1])}.block."),
-        (r"^decoder\.up_blocks\.(\d+)\.upsamplers\.0\.", lambda m: f"decoder.up.{num_blocks - 1 - int(m[1])}.upsample."),
+        (
+            r"^decoder\.up_blocks\.(\d+)\.resnets\.",
+            lambda m: f"decoder.up.{num_blocks - 1 - int(m[1])}.block.",
+        ),
+        (
+            r"^decoder\.up_blocks\.(\d+)\.upsamplers\.0\.",
+            lambda m: f"decoder.up.{num_blocks - 1 - int(m[1])}.upsample.",
+        ),
         (r"\.mid_block\.resnets\.(\d+)\.", lambda m: f".mid.block_{int(m[1]) + 1}."),
         (r"\.mid_block\.attentions\.0\.", lambda m: ".mid.attn_1."),
-        (r"conv_shortcut", lambda m: "nin_shortcut"), (r"conv_norm_out", lambda m: "norm_out"),
-        (r"attn_1\.group_norm", lambda m: "attn_1.norm"), (r"attn_1\.to_out\.0", lambda m: "attn_1.proj_out"),
+        (r"conv_shortcut", lambda m: "nin_shortcut"),
+        (r"conv_norm_out", lambda m: "norm_out"),
+        (r"attn_1\.group_norm", lambda m: "attn_1.norm"),
+        (r"attn_1\.to_out\.0", lambda m: "attn_1.proj_out"),
         (r"attn_1\.to_([qkv])\.", lambda m: f"attn_1.{m[1]}."),
     ]
     out = {}
@@ -496,21 +595,28 @@ def _read_safetensors(path: Path) -> tuple[dict[str, Tensor], dict[str, str]]:
             meta = f.metadata() or {}
         return load_file(str(path)), meta
     except Exception as e:  # safetensors raises its own SafetensorError (not an OSError) for bad files
-        raise ValueError(f"{path}: not a readable safetensors file ({' '.join(str(e).split())[:200]})") from None
+        raise ValueError(
+            f"{path}: not a readable safetensors file ({' '.join(str(e).split())[:200]})"
+        ) from None
 
 
-def load_flux_single_file(transformer_file: Path, ae_file: Path, cond: TextCond,
-                          spec: ModelSpec | None = None) -> FluxSRModel:
+def load_flux_single_file(
+    transformer_file: Path, ae_file: Path, cond: TextCond, spec: ModelSpec | None = None
+) -> FluxSRModel:
     """FLUX.1-dev from Black Forest Labs single files (``flux1-dev.safetensors`` and ``ae.safetensors``), in the
     dtype the file stores (bf16 for BFL's release; :func:`to_device` casts)."""
     from diffusers.loaders.single_file_utils import convert_ldm_vae_checkpoint
 
     if not Path(ae_file).is_file():
-        raise FileNotFoundError(f"{ae_file} not found: the FLUX autoencoder of {transformer_file} (pass --ae FILE)")
+        raise FileNotFoundError(
+            f"{ae_file} not found: the FLUX autoencoder of {transformer_file} (pass --ae FILE)"
+        )
     sd, meta = _read_safetensors(transformer_file)
     if not any(k.removeprefix("model.diffusion_model.") == "img_in.weight" for k in sd):
-        raise ValueError(f"{transformer_file}: not a Black Forest Labs FLUX transformer file (no img_in.weight); "
-                         "a diffusers folder or a fluxsr model folder is loaded by its folder")
+        raise ValueError(
+            f"{transformer_file}: not a Black Forest Labs FLUX transformer file (no img_in.weight); "
+            "a diffusers folder or a fluxsr model folder is loaded by its folder"
+        )
     transformer = build_transformer(transformer_config_from_bfl(sd, meta), meta=True)
     transformer.load_state_dict(bfl_to_diffusers(sd), strict=True, assign=True)
     ae, ae_meta = _read_safetensors(ae_file)
@@ -524,21 +630,42 @@ def load_flux_single_file(transformer_file: Path, ae_file: Path, cond: TextCond,
 # LoRA (peft)
 # ----------------------------------------------------------------------------------------------------------------
 
-DEFAULT_LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0", "add_q_proj", "add_k_proj", "add_v_proj", "to_add_out",
-                        "ff.net.0.proj", "ff.net.2", "ff_context.net.0.proj", "ff_context.net.2", "proj_mlp",
-                        "proj_out")
+DEFAULT_LORA_TARGETS = (
+    "to_q",
+    "to_k",
+    "to_v",
+    "to_out.0",
+    "add_q_proj",
+    "add_k_proj",
+    "add_v_proj",
+    "to_add_out",
+    "ff.net.0.proj",
+    "ff.net.2",
+    "ff_context.net.0.proj",
+    "ff_context.net.2",
+    "proj_mlp",
+    "proj_out",
+)
 
 
-def add_lora(transformer, rank: int, alpha: float, targets: tuple[str, ...] = DEFAULT_LORA_TARGETS,
-             adapter: str = "fluxsr") -> dict:
+def add_lora(
+    transformer,
+    rank: int,
+    alpha: float,
+    targets: tuple[str, ...] = DEFAULT_LORA_TARGETS,
+    adapter: str = "fluxsr",
+) -> dict:
     """Attach a trainable LoRA to ``transformer`` with peft; returns the LoRA config dict (stored with the weights).
 
     Targets are module-name suffixes; the top-level ``proj_out`` is excluded so only block projections adapt.
     """
     from peft import LoraConfig
 
-    pattern = r".*(transformer_blocks|single_transformer_blocks)\.\d+\.(attn\.)?(" + "|".join(
-        re.escape(t) for t in targets) + r")$"
+    pattern = (
+        r".*(transformer_blocks|single_transformer_blocks)\.\d+\.(attn\.)?("
+        + "|".join(re.escape(t) for t in targets)
+        + r")$"
+    )
     cfg = dict(r=rank, lora_alpha=alpha, target_modules=pattern, init_lora_weights=True)
     transformer.add_adapter(LoraConfig(**cfg), adapter_name=adapter)
     return cfg
@@ -548,15 +675,21 @@ def lora_state_dict(transformer, adapter: str = "fluxsr") -> dict[str, Tensor]:
     """The LoRA weights of ``adapter`` (peft names without the adapter suffix)."""
     from peft import get_peft_model_state_dict
 
-    return {k: v.detach().cpu() for k, v in get_peft_model_state_dict(transformer, adapter_name=adapter).items()}
+    return {
+        k: v.detach().cpu() for k, v in get_peft_model_state_dict(transformer, adapter_name=adapter).items()
+    }
 
 
 def save_lora(state: dict[str, Tensor], config: dict, path: Path) -> None:
     """Save LoRA weights as safetensors, with the LoRA config as JSON metadata (``lora_config``)."""
-    atomic_save_safetensors(state, Path(path), metadata={"lora_config": json.dumps(config), "format": "fluxsr-lora"})
+    atomic_save_safetensors(
+        state, Path(path), metadata={"lora_config": json.dumps(config), "format": "fluxsr-lora"}
+    )
 
 
-def apply_lora(transformer, path: Path, *, scale: float = 1.0, merge: bool = False, adapter: str = "fluxsr") -> None:
+def apply_lora(
+    transformer, path: Path, *, scale: float = 1.0, merge: bool = False, adapter: str = "fluxsr"
+) -> None:
     """Load a FluxSR LoRA file onto ``transformer`` as ``adapter``; ``merge=True`` folds it into the base weights
     (faster). Unmerged, every unmerged LoRA on the transformer stays active, each at ``scale``."""
     from peft import LoraConfig, set_peft_model_state_dict
@@ -571,11 +704,17 @@ def apply_lora(transformer, path: Path, *, scale: float = 1.0, merge: bool = Fal
     try:
         result = set_peft_model_state_dict(transformer, state, adapter_name=adapter)
     except RuntimeError as e:  # size mismatches: a LoRA trained on another transformer
-        first = next((line for line in str(e).splitlines() if "size mismatch" in line), str(e).splitlines()[0])
-        raise ValueError(f"{path}: LoRA shapes do not match this transformer ({first.strip()[:200]})") from None
+        first = next(
+            (line for line in str(e).splitlines() if "size mismatch" in line), str(e).splitlines()[0]
+        )
+        raise ValueError(
+            f"{path}: LoRA shapes do not match this transformer ({first.strip()[:200]})"
+        ) from None
     missing = [k for k in getattr(result, "unexpected_keys", []) if "lora" in k]
     if missing:
-        raise ValueError(f"{path}: {len(missing)} LoRA tensors do not match this transformer, e.g. {missing[0]}")
+        raise ValueError(
+            f"{path}: {len(missing)} LoRA tensors do not match this transformer, e.g. {missing[0]}"
+        )
     if merge:
         transformer.fuse_lora(lora_scale=scale, adapter_names=[adapter])
         transformer.unload_lora()
@@ -583,7 +722,9 @@ def apply_lora(transformer, path: Path, *, scale: float = 1.0, merge: bool = Fal
         _activate_alongside(transformer, active, adapter, scale, grads)
 
 
-def _activate_alongside(transformer, active: list[str], adapter: str, scale: float, grads: dict[str, bool]) -> None:
+def _activate_alongside(
+    transformer, active: list[str], adapter: str, scale: float, grads: dict[str, bool]
+) -> None:
     """Adding an adapter makes it the only active one: make ``active`` (the adapters active before, with their
     scales untouched) and ``adapter`` (at ``scale``, frozen) active together; other parameters get back their
     ``requires_grad`` from ``grads`` (taken before the adapter was added)."""
@@ -611,9 +752,14 @@ def model_time(t: Tensor, dtype: torch.dtype) -> Tensor:
     return (t.to(dtype) * 1000).to(dtype).float() / 1000
 
 
-def velocity(model: FluxSRModel, z: Tensor, t: float | Tensor,
-             offset: tuple[int, int] | list[tuple[int, int]] = (0, 0), guidance: float | None = None,
-             net: torch.nn.Module | None = None) -> Tensor:
+def velocity(
+    model: FluxSRModel,
+    z: Tensor,
+    t: float | Tensor,
+    offset: tuple[int, int] | list[tuple[int, int]] = (0, 0),
+    guidance: float | None = None,
+    net: torch.nn.Module | None = None,
+) -> Tensor:
     """The transformer's velocity for latents ``z`` (B, C, h, w) at flow time ``t`` (a float or one per sample).
 
     Tokens get position ids of a tile placed at latent ``offset`` in the whole image. A list of n offsets puts n
@@ -627,11 +773,16 @@ def velocity(model: FluxSRModel, z: Tensor, t: float | Tensor,
     b, _, h, w = z.shape
     tr = model.transformer
     dtype = next(tr.parameters()).dtype
-    t = torch.as_tensor(t, device=z.device, dtype=dtype).expand(b) if not isinstance(t, Tensor) or t.ndim == 0 \
+    t = (
+        torch.as_tensor(t, device=z.device, dtype=dtype).expand(b)
+        if not isinstance(t, Tensor) or t.ndim == 0
         else t.to(device=z.device, dtype=dtype)
+    )
     g = None
     if tr.config.guidance_embeds:
-        g = torch.full((b,), model.spec.guidance if guidance is None else guidance, device=z.device, dtype=dtype)
+        g = torch.full(
+            (b,), model.spec.guidance if guidance is None else guidance, device=z.device, dtype=dtype
+        )
     cond = model.cond
     single = len(offset) == 2 and not isinstance(offset[0], (tuple, list))  # (y, x), not a list of them
     offsets = [(int(offset[0]), int(offset[1]))] if single else [(int(y), int(x)) for y, x in offset]
@@ -650,8 +801,12 @@ def velocity(model: FluxSRModel, z: Tensor, t: float | Tensor,
         hidden_states=pack(z.to(dtype)),
         encoder_hidden_states=cond.prompt_embeds.to(z.device, dtype).expand(b, -1, -1),
         pooled_projections=cond.pooled_embeds.to(z.device, dtype).expand(b, -1),
-        timestep=t, img_ids=img_ids(h, w, offsets[0], z.device), txt_ids=txt, guidance=g,
-        joint_attention_kwargs=extra, return_dict=False,
+        timestep=t,
+        img_ids=img_ids(h, w, offsets[0], z.device),
+        txt_ids=txt,
+        guidance=g,
+        joint_attention_kwargs=extra,
+        return_dict=False,
     )[0]
     return unpack(out, h, w).to(z.dtype)
 
@@ -660,9 +815,19 @@ BUNDLED_MODEL = Path(__file__).parent / "assets" / "model"
 PRESETS = ("bundled", "tiny", "flux-dev-random")
 
 
-def load_model(name: str | Path | None = None, *, ae: Path | None = None, prompt_embeds: Path | None = None,
-               lora: Path | None = None, lora_scale: float = 1.0, merge_lora: bool = True,
-               spec: ModelSpec | None = None, device=None, dtype=None, text_len: int = 512) -> FluxSRModel:
+def load_model(
+    name: str | Path | None = None,
+    *,
+    ae: Path | None = None,
+    prompt_embeds: Path | None = None,
+    lora: Path | None = None,
+    lora_scale: float = 1.0,
+    merge_lora: bool = True,
+    spec: ModelSpec | None = None,
+    device=None,
+    dtype=None,
+    text_len: int = 512,
+) -> FluxSRModel:
     """Resolve a model name or path to a :class:`FluxSRModel` (fp32, CPU).
 
     - ``None`` or ``"bundled"``: the small model shipped inside the package;
@@ -682,16 +847,24 @@ def load_model(name: str | Path | None = None, *, ae: Path | None = None, prompt
     path = None if key in PRESETS else Path(name).expanduser()
     if path is not None and not path.exists():
         raise FileNotFoundError(f"model {name!r}: no such file or folder (or preset: {', '.join(PRESETS)})")
-    folder = BUNDLED_MODEL if key == "bundled" else path if path is not None and is_model_folder(path) else None
+    folder = (
+        BUNDLED_MODEL if key == "bundled" else path if path is not None and is_model_folder(path) else None
+    )
     if ae is not None and not (path is not None and path.is_file()):
-        raise ValueError(f"an autoencoder file (--ae, recipe model.ae) applies to a Black Forest Labs single file "
-                         f"(flux1-dev.safetensors) only, not to {key}")
+        raise ValueError(
+            f"an autoencoder file (--ae, recipe model.ae) applies to a Black Forest Labs single file "
+            f"(flux1-dev.safetensors) only, not to {key}"
+        )
     if prompt_embeds is not None and (path is None or folder is not None):
-        raise ValueError(f"prompt embeddings (--prompt-embeds, recipe model.prompt_embeds) apply to FLUX.1-dev "
-                         f"weights (a diffusers folder or a single file); {key} carries its own")
+        raise ValueError(
+            f"prompt embeddings (--prompt-embeds, recipe model.prompt_embeds) apply to FLUX.1-dev "
+            f"weights (a diffusers folder or a single file); {key} carries its own"
+        )
     if lora_scale != 1.0 and lora is None and not (folder is not None and (folder / LORA_FILE).is_file()):
-        raise ValueError("--lora-scale: there is no LoRA to scale (give --lora FILE; a model folder's LoRA counts "
-                         "only when it is kept as lora.safetensors, not merged)")
+        raise ValueError(
+            "--lora-scale: there is no LoRA to scale (give --lora FILE; a model folder's LoRA counts "
+            "only when it is kept as lora.safetensors, not merged)"
+        )
     if key == "tiny":
         model = build_tiny()
     elif key == "flux-dev-random":
@@ -707,7 +880,8 @@ def load_model(name: str | Path | None = None, *, ae: Path | None = None, prompt
         if not embeds.is_file():
             raise FileNotFoundError(
                 f"{embeds} not found: compute the prompt embeddings once with "
-                f"`fluxsr embed-prompt --flux DIR --out {embeds}` (or pass --prompt-embeds FILE)")
+                f"`fluxsr embed-prompt --flux DIR --out {embeds}` (or pass --prompt-embeds FILE)"
+            )
         cond = TextCond.load(embeds)
         if path.is_dir():
             model = load_flux_diffusers(path, cond, spec)

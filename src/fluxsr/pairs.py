@@ -53,8 +53,12 @@ def load_pair(out: Path, index: int) -> dict:
     """``{'eps', 'z0'}`` latents (1, C, h, w), ``'image'`` (3, H, W) in [0, 1] and the ``'meta'`` dict."""
     stem = pair_stem(out, index)
     lat = load_file(str(stem.with_suffix(".safetensors")))
-    return {"eps": lat["eps"], "z0": lat["z0"], "image": read_image(stem.with_suffix(".png")).rgb,
-            "meta": json.loads(stem.with_suffix(".json").read_text())}
+    return {
+        "eps": lat["eps"],
+        "z0": lat["z0"],
+        "image": read_image(stem.with_suffix(".png")).rgb,
+        "meta": json.loads(stem.with_suffix(".json").read_text()),
+    }
 
 
 def complete_indices(out: Path) -> list[int]:
@@ -95,12 +99,16 @@ def check_one_config(out: Path, expect: str | None = None) -> None:
     if expect is not None:
         other = {h: v for h, v in found.items() if h != expect}
         if other:
-            raise ValueError(f"{out}: {sum(map(len, other.values()))} existing pairs were made with a different "
-                             f"config (hash {', '.join(other)}, now {expect}); use a new --out for the changed recipe")
+            raise ValueError(
+                f"{out}: {sum(map(len, other.values()))} existing pairs were made with a different "
+                f"config (hash {', '.join(other)}, now {expect}); use a new --out for the changed recipe"
+            )
     elif len(found) > 1:
         parts = ", ".join(f"{h}: {len(v)} pairs (first {v[0]})" for h, v in sorted(found.items()))
-        raise ValueError(f"{out}: pairs from {len(found)} different gen-pairs configs ({parts}); "
-                         "regenerate them into one new folder")
+        raise ValueError(
+            f"{out}: pairs from {len(found)} different gen-pairs configs ({parts}); "
+            "regenerate them into one new folder"
+        )
 
 
 class PromptEncoder:
@@ -125,12 +133,15 @@ class PromptEncoder:
             else:
                 cfg = self.model.transformer.config
                 length = self.model.cond.prompt_embeds.shape[1]
-                self.cache[prompt] = hashed_cond(prompt, length, cfg.joint_attention_dim, cfg.pooled_projection_dim)
+                self.cache[prompt] = hashed_cond(
+                    prompt, length, cfg.joint_attention_dim, cfg.pooled_projection_dim
+                )
         return self.cache[prompt]
 
 
-def teacher_sample(pipe: FluxSRPipeline, cond: TextCond, eps: Tensor, steps: int, guidance: float,
-                   shift: bool) -> Tensor:
+def teacher_sample(
+    pipe: FluxSRPipeline, cond: TextCond, eps: Tensor, steps: int, guidance: float, shift: bool
+) -> Tensor:
     """The teacher's Euler sampler from noise ``eps`` to a clean latent ``z0`` (FLUX.1-dev schedule)."""
     model = replace(pipe.model, cond=cond)
     seq_len = eps.shape[-2] * eps.shape[-1] // 4
@@ -138,8 +149,9 @@ def teacher_sample(pipe: FluxSRPipeline, cond: TextCond, eps: Tensor, steps: int
     return denoise(lambda z, t: velocity(model, z, t, guidance=guidance).float(), eps, ts)
 
 
-def teacher_invert(pipe: FluxSRPipeline, cond: TextCond, z0: Tensor, steps: int, guidance: float,
-                   shift: bool) -> Tensor:
+def teacher_invert(
+    pipe: FluxSRPipeline, cond: TextCond, z0: Tensor, steps: int, guidance: float, shift: bool
+) -> Tensor:
     """Invert the teacher's ODE from a clean latent ``z0`` back to its noise (photos source)."""
     model = replace(pipe.model, cond=cond)
     ts = get_schedule(steps, z0.shape[-2] * z0.shape[-1] // 4, shift=shift)
@@ -151,11 +163,12 @@ def center_crop_resize(rgb: Tensor, size: int) -> Tensor:
     h, w = rgb.shape[-2:]
     s = min(h, w)
     top, left = (h - s) // 2, (w - s) // 2
-    return resize(rgb[..., top:top + s, left:left + s], (size, size))
+    return resize(rgb[..., top : top + s, left : left + s], (size, size))
 
 
-def generate_pairs(recipe: Recipe, out: Path, *, device=None, rank: int = 0, world: int = 1,
-                   progress: bool = True) -> list[int]:
+def generate_pairs(
+    recipe: Recipe, out: Path, *, device=None, rank: int = 0, world: int = 1, progress: bool = True
+) -> list[int]:
     """Make this process's share of the pairs in ``out``; returns the indices it wrote (finished ones skipped)."""
     cfg = recipe.pairs
     out = Path(out)
@@ -170,18 +183,26 @@ def generate_pairs(recipe: Recipe, out: Path, *, device=None, rank: int = 0, wor
     teacher_path = recipe.model.teacher or recipe.model.base
     pipe_device = torch.device(device) if device is not None else None
     ae = recipe.model.ae if teacher_path == recipe.model.base else None  # model.ae belongs to the base file
-    teacher = load_model(teacher_path, ae=ae, device=pipe_device,
-                         dtype=torch.bfloat16 if pipe_device is not None and pipe_device.type == "cuda" else None,
-                         text_len=cfg.text_len)
+    teacher = load_model(
+        teacher_path,
+        ae=ae,
+        device=pipe_device,
+        dtype=torch.bfloat16 if pipe_device is not None and pipe_device.type == "cuda" else None,
+        text_len=cfg.text_len,
+    )
     pipe = FluxSRPipeline(teacher, device)
     encoder = PromptEncoder(teacher_path, teacher, cfg.text_len)
     prompts = read_prompts(Path(cfg.prompts)) if cfg.prompts else None
     photos = sorted(find_images(Path(cfg.photos))) if cfg.source == "photos" else []
     if cfg.source == "photos" and len(photos) < cfg.count:
-        raise ValueError(f"pairs.photos: {len(photos)} photos in {cfg.photos}, pairs.count asks for {cfg.count}")
+        raise ValueError(
+            f"pairs.photos: {len(photos)} photos in {cfg.photos}, pairs.count asks for {cfg.count}"
+        )
     if cfg.resolution % teacher.multiple:
-        raise ValueError(f"pairs.resolution: {cfg.resolution} is not a multiple of {teacher.multiple} "
-                         f"(the model's image size multiple)")
+        raise ValueError(
+            f"pairs.resolution: {cfg.resolution} is not a multiple of {teacher.multiple} "
+            f"(the model's image size multiple)"
+        )
     opts = UpscaleOptions(tile=max(cfg.resolution, 1024), overlap=0)
     lat = cfg.resolution // teacher.vae_scale
     channels = teacher.vae.config.latent_channels
@@ -207,10 +228,18 @@ def generate_pairs(recipe: Recipe, out: Path, *, device=None, rank: int = 0, wor
                 z0 = pipe.encode(image[None].to(pipe.device), opts).float()
                 eps = teacher_invert(pipe, cond, z0, cfg.steps, cfg.guidance, cfg.shift)
         stem = pair_stem(out, i)
-        atomic_save_safetensors({"eps": eps.float().cpu(), "z0": z0.float().cpu()}, stem.with_suffix(".safetensors"))
+        atomic_save_safetensors(
+            {"eps": eps.float().cpu(), "z0": z0.float().cpu()}, stem.with_suffix(".safetensors")
+        )
         write_image(stem.with_suffix(".png"), image)
-        meta = {"index": i, "prompt": prompt, "seed": cfg.seed + i, "source": cfg.source, "config_hash": chash,
-                "photo": str(photos[i]) if photos else None}
+        meta = {
+            "index": i,
+            "prompt": prompt,
+            "seed": cfg.seed + i,
+            "source": cfg.source,
+            "config_hash": chash,
+            "photo": str(photos[i]) if photos else None,
+        }
         atomic_write_bytes(stem.with_suffix(".json"), (json.dumps(meta) + "\n").encode())
         written.append(i)
     if skipped:

@@ -78,7 +78,11 @@ def as_rgb(image) -> Tensor:
     :data:`RANGE_TOLERANCE` (a 0..255 float image, say). Returns float values clamped to [0, 1].
     """
     if not isinstance(image, Tensor):
-        hint = " (numpy (H, W, 3): use torch.from_numpy(a).permute(2, 0, 1))" if hasattr(image, "__array__") else ""
+        hint = (
+            " (numpy (H, W, 3): use torch.from_numpy(a).permute(2, 0, 1))"
+            if hasattr(image, "__array__")
+            else ""
+        )
         raise TypeError(f"expected a PIL image or a torch tensor (3, H, W), got {type(image).__name__}{hint}")
     shape = tuple(image.shape)
     if len(shape) != 3 or shape[0] != 3 or min(shape) < 1:
@@ -127,10 +131,13 @@ def resolve_device(device=None) -> torch.device:
         dev = torch.device(device)
     except (RuntimeError, TypeError) as e:
         raise ValueError(f"unknown device {device!r}: use cpu, cuda, cuda:N or mps") from e
-    if dev.type == "cuda" and (not torch.cuda.is_available()
-                               or (dev.index is not None and dev.index >= torch.cuda.device_count())):
-        raise ValueError(f"device {device!r}: CUDA is not available here (torch {torch.__version__}, "
-                         f"{torch.cuda.device_count()} GPU(s))")
+    if dev.type == "cuda" and (
+        not torch.cuda.is_available() or (dev.index is not None and dev.index >= torch.cuda.device_count())
+    ):
+        raise ValueError(
+            f"device {device!r}: CUDA is not available here (torch {torch.__version__}, "
+            f"{torch.cuda.device_count()} GPU(s))"
+        )
     if dev.type == "mps" and not torch.backends.mps.is_available():
         raise ValueError(f"device {device!r}: MPS is not available here")
     return dev
@@ -143,8 +150,10 @@ def default_dtype(device: torch.device) -> torch.dtype:
 
 def check_dtype(dtype: torch.dtype, allow_fp16: bool) -> None:
     if dtype == torch.float16 and not allow_fp16:
-        raise ValueError("fp16 makes FLUX overflow (black or NaN images); use bf16 or fp32, or force it with "
-                         "allow_fp16=True / --force-fp16")
+        raise ValueError(
+            "fp16 makes FLUX overflow (black or NaN images); use bf16 or fp32, or force it with "
+            "allow_fp16=True / --force-fp16"
+        )
 
 
 class FluxSRPipeline:
@@ -154,8 +163,9 @@ class FluxSRPipeline:
     >>> out = pipe(pil_image, scale=4)
     """
 
-    def __init__(self, model: FluxSRModel, device=None, dtype=None, *, allow_fp16: bool = False,
-                 prepare: bool = True):
+    def __init__(
+        self, model: FluxSRModel, device=None, dtype=None, *, allow_fp16: bool = False, prepare: bool = True
+    ):
         """``prepare=False`` uses the model as it is (already placed; training keeps its trainable state)."""
         self.device, self.dtype = self.settings(device, dtype, allow_fp16)
         self.model = to_device(model, self.device, self.dtype) if prepare else model
@@ -166,8 +176,9 @@ class FluxSRPipeline:
         self._stage = ""
 
     @classmethod
-    def from_pretrained(cls, name=None, device=None, dtype=None, *, allow_fp16: bool = False,
-                        **load_kwargs) -> FluxSRPipeline:
+    def from_pretrained(
+        cls, name=None, device=None, dtype=None, *, allow_fp16: bool = False, **load_kwargs
+    ) -> FluxSRPipeline:
         """Load a model by name or path (see :func:`fluxsr.models.load_model`) and build the pipeline; the device
         and dtype are checked before the (possibly minutes-long) load."""
         device, dtype = cls.settings(device, dtype, allow_fp16)
@@ -194,8 +205,11 @@ class FluxSRPipeline:
 
     def _pixel_tiles(self, opts: UpscaleOptions) -> TileSpec:
         spec = self.model.spec
-        return snapped(opts.tile or spec.tile, spec.overlap if opts.overlap is None else opts.overlap,
-                       self.model.multiple)
+        return snapped(
+            opts.tile or spec.tile,
+            spec.overlap if opts.overlap is None else opts.overlap,
+            self.model.multiple,
+        )
 
     def _latent_tiles(self, opts: UpscaleOptions) -> TileSpec:
         return latent_tiles(self._pixel_tiles(opts), self.model.vae_scale)
@@ -211,7 +225,9 @@ class FluxSRPipeline:
         def enc(tiles: Tensor, _offsets) -> Tensor:
             return vae.encode(tiles.to(self.device, self.dtype) * 2 - 1).latent_dist.mode()
 
-        z = tiled_map(enc, x, self._pixel_tiles(opts), Fraction(1, self.model.vae_scale), batch=self._batch(opts))
+        z = tiled_map(
+            enc, x, self._pixel_tiles(opts), Fraction(1, self.model.vae_scale), batch=self._batch(opts)
+        )
         return (z - vae.config.shift_factor) * vae.config.scaling_factor
 
     def decode(self, z: Tensor, opts: UpscaleOptions, out_device: torch.device | None = None) -> Tensor:
@@ -252,8 +268,9 @@ class FluxSRPipeline:
         opts = opts or UpscaleOptions()
         rgb = as_rgb(rgb)
         out_hw = opts.size_for(*rgb.shape[-2:])
-        self.plan = plan = memory.plan_for(self, out_hw, opts.tile, self.max_memory, overlap=opts.overlap,
-                                           requested_batch=opts.tile_batch)
+        self.plan = plan = memory.plan_for(
+            self, out_hw, opts.tile, self.max_memory, overlap=opts.overlap, requested_batch=opts.tile_batch
+        )
         if plan.changed:
             print(f"fluxsr: {plan.describe()}", file=sys.stderr)
 
@@ -271,19 +288,28 @@ class FluxSRPipeline:
             plan.batch = batch // 2 if fewer else batch
             nxt = (tile if whole else first_tile) if moved else tile if fewer else halved
             if nxt:
-                plan.retries.append(f"out of memory in {self._stage} at tile {tile} x {batch}: retrying with tile "
-                                    f"{nxt} x {plan.batch}" + (", full image off the device" if moved else ""))
+                plan.retries.append(
+                    f"out of memory in {self._stage} at tile {tile} x {batch}: retrying with tile "
+                    f"{nxt} x {plan.batch}" + (", full image off the device" if moved else "")
+                )
                 print(f"fluxsr: {plan.retries[-1]}", file=sys.stderr)
             return nxt
 
         def attempt(tile: int) -> Tensor:
             plan.tile = tile
-            return self._upscale(rgb, replace(opts, tile=tile, tile_batch=plan.batch), out_hw,
-                                 plan.full_image_on_device)
+            return self._upscale(
+                rgb, replace(opts, tile=tile, tile_batch=plan.batch), out_hw, plan.full_image_on_device
+            )
 
         m = self.model.multiple
-        return memory.run_with_oom_retry(attempt, plan.tile, multiple=m, min_tile=memory.min_tile_for(m),
-                                         on_retry=on_retry, device=self.device)
+        return memory.run_with_oom_retry(
+            attempt,
+            plan.tile,
+            multiple=m,
+            min_tile=memory.min_tile_for(m),
+            on_retry=on_retry,
+            device=self.device,
+        )
 
     def _upscale(self, rgb: Tensor, opts: UpscaleOptions, out_hw: tuple[int, int], on_device: bool) -> Tensor:
         """One attempt at :meth:`upscale_tensor` with fixed tiles; ``on_device=False`` keeps the full-size image
@@ -308,11 +334,21 @@ class FluxSRPipeline:
             else:
                 y = memory.color_fix_tiled(y, ref, opts.color_fix, opts.tile, self.device)
         if not torch.isfinite(y).all():
-            raise NonFiniteOutputError(f"the model produced NaN/Inf (dtype {self.dtype}); try --dtype bf16 or fp32")
+            raise NonFiniteOutputError(
+                f"the model produced NaN/Inf (dtype {self.dtype}); try --dtype bf16 or fp32"
+            )
         return y[0].cpu()
 
-    def __call__(self, image, scale: float = 4.0, long_side: int | None = None, color_fix: str = "wavelet",
-                 tile: int | None = None, overlap: int | None = None, tile_batch: int = 1):
+    def __call__(
+        self,
+        image,
+        scale: float = 4.0,
+        long_side: int | None = None,
+        color_fix: str = "wavelet",
+        tile: int | None = None,
+        overlap: int | None = None,
+        tile_batch: int = 1,
+    ):
         """Upscale a PIL image (returns PIL, same mode family) or a tensor (3, h, w) in [0, 1] or uint8 (returns a
         float tensor in [0, 1]); anything else raises ``TypeError`` (see :func:`as_rgb`)."""
         from PIL import Image

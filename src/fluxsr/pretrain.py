@@ -62,9 +62,20 @@ class VAESection:
 
     def __post_init__(self) -> None:
         positive, non_negative = (">", 0), (">=", 0)
-        check_range("pretrain.vae", self, latent_channels=positive, layers_per_block=positive,
-                    norm_num_groups=positive, steps=positive, batch_size=positive, crop=positive, lr=positive,
-                    kl=non_negative, lpips=non_negative, time_limit=non_negative)
+        check_range(
+            "pretrain.vae",
+            self,
+            latent_channels=positive,
+            layers_per_block=positive,
+            norm_num_groups=positive,
+            steps=positive,
+            batch_size=positive,
+            crop=positive,
+            lr=positive,
+            kl=non_negative,
+            lpips=non_negative,
+            time_limit=non_negative,
+        )
         if not self.block_out_channels:
             raise ConfigError("pretrain.vae.block_out_channels: needs at least one level")
 
@@ -90,10 +101,21 @@ class TeacherSection:
 
     def __post_init__(self) -> None:
         positive, non_negative = (">", 0), (">=", 0)
-        check_range("pretrain.teacher", self, num_layers=positive, attention_head_dim=positive,
-                    num_attention_heads=positive, text_dim=positive, text_len=positive, steps=positive,
-                    batch_size=positive, crop=positive, lr=positive, num_single_layers=non_negative,
-                    time_limit=non_negative)
+        check_range(
+            "pretrain.teacher",
+            self,
+            num_layers=positive,
+            attention_head_dim=positive,
+            num_attention_heads=positive,
+            text_dim=positive,
+            text_len=positive,
+            steps=positive,
+            batch_size=positive,
+            crop=positive,
+            lr=positive,
+            num_single_layers=non_negative,
+            time_limit=non_negative,
+        )
 
 
 @dataclass
@@ -146,7 +168,7 @@ def random_crops(photos: list[Tensor], n: int, size: int, g: torch.Generator) ->
             h, w = img.shape[-2:]
         top = int(torch.randint(h - size + 1, (1,), generator=g))
         left = int(torch.randint(w - size + 1, (1,), generator=g))
-        crop = img[:, top:top + size, left:left + size]
+        crop = img[:, top : top + size, left : left + size]
         if torch.rand(1, generator=g) < 0.5:
             crop = crop.flip(-1)
         crops.append(crop)
@@ -198,10 +220,19 @@ def _loop(name: str, steps: int, step_fn, out: Path, progress: bool, time_limit:
 def vae_config(cfg: VAESection) -> dict:
     n = len(cfg.block_out_channels)
     return dict(
-        in_channels=3, out_channels=3, latent_channels=cfg.latent_channels, block_out_channels=cfg.block_out_channels,
-        layers_per_block=cfg.layers_per_block, down_block_types=("DownEncoderBlock2D",) * n,
-        up_block_types=("UpDecoderBlock2D",) * n, norm_num_groups=cfg.norm_num_groups, use_quant_conv=False,
-        use_post_quant_conv=False, mid_block_add_attention=cfg.mid_attention, scaling_factor=1.0, shift_factor=0.0,
+        in_channels=3,
+        out_channels=3,
+        latent_channels=cfg.latent_channels,
+        block_out_channels=cfg.block_out_channels,
+        layers_per_block=cfg.layers_per_block,
+        down_block_types=("DownEncoderBlock2D",) * n,
+        up_block_types=("UpDecoderBlock2D",) * n,
+        norm_num_groups=cfg.norm_num_groups,
+        use_quant_conv=False,
+        use_post_quant_conv=False,
+        mid_block_add_attention=cfg.mid_attention,
+        scaling_factor=1.0,
+        shift_factor=0.0,
     )
 
 
@@ -229,13 +260,25 @@ def train_vae(pre: PretrainSection, out: Path, *, device="cpu", progress: bool =
         loss = l1 + cfg.lpips * lp + cfg.kl * kl
         update(loss)
         psnr = -10 * torch.log10(F.mse_loss(rec.detach().clamp(0, 1), x))
-        return {"loss": loss.item(), "l1": l1.item(), "lpips": lp.item(), "kl": kl.item(), "psnr": psnr.item()}
+        return {
+            "loss": loss.item(),
+            "l1": l1.item(),
+            "lpips": lp.item(),
+            "kl": kl.item(),
+            "psnr": psnr.item(),
+        }
 
     _loop("vae", cfg.steps, step, Path(out), progress, cfg.time_limit)
     vae.eval()
     with torch.no_grad():
-        lat = torch.cat([vae.encode(random_crops(photos, cfg.batch_size, cfg.crop, g).to(device) * 2 - 1)
-                         .latent_dist.mode() for _ in range(8)])
+        lat = torch.cat(
+            [
+                vae.encode(
+                    random_crops(photos, cfg.batch_size, cfg.crop, g).to(device) * 2 - 1
+                ).latent_dist.mode()
+                for _ in range(8)
+            ]
+        )
     vae.register_to_config(shift_factor=float(lat.mean()), scaling_factor=float(1 / lat.std()))
     vae.to("cpu").save_pretrained(Path(out) / "vae", safe_serialization=True)
     return vae
@@ -243,14 +286,22 @@ def train_vae(pre: PretrainSection, out: Path, *, device="cpu", progress: bool =
 
 def teacher_config(cfg: TeacherSection, latent_channels: int) -> dict:
     return dict(
-        patch_size=1, in_channels=latent_channels * 4, num_layers=cfg.num_layers,
-        num_single_layers=cfg.num_single_layers, attention_head_dim=cfg.attention_head_dim,
-        num_attention_heads=cfg.num_attention_heads, joint_attention_dim=cfg.text_dim,
-        pooled_projection_dim=cfg.text_dim, guidance_embeds=True, axes_dims_rope=cfg.axes_dims_rope,
+        patch_size=1,
+        in_channels=latent_channels * 4,
+        num_layers=cfg.num_layers,
+        num_single_layers=cfg.num_single_layers,
+        attention_head_dim=cfg.attention_head_dim,
+        num_attention_heads=cfg.num_attention_heads,
+        joint_attention_dim=cfg.text_dim,
+        pooled_projection_dim=cfg.text_dim,
+        guidance_embeds=True,
+        axes_dims_rope=cfg.axes_dims_rope,
     )
 
 
-def train_teacher(pre: PretrainSection, vae_dir: Path, out: Path, *, device="cpu", progress: bool = True) -> Path:
+def train_teacher(
+    pre: PretrainSection, vae_dir: Path, out: Path, *, device="cpu", progress: bool = True
+) -> Path:
     """Train a small FLUX transformer as a rectified-flow model on the VAE's normalised latents of photo crops.
 
     Unconditional: the text conditioning is one fixed random embedding (the "empty prompt" of this model), stored
@@ -267,8 +318,11 @@ def train_teacher(pre: PretrainSection, vae_dir: Path, out: Path, *, device="cpu
     vae.requires_grad_(False)
     tr = build_transformer(teacher_config(cfg, vae.config.latent_channels)).to(device).train()
     gc = torch.Generator().manual_seed(cfg.seed + 1)
-    cond = TextCond(torch.randn(1, cfg.text_len, cfg.text_dim, generator=gc),
-                    torch.randn(1, cfg.text_dim, generator=gc), prompt="")
+    cond = TextCond(
+        torch.randn(1, cfg.text_len, cfg.text_dim, generator=gc),
+        torch.randn(1, cfg.text_dim, generator=gc),
+        prompt="",
+    )
     model = FluxSRModel(tr, vae, cond.to(device), ModelSpec(name="teacher"))
     photos = load_photos(pre.photos, pre.max_side)
     update = _optimizer(tr, cfg.lr, cfg.steps)
@@ -277,7 +331,9 @@ def train_teacher(pre: PretrainSection, vae_dir: Path, out: Path, *, device="cpu
     def step(i: int) -> dict:
         x = random_crops(photos, cfg.batch_size, cfg.crop, g).to(device)
         with torch.no_grad():
-            z0 = (vae.encode(x * 2 - 1).latent_dist.mode() - vae.config.shift_factor) * vae.config.scaling_factor
+            z0 = (
+                vae.encode(x * 2 - 1).latent_dist.mode() - vae.config.shift_factor
+            ) * vae.config.scaling_factor
         eps = torch.randn(z0.shape, generator=g).to(device)
         t = logit_normal_t(z0.shape[0], g).to(device)
         loss = F.mse_loss(velocity(model, interpolate(z0, eps, t), t), pair_velocity(eps, z0))

@@ -15,30 +15,104 @@ from pathlib import Path
 import torch
 
 SUBJECTS = [
-    "an old man with a grey beard", "a young woman laughing", "a child holding a balloon", "two friends talking",
-    "a tabby cat", "a golden retriever", "a horse in a paddock", "a flock of pigeons", "a red fox", "a parrot",
-    "a brick townhouse", "a glass office tower", "a gothic cathedral", "a wooden cabin", "a street market",
-    "a vintage car", "a bicycle against a wall", "a steam locomotive", "a fishing boat", "a city bus",
-    "a bowl of ramen", "a stack of pancakes", "fresh vegetables on a table", "a cup of coffee", "a birthday cake",
-    "a bookshelf full of books", "a shop sign with painted letters", "a handwritten letter", "a chessboard",
-    "a knitted sweater", "a bouquet of tulips", "an oak tree", "a field of sunflowers", "moss on rocks",
-    "a waterfall", "ocean waves", "a mountain ridge", "a desert dune", "a snowy forest", "a city skyline",
+    "an old man with a grey beard",
+    "a young woman laughing",
+    "a child holding a balloon",
+    "two friends talking",
+    "a tabby cat",
+    "a golden retriever",
+    "a horse in a paddock",
+    "a flock of pigeons",
+    "a red fox",
+    "a parrot",
+    "a brick townhouse",
+    "a glass office tower",
+    "a gothic cathedral",
+    "a wooden cabin",
+    "a street market",
+    "a vintage car",
+    "a bicycle against a wall",
+    "a steam locomotive",
+    "a fishing boat",
+    "a city bus",
+    "a bowl of ramen",
+    "a stack of pancakes",
+    "fresh vegetables on a table",
+    "a cup of coffee",
+    "a birthday cake",
+    "a bookshelf full of books",
+    "a shop sign with painted letters",
+    "a handwritten letter",
+    "a chessboard",
+    "a knitted sweater",
+    "a bouquet of tulips",
+    "an oak tree",
+    "a field of sunflowers",
+    "moss on rocks",
+    "a waterfall",
+    "ocean waves",
+    "a mountain ridge",
+    "a desert dune",
+    "a snowy forest",
+    "a city skyline",
 ]
 PLACES = [
-    "in a busy street", "in a quiet park", "in a kitchen", "in a library", "on a beach", "in a forest",
-    "in the mountains", "in a small village", "in a train station", "in a living room", "in a garden",
-    "by a lake", "in a harbour", "on a rooftop", "in a museum", "in a cafe", "in the snow", "in the rain",
-    "at a night market", "in a workshop", "in a field", "on a bridge", "in an alley", "in a studio",
+    "in a busy street",
+    "in a quiet park",
+    "in a kitchen",
+    "in a library",
+    "on a beach",
+    "in a forest",
+    "in the mountains",
+    "in a small village",
+    "in a train station",
+    "in a living room",
+    "in a garden",
+    "by a lake",
+    "in a harbour",
+    "on a rooftop",
+    "in a museum",
+    "in a cafe",
+    "in the snow",
+    "in the rain",
+    "at a night market",
+    "in a workshop",
+    "in a field",
+    "on a bridge",
+    "in an alley",
+    "in a studio",
 ]
 LIGHTS = [
-    "soft morning light", "harsh midday sun", "golden hour", "blue hour", "overcast sky", "neon lights at night",
-    "candle light", "window light", "backlit", "studio lighting", "foggy light", "dappled shade",
-    "street lamps", "bright flash", "sunset glow", "moonlight",
+    "soft morning light",
+    "harsh midday sun",
+    "golden hour",
+    "blue hour",
+    "overcast sky",
+    "neon lights at night",
+    "candle light",
+    "window light",
+    "backlit",
+    "studio lighting",
+    "foggy light",
+    "dappled shade",
+    "street lamps",
+    "bright flash",
+    "sunset glow",
+    "moonlight",
 ]
 CAMERAS = [
-    "35mm film photo", "DSLR, 50mm lens", "wide-angle lens", "telephoto lens", "macro photo", "smartphone photo",
-    "medium format", "documentary style", "portrait lens, shallow depth of field", "high detail, sharp focus",
-    "street photography", "landscape photography",
+    "35mm film photo",
+    "DSLR, 50mm lens",
+    "wide-angle lens",
+    "telephoto lens",
+    "macro photo",
+    "smartphone photo",
+    "medium format",
+    "documentary style",
+    "portrait lens, shallow depth of field",
+    "high detail, sharp focus",
+    "street photography",
+    "landscape photography",
 ]
 
 
@@ -47,8 +121,10 @@ def generate_prompts(n: int, seed: int = 0) -> list[str]:
     out = []
     for i in range(n):
         rng = random.Random(f"{seed}:{i}")
-        out.append(f"a photo of {rng.choice(SUBJECTS)} {rng.choice(PLACES)}, {rng.choice(LIGHTS)}, "
-                   f"{rng.choice(CAMERAS)}")
+        out.append(
+            f"a photo of {rng.choice(SUBJECTS)} {rng.choice(PLACES)}, {rng.choice(LIGHTS)}, "
+            f"{rng.choice(CAMERAS)}"
+        )
     return out
 
 
@@ -75,4 +151,6 @@ def hashed_cond(prompt: str, text_len: int, dim: int, pooled_dim: int):
 
     seed = int.from_bytes(hashlib.sha256(prompt.encode()).digest()[:8], "little")
     g = torch.Generator().manual_seed(seed)
-    return TextCond(torch.randn(1, text_len, dim, generator=g), torch.randn(1, pooled_dim, generator=g), prompt)
+    return TextCond(
+        torch.randn(1, text_len, dim, generator=g), torch.randn(1, pooled_dim, generator=g), prompt
+    )

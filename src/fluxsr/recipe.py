@@ -68,8 +68,15 @@ class PairsSection:
     text_len: int = 512
 
     def __post_init__(self) -> None:
-        check_range("pairs", self, count=(">=", 1), resolution=(">=", 1), steps=(">=", 1), text_len=(">=", 1),
-                    source=("in", ("teacher", "photos")))
+        check_range(
+            "pairs",
+            self,
+            count=(">=", 1),
+            resolution=(">=", 1),
+            steps=(">=", 1),
+            text_len=(">=", 1),
+            source=("in", ("teacher", "photos")),
+        )
 
 
 @dataclass
@@ -133,12 +140,27 @@ class TrainSection:
     time_limit: float = 0.0
 
     def __post_init__(self) -> None:
-        check_range("train", self, steps=(">=", 1), batch_size=(">=", 1), grad_accum=(">=", 1), lr=(">", 0.0),
-                    warmup_steps=(">=", 0), schedule=("in", ("constant", "cosine")), weight_decay=(">=", 0.0),
-                    max_grad_norm=(">=", 0.0), lora_rank=(">=", 0), lora_alpha=(">", 0.0),
-                    mixed_precision=("in", ("no", "bf16", "fp16")), crop=(">=", 0), checkpoint_every=(">=", 1),
-                    keep_checkpoints=(">=", 0), validate_every=(">=", 0), log_every=(">=", 1),
-                    time_limit=(">=", 0.0))
+        check_range(
+            "train",
+            self,
+            steps=(">=", 1),
+            batch_size=(">=", 1),
+            grad_accum=(">=", 1),
+            lr=(">", 0.0),
+            warmup_steps=(">=", 0),
+            schedule=("in", ("constant", "cosine")),
+            weight_decay=(">=", 0.0),
+            max_grad_norm=(">=", 0.0),
+            lora_rank=(">=", 0),
+            lora_alpha=(">", 0.0),
+            mixed_precision=("in", ("no", "bf16", "fp16")),
+            crop=(">=", 0),
+            checkpoint_every=(">=", 1),
+            keep_checkpoints=(">=", 0),
+            validate_every=(">=", 0),
+            log_every=(">=", 1),
+            time_limit=(">=", 0.0),
+        )
 
 
 @dataclass

@@ -185,9 +185,11 @@ def check_budget(name: str, image: LoadedImage, scale: float, max_pixels: int) -
     """The output (height, width), or ``gr.Error`` when it is over the per-request pixel budget."""
     out_h, out_w = output_size(image, scale)
     if out_h * out_w > max_pixels:
-        fail(f"{name}: the output would be {out_w}x{out_h} = {megapixels(out_h * out_w)}, over this server's "
-             f"budget of {megapixels(max_pixels)} per request; use a scale of at most "
-             f"{largest_scale(image, max_pixels):g} or a smaller image.")
+        fail(
+            f"{name}: the output would be {out_w}x{out_h} = {megapixels(out_h * out_w)}, over this server's "
+            f"budget of {megapixels(max_pixels)} per request; use a scale of at most "
+            f"{largest_scale(image, max_pixels):g} or a smaller image."
+        )
     return out_h, out_w
 
 
@@ -211,8 +213,13 @@ class Upscaler:
     Results go to ``workdir/results/<request>/``; only the last ``keep`` request folders are kept.
     """
 
-    def __init__(self, pipeline: FluxSRPipeline, workdir: Path, limits: ServeLimits | None = None,
-                 keep: int = KEEP_RESULTS) -> None:
+    def __init__(
+        self,
+        pipeline: FluxSRPipeline,
+        workdir: Path,
+        limits: ServeLimits | None = None,
+        keep: int = KEEP_RESULTS,
+    ) -> None:
         self.pipeline = pipeline
         self.limits = limits or ServeLimits()
         self.results = Path(workdir) / "results"
@@ -229,13 +236,17 @@ class Upscaler:
     def describe(self) -> str:
         """The page header: what this is, model and device, the limits in force."""
         spec = self.pipeline.model.spec
-        lines = ["## FluxSR: one-step real-world super-resolution",
-                 f"Model {self.model_line()}" + (f": {spec.description}" if spec.description else "") + "."]
+        lines = [
+            "## FluxSR: one-step real-world super-resolution",
+            f"Model {self.model_line()}" + (f": {spec.description}" if spec.description else "") + ".",
+        ]
         if spec.note:
             lines.append(f"*Note: {spec.note}.*".replace("..", "."))
-        lines.append(f"Limits: output up to {megapixels(self.limits.max_pixels)} per request, uploads up to "
-                     f"{self.limits.max_upload_mb:g} MB, one job at a time (others wait in the queue and see "
-                     "their position).")
+        lines.append(
+            f"Limits: output up to {megapixels(self.limits.max_pixels)} per request, uploads up to "
+            f"{self.limits.max_upload_mb:g} MB, one job at a time (others wait in the queue and see "
+            "their position)."
+        )
         return "\n\n".join(lines)
 
     # -- upload preview -----------------------------------------------------------------------------------------
@@ -254,8 +265,10 @@ class Upscaler:
             return None, f"⚠️ {error.message}"
         text = f"{path.name}: {image.width}x{image.height} → {out_w}x{out_h} ({megapixels(out_h * out_w)})"
         if out_h * out_w > self.limits.max_pixels:
-            text += (f". ⚠️ Over this server's budget of {megapixels(self.limits.max_pixels)}: use a scale of at "
-                     f"most {largest_scale(image, self.limits.max_pixels):g}.")
+            text += (
+                f". ⚠️ Over this server's budget of {megapixels(self.limits.max_pixels)}: use a scale of at "
+                f"most {largest_scale(image, self.limits.max_pixels):g}."
+            )
         return thumbnail(image), text
 
     # -- the job ------------------------------------------------------------------------------------------------
@@ -284,11 +297,19 @@ class Upscaler:
         from .pipeline import NonFiniteOutputError, UpscaleOptions
 
         path = upload_path(file)
-        scale, tile, color_fix = check_scale(scale, self.limits.max_scale), check_tile(tile), check_color_fix(color_fix)
+        scale, tile, color_fix = (
+            check_scale(scale, self.limits.max_scale),
+            check_tile(tile),
+            check_color_fix(color_fix),
+        )
         image = read_upload(path, self.limits.max_pixels)
         out_h, out_w = check_budget(path.name, image, scale, self.limits.max_pixels)
-        opts = UpscaleOptions(scale=scale, color_fix=color_fix, tile=tile,
-                              overlap=overlap_for(tile, self.pipeline.model.spec.overlap))
+        opts = UpscaleOptions(
+            scale=scale,
+            color_fix=color_fix,
+            tile=tile,
+            overlap=overlap_for(tile, self.pipeline.model.spec.overlap),
+        )
         start = time.perf_counter()
         try:
             rgb = self.pipeline.upscale_tensor(image.rgb, opts)
@@ -303,17 +324,21 @@ class Upscaler:
         info = self.report(image, (out_h, out_w), opts, model_s, total_s)
         return (str(bicubic), str(result)), str(result), info
 
-    def report(self, image: LoadedImage, out_hw: tuple[int, int], opts: Any, model_s: float, total_s: float) -> str:
+    def report(
+        self, image: LoadedImage, out_hw: tuple[int, int], opts: Any, model_s: float, total_s: float
+    ) -> str:
         """The info markdown shown under the result."""
         stages = ", ".join(f"{k.replace('_', ' ')} {seconds(v)}" for k, v in self.pipeline.timings.items())
         plan = self.pipeline.plan
         tile = f"tile {plan.tile if plan else opts.tile}"
         if plan and plan.tile < opts.tile:
             tile += f" (asked {opts.tile}; lowered to fit memory)"
-        return (f"{self.model_line()} · {image.width}x{image.height} → {out_hw[1]}x{out_hw[0]} "
-                f"(x{opts.scale:g}, colour fix {opts.color_fix}, {tile})\n\n"
-                f"**Time {seconds(total_s)}**: model {seconds(model_s)} ({stages}); bicubic and PNGs "
-                f"{seconds(total_s - model_s)}.")
+        return (
+            f"{self.model_line()} · {image.width}x{image.height} → {out_hw[1]}x{out_hw[0]} "
+            f"(x{opts.scale:g}, colour fix {opts.color_fix}, {tile})\n\n"
+            f"**Time {seconds(total_s)}**: model {seconds(model_s)} ({stages}); bicubic and PNGs "
+            f"{seconds(total_s - model_s)}."
+        )
 
     # -- files --------------------------------------------------------------------------------------------------
 
@@ -330,9 +355,18 @@ class Upscaler:
         """Write ``rgb`` as PNG keeping the input's alpha (upscaled bicubic), greyness, bit depth, ICC and EXIF."""
         from .images import write_image
 
-        alpha = resize(image.alpha[None].float(), tuple(rgb.shape[-2:]))[0] if image.alpha is not None else None
-        return write_image(path, rgb, alpha, is_gray=image.is_gray, bit_depth=image.bit_depth,
-                           icc_profile=image.icc_profile, exif=image.exif)
+        alpha = (
+            resize(image.alpha[None].float(), tuple(rgb.shape[-2:]))[0] if image.alpha is not None else None
+        )
+        return write_image(
+            path,
+            rgb,
+            alpha,
+            is_gray=image.is_gray,
+            bit_depth=image.bit_depth,
+            icc_profile=image.icc_profile,
+            exif=image.exif,
+        )
 
 
 def bicubic_upscale(image: LoadedImage, opts: Any):
@@ -360,8 +394,11 @@ def thumbnail(image: LoadedImage, side: int = PREVIEW_SIDE) -> Image.Image:
 
 def default_examples_dir() -> Path | None:
     """The first existing examples folder: packaged ``fluxsr/assets/examples``, ``./examples``, the repo's."""
-    candidates = [Path(__file__).resolve().parent / "assets" / "examples", Path.cwd() / "examples",
-                  Path(__file__).resolve().parents[2] / "examples"]
+    candidates = [
+        Path(__file__).resolve().parent / "assets" / "examples",
+        Path.cwd() / "examples",
+        Path(__file__).resolve().parents[2] / "examples",
+    ]
     return next((c for c in candidates if c.is_dir()), None)
 
 
@@ -384,16 +421,27 @@ class BlockRemoteFiles:
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         """Answer 403 to remote-file requests, pass everything else on."""
         if scope.get("type") == "http" and REMOTE_FILE.search(scope.get("path", "")):
-            await send({"type": "http.response.start", "status": 403,
-                        "headers": [(b"content-type", b"text/plain; charset=utf-8")]})
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": 403,
+                    "headers": [(b"content-type", b"text/plain; charset=utf-8")],
+                }
+            )
             await send({"type": "http.response.body", "body": b"remote files are not served\n"})
             return
         await self.app(scope, receive, send)
 
 
-def build_app(pipeline: FluxSRPipeline, examples_dir: Path | None = None, max_pixels: int = DEFAULT_MAX_PIXELS,
-              max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB, *, workdir: Path | None = None,
-              queue_size: int = DEFAULT_QUEUE_SIZE) -> gr.Blocks:
+def build_app(
+    pipeline: FluxSRPipeline,
+    examples_dir: Path | None = None,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB,
+    *,
+    workdir: Path | None = None,
+    queue_size: int = DEFAULT_QUEUE_SIZE,
+) -> gr.Blocks:
     """The Gradio app (queued, one job at a time). ``examples_dir`` None: :func:`default_examples_dir`.
 
     ``workdir`` (default: a new temporary folder) receives the results. The :class:`Upscaler` is available as
@@ -403,55 +451,113 @@ def build_app(pipeline: FluxSRPipeline, examples_dir: Path | None = None, max_pi
     workdir = Path(workdir) if workdir is not None else Path(tempfile.mkdtemp(prefix="fluxsr-serve-"))
     limits = ServeLimits(max_pixels, max_upload_mb, queue_size)
     upscaler = Upscaler(pipeline, workdir, limits)
-    examples = list_examples(examples_dir if examples_dir is not None else default_examples_dir(),
-                             int(max_upload_mb * 2**20))
+    examples = list_examples(
+        examples_dir if examples_dir is not None else default_examples_dir(), int(max_upload_mb * 2**20)
+    )
     with gr.Blocks(title="FluxSR", analytics_enabled=False, delete_cache=(900, 3600)) as demo:
         gr.Markdown(upscaler.describe(), elem_id="about")
         with gr.Row():
             with gr.Column(scale=1, min_width=300):
-                upload = gr.File(label="Low-quality image", file_types=list(IMAGE_EXTENSIONS), type="filepath",
-                                 elem_id="upload")
-                preview = gr.Image(label="Input", interactive=False, height=220, buttons=["fullscreen"],
-                                   elem_id="preview")
+                upload = gr.File(
+                    label="Low-quality image",
+                    file_types=list(IMAGE_EXTENSIONS),
+                    type="filepath",
+                    elem_id="upload",
+                )
+                preview = gr.Image(
+                    label="Input", interactive=False, height=220, buttons=["fullscreen"], elem_id="preview"
+                )
                 plan = gr.Markdown(upscaler.inspect(None, 4)[1], elem_id="plan")
-                scale = gr.Slider(MIN_SCALE, limits.max_scale, value=4, step=0.25, label="Scale (output / input)",
-                                  elem_id="scale")
-                color_fix = gr.Radio(list(COLOR_FIXES), value="wavelet", label="Colour fix", elem_id="color-fix")
-                tile = gr.Slider(256, 2048, value=min(2048, max(256, pipeline.model.spec.tile)), step=64,
-                                 label="Tile size (output pixels)", elem_id="tile")  # the model's default tile
+                scale = gr.Slider(
+                    MIN_SCALE,
+                    limits.max_scale,
+                    value=4,
+                    step=0.25,
+                    label="Scale (output / input)",
+                    elem_id="scale",
+                )
+                color_fix = gr.Radio(
+                    list(COLOR_FIXES), value="wavelet", label="Colour fix", elem_id="color-fix"
+                )
+                tile = gr.Slider(
+                    256,
+                    2048,
+                    value=min(2048, max(256, pipeline.model.spec.tile)),
+                    step=64,
+                    label="Tile size (output pixels)",
+                    elem_id="tile",
+                )  # the model's default tile
                 run = gr.Button("Upscale", variant="primary", elem_id="run")
             with gr.Column(scale=2, min_width=400):
-                slider = gr.ImageSlider(label="Bicubic ◀ ▶ FluxSR (both at output size)", type="filepath",
-                                        format="png", elem_id="compare", max_height=640)
+                slider = gr.ImageSlider(
+                    label="Bicubic ◀ ▶ FluxSR (both at output size)",
+                    type="filepath",
+                    format="png",
+                    elem_id="compare",
+                    max_height=640,
+                )
                 download = gr.File(label="Full-resolution PNG", interactive=False, elem_id="download")
                 info = gr.Markdown(elem_id="info")
         if examples:
-            gr.Examples([[str(p)] for p in examples], inputs=[upload], label="Examples: click one, then Upscale",
-                        example_labels=[p.name for p in examples])
-        look = {"fn": upscaler.inspect, "inputs": [upload, scale], "outputs": [preview, plan],
-                "concurrency_limit": 2, "concurrency_id": "inspect", "show_progress": "hidden",
-                "api_visibility": "private"}
+            gr.Examples(
+                [[str(p)] for p in examples],
+                inputs=[upload],
+                label="Examples: click one, then Upscale",
+                example_labels=[p.name for p in examples],
+            )
+        look = {
+            "fn": upscaler.inspect,
+            "inputs": [upload, scale],
+            "outputs": [preview, plan],
+            "concurrency_limit": 2,
+            "concurrency_id": "inspect",
+            "show_progress": "hidden",
+            "api_visibility": "private",
+        }
         upload.change(**look)
         scale.release(**look)
-        run.click(upscaler.upscale, [upload, scale, color_fix, tile], [slider, download, info],
-                  concurrency_limit=1, concurrency_id="upscale", api_name="upscale")
+        run.click(
+            upscaler.upscale,
+            [upload, scale, color_fix, tile],
+            [slider, download, info],
+            concurrency_limit=1,
+            concurrency_id="upscale",
+            api_name="upscale",
+        )
     demo.queue(default_concurrency_limit=1, max_size=queue_size)
     demo.fluxsr_upscaler = upscaler
     return demo
 
 
-def launch(demo: gr.Blocks, host: str = DEFAULT_HOST, port: int | None = DEFAULT_PORT,
-           max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB, *, block: bool = True) -> Any:
+def launch(
+    demo: gr.Blocks,
+    host: str = DEFAULT_HOST,
+    port: int | None = DEFAULT_PORT,
+    max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB,
+    *,
+    block: bool = True,
+) -> Any:
     """Serve ``demo``: no share link, no extra allowed paths, upload cap, remote ``/file=`` requests refused.
 
     No server-side rendering (no Node), no PWA, no MCP server and no run history (it would point at pruned files).
     """
     from starlette.middleware import Middleware
 
-    return demo.launch(server_name=host, server_port=port, share=False, inbrowser=False, allowed_paths=[],
-                       max_file_size=int(max_upload_mb * 2**20), show_error=False, ssr_mode=False, pwa=False,
-                       mcp_server=False, run_history=False, prevent_thread_lock=not block,
-                       app_kwargs={"middleware": [Middleware(BlockRemoteFiles)]})
+    return demo.launch(
+        server_name=host,
+        server_port=port,
+        share=False,
+        inbrowser=False,
+        allowed_paths=[],
+        max_file_size=int(max_upload_mb * 2**20),
+        show_error=False,
+        ssr_mode=False,
+        pwa=False,
+        mcp_server=False,
+        run_history=False,
+        prevent_thread_lock=not block,
+        app_kwargs={"middleware": [Middleware(BlockRemoteFiles)]},
+    )
 
 
 # ----------------------------------------------------------------------------------------------------- command
@@ -460,17 +566,36 @@ def launch(demo: gr.Blocks, host: str = DEFAULT_HOST, port: int | None = DEFAULT
 def add_serve_arguments(p: argparse.ArgumentParser) -> None:
     """The server's own options (the model options come from the CLI's shared group)."""
     g = p.add_argument_group("server")
-    g.add_argument("--host", default=DEFAULT_HOST,
-                   help="address to bind (default 127.0.0.1: this machine only; 0.0.0.0 opens it to the network)")
+    g.add_argument(
+        "--host",
+        default=DEFAULT_HOST,
+        help="address to bind (default 127.0.0.1: this machine only; 0.0.0.0 opens it to the network)",
+    )
     g.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port (default {DEFAULT_PORT})")
-    g.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS,
-                   help=f"largest OUTPUT (width x height) per request (default {DEFAULT_MAX_PIXELS})")
-    g.add_argument("--max-upload-mb", type=float, default=DEFAULT_MAX_UPLOAD_MB,
-                   help=f"upload size cap in MB (default {DEFAULT_MAX_UPLOAD_MB:g})")
-    g.add_argument("--queue-size", type=int, default=DEFAULT_QUEUE_SIZE,
-                   help=f"jobs allowed to wait in the queue (default {DEFAULT_QUEUE_SIZE})")
-    g.add_argument("--examples", type=Path, default=None,
-                   help="folder of example images (default: the package's or ./examples when present)")
+    g.add_argument(
+        "--max-pixels",
+        type=int,
+        default=DEFAULT_MAX_PIXELS,
+        help=f"largest OUTPUT (width x height) per request (default {DEFAULT_MAX_PIXELS})",
+    )
+    g.add_argument(
+        "--max-upload-mb",
+        type=float,
+        default=DEFAULT_MAX_UPLOAD_MB,
+        help=f"upload size cap in MB (default {DEFAULT_MAX_UPLOAD_MB:g})",
+    )
+    g.add_argument(
+        "--queue-size",
+        type=int,
+        default=DEFAULT_QUEUE_SIZE,
+        help=f"jobs allowed to wait in the queue (default {DEFAULT_QUEUE_SIZE})",
+    )
+    g.add_argument(
+        "--examples",
+        type=Path,
+        default=None,
+        help="folder of example images (default: the package's or ./examples when present)",
+    )
 
 
 def check_server_args(args: argparse.Namespace) -> None:
@@ -487,6 +612,7 @@ def check_server_args(args: argparse.Namespace) -> None:
 
 def stop_on_sigterm() -> None:
     """Turn SIGTERM into KeyboardInterrupt so Gradio closes and the temporary folder is removed."""
+
     def interrupt(_signum, _frame):
         raise KeyboardInterrupt
 
@@ -501,15 +627,23 @@ def run_server(args: argparse.Namespace) -> int:
 
     pipe = _pipeline(args)
     if args.host not in ("127.0.0.1", "localhost", "::1"):
-        print(f"warning: serving on {args.host}: anyone who can reach this machine can use the demo",
-              file=sys.stderr)
+        print(
+            f"warning: serving on {args.host}: anyone who can reach this machine can use the demo",
+            file=sys.stderr,
+        )
     with tempfile.TemporaryDirectory(prefix="fluxsr-serve-") as tmp:
         workdir = Path(tmp)
         os.environ["GRADIO_TEMP_DIR"] = str(workdir / "gradio")
         os.environ["GRADIO_EXAMPLES_CACHE"] = str(workdir / "examples-cache")
         print(f"fluxsr serve: temporary folder {workdir}", file=sys.stderr, flush=True)
-        demo = build_app(pipe, args.examples, args.max_pixels, args.max_upload_mb, workdir=workdir,
-                         queue_size=args.queue_size)
+        demo = build_app(
+            pipe,
+            args.examples,
+            args.max_pixels,
+            args.max_upload_mb,
+            workdir=workdir,
+            queue_size=args.queue_size,
+        )
         stop_on_sigterm()
         try:
             launch(demo, args.host, args.port, args.max_upload_mb)

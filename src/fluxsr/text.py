@@ -108,11 +108,14 @@ def clip_max_length(tokenizer) -> int:
 
 def tokenize(tokenizer, prompt: str, max_length: int, what: str) -> Tensor:
     """Token ids (1, max_length), padded to ``max_length`` and truncated, warning when the prompt was cut."""
-    ids = tokenizer([prompt], padding="max_length", max_length=max_length, truncation=True,
-                    return_tensors="pt").input_ids
+    ids = tokenizer(
+        [prompt], padding="max_length", max_length=max_length, truncation=True, return_tensors="pt"
+    ).input_ids
     full = len(tokenizer(prompt, verbose=False).input_ids)
     if full > max_length:
-        log.warning("%s kept %d of the prompt's %d tokens (max_length %d)", what, max_length, full, max_length)
+        log.warning(
+            "%s kept %d of the prompt's %d tokens (max_length %d)", what, max_length, full, max_length
+        )
     return ids
 
 
@@ -142,7 +145,9 @@ def _check_max_length(max_length: int) -> None:
 def _check_finite(name: str, t: Tensor, dtype: torch.dtype) -> None:
     """Fail loudly on NaN/inf embeddings (T5 v1.1 overflows in float16: use bfloat16 or float32)."""
     if not torch.isfinite(t).all():
-        raise FloatingPointError(f"{name} embeddings are not finite in {dtype}; use torch.bfloat16 or torch.float32")
+        raise FloatingPointError(
+            f"{name} embeddings are not finite in {dtype}; use torch.bfloat16 or torch.float32"
+        )
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -162,8 +167,13 @@ def _encode_t5(flux_dir: Path, prompt: str, max_length: int, device, dtype: torc
     return t5_sequence(tokenizer, model, prompt, max_length).cpu()
 
 
-def embed_prompt(flux_dir: Path, prompt: str = "", max_length: int = T5_MAX_LENGTH, device="cpu",
-                 dtype: torch.dtype = torch.float32) -> TextCond:
+def embed_prompt(
+    flux_dir: Path,
+    prompt: str = "",
+    max_length: int = T5_MAX_LENGTH,
+    device="cpu",
+    dtype: torch.dtype = torch.float32,
+) -> TextCond:
     """FLUX text conditioning of ``prompt`` as ``FluxPipeline.encode_prompt`` computes it, returned on the CPU.
 
     Loads only the CLIP and T5 encoders and tokenizers of the diffusers folder ``flux_dir`` (never the transformer
@@ -187,8 +197,13 @@ class TextEncoders:
     ``encode(prompt)`` gives the same :class:`TextCond` as :func:`embed_prompt`, without reloading the encoders.
     """
 
-    def __init__(self, flux_dir: Path, max_length: int = T5_MAX_LENGTH, device="cpu",
-                 dtype: torch.dtype = torch.float32):
+    def __init__(
+        self,
+        flux_dir: Path,
+        max_length: int = T5_MAX_LENGTH,
+        device="cpu",
+        dtype: torch.dtype = torch.float32,
+    ):
         check_text_folders(flux_dir)
         _check_max_length(max_length)
         self.max_length, self.dtype = max_length, dtype
@@ -236,8 +251,9 @@ def _write_tiny_clip_tokenizer(folder: Path) -> int:
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "vocab.json").write_text(json.dumps(vocab))
     (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n")
-    (folder / "tokenizer_config.json").write_text(json.dumps(
-        {"tokenizer_class": "CLIPTokenizer", "model_max_length": CLIP_MAX_LENGTH}))
+    (folder / "tokenizer_config.json").write_text(
+        json.dumps({"tokenizer_class": "CLIPTokenizer", "model_max_length": CLIP_MAX_LENGTH})
+    )
     return len(vocab)
 
 
@@ -253,13 +269,23 @@ def _write_tiny_t5_tokenizer(folder: Path) -> int:
     tok = Tokenizer(models.Unigram(pieces, unk_id=2, byte_fallback=False))
     tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="\u2581", prepend_scheme="always")
     tok.decoder = decoders.Metaspace(replacement="\u2581", prepend_scheme="always")
-    tok.post_processor = processors.TemplateProcessing(single="$A </s>", pair="$A </s> $B </s>",
-                                                       special_tokens=[("</s>", 1)])
+    tok.post_processor = processors.TemplateProcessing(
+        single="$A </s>", pair="$A </s> $B </s>", special_tokens=[("</s>", 1)]
+    )
     folder.mkdir(parents=True, exist_ok=True)
     tok.save(str(folder / "tokenizer.json"))
-    (folder / "tokenizer_config.json").write_text(json.dumps(
-        {"tokenizer_class": "T5Tokenizer", "model_max_length": T5_MAX_LENGTH, "extra_ids": 0,
-         "pad_token": "<pad>", "eos_token": "</s>", "unk_token": "<unk>"}))
+    (folder / "tokenizer_config.json").write_text(
+        json.dumps(
+            {
+                "tokenizer_class": "T5Tokenizer",
+                "model_max_length": T5_MAX_LENGTH,
+                "extra_ids": 0,
+                "pad_token": "<pad>",
+                "eos_token": "</s>",
+                "unk_token": "<unk>",
+            }
+        )
+    )
     return len(pieces)
 
 
@@ -274,13 +300,34 @@ def write_tiny_text_encoders(flux_dir: Path, *, t5_dim: int = 32, clip_dim: int 
     clip_vocab = _write_tiny_clip_tokenizer(flux_dir / CLIP_TOKENIZER_DIR)
     t5_vocab = _write_tiny_t5_tokenizer(flux_dir / T5_TOKENIZER_DIR)
     torch.manual_seed(seed)
-    clip = CLIPTextModel(CLIPTextConfig(
-        vocab_size=clip_vocab, hidden_size=clip_dim, intermediate_size=2 * clip_dim, projection_dim=clip_dim,
-        num_hidden_layers=2, num_attention_heads=4, max_position_embeddings=CLIP_MAX_LENGTH,
-        bos_token_id=clip_vocab - 2, eos_token_id=2, pad_token_id=1))  # eos 2: legacy argmax pooling, as FLUX's
-    t5 = T5EncoderModel(T5Config(
-        vocab_size=t5_vocab, d_model=t5_dim, d_kv=8, d_ff=2 * t5_dim, num_layers=2, num_heads=4,
-        relative_attention_num_buckets=8, feed_forward_proj="gated-gelu", pad_token_id=0, eos_token_id=1))
+    clip = CLIPTextModel(
+        CLIPTextConfig(
+            vocab_size=clip_vocab,
+            hidden_size=clip_dim,
+            intermediate_size=2 * clip_dim,
+            projection_dim=clip_dim,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            max_position_embeddings=CLIP_MAX_LENGTH,
+            bos_token_id=clip_vocab - 2,
+            eos_token_id=2,
+            pad_token_id=1,
+        )
+    )  # eos 2: legacy argmax pooling, as FLUX's
+    t5 = T5EncoderModel(
+        T5Config(
+            vocab_size=t5_vocab,
+            d_model=t5_dim,
+            d_kv=8,
+            d_ff=2 * t5_dim,
+            num_layers=2,
+            num_heads=4,
+            relative_attention_num_buckets=8,
+            feed_forward_proj="gated-gelu",
+            pad_token_id=0,
+            eos_token_id=1,
+        )
+    )
     clip.save_pretrained(flux_dir / CLIP_DIR)
     t5.save_pretrained(flux_dir / T5_DIR)
     return flux_dir

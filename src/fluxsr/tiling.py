@@ -51,7 +51,9 @@ def tile_starts(size: int, tile: int, overlap: int, align: int = 1) -> list[int]
     first): otherwise the last pixels would be left uncovered, and that is a ValueError.
     """
     if size % align:
-        raise ValueError(f"tiling: size {size} is not a multiple of {align}; pad the input to a multiple first")
+        raise ValueError(
+            f"tiling: size {size} is not a multiple of {align}; pad the input to a multiple first"
+        )
     if tile >= size:
         return [0]
     stride = max(align, (tile - overlap) // align * align)
@@ -77,8 +79,14 @@ def ramp(n: int, overlap_before: int, overlap_after: int, device=None) -> Tensor
     return w
 
 
-def tiled_map(fn: Callable[[Tensor, list[tuple[int, int]]], Tensor], x: Tensor, spec: TileSpec,
-              scale: Fraction | int = 1, out_channels: int | None = None, batch: int = 1) -> Tensor:
+def tiled_map(
+    fn: Callable[[Tensor, list[tuple[int, int]]], Tensor],
+    x: Tensor,
+    spec: TileSpec,
+    scale: Fraction | int = 1,
+    out_channels: int | None = None,
+    batch: int = 1,
+) -> Tensor:
     """Apply ``fn(tiles, offsets)`` over overlapping tiles of ``x`` (B, C, H, W) and blend the results.
 
     Up to ``batch`` tiles go through ``fn`` together: ``tiles`` is (n * B, C, h, w), tile-major (the B samples of
@@ -88,21 +96,25 @@ def tiled_map(fn: Callable[[Tensor, list[tuple[int, int]]], Tensor], x: Tensor, 
     """
     scale = Fraction(scale)
     b, _, h, w = x.shape
-    ys, xs = tile_starts(h, spec.tile, spec.overlap, spec.align), tile_starts(w, spec.tile, spec.overlap, spec.align)
+    ys, xs = (
+        tile_starts(h, spec.tile, spec.overlap, spec.align),
+        tile_starts(w, spec.tile, spec.overlap, spec.align),
+    )
     if len(ys) == 1 and len(xs) == 1:
         return fn(x, [(0, 0)])
     th, tw = min(spec.tile, h), min(spec.tile, w)
     grid = [(iy, ix) for iy in range(len(ys)) for ix in range(len(xs))]
     out = weight = None
     for first in range(0, len(grid), max(1, batch)):
-        chunk = grid[first:first + max(1, batch)]
+        chunk = grid[first : first + max(1, batch)]
         offsets = [(ys[iy], xs[ix]) for iy, ix in chunk]
-        tiles = torch.cat([x[:, :, y0:y0 + th, x0:x0 + tw] for y0, x0 in offsets])
+        tiles = torch.cat([x[:, :, y0 : y0 + th, x0 : x0 + tw] for y0, x0 in offsets])
         results = fn(tiles, offsets).float().split(b)
         for (iy, ix), (y0, x0), res in zip(chunk, offsets, results, strict=True):
             if out is None:
-                out = torch.zeros(b, out_channels or res.shape[1], int(h * scale), int(w * scale),
-                                  device=res.device)
+                out = torch.zeros(
+                    b, out_channels or res.shape[1], int(h * scale), int(w * scale), device=res.device
+                )
                 weight = torch.zeros(1, 1, out.shape[2], out.shape[3], device=res.device)
             oy, ox, oh, ow = int(y0 * scale), int(x0 * scale), res.shape[2], res.shape[3]
             over_top = (ys[iy - 1] + th - y0) if iy > 0 else 0
@@ -112,12 +124,13 @@ def tiled_map(fn: Callable[[Tensor, list[tuple[int, int]]], Tensor], x: Tensor, 
             wy = ramp(oh, int(over_top * scale), int(over_bottom * scale), res.device)
             wx = ramp(ow, int(over_left * scale), int(over_right * scale), res.device)
             wt = wy[:, None] * wx[None, :]
-            out[:, :, oy:oy + oh, ox:ox + ow] += res * wt
-            weight[:, :, oy:oy + oh, ox:ox + ow] += wt
+            out[:, :, oy : oy + oh, ox : ox + ow] += res * wt
+            weight[:, :, oy : oy + oh, ox : ox + ow] += wt
     return out / weight
 
 
 def tile_count(size_hw: tuple[int, int], spec: TileSpec) -> int:
     """How many tiles :func:`tiled_map` cuts an (H, W) input into."""
-    return len(tile_starts(size_hw[0], spec.tile, spec.overlap, spec.align)) \
-        * len(tile_starts(size_hw[1], spec.tile, spec.overlap, spec.align))
+    return len(tile_starts(size_hw[0], spec.tile, spec.overlap, spec.align)) * len(
+        tile_starts(size_hw[1], spec.tile, spec.overlap, spec.align)
+    )

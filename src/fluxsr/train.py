@@ -83,8 +83,11 @@ def aligned_crop(pair: dict, crop: int, align: int, vae_scale: int, g: torch.Gen
     top = int(torch.randint(0, (h - crop) // align + 1, (1,), generator=g)) * align
     left = int(torch.randint(0, (w - crop) // align + 1, (1,), generator=g)) * align
     lt, ll, lc = top // vae_scale, left // vae_scale, crop // vae_scale
-    return {"image": pair["image"][:, top:top + crop, left:left + crop],
-            "eps": pair["eps"][..., lt:lt + lc, ll:ll + lc], "z0": pair["z0"][..., lt:lt + lc, ll:ll + lc]}
+    return {
+        "image": pair["image"][:, top : top + crop, left : left + crop],
+        "eps": pair["eps"][..., lt : lt + lc, ll : ll + lc],
+        "z0": pair["z0"][..., lt : lt + lc, ll : ll + lc],
+    }
 
 
 def lr_lambda(step: int, warmup: int, total: int, schedule: str) -> float:
@@ -117,7 +120,9 @@ def trainable_state(transformer, lora: bool) -> dict[str, Tensor]:
     return {k: v.detach().cpu() for k, v in transformer.state_dict().items()}
 
 
-def load_trainable(transformer, state: dict[str, Tensor], lora: bool, source: Path | str = "checkpoint") -> None:
+def load_trainable(
+    transformer, state: dict[str, Tensor], lora: bool, source: Path | str = "checkpoint"
+) -> None:
     """Load trainable weights; a full state must match exactly (strict), and so must a LoRA state, which peft would
     otherwise load leniently (a LoRA made before fluxsr adapted the attention projections has fewer tensors)."""
     if lora:
@@ -126,9 +131,11 @@ def load_trainable(transformer, state: dict[str, Tensor], lora: bool, source: Pa
         expected = get_peft_model_state_dict(transformer, adapter_name="fluxsr").keys()
         if state.keys() != expected:
             missing, extra = sorted(expected - state.keys()), sorted(state.keys() - expected)
-            raise ValueError(f"{source}: the checkpoint's LoRA tensors do not match this run ({len(missing)} missing, "
-                             f"e.g. {(missing or extra)[0]}; {len(extra)} unexpected): a LoRA run from before fluxsr "
-                             "adapted the attention projections cannot continue; start a new run")
+            raise ValueError(
+                f"{source}: the checkpoint's LoRA tensors do not match this run ({len(missing)} missing, "
+                f"e.g. {(missing or extra)[0]}; {len(extra)} unexpected): a LoRA run from before fluxsr "
+                "adapted the attention projections cannot continue; start a new run"
+            )
         set_peft_model_state_dict(transformer, state, adapter_name="fluxsr")
     else:
         transformer.load_state_dict(state, strict=True)
@@ -154,8 +161,9 @@ def optimizer_from_tensors(tensors: dict[str, Tensor], meta: dict) -> dict:
     return {"state": state, "param_groups": meta["param_groups"]}
 
 
-def save_checkpoint(folder: Path, step: int, transformer, optimizer, scheduler, lora: bool,
-                    recipe: Recipe | None = None) -> Path:
+def save_checkpoint(
+    folder: Path, step: int, transformer, optimizer, scheduler, lora: bool, recipe: Recipe | None = None
+) -> Path:
     """Write ``folder/step_NNNNNN`` atomically (a temporary folder renamed when complete).
 
     ``state.json`` also keeps the recipe, so ``--resume`` can refuse a changed one (:func:`resume_conflicts`)."""
@@ -185,8 +193,9 @@ def load_checkpoint(path: Path, transformer, optimizer, scheduler, lora: bool) -
     """Restore weights, optimiser, schedule and RNG from a checkpoint folder; returns its step."""
     load_trainable(transformer, load_file(str(path / "trainable.safetensors")), lora, path)
     state = json.loads((path / "state.json").read_text())
-    optimizer.load_state_dict(optimizer_from_tensors(load_file(str(path / "optimizer.safetensors")),
-                                                     state["optimizer"]))
+    optimizer.load_state_dict(
+        optimizer_from_tensors(load_file(str(path / "optimizer.safetensors")), state["optimizer"])
+    )
     scheduler.load_state_dict(state["scheduler"])
     torch.set_rng_state(load_file(str(path / "rng.safetensors"))["torch_rng"])
     return int(state["step"])
@@ -195,9 +204,17 @@ def load_checkpoint(path: Path, transformer, optimizer, scheduler, lora: bool) -
 # Recipe fields a resumed run may change: they do not alter what the checkpoint's weights, optimiser state and
 # schedule mean (train.steps may only grow past the checkpoint's step; that is checked separately). The pairs,
 # pretrain and export sections do not affect training either, except pairs.text_len (the prompt embedding length).
-RESUME_FREE = ("train.steps", "train.time_limit", "train.log_every", "train.validate_every", "train.checkpoint_every",
-               "train.keep_checkpoints", "train.validation_images", "train.gradient_checkpointing",
-               "train.vae_checkpointing")
+RESUME_FREE = (
+    "train.steps",
+    "train.time_limit",
+    "train.log_every",
+    "train.validate_every",
+    "train.checkpoint_every",
+    "train.keep_checkpoints",
+    "train.validation_images",
+    "train.gradient_checkpointing",
+    "train.vae_checkpointing",
+)
 RESUME_FREE_SECTIONS = ("pairs.", "pretrain.", "export.")
 RESUME_FIXED = ("pairs.text_len",)
 
@@ -234,11 +251,15 @@ def check_resume(found: Path, recipe: Recipe, steps: int) -> int:
     if "recipe" in state:
         changed = resume_conflicts(state["recipe"], recipe)
         if changed:
-            raise ValueError(f"--resume: the recipe differs from the one {found} was trained with ("
-                             f"{'; '.join(changed)}); restore these fields or train into a new --out")
+            raise ValueError(
+                f"--resume: the recipe differs from the one {found} was trained with ("
+                f"{'; '.join(changed)}); restore these fields or train into a new --out"
+            )
     if steps < step:
-        raise ValueError(f"--resume: {found} is at step {step}, beyond the {steps} steps asked for "
-                         "(train.steps / --max-steps); ask for more steps or use the checkpoint as it is")
+        raise ValueError(
+            f"--resume: {found} is at step {step}, beyond the {steps} steps asked for "
+            "(train.steps / --max-steps); ask for more steps or use the checkpoint as it is"
+        )
     return step
 
 
@@ -296,8 +317,9 @@ class RunLog:
             return
         peak = torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else 0.0
         with self.csv_path.open("a", newline="") as f:
-            csv.writer(f).writerow([step, *(f"{values[k]:.6g}" for k in LOSS_NAMES), f"{lr:.6g}", f"{its:.4g}",
-                                    f"{peak:.2f}"])
+            csv.writer(f).writerow(
+                [step, *(f"{values[k]:.6g}" for k in LOSS_NAMES), f"{lr:.6g}", f"{its:.4g}", f"{peak:.2f}"]
+            )
         if self.tb is not None:
             for k, v in values.items():
                 self.tb.add_scalar(f"loss/{k}", v, step)
@@ -343,15 +365,22 @@ class RunLog:
 def build_student(recipe: Recipe, device=None, dtype=None) -> tuple[FluxSRModel, bool]:
     """Base model with its trainable part (LoRA via peft, or every transformer weight); VAE frozen."""
     m = recipe.model
-    model = load_model(m.base, ae=Path(m.ae) if m.ae else None,
-                       prompt_embeds=Path(m.prompt_embeds) if m.prompt_embeds else None, device=device, dtype=dtype,
-                       text_len=recipe.pairs.text_len)
+    model = load_model(
+        m.base,
+        ae=Path(m.ae) if m.ae else None,
+        prompt_embeds=Path(m.prompt_embeds) if m.prompt_embeds else None,
+        device=device,
+        dtype=dtype,
+        text_len=recipe.pairs.text_len,
+    )
     model.spec = replace(model.spec, t_l=m.t_l, guidance=m.guidance)
     model.vae.requires_grad_(False).eval()
     model.transformer.requires_grad_(False)
     lora = recipe.train.lora_rank > 0
     if lora:
-        add_lora(model.transformer, recipe.train.lora_rank, recipe.train.lora_alpha, recipe.train.lora_targets)
+        add_lora(
+            model.transformer, recipe.train.lora_rank, recipe.train.lora_alpha, recipe.train.lora_targets
+        )
     else:
         model.transformer.requires_grad_(True)
     return model, lora
@@ -370,8 +399,15 @@ def build_lpips(recipe: Recipe, device):
     return TVLPIPS(lp, recipe.loss.tv_gamma).to(device)
 
 
-def train(recipe: Recipe, pairs_dir: Path, run: Path, *, resume: bool = False, max_steps: int | None = None,
-          progress: bool = True) -> Path:
+def train(
+    recipe: Recipe,
+    pairs_dir: Path,
+    run: Path,
+    *,
+    resume: bool = False,
+    max_steps: int | None = None,
+    progress: bool = True,
+) -> Path:
     """Train a FluxSR student; returns the exported model folder ``run/final`` (written at the last step)."""
     from accelerate import Accelerator
     from tqdm import tqdm
@@ -391,8 +427,10 @@ def train(recipe: Recipe, pairs_dir: Path, run: Path, *, resume: bool = False, m
             raise FileNotFoundError(f"--resume: no checkpoint in {ckpt_dir}")
         check_resume(found, recipe, steps)
     elif any(ckpt_dir.glob("step_*")):
-        raise ValueError(f"{run} already holds checkpoints of a run: continue it with --resume, or train into a new "
-                         f"--out (or delete {ckpt_dir})")
+        raise ValueError(
+            f"{run} already holds checkpoints of a run: continue it with --resume, or train into a new "
+            f"--out (or delete {ckpt_dir})"
+        )
     indices = complete_indices(pairs_dir)
     if not indices:
         raise FileNotFoundError(f"{pairs_dir}: no complete pairs (run `fluxsr gen-pairs` first)")
@@ -400,8 +438,11 @@ def train(recipe: Recipe, pairs_dir: Path, run: Path, *, resume: bool = False, m
     check_validation_images(recipe)
     cuda = torch.cuda.is_available()
     setup_cuda_training()
-    acc = Accelerator(mixed_precision=tc.mixed_precision if cuda else "no", gradient_accumulation_steps=tc.grad_accum,
-                      cpu=not cuda)
+    acc = Accelerator(
+        mixed_precision=tc.mixed_precision if cuda else "no",
+        gradient_accumulation_steps=tc.grad_accum,
+        cpu=not cuda,
+    )
     if acc.is_main_process:
         run.mkdir(parents=True, exist_ok=True)
         (run / "recipe.yaml").write_text(__import__("yaml").safe_dump(to_dict(recipe), sort_keys=False))
@@ -411,7 +452,9 @@ def train(recipe: Recipe, pairs_dir: Path, run: Path, *, resume: bool = False, m
     model, lora = build_student(recipe, acc.device, weight_dtype)
     align, vs = model.multiple, model.vae_scale
     if tc.crop % align:
-        raise ConfigError(f"train.crop: {tc.crop} is not a multiple of {align} (the model's image size multiple)")
+        raise ConfigError(
+            f"train.crop: {tc.crop} is not a multiple of {align} (the model's image size multiple)"
+        )
     # The T_L the student trains at (shifted by the training crop's token count when model.shift_t_l); validation
     # and the exported model use the same value.
     with Image.open(pair_stem(pairs_dir, indices[0]).with_suffix(".png")) as first:
@@ -430,13 +473,16 @@ def train(recipe: Recipe, pairs_dir: Path, run: Path, *, resume: bool = False, m
         model.transformer.enable_gradient_checkpointing()
     if tc.vae_checkpointing:
         model.vae.enable_gradient_checkpointing()
-    vae_ops = FluxSRPipeline(model, acc.device, weight_dtype, prepare=False)  # the pipeline's VAE normalisation
+    vae_ops = FluxSRPipeline(
+        model, acc.device, weight_dtype, prepare=False
+    )  # the pipeline's VAE normalisation
     opts = UpscaleOptions(tile=1 << 16, overlap=0)
     tv_lpips = build_lpips(recipe, acc.device) if lc.lpips > 0 else None
 
     optimizer = torch.optim.AdamW(trainable, lr=tc.lr, betas=tc.betas, weight_decay=tc.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: lr_lambda(s, tc.warmup_steps, tc.steps, tc.schedule))
+        optimizer, lambda s: lr_lambda(s, tc.warmup_steps, tc.steps, tc.schedule)
+    )
     net, optimizer = acc.prepare(model.transformer, optimizer)
     adl = ADLCollector(acc.unwrap_model(net), lc.adl_blocks).attach() if lc.adl > 0 else None
 
@@ -446,16 +492,22 @@ def train(recipe: Recipe, pairs_dir: Path, run: Path, *, resume: bool = False, m
         acc.print(f"resumed from {found} (step {start})")
     log = RunLog(run, acc.is_main_process, start)
     t_l = train_t_l  # one pairs config, one resolution: every batch has the first pair's size
-    bar = tqdm(total=steps, initial=start, disable=not (progress and acc.is_main_process), file=sys.stderr,
-               desc="train")
+    bar = tqdm(
+        total=steps,
+        initial=start,
+        disable=not (progress and acc.is_main_process),
+        file=sys.stderr,
+        desc="train",
+    )
     tic = time.perf_counter()
     for step in range(start, steps):
         totals = dict.fromkeys(LOSS_NAMES, 0.0)
         for k in range(tc.grad_accum):
             micro = step * tc.grad_accum + k
             g = sample_generator(tc.seed, micro, acc.process_index)
-            picks = batch_indices(len(indices), micro, tc.batch_size, acc.process_index, acc.num_processes,
-                                  tc.seed)
+            picks = batch_indices(
+                len(indices), micro, tc.batch_size, acc.process_index, acc.num_processes, tc.seed
+            )
             items = [aligned_crop(load_pair(pairs_dir, indices[i]), tc.crop, align, vs, g) for i in picks]
             x0 = torch.stack([it["image"] for it in items]).to(acc.device)
             eps = torch.cat([it["eps"] for it in items]).to(acc.device)
@@ -476,9 +528,16 @@ def train(recipe: Recipe, pairs_dir: Path, run: Path, *, resume: bool = False, m
                 if adl is not None:
                     adl.enabled = True
                 parts["ftd"] = ftd_loss(v_t, z_l, z0, eps, t_l)
-                loss = lc.ftd * parts["ftd"] + lc.mse * parts["mse"] + lc.lpips * parts["lpips"] + lc.adl * parts["adl"]
+                loss = (
+                    lc.ftd * parts["ftd"]
+                    + lc.mse * parts["mse"]
+                    + lc.lpips * parts["lpips"]
+                    + lc.adl * parts["adl"]
+                )
                 if not torch.isfinite(loss):
-                    raise FloatingPointError(f"step {step}: loss is {loss.item()} ({ {k: float(v) for k, v in parts.items()} })")
+                    raise FloatingPointError(
+                        f"step {step}: loss is {loss.item()} ({ {k: float(v) for k, v in parts.items()} })"
+                    )
                 acc.backward(loss)
                 if acc.sync_gradients and tc.max_grad_norm > 0:
                     acc.clip_grad_norm_(trainable, tc.max_grad_norm)
@@ -503,8 +562,15 @@ def train(recipe: Recipe, pairs_dir: Path, run: Path, *, resume: bool = False, m
             prune_checkpoints(ckpt_dir, tc.keep_checkpoints)
             log.plot()
         if acc.is_main_process and tc.validate_every > 0 and done % tc.validate_every == 0:
-            validate(model, acc.unwrap_model(net), recipe, pairs_dir, indices, run / "val" / f"step_{done:07d}",
-                     t_l=train_t_l)
+            validate(
+                model,
+                acc.unwrap_model(net),
+                recipe,
+                pairs_dir,
+                indices,
+                run / "val" / f"step_{done:07d}",
+                t_l=train_t_l,
+            )
         if out_of_time:
             break
     bar.close()
@@ -522,8 +588,16 @@ def train(recipe: Recipe, pairs_dir: Path, run: Path, *, resume: bool = False, m
 
 
 @torch.no_grad()
-def validate(model: FluxSRModel, transformer, recipe: Recipe, pairs_dir: Path, indices: list[int], out: Path, *,
-             t_l: float | None = None) -> dict:
+def validate(
+    model: FluxSRModel,
+    transformer,
+    recipe: Recipe,
+    pairs_dir: Path,
+    indices: list[int],
+    out: Path,
+    *,
+    t_l: float | None = None,
+) -> dict:
     """Upscale fixed degraded inputs (the first two pairs, seed 0; or ``train.validation_images``) and save them.
 
     ``t_l``: the T_L to run at (the effective one used in training; default: the model's).
@@ -537,8 +611,12 @@ def validate(model: FluxSRModel, transformer, recipe: Recipe, pairs_dir: Path, i
     was_training = transformer.training
     transformer.eval()
     spec = model.spec if t_l is None else replace(model.spec, t_l=t_l)
-    pipe = FluxSRPipeline(replace(model, transformer=transformer, spec=spec), next(transformer.parameters()).device,
-                          next(model.vae.parameters()).dtype, prepare=False)
+    pipe = FluxSRPipeline(
+        replace(model, transformer=transformer, spec=spec),
+        next(transformer.parameters()).device,
+        next(model.vae.parameters()).dtype,
+        prepare=False,
+    )
     scores = {}
     if recipe.train.validation_images:
         for path in find_images(Path(recipe.train.validation_images)):
@@ -564,14 +642,25 @@ def export(model: FluxSRModel, transformer, recipe: Recipe, lora: bool, out: Pat
     FLUX.1-dev-sized bases: ``lora.safetensors`` + cached embeddings + ``fluxsr.json`` pointing at the base weights.
     """
     ex = recipe.export
-    spec = ModelSpec(t_l=t_l, guidance=recipe.model.guidance, name=ex.name or f"fluxsr-{Path(recipe.model.base).name}",
-                     description=ex.description, note=ex.note or model.spec.note, tile=ex.tile, overlap=ex.overlap)
+    spec = ModelSpec(
+        t_l=t_l,
+        guidance=recipe.model.guidance,
+        name=ex.name or f"fluxsr-{Path(recipe.model.base).name}",
+        description=ex.description,
+        note=ex.note or model.spec.note,
+        tile=ex.tile,
+        overlap=ex.overlap,
+    )
     big = sum(p.numel() for p in transformer.parameters()) > 1e9
     shutil.rmtree(out, ignore_errors=True)
     if lora and big and not recipe.export.merge_lora:
         out.mkdir(parents=True)
-        cfg = {"r": recipe.train.lora_rank, "lora_alpha": recipe.train.lora_alpha,
-               "target_modules": transformer.peft_config["fluxsr"].target_modules, "init_lora_weights": True}
+        cfg = {
+            "r": recipe.train.lora_rank,
+            "lora_alpha": recipe.train.lora_alpha,
+            "target_modules": transformer.peft_config["fluxsr"].target_modules,
+            "init_lora_weights": True,
+        }
         if isinstance(cfg["target_modules"], set):
             cfg["target_modules"] = sorted(cfg["target_modules"])
         save_lora(lora_state_dict(transformer), cfg, out / "lora.safetensors")
@@ -587,7 +676,7 @@ def export(model: FluxSRModel, transformer, recipe: Recipe, lora: bool, out: Pat
     tr = move(tr, "cpu", torch.float32)
     if tr.is_gradient_checkpointing:
         tr.disable_gradient_checkpointing()
-    save_model_folder(FluxSRModel(tr, move(model.vae, "cpu", torch.float32), model.cond.to("cpu", torch.float32), spec),
-                      out)
+    save_model_folder(
+        FluxSRModel(tr, move(model.vae, "cpu", torch.float32), model.cond.to("cpu", torch.float32), spec), out
+    )
     return out
-

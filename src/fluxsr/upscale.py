@@ -161,8 +161,11 @@ def sum_over_processes(counts: list[int], world: int) -> list[int]:
         dist.destroy_process_group()
         return total.tolist()
     except (RuntimeError, ValueError, OSError) as e:  # torch.distributed's errors derive from RuntimeError
-        print(f"note: could not wait for the other processes ({' '.join(str(e).split())[:300]}); the counts "
-              f"below are this process's", file=sys.stderr)
+        print(
+            f"note: could not wait for the other processes ({' '.join(str(e).split())[:300]}); the counts "
+            f"below are this process's",
+            file=sys.stderr,
+        )
         return list(counts)
 
 
@@ -177,25 +180,46 @@ def bind_local_gpu() -> int | None:
     return index
 
 
-def upscale_one(backend: Backend, src: Path, dst: Path, opts: UpscaleOptions, batch: BatchOptions) -> FileResult:
+def upscale_one(
+    backend: Backend, src: Path, dst: Path, opts: UpscaleOptions, batch: BatchOptions
+) -> FileResult:
     """Upscale ``src`` into ``dst``; never raises for a bad file (the result says what went wrong)."""
     start = time.perf_counter()
     try:
         img = read_image(src, batch.max_pixels)
         rgb = backend.upscale_tensor(img.rgb, opts)
         alpha = resize(img.alpha[None].float(), tuple(rgb.shape[-2:]))[0] if img.alpha is not None else None
-        write_image(dst, rgb, alpha, is_gray=img.is_gray, bit_depth=img.bit_depth, icc_profile=img.icc_profile,
-                    exif=img.exif)
+        write_image(
+            dst,
+            rgb,
+            alpha,
+            is_gray=img.is_gray,
+            bit_depth=img.bit_depth,
+            icc_profile=img.icc_profile,
+            exif=img.exif,
+        )
     except (ImageError, NonFiniteOutputError, ValueError, OSError) as e:
         return failure(src, e, time.perf_counter() - start)
     except Exception as e:  # out of memory even at the smallest tile: this file fails, the batch goes on
         if not memory.is_oom(e):
             raise
         memory.free_cached(getattr(backend, "device", "cpu"))
-        return failure(src, f"out of memory ({type(e).__name__}); try a smaller --max-memory or --tile, or fewer "
-                            f"--max-pixels", time.perf_counter() - start)
-    return FileResult(str(src), str(dst), "ok", None, time.perf_counter() - start, (img.height, img.width),
-                      tuple(rgb.shape[-2:]), dict(getattr(backend, "timings", {})))
+        return failure(
+            src,
+            f"out of memory ({type(e).__name__}); try a smaller --max-memory or --tile, or fewer "
+            f"--max-pixels",
+            time.perf_counter() - start,
+        )
+    return FileResult(
+        str(src),
+        str(dst),
+        "ok",
+        None,
+        time.perf_counter() - start,
+        (img.height, img.width),
+        tuple(rgb.shape[-2:]),
+        dict(getattr(backend, "timings", {})),
+    )
 
 
 def failure(src: Path, error: BaseException | str, seconds: float = 0.0) -> FileResult:
@@ -212,8 +236,9 @@ def destination(src: Path, root: Path, out_dir: Path, batch: BatchOptions) -> Pa
     return output_path(src, root, out_dir, batch.suffix, batch.ext, has_alpha=alpha and may_have_alpha(src))
 
 
-def find_jobs(inputs: list[Path], out_dir: Path, batch: BatchOptions,
-              note=print) -> tuple[list[tuple[Path, Path]], list[FileResult]]:
+def find_jobs(
+    inputs: list[Path], out_dir: Path, batch: BatchOptions, note=print
+) -> tuple[list[tuple[Path, Path]], list[FileResult]]:
     """(source, destination) pairs for ``inputs`` and a failed result per missing input, or one when no image at
     all was found. Earlier outputs are not taken as sources: files under ``out_dir`` when it lies inside an input
     folder, and files that are another job's destination (``-o`` = the input folder with ``--suffix``).
@@ -225,11 +250,15 @@ def find_jobs(inputs: list[Path], out_dir: Path, batch: BatchOptions,
         if not root.exists():
             results.append(FileResult(str(root), None, "failed", f"{root}: no such file or folder"))
             continue
-        found, ignored = scan_images(root, exclude=out)  # earlier outputs under the input folder are not inputs
+        found, ignored = scan_images(
+            root, exclude=out
+        )  # earlier outputs under the input folder are not inputs
         if ignored:
             kinds = ", ".join(sorted({p.suffix.lower() or "no extension" for p in ignored}))
-            note(f"note: {root}: ignored {len(ignored)} file(s) with unsupported extensions ({kinds}); "
-                 f"images are {' '.join(IMAGE_EXTENSIONS)}")
+            note(
+                f"note: {root}: ignored {len(ignored)} file(s) with unsupported extensions ({kinds}); "
+                f"images are {' '.join(IMAGE_EXTENSIONS)}"
+            )
         jobs += [(src, destination(src, root, out_dir, batch)) for src in found]
     owner = {dst.resolve(): src.resolve() for src, dst in reversed(jobs)}
     jobs = [(src, dst) for src, dst in jobs if owner.get(src.resolve(), src.resolve()) == src.resolve()]
@@ -256,8 +285,13 @@ def _one_job_per_output(jobs: list[tuple[Path, Path]]) -> tuple[list[tuple[Path,
             writer[key] = src
             kept.append((src, dst))
         elif writer[key].resolve() != source:
-            clashes.append(failure(src, f"same output {dst} as {writer[key]}; rename one of them, or drop --ext "
-                                        "(auto keeps each input's extension)"))
+            clashes.append(
+                failure(
+                    src,
+                    f"same output {dst} as {writer[key]}; rename one of them, or drop --ext "
+                    "(auto keeps each input's extension)",
+                )
+            )
     return kept, clashes
 
 
@@ -282,21 +316,38 @@ def check_job(src: Path, dst: Path, batch: BatchOptions) -> FileResult | None:
     return None
 
 
-def upscale_paths(backend: Backend, inputs: list[Path], out_dir: Path, opts: UpscaleOptions,
-                  batch: BatchOptions, *, progress: bool = True, rank: int = 0, world: int = 1) -> list[FileResult]:
+def upscale_paths(
+    backend: Backend,
+    inputs: list[Path],
+    out_dir: Path,
+    opts: UpscaleOptions,
+    batch: BatchOptions,
+    *,
+    progress: bool = True,
+    rank: int = 0,
+    world: int = 1,
+) -> list[FileResult]:
     """Upscale every image under ``inputs`` (files or folders, recursive) into ``out_dir``, mirroring folders.
 
     Jobs come from :func:`find_jobs`; a job is checked (:func:`check_job`) before anything is decoded.
     """
-    jobs, results = find_jobs(inputs, out_dir, batch, lambda line: print(line, file=sys.stderr) if rank == 0 else None)
+    jobs, results = find_jobs(
+        inputs, out_dir, batch, lambda line: print(line, file=sys.stderr) if rank == 0 else None
+    )
     results = shard(results, rank, world)
     for r in results:
         print(f"error: {r.error}", file=sys.stderr)
     return results + run_jobs(backend, shard(jobs, rank, world), opts, batch, progress=progress)
 
 
-def run_jobs(backend: Backend, jobs: list[tuple[Path, Path]], opts: UpscaleOptions, batch: BatchOptions, *,
-             progress: bool | str = True) -> list[FileResult]:
+def run_jobs(
+    backend: Backend,
+    jobs: list[tuple[Path, Path]],
+    opts: UpscaleOptions,
+    batch: BatchOptions,
+    *,
+    progress: bool | str = True,
+) -> list[FileResult]:
     """Run (source, destination) jobs in order, one result each: :func:`check_job`, then :func:`upscale_one`;
     failures are printed as they happen, with a progress bar on a terminal (``progress="always"``: anywhere)."""
     results: list[FileResult] = []
@@ -304,8 +355,13 @@ def run_jobs(backend: Backend, jobs: list[tuple[Path, Path]], opts: UpscaleOptio
     if progress:
         from tqdm import tqdm
 
-        bar = tqdm(total=len(jobs), unit="img", desc=getattr(backend, "name", "upscale"), file=sys.stderr,
-                   disable=not sys.stderr.isatty() and progress != "always")
+        bar = tqdm(
+            total=len(jobs),
+            unit="img",
+            desc=getattr(backend, "name", "upscale"),
+            file=sys.stderr,
+            disable=not sys.stderr.isatty() and progress != "always",
+        )
     for src, dst in jobs:
         results.append(check_job(src, dst, batch) or upscale_one(backend, src, dst, opts, batch))
         if results[-1].status == "failed":
@@ -326,5 +382,11 @@ def write_log(results: list[FileResult], path: Path, settings: dict) -> None:
     """JSON run log: settings (JSON values; paths and other objects as strings), per-file results and counts."""
     counts = status_counts(results)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"settings": settings, "counts": counts,
-                                "files": [asdict(r) for r in results]}, indent=2, default=str) + "\n")
+    path.write_text(
+        json.dumps(
+            {"settings": settings, "counts": counts, "files": [asdict(r) for r in results]},
+            indent=2,
+            default=str,
+        )
+        + "\n"
+    )

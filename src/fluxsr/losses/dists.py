@@ -77,7 +77,10 @@ class DISTS(nn.Module):
         """DISTS(x, y) for x, y in [0, 1] of shape (B, 3, H, W); returns (B,)."""
         if x.shape != y.shape:
             raise ValueError(f"shape mismatch: {tuple(x.shape)} vs {tuple(y.shape)}")
-        x, y = x.to(self.alpha.dtype), y.to(self.alpha.dtype)  # the weights' dtype (autocast still applies); grads flow
+        x, y = (
+            x.to(self.alpha.dtype),
+            y.to(self.alpha.dtype),
+        )  # the weights' dtype (autocast still applies); grads flow
         w_sum = self.alpha.sum() + self.beta.sum()
         alphas = torch.split(self.alpha.flatten() / w_sum, DISTS_CHANNELS)
         betas = torch.split(self.beta.flatten() / w_sum, DISTS_CHANNELS)
