@@ -44,6 +44,12 @@ CALLS = {
     "niqe_ycbcr": "pyiqa.create_metric('niqe', color_space='ycbcr', device='cpu', pretrained_model_path=...)(img)",
 }
 
+FLIPS_NOTE = (
+    "Pixels (flat index into the H*W luma, delta in levels) where the rounded luma pyiqa's niqe scored differs from "
+    "fluxsr.metrics.niqe_luma255: pyiqa computes it with a float32 matmul whose rounding error decides exact and near "
+    ".5 ties, machine-dependently."
+)
+
 
 def sha256(array: np.ndarray) -> str:
     """sha256 hex digest of an array's C-order bytes."""
@@ -131,6 +137,29 @@ def pyiqa_values(pairs: list[dict]) -> dict[str, dict[str, float]]:
                     "niqe_hr": float(m_niqe(hr)),
                     "niqe_ycbcr_sr": float(m_niqe_y(sr)),
                 }
+    return out
+
+
+def pyiqa_luma_flips(pairs: list[dict]) -> dict:
+    """Where the rounded luma pyiqa's niqe scores (``round(to_y_channel(img, 255, color_space))``, float32) differs
+    from fluxsr's machine-independent ``niqe_luma255``: {name: {key: [[flat index, delta], ...]}} (see the
+    ``niqe_luma_flips`` note in the JSON and tests/test_metrics.py)."""
+    import torch
+    from pyiqa.utils.color_util import to_y_channel
+
+    from fluxsr import metrics as M
+
+    out: dict = {}
+    for p in pairs:
+        out[p["name"]] = {}
+        for key, img, space in (
+            ("niqe_sr", p["sr"], "yiq"),
+            ("niqe_hr", p["hr"], "yiq"),
+            ("niqe_ycbcr_sr", p["sr"], "ycbcr"),
+        ):
+            theirs = torch.round(to_y_channel(to_pyiqa_tensor(img), 255, space)).double().flatten()
+            delta = theirs - M.niqe_luma255(M.array_to_tensor(img)[None], space).flatten()
+            out[p["name"]][key] = [[int(i), int(delta[i])] for i in torch.nonzero(delta).flatten()]
     return out
 
 
@@ -227,6 +256,7 @@ def main() -> int:
             },
             "skimage": pyiqa_values(pairs),
             "imresize": pyiqa_imresize_probe(),
+            "niqe_luma_flips": {"note": FLIPS_NOTE, "values": pyiqa_luma_flips(pairs)},
         }
         if shared:
             ref["shared"] = {"recipe": shared_pairs.__doc__.strip(), "values": pyiqa_values(shared)}

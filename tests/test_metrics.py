@@ -226,20 +226,66 @@ def test_pyiqa_protocol_psnr_ssim_match_stored(pairs):
         assert float(M.protocol_psnr(sr, hr, "fluxsr")) != pytest.approx(ref["psnr"], abs=1e-3)
 
 
+# NIQE vs pyiqa, and why the tolerance is 1e-2: pyiqa rounds a float32 luma, and its float32 error decides exact
+# and near .5 ties (~100 pixels per photo here) one way or the other depending on the BLAS kernel of the machine.
+# Those ties move NIQE by up to 5.5e-3 on these images (all ties up vs all down, measured), so the stored numbers
+# of one machine's pyiqa are only good to ~1e-2 on another; a fresh machine gave astronaut 7.110125 vs 7.112037.
+# fluxsr's luma (M.luma255) is exact for 8-bit input, so fluxsr's own NIQE is the same on every machine.
+NIQE_VS_PYIQA_ANY_MACHINE = 1e-2
+
+
+def _niqe_cases(pairs):
+    for p in pairs:
+        yield p["name"], "niqe_sr", p["sr"], "yiq"
+        yield p["name"], "niqe_hr", p["hr"], "yiq"
+        yield p["name"], "niqe_ycbcr_sr", p["sr"], "ycbcr"
+
+
 def test_niqe_matches_stored_pyiqa(pairs):
-    """pyiqa 'niqe' (YIQ luma) of the SR and HR images, and with color_space='ycbcr' of one SR; within 1e-3
-    (measured: < 1e-11, because the float32 downscale of pyiqa is replicated exactly)."""
+    """pyiqa 'niqe' (YIQ luma) of the SR and HR images, and with color_space='ycbcr' of the SRs, within the
+    machine-to-machine spread of pyiqa itself (see NIQE_VS_PYIQA_ANY_MACHINE); batch path for YIQ."""
     params = _niqe_params()
     for p in pairs:
         ref = REFERENCE["skimage"][p["name"]]
         sr, hr = M.array_to_tensor(p["sr"]), M.array_to_tensor(p["hr"])
         both = M.protocol_niqe(torch.stack([sr, hr]), "fluxsr", params=params)  # batch path
-        assert float(both[0]) == pytest.approx(ref["niqe_sr"], abs=1e-3), p["name"]
-        assert float(both[1]) == pytest.approx(ref["niqe_hr"], abs=1e-3), p["name"]
+        assert float(both[0]) == pytest.approx(ref["niqe_sr"], abs=NIQE_VS_PYIQA_ANY_MACHINE), p["name"]
+        assert float(both[1]) == pytest.approx(ref["niqe_hr"], abs=NIQE_VS_PYIQA_ANY_MACHINE), p["name"]
         assert float(both[0]) > float(both[1])  # the blurry bicubic upscale is less natural than the photo
-    sr = M.array_to_tensor(pairs[0]["sr"])
-    ref = REFERENCE["skimage"][pairs[0]["name"]]["niqe_ycbcr_sr"]
-    assert float(M.niqe(sr, color_space="ycbcr", params=params)) == pytest.approx(ref, abs=1e-3)
+        ycbcr = float(M.niqe(sr, color_space="ycbcr", params=params))
+        assert ycbcr == pytest.approx(ref["niqe_ycbcr_sr"], abs=NIQE_VS_PYIQA_ANY_MACHINE), p["name"]
+
+
+def test_niqe_replicates_pyiqa_given_the_luma_it_scored(pairs):
+    """Everything after the luma (MSCN, AGGD table lookup, float64 downscale, distance) reproduces pyiqa to 1e-4 when
+    fed the rounded luma pyiqa scored (fluxsr's luma with the recorded tie flips applied); measured: <= 4e-7, and
+    3.8e-5 on astronaut YCbCr, where pyiqa's float32 downscale moves one AGGD lookup to its neighbour."""
+    mu, cov = _niqe_params()
+    flips = REFERENCE["niqe_luma_flips"]["values"]
+    for name, key, img, space in _niqe_cases(pairs):
+        y = M.niqe_luma255(M.array_to_tensor(img)[None], space)
+        seen = y.flatten().clone()
+        for index, delta in flips[name][key]:
+            seen[index] += delta
+        value = float(M.niqe_single(seen.view_as(y), mu.double(), cov.double()))
+        assert value == pytest.approx(REFERENCE["skimage"][name][key], abs=1e-4), (name, key)
+
+
+def test_luma255_is_exact_on_8bit_input():
+    """Integer oracle: for 8-bit levels, luma255 equals (299 r + 587 g + 114 b) / 1000 (YIQ) and
+    16 + (65481 r + 128553 g + 24966 b) / 255000 (YCbCr) exactly, ties round to even, and a float32 round trip of
+    the image (values k/255 off by an ulp) changes nothing."""
+    rgb = np.random.default_rng(7).integers(0, 256, (3, 64, 64))
+    rgb[:, 0, 0] = (0, 0, 250)  # YIQ 28.5 exactly -> 28 (even)
+    rgb[:, 0, 1] = (0, 0, 253)  # YIQ 28.842
+    x = torch.from_numpy(rgb / 255.0)[None]
+    r, g, b = (torch.from_numpy(c.astype(np.float64)) for c in rgb)
+    assert torch.equal(M.luma255(x, "yiq")[0, 0], (299 * r + 587 * g + 114 * b) / 1000)
+    assert torch.equal(M.luma255(x, "ycbcr")[0, 0], 16 + (65481 * r + 128553 * g + 24966 * b) / 255000)
+    y = M.niqe_luma255(x, "yiq")
+    assert float(y[0, 0, 0, 0]) == 28.0 and float(y[0, 0, 0, 1]) == 29.0
+    assert torch.equal(M.niqe_luma255(x.float(), "yiq"), y)
+    assert torch.equal(M.niqe_luma255(x.float().double(), "ycbcr"), M.niqe_luma255(x, "ycbcr"))
 
 
 def test_niqe_rejects_small_images():
@@ -260,7 +306,6 @@ def test_imresize_matches_pyiqa_probe():
     ref = torch.tensor(probe["rng0_37x53_half"], dtype=torch.float64)
     assert M.imresize_matlab(x, 0.5).shape[-2:] == (19, 27)
     assert torch.allclose(M.imresize_matlab(x, 0.5)[0, 0], ref, atol=1e-6)  # pyiqa works in float32
-    assert torch.equal(M.imresize_pyiqa(x, 0.5)[0, 0].double(), ref)  # bit-exact replica
 
 
 def test_imresize_properties():

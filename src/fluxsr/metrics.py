@@ -18,12 +18,15 @@ Two evaluation protocols are registered in :data:`PROTOCOLS` (see :class:`Protoc
 ``pyiqa`` -- exactly ``pyiqa.create_metric('psnr'|'ssim', test_y_channel=True, color_space='ycbcr')`` (pyiqa 0.1.16),
   which is what OSEDiff-style one-step SR papers report:
   7. no border crop; 8-bit quantisation as when pyiqa reads the saved PNG files;
-     PSNR: Y = rgb2ycbcr(x)[0] (values in [16/255, 235/255]) computed in float32 and not rounded,
+     PSNR: Y = rgb2ycbcr(x)[0] (values in [16/255, 235/255]), not rounded,
      PSNR = 10 log10(1 / (MSE + 1e-8)), so identical images give 80 dB (pyiqa's epsilon), not inf;
-     SSIM: Y * 255 computed in float32 and rounded to integers, then float64; the contrast-structure term is
-     clamped at 0 (``relu(cs)``) before the product.
-  8. NIQE (both protocols): pyiqa's ``niqe`` -- luma of *YIQ* (0.299 R + 0.587 G + 0.114 B, float32, x255, rounded),
+     SSIM: Y * 255 rounded to integers, then float64; the contrast-structure term is clamped at 0 (``relu(cs)``)
+     before the product.
+  8. NIQE (both protocols): pyiqa's ``niqe`` -- luma of *YIQ* (0.299 R + 0.587 G + 0.114 B, x255, rounded),
      no crop; see :func:`niqe`.
+  pyiqa computes the luma in float32, and the rounding of its float32 error decides exact .5 ties differently on
+  different machines; fluxsr computes every luma with :func:`luma255`, which is exact for 8-bit input, so its values
+  are the same everywhere (and within 1e-2 NIQE / 1e-4 SSIM of any machine's pyiqa; docs/evaluation.md).
 
 NIQE needs the pristine-model parameters of Mittal et al. (``mu_prisparam``, ``cov_prisparam`` from the MATLAB
 release). They ship in the ``basicsr`` sdist on PyPI; :func:`fetch_niqe_params` converts them once to
@@ -264,45 +267,47 @@ def ssim(a: Tensor, b: Tensor, *, crop_border: int = 0, y_channel: bool = False)
 # pyiqa-exact PSNR / SSIM (pyiqa 0.1.16: archs/psnr_arch.py, ssim_arch.py, utils/color_util.py)
 # ----------------------------------------------------------------------------------------------------------------
 
-_YCBCR_WEIGHTS = ((65.481, -37.797, 112.0), (128.553, -74.203, -93.786), (24.966, 112.0, -18.214))
-_YIQ_WEIGHTS = ((0.299, 0.587, 0.114), (0.5959, -0.2746, -0.3213), (0.2115, -0.5227, 0.3112))
 
+def luma255(x: Tensor, color_space: str = "ycbcr") -> Tensor:
+    """Luma of (B, 3, H, W) RGB in [0, 1] on the 0..255 scale, float64, the same on every machine.
 
-def pyiqa_luma(x: Tensor, out_range: float, color_space: str = "ycbcr") -> Tensor:
-    """pyiqa ``to_y_channel``: luma of (B, 3, H, W) RGB in [0, 1], computed in float32 as pyiqa does.
+    ycbcr (BT.601, pyiqa ``to_y_channel``): ``Y = 16 + (65481 r + 128553 g + 24966 b) / 255000``; yiq (pyiqa's NIQE
+    default): ``Y = (299 r + 587 g + 114 b) / 1000``, with r, g, b the 0..255 levels ``x * 255``. Levels within 1e-4 of
+    an integer (8-bit images, also after a float32 round trip) are snapped to it, so for 8-bit input the numerators
+    are exact integers and the one division is correctly rounded: an exact .5 (they occur: yiq r = g = 0, b = 250 gives 28.5)
+    stays exactly .5 and ``torch.round`` sends it to the even level on any machine.
 
-    ycbcr: ``Y = ((x^T W) + 16) / 255`` with BT.601 W; yiq: ``Y = 0.299 R + 0.587 G + 0.114 B``. The result is
-    multiplied by ``out_range`` and rounded to integers when ``out_range >= 255``. Returns float32 (B, 1, H, W).
+    Why not pyiqa's float32 matmul: its rounding error (~1e-5 levels) decides on which side those exact ties fall,
+    and that depends on the BLAS kernel (CPU model, instruction set), so pyiqa's rounded luma, and every metric that
+    rounds it (SSIM, NIQE), differ between machines (NIQE by up to ~1e-2 on the skimage photos; docs/evaluation.md).
     """
-    x32 = x.to(torch.float32)
+    lv = x.to(torch.float64) * 255.0
+    level = torch.round(lv)
+    lv = torch.where((lv - level).abs() < 1e-4, level, lv)
+    r, g, b = lv[:, 0:1], lv[:, 1:2], lv[:, 2:3]
     if color_space == "ycbcr":
-        w = torch.tensor(_YCBCR_WEIGHTS, dtype=torch.float32)
-        bias = torch.tensor([16.0, 128.0, 128.0], dtype=torch.float32).view(1, 3, 1, 1)
-        y = (torch.matmul(x32.permute(0, 2, 3, 1), w).permute(0, 3, 1, 2) + bias) / 255.0
-    elif color_space == "yiq":
-        w = torch.tensor(_YIQ_WEIGHTS, dtype=torch.float32).t()
-        y = torch.matmul(x32.permute(0, 2, 3, 1), w).permute(0, 3, 1, 2)
-    else:
-        raise ValueError(f"unknown color space {color_space!r}")
-    y = y[:, 0:1] * out_range
-    return torch.round(y) if out_range >= 255 else y
+        return 16.0 + (65481.0 * r + 128553.0 * g + 24966.0 * b) / 255000.0
+    if color_space == "yiq":
+        return (299.0 * r + 587.0 * g + 114.0 * b) / 1000.0
+    raise ValueError(f"unknown color space {color_space!r}")
 
 
 def pyiqa_psnr(a: Tensor, b: Tensor, *, crop_border: int = 0) -> Tensor:
-    """pyiqa ``psnr`` with ``test_y_channel=True, color_space='ycbcr'``: float32 Y in [0, 1] (unrounded),
-    ``PSNR = 10 log10(1 / (MSE + 1e-8))`` -- 80 dB for identical images."""
+    """pyiqa ``psnr`` with ``test_y_channel=True, color_space='ycbcr'``: Y in [0, 1] (unrounded; :func:`luma255`
+    in float64 where pyiqa uses float32, a difference below 1e-5 dB), ``PSNR = 10 log10(1 / (MSE + 1e-8))`` -- 80 dB
+    for identical images."""
     _check_pair(a, b)
     a4, single = as_batch(a)
     b4, _ = as_batch(b)
     a4, b4 = crop_pair(a4, b4, crop_border)
     if a4.shape[1] == 3:
-        a4, b4 = pyiqa_luma(a4, 1.0), pyiqa_luma(b4, 1.0)
+        a4, b4 = luma255(a4) / 255.0, luma255(b4) / 255.0
     return unbatch(psnr_from_mse(mse(a4, b4), 1.0, eps=1e-8), single)
 
 
 def pyiqa_ssim(a: Tensor, b: Tensor, *, crop_border: int = 0) -> Tensor:
     """pyiqa ``ssim`` with ``test_y_channel=True, color_space='ycbcr'`` (downsample=False):
-    ``Y255 = round(float32 Y * 255)`` in float64, 11x11 sigma-1.5 Gaussian, 'valid' filtering,
+    ``Y255 = round(Y * 255)`` (:func:`luma255`, ties to even), 11x11 sigma-1.5 Gaussian, 'valid' filtering,
     C1 = (0.01*255)^2, C2 = (0.03*255)^2, ``ssim_map = l * max(cs, 0)``, mean. (pyiqa's window is the float32-rounded
     2-D fspecial; the exact separable float64 window used here moves SSIM by < 1e-6: 5e-7 at most on Set5+Set14.)"""
     _check_pair(a, b)
@@ -310,7 +315,7 @@ def pyiqa_ssim(a: Tensor, b: Tensor, *, crop_border: int = 0) -> Tensor:
     b4, _ = as_batch(b)
     a4, b4 = crop_pair(a4, b4, crop_border)
     if a4.shape[1] == 3:
-        x, y = pyiqa_luma(a4, 255.0).double(), pyiqa_luma(b4, 255.0).double()
+        x, y = torch.round(luma255(a4)), torch.round(luma255(b4))
     else:
         x, y = torch.round(a4.float() * 255).double(), torch.round(b4.float() * 255).double()
     m = ssim_map(x, y, gaussian_kernel_1d(11, 1.5), (0.01 * 255) ** 2, (0.03 * 255) ** 2, clamp_cs=True)
@@ -395,36 +400,6 @@ def imresize_matlab(
     step = (lambda t: round_half_away(t.clamp(0.0, 255.0))) if uint8 else (lambda t: t)
     y = step(torch.matmul(rh, x.to(torch.float64)))
     return step(torch.matmul(y, rw.t())).to(out_dtype)
-
-
-def pyiqa_resize_taps(in_len: int, out_len: int, scale: float) -> tuple[Tensor, Tensor]:
-    """Float32 bicubic taps exactly as pyiqa's ``resize_1d`` builds them: ``K = ceil(4/scale) + 2`` (antialiased
-    when shrinking, else 6), ``u = (i + 0.5)/scale - 0.5``, ``base = floor(u) - K//2 + 1``, weights
-    ``cubic(min(scale, 1) (u - base - k))`` normalised per output. Returns (weights (K, out), input indices (K, out))
-    with out-of-range indices folded by :func:`mirror_index`."""
-    aa = scale if scale < 1 else 1.0
-    k = (math.ceil(4 / aa) if scale < 1 else 4) + 2
-    pos = (torch.linspace(0, out_len - 1, steps=out_len, dtype=torch.float32) + 0.5) / scale - 0.5
-    base = pos.floor() - (k // 2) + 1
-    dist = pos - base
-    buf = torch.stack([dist - i for i in range(k)]) * aa
-    weight = cubic(buf)
-    weight = weight / weight.sum(dim=0, keepdim=True)
-    idx = mirror_index(base.long()[None, :] + torch.arange(k)[:, None], in_len)
-    return weight, idx
-
-
-def imresize_pyiqa(x: Tensor, scale: float) -> Tensor:
-    """pyiqa's ``matlab_utils.imresize(x, scale=scale)`` replicated operation by operation (it silently computes in
-    float32: gather the taps, multiply, sum over taps; height then width). (B, 1, H, W) -> float32. Same maths as
-    :func:`imresize_matlab`, float32 rounding; used by :func:`niqe` to reproduce pyiqa to the last digit."""
-    x = x.to(torch.float32)
-    h, w = x.shape[-2:]
-    wh, ih = pyiqa_resize_taps(h, math.ceil(h * scale), scale)
-    x = (x[:, 0][:, ih, :] * wh[None, :, :, None]).sum(dim=1, keepdim=True)
-    ww, iw = pyiqa_resize_taps(w, math.ceil(w * scale), scale)
-    taps = x[:, 0][:, :, iw].permute(0, 2, 1, 3).contiguous()  # (B, K, H, out) like pyiqa's unfold
-    return (taps * ww[None, :, None, :]).sum(dim=1, keepdim=True)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -576,17 +551,18 @@ def niqe_distance(feats: Tensor, mu_p: Tensor, cov_p: Tensor) -> Tensor:
 
 
 def niqe_luma255(x: Tensor, color_space: str = "yiq") -> Tensor:
-    """Integer luma 0..255 that pyiqa's niqe scores: 3-channel -> :func:`pyiqa_luma` (x255, rounded, float32
-    arithmetic), 1-channel -> round(x * 255). Returns float64 (B, 1, H, W)."""
+    """Integer luma 0..255 that pyiqa's niqe scores: 3-channel -> ``round(luma255(x))`` (ties to even, the same on
+    every machine), 1-channel -> ``round(x * 255)``. Returns float64 (B, 1, H, W)."""
     if x.shape[1] == 3:
-        return pyiqa_luma(x, 255.0, color_space).to(torch.float64)
-    return torch.round(x.to(torch.float32) * 255).to(torch.float64)
+        return torch.round(luma255(x, color_space))
+    return torch.round(x.to(torch.float64) * 255)
 
 
 def niqe_single(y255: Tensor, mu_p: Tensor, cov_p: Tensor, block: int = 96) -> Tensor:
     """NIQE of one (1, 1, H, W) luma image in 0..255: crop to whole ``block``s (top-left), MSCN (7x7 Gaussian,
     sigma 7/6) features of ``block`` x ``block`` patches, then of the image downscaled by 2 (antialiased MATLAB
-    bicubic on I/255 in float32 as pyiqa, :func:`imresize_pyiqa`) with ``block/2`` patches, 36 features per patch, :func:`niqe_distance`."""
+    bicubic on I/255, :func:`imresize_matlab` in float64; pyiqa's float32 resize differs by < 1e-6 in NIQE) with
+    ``block/2`` patches, 36 features per patch, :func:`niqe_distance`."""
     _, _, h, w = y255.shape
     nh, nw = h // block, w // block
     if nh == 0 or nw == 0:
@@ -598,7 +574,7 @@ def niqe_single(y255: Tensor, mu_p: Tensor, cov_p: Tensor, block: int = 96) -> T
         b = block // scale
         feats.append(niqe_block_features(split_blocks(mscn(img, window), b, b)))
         if scale == 1:
-            img = imresize_pyiqa(img / 255.0, 0.5).to(torch.float64) * 255.0
+            img = imresize_matlab(img / 255.0, 0.5) * 255.0
     return niqe_distance(torch.cat(feats, dim=1), mu_p, cov_p)
 
 
