@@ -5,16 +5,19 @@ BIN := $(VENV)/bin
 # torch is pinned exactly: an open range makes pip pull a multi-GB CUDA build (README.md, Install).
 TORCH_PIN ?= torch==2.13.0
 PIP := $(BIN)/python -m pip install -q --disable-pip-version-check
+# constraints.txt pins every package to the versions CI last tested (make lock refreshes it); pyproject.toml keeps
+# the ranges that people who `pip install fluxsr` get.
+CONSTRAINTS ?= constraints.txt
 export HF_HUB_OFFLINE := 1
 
-.PHONY: install demo test weights lint clean
+.PHONY: install demo test weights lint lock clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
 
-$(VENV)/.installed: $(BIN)/python pyproject.toml
-	$(PIP) $(TORCH_PIN)
-	$(PIP) -e ".[test]"
+$(VENV)/.installed: $(BIN)/python pyproject.toml $(CONSTRAINTS)
+	$(PIP) -c $(CONSTRAINTS) $(TORCH_PIN)
+	$(PIP) -c $(CONSTRAINTS) -e ".[test]"
 	touch $@
 
 install: $(VENV)/.installed
@@ -32,6 +35,18 @@ demo: install
 
 lint: install
 	$(BIN)/ruff check src tests scripts
+	$(BIN)/ruff format --check src tests scripts
+
+# Re-resolve the newest versions pyproject.toml allows in a throw-away venv and write them to constraints.txt;
+# then run `make test` (and commit constraints.txt when it passes).
+lock:
+	rm -rf $(VENV)-lock
+	$(PY) -m venv $(VENV)-lock
+	$(VENV)-lock/bin/python -m pip install -q --disable-pip-version-check $(TORCH_PIN)
+	$(VENV)-lock/bin/python -m pip install -q --disable-pip-version-check ".[test]"
+	{ echo "# Versions CI tested (make test / make demo install with -c constraints.txt). Refresh: make lock (README.md)."; \
+	  $(VENV)-lock/bin/python -m pip freeze --exclude fluxsr | grep -v -e '^#' -e '^-e'; } > $(CONSTRAINTS)
+	rm -rf $(VENV)-lock
 
 clean:
 	rm -rf $(VENV) outputs
