@@ -1,0 +1,182 @@
+#!/usr/bin/env python3
+"""Peak host memory of loading FLUX-width weights and upscaling in bf16 (issue #13's host-RAM target).
+
+    python scripts/measure_load_rss.py --make /tmp/fluxw          # write the folders (seconds, ~3 GB on disk)
+    python scripts/measure_load_rss.py --measure /tmp/fluxw       # diffusers folder and BFL single file
+
+``--make`` writes, with random weights in bf16, a FLUX.1-dev-WIDTH model: the transformer at FLUX.1-dev's width
+(3072 hidden = 24 heads x 128, 4096-dim T5 context, 768-dim pooled CLIP, rotary axes 16/56/56, guidance embedding)
+with 1 double and 2 single blocks instead of 19 and 38, the real FLUX VAE config, and 16-token prompt embeddings,
+in both layouts fluxsr loads: ``DIR/diffusers`` (transformer/, vae/, prompt_embeds.safetensors) and ``DIR/bfl``
+(flux1-dev.safetensors with BFL key names, ae.safetensors in the LDM layout, prompt_embeds.safetensors).
+
+``--measure`` runs ``fluxsr upscale --flux ... --dtype bf16 --device cpu`` on a 64x64 image for each layout and
+samples ``/proc/PID/status`` VmRSS every 50 ms (the kernel's own high-water mark under-reports on these VMs), and
+prints the peak against the target ``1.25 x bf16 weight bytes + 0.8 GB`` (process overhead: torch, diffusers).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+OVERHEAD_BYTES = 0.8e9
+TARGET_FACTOR = 1.25
+
+
+def make(out: Path) -> None:
+    import torch
+    from safetensors.torch import save_file
+
+    from fluxsr.models import (
+        FLUX_DEV_TRANSFORMER,
+        FLUX_VAE,
+        build_transformer,
+        build_vae,
+        diffusers_to_bfl,
+        random_cond,
+        vae_to_ldm,
+    )
+
+    torch.manual_seed(0)
+    transformer = build_transformer(dict(FLUX_DEV_TRANSFORMER, num_layers=1, num_single_layers=2)).to(
+        torch.bfloat16
+    )
+    vae = build_vae(FLUX_VAE).to(torch.bfloat16)
+    cond = random_cond(transformer, 16).to(dtype=torch.bfloat16)
+    diff = out / "diffusers"
+    transformer.save_pretrained(diff / "transformer", safe_serialization=True)
+    vae.save_pretrained(diff / "vae", safe_serialization=True)
+    cond.save(diff / "prompt_embeds.safetensors")
+    bfl = out / "bfl"
+    bfl.mkdir(parents=True, exist_ok=True)
+    save_file(
+        {k: v.contiguous() for k, v in diffusers_to_bfl(transformer.state_dict()).items()},
+        str(bfl / "flux1-dev.safetensors"),
+    )
+    ldm = vae_to_ldm(vae.state_dict(), len(FLUX_VAE["block_out_channels"]))
+    save_file({k: v.contiguous() for k, v in ldm.items()}, str(bfl / "ae.safetensors"))
+    cond.save(bfl / "prompt_embeds.safetensors")
+    print(json.dumps({"written": str(out), "weight_bytes": weight_bytes(diff)}))
+
+
+def weight_bytes(folder: Path) -> int:
+    """Bytes of tensor data in the safetensors files of a layout (prompt embeddings included)."""
+    from safetensors import safe_open
+
+    total = 0
+    for f in folder.rglob("*.safetensors"):
+        with safe_open(str(f), "pt") as st:
+            for k in st.keys():
+                t = st.get_slice(k)
+                n = 1
+                for d in t.get_shape():
+                    n *= d
+                total += n * 2 if t.get_dtype() in ("BF16", "F16") else n * 4
+    return total
+
+
+def rss_bytes(pid: int) -> int:
+    """VmRSS of a process and its children, from /proc."""
+    total = 0
+    for p in [pid, *children(pid)]:
+        try:
+            for line in Path(f"/proc/{p}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1]) * 1024
+        except OSError:
+            pass
+    return total
+
+
+def children(pid: int) -> list[int]:
+    try:
+        kids = [int(x) for x in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except OSError:
+        return []
+    return kids + [g for k in kids for g in children(k)]
+
+
+def peak_rss(cmd: list[str]) -> tuple[int, float, int]:
+    """(peak VmRSS in bytes, seconds, exit code) of a command, sampled every 50 ms."""
+    tic = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    peak = 0
+    while proc.poll() is None:
+        peak = max(peak, rss_bytes(proc.pid))
+        time.sleep(0.05)
+    err = proc.stderr.read() if proc.stderr else ""
+    if proc.returncode:
+        print(err, file=sys.stderr)
+    return peak, time.perf_counter() - tic, proc.returncode
+
+
+def measure(folder: Path) -> list[dict]:
+    import numpy as np
+    from PIL import Image
+
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        img = Path(tmp) / "in.png"
+        Image.fromarray(np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(img)
+        for layout, target in (
+            ("diffusers", folder / "diffusers"),
+            ("bfl", folder / "bfl" / "flux1-dev.safetensors"),
+        ):
+            weights = weight_bytes(folder / layout)
+            cmd = [
+                sys.executable,
+                "-m",
+                "fluxsr.cli",
+                "upscale",
+                str(img),
+                "-o",
+                str(Path(tmp) / layout),
+                "--flux",
+                str(target),
+                "--dtype",
+                "bf16",
+                "--device",
+                "cpu",
+                "--overwrite",
+            ]
+            peak, seconds, rc = peak_rss(cmd)
+            limit = TARGET_FACTOR * weights + OVERHEAD_BYTES
+            rows.append(
+                {
+                    "layout": layout,
+                    "weight_gb": round(weights / 1e9, 3),
+                    "peak_rss_gb": round(peak / 1e9, 3),
+                    "target_gb": round(limit / 1e9, 3),
+                    "ratio_after_overhead": round((peak - OVERHEAD_BYTES) / weights, 2),
+                    "meets_target": peak <= limit,
+                    "seconds": round(seconds, 1),
+                    "exit": rc,
+                }
+            )
+            print(json.dumps(rows[-1]), flush=True)
+    return rows
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--make", type=Path, help="write the FLUX-width layouts into this folder")
+    ap.add_argument("--measure", type=Path, help="measure peak RSS of both layouts in this folder")
+    args = ap.parse_args()
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    if args.make:
+        make(args.make)
+    if args.measure:
+        measure(args.measure)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
