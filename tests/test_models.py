@@ -428,3 +428,37 @@ def test_model_time_is_the_time_the_transformer_sees():
     assert torch.equal(seen[0].float() / 1000, M.model_time(t, torch.bfloat16))
     assert M.model_time(t, torch.bfloat16)[0] != t[0] and M.model_time(t, torch.bfloat16)[2] == 0.25
     assert torch.allclose(M.model_time(t, torch.float32), t)
+
+
+def test_every_layout_loads_straight_into_the_requested_dtype(tiny, tmp_path):
+    """bf16 weights on disk, loaded with dtype=bf16 from a model folder (with a LoRA merged), a diffusers folder and
+    BFL single files: every tensor is bf16 and bit-equal to the file (no float32 round trip that could round), and
+    float32 is the default. scripts/measure_load_rss.py measures the memory this saves (docs/performance.md)."""
+    bf16 = M.build_tiny(seed=3)
+    for part in (bf16.transformer, bf16.vae):
+        part.to(torch.bfloat16)
+    bf16.cond = bf16.cond.to(dtype=torch.bfloat16)
+    M.save_model_folder(bf16, tmp_path / "folder")
+    bf16.transformer.save_pretrained(tmp_path / "diffusers" / "transformer")
+    bf16.vae.save_pretrained(tmp_path / "diffusers" / "vae")
+    bf16.cond.save(tmp_path / "diffusers" / M.EMBEDS_FILE)
+    (tmp_path / "bfl").mkdir()
+    _write_bfl_files(bf16, tmp_path / "bfl")
+    sources = (tmp_path / "folder", tmp_path / "diffusers", tmp_path / "bfl" / "flux1-dev.safetensors")
+    for source in sources:
+        loaded = M.load_model(source, dtype=torch.bfloat16)
+        for got, want in ((loaded.transformer, bf16.transformer), (loaded.vae, bf16.vae)):
+            assert {p.dtype for p in got.parameters()} == {torch.bfloat16}, source
+            _same_weights(got, want)
+        assert {p.dtype for p in M.load_model(source).transformer.parameters()} == {torch.float32}, source
+    base = M.build_tiny(seed=3)
+    cfg = M.add_lora(base.transformer, rank=4, alpha=4)
+    M.save_lora(M.lora_state_dict(base.transformer), cfg, tmp_path / "lora.safetensors")
+    merged = M.load_model(tmp_path / "folder", lora=tmp_path / "lora.safetensors", dtype=torch.bfloat16)
+    assert {p.dtype for p in merged.transformer.parameters()} == {torch.bfloat16}
+
+
+def test_cast_state_takes_tensors_out_as_it_casts():
+    state = {"a": torch.ones(3), "b": torch.zeros(2, dtype=torch.int64)}
+    out = M.cast_state(state, torch.bfloat16)
+    assert state == {} and out["a"].dtype == torch.bfloat16 and out["b"].dtype == torch.int64

@@ -89,7 +89,7 @@ def _non_negative(text: str) -> int:
     return value
 
 
-def _load_kwargs(args) -> dict:
+def _load_kwargs(args, dtype=None):
     from dataclasses import replace
 
     from .models import load_model
@@ -103,6 +103,7 @@ def _load_kwargs(args) -> dict:
         lora=args.lora,
         lora_scale=args.lora_scale,
         merge_lora=not args.no_merge_lora,
+        dtype=dtype,
     )
     if args.t_l is not None:
         model.spec = replace(model.spec, t_l=args.t_l)
@@ -115,7 +116,7 @@ def _pipeline(args):
     device, dtype = FluxSRPipeline.settings(
         args.device, _dtype(args.dtype), args.force_fp16
     )  # before the load
-    pipe = FluxSRPipeline(_load_kwargs(args), device, dtype, allow_fp16=args.force_fp16)
+    pipe = FluxSRPipeline(_load_kwargs(args, dtype), device, dtype, allow_fp16=args.force_fp16)
     pipe.max_memory = args.max_memory
     pipe.name = f"fluxsr:{pipe.model.spec.name}"
     if pipe.model.spec.note:

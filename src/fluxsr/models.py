@@ -198,10 +198,16 @@ def build_transformer(config: dict, *, meta: bool = False):
     return FluxTransformer2DModel(**config)
 
 
-def build_vae(config: dict):
-    """An AutoencoderKL from a config dict (the FLUX layout by default: 16 latent channels, no quant convs)."""
+def build_vae(config: dict, *, meta: bool = False):
+    """An AutoencoderKL from a config dict (the FLUX layout by default: 16 latent channels, no quant convs);
+    ``meta=True`` allocates no memory (shapes only)."""
     from diffusers import AutoencoderKL
 
+    if meta:
+        from accelerate import init_empty_weights
+
+        with init_empty_weights():
+            return AutoencoderKL(**config)
     return AutoencoderKL(**config)
 
 
@@ -250,20 +256,13 @@ def build_random_flux(device="cpu", dtype=torch.bfloat16, text_len: int = 512, s
     so this measures GPU speed and memory without the real weights."""
     torch.manual_seed(seed)
     parts = []
-    for part in (build_transformer(FLUX_DEV_TRANSFORMER, meta=True), _meta_vae()):
+    for part in (build_transformer(FLUX_DEV_TRANSFORMER, meta=True), build_vae(FLUX_VAE, meta=True)):
         parts.append(_init_random(part.to(dtype).to_empty(device=device)))
     transformer, vae = parts
     cond = random_cond(transformer, text_len, seed).to(device, dtype)
     return FluxSRModel(
         transformer, vae, cond, ModelSpec(name="flux-dev-random", note="random weights (benchmarks)")
     )
-
-
-def _meta_vae():
-    from accelerate import init_empty_weights
-
-    with init_empty_weights():
-        return build_vae(FLUX_VAE)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -290,8 +289,10 @@ def is_model_folder(path: Path) -> bool:
     return (Path(path) / SPEC_FILE).is_file()
 
 
-def load_model_folder(path: Path, *, lora_scale: float = 1.0, merge_lora: bool = True) -> FluxSRModel:
-    """Load a fluxsr model folder (fp32 on CPU; move and cast with :func:`to_device`)."""
+def load_model_folder(
+    path: Path, *, lora_scale: float = 1.0, merge_lora: bool = True, dtype: torch.dtype | None = None
+) -> FluxSRModel:
+    """Load a fluxsr model folder on the CPU in ``dtype`` (default float32; move with :func:`to_device`)."""
     from diffusers import AutoencoderKL, FluxTransformer2DModel
 
     path = Path(path)
@@ -301,21 +302,21 @@ def load_model_folder(path: Path, *, lora_scale: float = 1.0, merge_lora: bool =
     cond = TextCond.load(path / EMBEDS_FILE)
     if (path / "transformer").is_dir():
         model = FluxSRModel(
-            pretrained(FluxTransformer2DModel, path / "transformer"),
-            pretrained(AutoencoderKL, path / "vae"),
+            pretrained(FluxTransformer2DModel, path / "transformer", dtype),
+            pretrained(AutoencoderKL, path / "vae", dtype),
             cond,
             spec,
         )
     elif spec.base:
         base = path / Path(spec.base).expanduser()  # an absolute base stays absolute
         if is_model_folder(base):  # a LoRA on a model folder (itself possibly with a LoRA)
-            model = load_model_folder(base)
+            model = load_model_folder(base, dtype=dtype)
             model.cond, model.spec = cond, spec
         elif base.is_dir():
-            model = load_flux_diffusers(base, cond, spec)
+            model = load_flux_diffusers(base, cond, spec, dtype)
         else:
             ae = path / Path(spec.ae).expanduser() if spec.ae else base.parent / "ae.safetensors"
-            model = load_flux_single_file(base, ae, cond, spec)
+            model = load_flux_single_file(base, ae, cond, spec, dtype)
     else:
         raise FileNotFoundError(f"{path}: no transformer/ folder and no 'base' in {SPEC_FILE}")
     if (path / LORA_FILE).is_file():
@@ -352,9 +353,12 @@ def to_device(model: FluxSRModel, device, dtype) -> FluxSRModel:
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def pretrained(cls, folder: Path):
-    """``cls.from_pretrained(folder)`` from local safetensors only: a missing ``config.json`` or weights that exist
-    only as pickles (``.bin``, never loaded by fluxsr) are a FileNotFoundError naming the folder."""
+def pretrained(cls, folder: Path, dtype: torch.dtype | None = None):
+    """``cls.from_pretrained(folder)`` from local safetensors only, straight into ``dtype`` (default: float32):
+    diffusers builds the model on the meta device and assigns each tensor as it is read, cast to ``dtype``, so a
+    bf16 FLUX.1-dev is never materialised in float32 on the host (scripts/measure_load_rss.py). A missing
+    ``config.json`` or weights that exist only as pickles (``.bin``, never loaded by fluxsr) are a
+    FileNotFoundError naming the folder."""
     folder = Path(folder)
     if not (folder / "config.json").is_file():
         raise FileNotFoundError(f"{folder}/config.json is missing: not a diffusers {cls.__name__} folder")
@@ -368,7 +372,13 @@ def pretrained(cls, folder: Path):
                 else ""
             )
         )
-    return cls.from_pretrained(folder, local_files_only=True, use_safetensors=True)
+    return cls.from_pretrained(
+        folder,
+        local_files_only=True,
+        use_safetensors=True,
+        torch_dtype=dtype or torch.float32,
+        low_cpu_mem_usage=True,
+    )
 
 
 def check_flux_folder(path: Path) -> None:
@@ -382,15 +392,18 @@ def check_flux_folder(path: Path) -> None:
             )
 
 
-def load_flux_diffusers(path: Path, cond: TextCond, spec: ModelSpec | None = None) -> FluxSRModel:
-    """FLUX.1-dev from a local diffusers folder (``transformer/``, ``vae/``; text encoders are not loaded)."""
+def load_flux_diffusers(
+    path: Path, cond: TextCond, spec: ModelSpec | None = None, dtype: torch.dtype | None = None
+) -> FluxSRModel:
+    """FLUX.1-dev from a local diffusers folder (``transformer/``, ``vae/``; text encoders are not loaded), read
+    straight into ``dtype`` (default float32; see :func:`pretrained`)."""
     from diffusers import AutoencoderKL, FluxTransformer2DModel
 
     path = Path(path)
     check_flux_folder(path)
     return FluxSRModel(
-        pretrained(FluxTransformer2DModel, path / "transformer"),
-        pretrained(AutoencoderKL, path / "vae"),
+        pretrained(FluxTransformer2DModel, path / "transformer", dtype),
+        pretrained(AutoencoderKL, path / "vae", dtype),
         cond,
         spec or ModelSpec(name=f"flux:{path.name}"),
     )
@@ -600,11 +613,27 @@ def _read_safetensors(path: Path) -> tuple[dict[str, Tensor], dict[str, str]]:
         ) from None
 
 
+def cast_state(state: dict[str, Tensor], dtype: torch.dtype) -> dict[str, Tensor]:
+    """The floating tensors of ``state`` in ``dtype``, cast one at a time and taken out of ``state`` as they go,
+    so a cast holds at most the original plus one converted tensor beyond the result (no copy when the dtype is
+    already right)."""
+    out = {}
+    for key in list(state):
+        t = state.pop(key)
+        out[key] = t.to(dtype) if t.is_floating_point() else t
+    return out
+
+
 def load_flux_single_file(
-    transformer_file: Path, ae_file: Path, cond: TextCond, spec: ModelSpec | None = None
+    transformer_file: Path,
+    ae_file: Path,
+    cond: TextCond,
+    spec: ModelSpec | None = None,
+    dtype: torch.dtype | None = None,
 ) -> FluxSRModel:
-    """FLUX.1-dev from Black Forest Labs single files (``flux1-dev.safetensors`` and ``ae.safetensors``), in the
-    dtype the file stores (bf16 for BFL's release; :func:`to_device` casts)."""
+    """FLUX.1-dev from Black Forest Labs single files (``flux1-dev.safetensors`` and ``ae.safetensors``) in
+    ``dtype`` (default float32): both models are built on the meta device and take the file's tensors by assignment
+    (:func:`cast_state`), so a bf16 file loaded in bf16 is held once."""
     from diffusers.loaders.single_file_utils import convert_ldm_vae_checkpoint
 
     if not Path(ae_file).is_file():
@@ -617,12 +646,15 @@ def load_flux_single_file(
             f"{transformer_file}: not a Black Forest Labs FLUX transformer file (no img_in.weight); "
             "a diffusers folder or a fluxsr model folder is loaded by its folder"
         )
+    dtype = dtype or torch.float32
     transformer = build_transformer(transformer_config_from_bfl(sd, meta), meta=True)
-    transformer.load_state_dict(bfl_to_diffusers(sd), strict=True, assign=True)
+    state = bfl_to_diffusers(sd)
+    del sd
+    transformer.load_state_dict(cast_state(state, dtype), strict=True, assign=True)
     ae, ae_meta = _read_safetensors(ae_file)
     vae_cfg = vae_config_from_ldm(ae, ae_meta)
-    vae = build_vae(vae_cfg)
-    vae.load_state_dict(convert_ldm_vae_checkpoint(ae, vae_cfg), strict=True)
+    vae = build_vae(vae_cfg, meta=True)
+    vae.load_state_dict(cast_state(convert_ldm_vae_checkpoint(ae, vae_cfg), dtype), strict=True, assign=True)
     return FluxSRModel(transformer, vae, cond, spec or ModelSpec(name=f"flux:{Path(transformer_file).name}"))
 
 
@@ -828,7 +860,8 @@ def load_model(
     dtype=None,
     text_len: int = 512,
 ) -> FluxSRModel:
-    """Resolve a model name or path to a :class:`FluxSRModel` (fp32, CPU).
+    """Resolve a model name or path to a :class:`FluxSRModel` on the CPU, its weights read straight into ``dtype``
+    (default float32: no float32 copy of a bf16 FLUX.1-dev when ``dtype=torch.bfloat16``).
 
     - ``None`` or ``"bundled"``: the small model shipped inside the package;
     - ``"tiny"``: random-weight tiny FLUX (tests);
@@ -872,7 +905,7 @@ def load_model(
     elif key == "bundled" and not is_model_folder(BUNDLED_MODEL):
         raise FileNotFoundError("the bundled model is not installed with this copy of fluxsr")
     elif folder is not None:
-        model = load_model_folder(folder, lora_scale=lora_scale, merge_lora=merge_lora)
+        model = load_model_folder(folder, lora_scale=lora_scale, merge_lora=merge_lora, dtype=dtype)
     else:
         if path.is_dir():
             check_flux_folder(path)  # before the embeddings: a wrong folder is the first thing to say
@@ -884,9 +917,9 @@ def load_model(
             )
         cond = TextCond.load(embeds)
         if path.is_dir():
-            model = load_flux_diffusers(path, cond, spec)
+            model = load_flux_diffusers(path, cond, spec, dtype)
         else:
-            model = load_flux_single_file(path, ae or path.parent / "ae.safetensors", cond, spec)
+            model = load_flux_single_file(path, ae or path.parent / "ae.safetensors", cond, spec, dtype)
         cond.check_fits(model.transformer, embeds)
     if spec is not None:
         model.spec = spec

@@ -180,9 +180,10 @@ class FluxSRPipeline:
         cls, name=None, device=None, dtype=None, *, allow_fp16: bool = False, **load_kwargs
     ) -> FluxSRPipeline:
         """Load a model by name or path (see :func:`fluxsr.models.load_model`) and build the pipeline; the device
-        and dtype are checked before the (possibly minutes-long) load."""
+        and dtype are checked before the (possibly minutes-long) load, and the weights are read straight into the
+        dtype (no float32 host copy of a bf16 model)."""
         device, dtype = cls.settings(device, dtype, allow_fp16)
-        return cls(load_model(name, **load_kwargs), device, dtype, allow_fp16=allow_fp16)
+        return cls(load_model(name, dtype=dtype, **load_kwargs), device, dtype, allow_fp16=allow_fp16)
 
     @staticmethod
     def settings(device=None, dtype=None, allow_fp16: bool = False) -> tuple[torch.device, torch.dtype]:

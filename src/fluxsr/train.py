@@ -449,7 +449,10 @@ def train(
     torch.manual_seed(tc.seed)
 
     weight_dtype = torch.bfloat16 if acc.mixed_precision == "bf16" else torch.float32
-    model, lora = build_student(recipe, acc.device, weight_dtype)
+    # A LoRA trains on a frozen base held in the weight dtype; full fine-tuning keeps float32 master weights.
+    model, lora = build_student(
+        recipe, acc.device, weight_dtype if recipe.train.lora_rank > 0 else torch.float32
+    )
     align, vs = model.multiple, model.vae_scale
     if tc.crop % align:
         raise ConfigError(
