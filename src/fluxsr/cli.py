@@ -737,6 +737,10 @@ COMMANDS = [
 ]
 
 
+INTERRUPTED = {"upscale": "the outputs already written are kept, and a rerun skips them"}
+"""What a command adds to its one line when Ctrl-C stops it."""
+
+
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
 
@@ -763,6 +767,10 @@ def main(argv: list[str] | None = None) -> int:
     ) as e:  # ConfigError, MissingWeightsError, FileNotFoundError included
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # Ctrl-C: one line, no traceback; files are written atomically, so none is half
+        note = INTERRUPTED.get(args.command)
+        print(f"interrupted; {note}" if note else "interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":
