@@ -537,38 +537,53 @@ def test_ctrl_c_is_one_line_exit_130_and_finished_outputs_are_kept(tmp_path, cap
     assert [p.name for p in (tmp_path / "out").iterdir()] == ["a.png"]  # no temp file either
 
 
-def kill_while_writing(path):
-    """A process killed with SIGKILL while write_atomic writes ``path`` (what kill -9 mid-write leaves)."""
-    code = (
-        "import os, signal, sys\n"
-        "from pathlib import Path\n"
-        "from fluxsr.cache import write_atomic\n"
-        "def write(handle):\n"
-        "    handle.write(b'half')\n"
-        "    handle.flush()\n"
-        "    os.kill(os.getpid(), signal.SIGKILL)\n"
-        "write_atomic(Path(sys.argv[1]), write)\n"
-    )
-    res = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True)
-    assert res.returncode == -9, res.stderr
+WRITER = """
+import os, signal, sys
+from pathlib import Path
+from fluxsr.cache import write_atomic
+
+def write(handle):
+    handle.write(b"half")
+    handle.flush()
+    if sys.argv[2] == "kill":
+        os.kill(os.getpid(), signal.SIGKILL)  # what kill -9 mid-write does
+    sys.stdin.read()  # a concurrent writer, e.g. another rank: still at work until told to finish
+
+write_atomic(Path(sys.argv[1]), write)
+"""
+
+
+def start_writer(path, how):
+    """A process writing ``path`` with write_atomic, killed mid-write (``kill``) or still at it (``wait``) once
+    its temporary file exists."""
+    folder = path.parent
+    folder.mkdir(parents=True, exist_ok=True)
+    before = set(folder.iterdir())
+    proc = subprocess.Popen([sys.executable, "-c", WRITER, str(path), how], stdin=subprocess.PIPE)
+    while not (set(folder.iterdir()) - before) and proc.poll() is None:
+        time.sleep(0.05)
+    [temp] = set(folder.iterdir()) - before
+    return proc, temp
 
 
 def test_a_rerun_removes_the_temp_files_of_killed_runs_only(tmp_path, capsys):
-    from fluxsr.cache import temp_name
-
     out = tmp_path / "out"
     save_rgb(tmp_path / "in" / "a.png")
-    kill_while_writing(out / "a.png")
-    [left] = list(out.glob(".fluxsr-*.tmp"))
-    mine = out / temp_name()  # this process runs: a concurrent writer, e.g. another rank, must keep its file
+    killed, left = start_writer(out / "a.png", "kill")
+    assert killed.wait() == -9 and left.name.startswith(".fluxsr-")
+    running, busy = start_writer(out / "b.png", "wait")
     elsewhere = (
         out / ".fluxsr-other-host-123-0a1b2c3d.tmp"
     )  # another machine's, fresh: it may still be writing
     old = out / ".fluxsr-other-host-456-0a1b2c3d.tmp"  # another machine's, untouched for two days
     user = out / ".fluxsr-notes.tmp"  # not a name write_atomic makes
-    for path in (mine, elsewhere, old, user):
+    for path in (elsewhere, old, user):
         path.write_bytes(b"x")
     os.utime(old, (time.time() - 2 * 86400,) * 2)
-    assert run(tmp_path / "in", "-o", out) == 0
+    try:
+        assert run(tmp_path / "in", "-o", out) == 0
+    finally:
+        running.communicate(b"")  # let the concurrent writer finish
     assert f"note: removed {left}" in capsys.readouterr().err
-    assert sorted(p.name for p in out.iterdir()) == sorted(["a.png", mine.name, elsewhere.name, user.name])
+    assert sorted(p.name for p in out.iterdir()) == sorted(["a.png", "b.png", elsewhere.name, user.name])
+    assert (out / "b.png").read_bytes() == b"half" and not busy.exists()  # its rename found its file
