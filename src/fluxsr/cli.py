@@ -192,7 +192,8 @@ def cmd_upscale(args) -> int:
             write_log(results, log, settings)
     except BaseException as error:
         if world > 1:  # said now: the other processes may take hours to reach the end
-            print(f"error (process {rank}): {error}; waiting for the other processes", file=sys.stderr)
+            reason = error or type(error).__name__  # KeyboardInterrupt has no text
+            print(f"error (process {rank}): {reason}; waiting for the other processes", file=sys.stderr)
         raise
     finally:
         ok, skipped, failed = sum_over_processes(counts, world)  # waits for every process's share

@@ -284,7 +284,7 @@ def _outputs_that_are_inputs(
     refused: dict[Path, FileResult] = {}
     for src, dst in jobs:
         other = sources.get(real_path(dst))
-        if other is None or real_path(other) == real_path(src):
+        if other is None or real_path(dst) == real_path(src):
             continue  # output = input itself is check_job's "would overwrite the input"
         hint = "write to another folder with -o (or another --suffix/--ext)"
         reasons = {
@@ -307,15 +307,11 @@ def _one_job_per_output(jobs: list[tuple[Path, Path]]) -> tuple[list[tuple[Path,
     folders, or beside a link to it) runs once, at its first place that is not a link; a second source for an
     output that an earlier one writes (``a.jpg`` and ``a.png`` with ``--ext png``) is a failure naming both.
     Decided here, before the jobs are split across processes, so every run makes the same choice."""
-    place: dict[Path, int] = {}
-    for index, (src, _) in enumerate(jobs):
-        first = place.setdefault(real_path(src), index)
-        if jobs[first][0].is_symlink() and not src.is_symlink():
-            place[real_path(src)] = index
+    place = _reading_places(jobs)
     kept, clashes, writer = [], [], {}
     for index, (src, dst) in enumerate(jobs):
-        key, source = real_path(dst), real_path(src)
-        if place[source] != index:
+        key = real_path(dst)
+        if place[real_path(src)] != index:
             continue
         if key not in writer:
             writer[key] = src
@@ -329,6 +325,17 @@ def _one_job_per_output(jobs: list[tuple[Path, Path]]) -> tuple[list[tuple[Path,
                 )
             )
     return kept, clashes
+
+
+def _reading_places(jobs: list[tuple[Path, Path]]) -> dict[Path, int]:
+    """For each source file (by its real path), the index of the job that reads it: its first place in ``jobs``
+    that is not a link to it, or its first place when all are links."""
+    place: dict[Path, int] = {}
+    for index, (src, _) in enumerate(jobs):
+        first = place.setdefault(real_path(src), index)
+        if jobs[first][0].is_symlink() and not src.is_symlink():
+            place[real_path(src)] = index
+    return place
 
 
 def check_job(src: Path, dst: Path, batch: BatchOptions) -> FileResult | None:
