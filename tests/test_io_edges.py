@@ -501,12 +501,14 @@ def test_animated_and_multi_page_files_say_only_the_first_frame_is_used(tmp_path
     (tmp_path / "in").mkdir()
     frames[0].save(tmp_path / "in" / "anim.webp", save_all=True, append_images=frames[1:], lossless=True)
     frames[0].save(tmp_path / "in" / "pages.tif", save_all=True, append_images=frames[1:])
+    frames[0].save(tmp_path / "in" / "moving.png", save_all=True, append_images=frames[1:2])
     frames[0].save(tmp_path / "in" / "camera.jpg", format="MPO", save_all=True, append_images=frames[1:2])
     frames[0].save(tmp_path / "in" / "still.webp", lossless=True)
     assert run(tmp_path / "in", "-o", tmp_path / "out", "--scale", "2") == 0
     notes = [line for line in capsys.readouterr().err.splitlines() if line.startswith("note:")]
     assert notes == [
         f"note: {tmp_path / 'in' / 'anim.webp'}: animated WebP with 3 frames; only the first was used",
+        f"note: {tmp_path / 'in' / 'moving.png'}: animated PNG with 2 frames; only the first was used",
         f"note: {tmp_path / 'in' / 'pages.tif'}: multi-page TIFF with 3 pages; only the first was used",
     ]
     first = read_image(tmp_path / "out" / "anim.webp")

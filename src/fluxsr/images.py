@@ -118,9 +118,12 @@ class ImageScan:
 
 
 def find_images(path: Path, exclude: Path | None = None) -> list[Path]:
-    """``[path]`` for a file; for a folder every image below it (:func:`scan_images`; what cannot be read below it
-    is left out here: :func:`scan_existing` says what)."""
-    return scan_existing(path, exclude).images
+    """``[path]`` for a file; for a folder every image below it (:func:`scan_images`), with the entries named like
+    images that cannot be read (a named pipe, a broken link), so that reading them reports them, never opening a
+    pipe (:func:`read_image`). ``FileNotFoundError`` when ``path`` is neither a regular file nor a folder."""
+    scan = scan_existing(path, exclude)
+    unreadable = [p.path for p in scan.problems if p.path.suffix.lower() in IMAGE_EXTENSIONS]
+    return sorted(scan.images + unreadable)
 
 
 def scan_existing(path: Path, exclude: Path | None = None) -> ImageScan:
@@ -443,13 +446,14 @@ def read_image(path: Path, max_pixels: int | None = None) -> LoadedImage:
 
 
 def first_frame_note(image: LoadedImage) -> str | None:
-    """One line when only the first of several pictures in the file was read: an animated WebP or a multi-page
-    TIFF. None otherwise, camera MPO files included (their extra frames are previews of the same photo)."""
-    if image.frames < 2 or image.format not in ("WEBP", "TIFF"):
+    """One line when only the first of several pictures in the file was read: an animated WebP or PNG, a
+    multi-page TIFF. None otherwise, camera MPO files included (their extra frames are previews of the same
+    photo)."""
+    kinds = {"WEBP": "animated WebP", "PNG": "animated PNG", "TIFF": "multi-page TIFF"}
+    if image.frames < 2 or image.format not in kinds:
         return None
-    kind = "animated WebP with" if image.format == "WEBP" else "multi-page TIFF with"
-    unit = "frames" if image.format == "WEBP" else "pages"
-    return f"{image.path}: {kind} {image.frames} {unit}; only the first was used"
+    unit = "pages" if image.format == "TIFF" else "frames"
+    return f"{image.path}: {kinds[image.format]} with {image.frames} {unit}; only the first was used"
 
 
 def split_planes(pixels: np.ndarray, is_gray: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
