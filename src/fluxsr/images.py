@@ -108,7 +108,8 @@ class ImageScan:
     ``ignored``: other regular files, passed over for their extension (hidden entries are not counted).
     ``problems``: one :class:`ImageError` per entry that may hold images but cannot be read: a named pipe or other
     special file, a broken symbolic link, a symbolic link loop, a folder that cannot be listed.
-    ``notes``: folder links not followed because their folder is searched already (nothing is missed).
+    ``notes``: folder links not followed because their folder is searched already or holds them (a loop); nothing
+    is missed.
     """
 
     images: list[Path] = field(default_factory=list)
@@ -218,12 +219,23 @@ def link_note(link: Path, searched: bool, top: Path) -> str | None:
     return None
 
 
+def entry_mode(entry: os.DirEntry) -> tuple[int | None, str]:
+    """The type bits (``st_mode``) of a folder entry with links followed, and ''; or None and why it cannot be
+    reached (:func:`stat_or_reason`). Plain files and folders need no extra system call."""
+    if entry.is_file(follow_symlinks=False):
+        return stat.S_IFREG, ""
+    if entry.is_dir(follow_symlinks=False):
+        return stat.S_IFDIR, ""
+    info, reason = stat_or_reason(Path(entry.path))
+    return (info.st_mode if info is not None else None), reason
+
+
 def list_folder(folder: Path, scan: ImageScan, folders: list[Path], links: list[Path]) -> None:
     """Sort the visible entries of ``folder`` into ``scan`` (images, ignored files, problems) and into the
     ``folders`` and folder ``links`` still to search; a folder that cannot be listed is a problem."""
     try:
         with os.scandir(folder) as listing:
-            entries = sorted(listing, key=lambda e: e.name, reverse=True)
+            entries = sorted(listing, key=lambda e: e.name)
     except OSError as error:
         scan.problems.append(ImageError(folder, f"cannot list this folder ({error.strerror or error})"))
         return
@@ -231,15 +243,15 @@ def list_folder(folder: Path, scan: ImageScan, folders: list[Path], links: list[
         if entry.name.startswith("."):
             continue
         child = Path(entry.path)
-        info, reason = stat_or_reason(child)
-        if info is None:
+        mode, reason = entry_mode(entry)
+        if mode is None:
             scan.problems.append(ImageError(child, reason))
-        elif stat.S_ISDIR(info.st_mode):
+        elif stat.S_ISDIR(mode):
             (links if entry.is_symlink() else folders).append(child)
-        elif stat.S_ISREG(info.st_mode):
+        elif stat.S_ISREG(mode):
             (scan.images if child.suffix.lower() in IMAGE_EXTENSIONS else scan.ignored).append(child)
         else:
-            scan.problems.append(ImageError(child, f"not a regular file ({file_kind(info.st_mode)})"))
+            scan.problems.append(ImageError(child, f"not a regular file ({file_kind(mode)})"))
 
 
 # ----------------------------------------------------------------------------------------------------- reading
