@@ -112,7 +112,7 @@ def process_alive(pid: int) -> bool:
     return True
 
 
-def is_stale_temp(path: Path, now: float | None = None) -> bool:
+def is_stale_temp(path: Path) -> bool:
     """Whether ``path`` is a temporary file that :func:`write_atomic` left behind (its process was killed): one
     named by a process of this machine that is gone, or any of its temporary files untouched for
     :data:`TEMP_MAX_AGE_S`. A temporary file of a process still running (another rank of ``accelerate launch``)
@@ -126,7 +126,7 @@ def is_stale_temp(path: Path, now: float | None = None) -> bool:
         return False
     if not stat.S_ISREG(info.st_mode):
         return False
-    if (now if now is not None else time.time()) - info.st_mtime > TEMP_MAX_AGE_S:
+    if time.time() - info.st_mtime > TEMP_MAX_AGE_S:
         return True
     return named is not None and named["host"] == host_name() and not process_alive(int(named["pid"]))
 
@@ -135,7 +135,8 @@ def remove_stale_temp_files(folder: Path) -> list[Path]:
     """Delete the stale temporary files (:func:`is_stale_temp`) directly in ``folder``; returns those deleted.
     Nothing else is touched, and a folder that cannot be listed is left alone."""
     try:
-        candidates = [Path(entry.path) for entry in os.scandir(folder) if entry.name.startswith(".fluxsr-")]
+        with os.scandir(folder) as listing:
+            candidates = [Path(entry.path) for entry in listing if entry.name.startswith(".fluxsr-")]
     except OSError:
         return []
     removed = []
