@@ -8,6 +8,7 @@ import csv
 import io
 import json
 import math
+import os
 import warnings
 from pathlib import Path
 
@@ -359,6 +360,20 @@ def test_demo_says_why_it_fails(tmp_path, capsys):
     _photo(tmp_path / "dup" / "a.bmp", seed=1)
     assert main(["demo", str(tmp_path / "dup"), "--out", str(tmp_path / "o2"), "--model", "tiny", "-q"]) == 1
     assert "duplicate name 'a'" in capsys.readouterr().err
+
+
+def test_demo_walks_folders_as_upscale_does(tmp_path, capsys):
+    """Named pipes and bad links get one line each and the good image is done (the walker of fluxsr upscale)."""
+    _photo(tmp_path / "in" / "a.png")
+    os.mkfifo(tmp_path / "in" / "pipe.png")
+    (tmp_path / "in" / "loop.jpg").symlink_to("loop.jpg")
+    (tmp_path / "in" / "here").symlink_to(".")
+    assert main(["demo", str(tmp_path / "in"), "--out", str(tmp_path / "o"), "--model", "tiny", "-q"]) == 1
+    err = capsys.readouterr().err
+    assert "pipe.png: not a regular file (named pipe)" in err and "loop.jpg: symbolic link loop" in err
+    assert (tmp_path / "o" / "bicubic" / "a.png").is_file() and (
+        tmp_path / "o" / "fluxsr" / "a.png"
+    ).is_file()
 
 
 def test_sheet_crops_line_up_at_a_non_integer_scale(tmp_path, monkeypatch):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import pickle
 import struct
 import time
@@ -570,6 +571,40 @@ def test_find_images_recursive_sorted_filtered(tmp_path: Path) -> None:
     assert find_images(tmp_path / "notes.txt") == [tmp_path / "notes.txt"]
     with pytest.raises(FileNotFoundError):
         find_images(tmp_path / "missing")
+
+
+def test_scan_images_reports_what_it_cannot_read_and_searches_each_folder_once(tmp_path: Path) -> None:
+    for name in ["a.png", "sub/b.jpg", "out/old.png", "notes.txt"]:
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_bytes(b"x")
+    os.mkfifo(tmp_path / "pipe.png")
+    (tmp_path / "loop").symlink_to("loop")
+    (tmp_path / "gone.jpg").symlink_to("nowhere.jpg")
+    (tmp_path / "here").symlink_to(".")
+    (tmp_path / "up").symlink_to("..")
+    (tmp_path / "alias").symlink_to("sub")
+    outside = tmp_path.parent / f"{tmp_path.name}-outside"
+    outside.mkdir()
+    (outside / "c.png").write_bytes(b"x")
+    (tmp_path / "far").symlink_to(outside)
+    scan = images.scan_images(tmp_path, exclude=tmp_path / "out")
+    assert [p.relative_to(tmp_path).as_posix() for p in scan.images] == ["a.png", "far/c.png", "sub/b.jpg"]
+    assert scan.ignored == [tmp_path / "notes.txt"]
+    assert [(p.path.name, p.reason.split(" (")[0]) for p in scan.problems] == [
+        ("gone.jpg", "broken symbolic link"),
+        ("loop", "symbolic link loop"),
+        ("pipe.png", "not a regular file"),
+    ]
+    assert sorted(n.split(":")[0] for n in scan.notes) == [str(tmp_path / n) for n in ("alias", "here", "up")]
+    assert all("not followed" in n for n in scan.notes)
+    # find_images keeps what is named like an image, for the reader to report (it never opens a pipe)
+    assert find_images(tmp_path, exclude=tmp_path / "out") == sorted(
+        scan.images + [tmp_path / "gone.jpg", tmp_path / "pipe.png"]
+    )
+    with pytest.raises(FileNotFoundError, match="named pipe"):
+        find_images(tmp_path / "pipe.png")
+    with pytest.raises(FileNotFoundError, match="broken symbolic link"):
+        find_images(tmp_path / "gone.jpg")
 
 
 def test_output_path(tmp_path: Path) -> None:

@@ -3,6 +3,10 @@ inputs, size options, the JSON log, unsupported formats and suffixes."""
 
 import json
 import math
+import os
+import subprocess
+import sys
+import time
 
 import numpy as np
 import pytest
@@ -144,11 +148,18 @@ def test_output_inside_input_is_not_upscaled_again(tmp_path):
     assert tree(tmp_path / "t") == ["a.png", "up/a.png"]
 
 
-def test_output_equal_to_input_with_suffix_twice(tmp_path):
+def test_output_equal_to_input_with_suffix_twice(tmp_path, capsys):
+    """The rerun finds a_x4.png among the inputs: an earlier output or a photo, fluxsr cannot tell, so it refuses
+    both files by name instead of overwriting one or upscaling the other again."""
     save_rgb(tmp_path / "t" / "a.png")
-    for _ in range(2):
-        assert run(tmp_path / "t", "-o", tmp_path / "t", "--suffix", "_x4") == 0
+    assert run(tmp_path / "t", "-o", tmp_path / "t", "--suffix", "_x4") == 0
+    before = (tmp_path / "t" / "a_x4.png").read_bytes()
+    capsys.readouterr()
+    assert run(tmp_path / "t", "-o", tmp_path / "t", "--suffix", "_x4") == 1
+    err = capsys.readouterr().err
+    assert "a.png: its output" in err and "a_x4.png is an input too" in err and "a_x4_x4" not in err
     assert tree(tmp_path / "t") == ["a.png", "a_x4.png"]
+    assert (tmp_path / "t" / "a_x4.png").read_bytes() == before
 
 
 def test_same_file_is_reported_before_exists(tmp_path, capsys):
@@ -377,3 +388,204 @@ def test_model_options_with_a_baseline_backend_are_refused(tmp_path, capsys):
         ]
     )
     assert rc == 2 and "--model, --lora: model options apply to --backend fluxsr" in capsys.readouterr().err
+
+
+# -- 10. bad input: outputs that are inputs, special files, links, temp files, Ctrl-C, frames, folders ------------
+
+
+@pytest.mark.parametrize(
+    "names, options",
+    [
+        (("a.jpg", "a.png"), ["--ext", "png", "--overwrite"]),
+        (("a.jpg", "a.png"), ["--ext", "png"]),
+        (("a.png", "a_x4.png"), ["--suffix", "_x4", "--overwrite"]),
+        (("a.png", "a_x4.png"), ["--suffix", "_x4"]),
+    ],
+)
+def test_an_output_that_is_also_an_input_is_refused_naming_both(tmp_path, capsys, names, options):
+    first, second = (save_rgb(tmp_path / "d" / name, seed) for seed, name in enumerate(names))
+    photos = {p: p.read_bytes() for p in (first, second)}
+    assert run(tmp_path / "d", "-o", tmp_path / "d", *options) == 1
+    lines = capsys.readouterr().err.splitlines()
+    assert any(line.startswith(f"error: {first}: its output {second} is an input too") for line in lines)
+    assert any(line.startswith(f"error: {second}: not upscaled") and str(first) in line for line in lines)
+    assert {p: p.read_bytes() for p in (first, second)} == photos  # the photo is not replaced
+    assert tree(tmp_path / "d") == sorted(names)  # and nothing else is written ("skipped" used to hide it)
+
+
+def test_a_named_pipe_in_a_folder_does_not_hang_the_batch(tmp_path):
+    save_rgb(tmp_path / "d" / "a.png")
+    os.mkfifo(tmp_path / "d" / "pipe.jpg")
+    cmd = [sys.executable, "-m", "fluxsr.cli", "upscale", "--backend", "bicubic", "-q", str(tmp_path / "d")]
+    # the old code blocked forever opening the pipe; the timeout turns that into a failure
+    res = subprocess.run([*cmd, "-o", str(tmp_path / "out")], capture_output=True, text=True, timeout=180)
+    assert res.returncode == 1, res.stderr
+    assert f"error: {tmp_path / 'd' / 'pipe.jpg'}: not a regular file (named pipe)" in res.stderr
+    assert tree(tmp_path / "out") == ["a.png"]
+
+
+def test_a_named_pipe_given_next_to_a_good_file(tmp_path, capsys):
+    good = save_rgb(tmp_path / "a.png")
+    os.mkfifo(tmp_path / "pipe.jpg")
+    assert run(tmp_path / "pipe.jpg", good, "-o", tmp_path / "out") == 1
+    err = capsys.readouterr().err
+    assert "pipe.jpg: not a regular file (named pipe)" in err and "No such file" not in err
+    assert tree(tmp_path / "out") == ["a.png"]
+
+
+def test_read_image_refuses_a_named_pipe_without_opening_it(tmp_path):
+    os.mkfifo(tmp_path / "pipe.png")
+    with pytest.raises(ImageError, match="is a named pipe, not an image file"):
+        read_image(tmp_path / "pipe.png")
+
+
+def test_bad_links_get_one_line_each_and_every_good_file_is_done_once(tmp_path, capsys):
+    d = tmp_path / "d"
+    save_rgb(d / "x.png")
+    save_rgb(d / "sub" / "y.png", 1)
+    (d / "loop.jpg").symlink_to("loop.jpg")  # self-loop
+    (d / "one.png").symlink_to("two.png")  # two-link loop
+    (d / "two.png").symlink_to("one.png")
+    (d / "gone.jpg").symlink_to("missing.jpg")  # dangling
+    (d / "here").symlink_to(".")  # a folder link back to the folder
+    (d / "alias").symlink_to("sub")  # a second way to the same folder
+    (d / "sub" / "link.png").symlink_to("../x.png")  # a link to a good file is a good file
+    assert run(d, "-o", tmp_path / "out", "--json", tmp_path / "log.json") == 1
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "RuntimeError" not in err
+    lines = err.splitlines()
+    for name, reason in [
+        ("loop.jpg", "symbolic link loop"),
+        ("one.png", "symbolic link loop"),
+        ("two.png", "symbolic link loop"),
+        ("gone.jpg", "broken symbolic link"),
+        ("here", "not followed"),
+        ("alias", "not followed"),
+    ]:
+        assert [line for line in lines if f"{d / name}:" in line and reason in line], name
+        assert sum(f"{d / name}:" in line for line in lines) == 1, name
+    assert tree(tmp_path / "out") == ["sub/y.png", "x.png"]  # each file once, at its own path
+    assert json.loads((tmp_path / "log.json").read_text())["counts"] == {"ok": 2, "skipped": 0, "failed": 4}
+
+
+def test_a_folder_that_cannot_be_listed_is_named_and_fails_the_run(tmp_path, capsys, monkeypatch):
+    """As root, chmod 000 does not stop reading, so the listing of that one folder is made to fail as it would
+    for another user; the code that handles the error is the real one."""
+    save_rgb(tmp_path / "d" / "a.png")
+    save_rgb(tmp_path / "d" / "locked" / "b.png", 1)
+    real_scandir = os.scandir
+
+    def scandir(path="."):
+        if os.path.basename(os.fspath(path)) == "locked":
+            raise PermissionError(13, "Permission denied", os.fspath(path))
+        return real_scandir(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    assert run(tmp_path / "d", "-o", tmp_path / "out") == 1
+    err = capsys.readouterr().err
+    assert f"error: {tmp_path / 'd' / 'locked'}: cannot list this folder (Permission denied)" in err
+    assert tree(tmp_path / "out") == ["a.png"]
+
+
+def test_an_output_name_taken_by_a_folder_is_a_failure_not_a_skip(tmp_path, capsys):
+    save_rgb(tmp_path / "in" / "a.png")
+    save_rgb(tmp_path / "in" / "b.png", 1)
+    (tmp_path / "out" / "a.png").mkdir(parents=True)
+    assert run(tmp_path / "in", "-o", tmp_path / "out", "--json", tmp_path / "log.json") == 1
+    assert f"output {tmp_path / 'out' / 'a.png'} is a folder" in capsys.readouterr().err
+    assert json.loads((tmp_path / "log.json").read_text())["counts"] == {"ok": 1, "skipped": 0, "failed": 1}
+
+
+def test_animated_and_multi_page_files_say_only_the_first_frame_is_used(tmp_path, capsys):
+    frames = [Image.fromarray(np.full((6, 8, 3), 40 * i, np.uint8)) for i in range(3)]
+    (tmp_path / "in").mkdir()
+    frames[0].save(tmp_path / "in" / "anim.webp", save_all=True, append_images=frames[1:], lossless=True)
+    frames[0].save(tmp_path / "in" / "pages.tif", save_all=True, append_images=frames[1:])
+    frames[0].save(tmp_path / "in" / "moving.png", save_all=True, append_images=frames[1:2])
+    frames[0].save(tmp_path / "in" / "camera.jpg", format="MPO", save_all=True, append_images=frames[1:2])
+    frames[0].save(tmp_path / "in" / "still.webp", lossless=True)
+    assert run(tmp_path / "in", "-o", tmp_path / "out", "--scale", "2") == 0
+    notes = [line for line in capsys.readouterr().err.splitlines() if line.startswith("note:")]
+    assert notes == [
+        f"note: {tmp_path / 'in' / 'anim.webp'}: animated WebP with 3 frames; only the first was used",
+        f"note: {tmp_path / 'in' / 'moving.png'}: animated PNG with 2 frames; only the first was used",
+        f"note: {tmp_path / 'in' / 'pages.tif'}: multi-page TIFF with 3 pages; only the first was used",
+    ]
+    first = read_image(tmp_path / "out" / "anim.webp")
+    assert (first.width, first.height) == (16, 12) and float(first.rgb.max()) == 0.0  # frame 0 is black
+
+
+def test_ctrl_c_is_one_line_exit_130_and_finished_outputs_are_kept(tmp_path, capsys, monkeypatch):
+    for seed, name in enumerate(("a.png", "b.png", "c.png")):
+        save_rgb(tmp_path / "in" / name, seed)
+    calls = []
+
+    def upscale(self, rgb, opts):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return torch.nn.functional.interpolate(rgb[None], scale_factor=2)[0]
+
+    monkeypatch.setattr(BicubicBackend, "upscale_tensor", upscale)
+    try:
+        code = run(tmp_path / "in", "-o", tmp_path / "out")
+    except KeyboardInterrupt:
+        pytest.fail("Ctrl-C ended in a KeyboardInterrupt traceback")
+    err = capsys.readouterr().err
+    assert code == 130 and err.splitlines() == [
+        "interrupted; the outputs already written are kept, and a rerun skips them"
+    ]
+    assert tree(tmp_path / "out") == ["a.png"]  # b.png was cut off before its file existed: no half file
+    assert [p.name for p in (tmp_path / "out").iterdir()] == ["a.png"]  # no temp file either
+
+
+WRITER = """
+import os, signal, sys
+from pathlib import Path
+from fluxsr.cache import write_atomic
+
+def write(handle):
+    handle.write(b"half")
+    handle.flush()
+    if sys.argv[2] == "kill":
+        os.kill(os.getpid(), signal.SIGKILL)  # what kill -9 mid-write does
+    sys.stdin.read()  # a concurrent writer, e.g. another rank: still at work until told to finish
+
+write_atomic(Path(sys.argv[1]), write)
+"""
+
+
+def start_writer(path, how):
+    """A process writing ``path`` with write_atomic, killed mid-write (``kill``) or still at it (``wait``) once
+    its temporary file exists."""
+    folder = path.parent
+    folder.mkdir(parents=True, exist_ok=True)
+    before = set(folder.iterdir())
+    proc = subprocess.Popen([sys.executable, "-c", WRITER, str(path), how], stdin=subprocess.PIPE)
+    while not (set(folder.iterdir()) - before) and proc.poll() is None:
+        time.sleep(0.05)
+    [temp] = set(folder.iterdir()) - before
+    return proc, temp
+
+
+def test_a_rerun_removes_the_temp_files_of_killed_runs_only(tmp_path, capsys):
+    out = tmp_path / "out"
+    save_rgb(tmp_path / "in" / "a.png")
+    killed, left = start_writer(out / "a.png", "kill")
+    assert killed.wait() == -9 and left.name.startswith(".fluxsr-")
+    running, busy = start_writer(out / "b.png", "wait")
+    elsewhere = (
+        out / ".fluxsr-other-host-123-0a1b2c3d.tmp"
+    )  # another machine's, fresh: it may still be writing
+    old = out / ".fluxsr-other-host-456-0a1b2c3d.tmp"  # another machine's, untouched for two days
+    user = out / ".fluxsr-notes.tmp"  # not a name write_atomic makes
+    for path in (elsewhere, old, user):
+        path.write_bytes(b"x")
+    os.utime(old, (time.time() - 2 * 86400,) * 2)
+    try:
+        assert run(tmp_path / "in", "-o", out) == 0
+    finally:
+        running.communicate(b"")  # let the concurrent writer finish
+    assert f"note: removed {left}" in capsys.readouterr().err
+    assert sorted(p.name for p in out.iterdir()) == sorted(["a.png", "b.png", elsewhere.name, user.name])
+    assert (out / "b.png").read_bytes() == b"half" and not busy.exists()  # its rename found its file

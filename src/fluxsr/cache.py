@@ -10,9 +10,13 @@ raise :class:`MissingWeightsError` with the command to run.
 from __future__ import annotations
 
 import os
+import re
 import secrets
+import socket
+import stat
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
@@ -78,14 +82,83 @@ def pip_download(requirement: str, dest: Path, *, binary: bool | None = None) ->
     raise FileNotFoundError(f"pip download {requirement} produced no file in {dest}")
 
 
+TEMP_MAX_AGE_S = 24 * 3600
+"""A temporary file of :func:`write_atomic` untouched this long is stale whoever wrote it (other machines too)."""
+
+_TEMP_NAME = re.compile(r"\.fluxsr-(?P<host>[A-Za-z0-9_.-]*)-(?P<pid>\d+)-[0-9a-f]{8}\.tmp")
+_OLD_TEMP_NAME = re.compile(r"\.fluxsr-[0-9a-f]{8}\.tmp")  # before the writer's host and pid were in the name
+
+
+def host_name() -> str:
+    """This machine's name as it goes into temporary file names (safe characters, at most 40)."""
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", socket.gethostname())[:40]
+
+
+def temp_name() -> str:
+    """A hidden name for a temporary file of :func:`write_atomic`: ``.fluxsr-<host>-<pid>-<random>.tmp``."""
+    return f".fluxsr-{host_name()}-{os.getpid()}-{secrets.token_hex(4)}.tmp"
+
+
+def process_alive(pid: int) -> bool:
+    """Whether a process with this id runs on this machine (True when that cannot be told)."""
+    if os.name != "posix":
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # PermissionError: it runs, as another user
+        return True
+    return True
+
+
+def is_stale_temp(path: Path) -> bool:
+    """Whether ``path`` is a temporary file that :func:`write_atomic` left behind (its process was killed): one
+    named by a process of this machine that is gone, or any of its temporary files untouched for
+    :data:`TEMP_MAX_AGE_S`. A temporary file of a process still running (another rank of ``accelerate launch``)
+    is never stale, unless it stopped writing for that long."""
+    named = _TEMP_NAME.fullmatch(path.name)
+    if named is None and not _OLD_TEMP_NAME.fullmatch(path.name):
+        return False
+    try:
+        info = path.lstat()
+    except OSError:
+        return False
+    if not stat.S_ISREG(info.st_mode):
+        return False
+    if time.time() - info.st_mtime > TEMP_MAX_AGE_S:
+        return True
+    return named is not None and named["host"] == host_name() and not process_alive(int(named["pid"]))
+
+
+def remove_stale_temp_files(folder: Path) -> list[Path]:
+    """Delete the stale temporary files (:func:`is_stale_temp`) directly in ``folder``; returns those deleted.
+    Nothing else is touched, and a folder that cannot be listed is left alone."""
+    try:
+        with os.scandir(folder) as listing:
+            candidates = [Path(entry.path) for entry in listing if entry.name.startswith(".fluxsr-")]
+    except OSError:
+        return []
+    removed = []
+    for path in sorted(candidates):
+        if is_stale_temp(path):
+            try:
+                path.unlink()
+            except OSError:  # another process removed it first, or the folder is read-only
+                continue
+            removed.append(path)
+    return removed
+
+
 def write_atomic(path: Path, write: Callable[[BinaryIO], None]) -> None:
     """Run ``write`` on a hidden temporary file beside ``path``, then rename it over ``path`` (never a half file).
 
-    The temporary file is made like ``open()`` makes files (the umask applies), with a short name so that any name
-    that fits, fits with it. ``OSError`` is left to the caller.
+    The temporary file is made like ``open()`` makes files (the umask applies), with a short name
+    (:func:`temp_name`) so that any name that fits, fits with it; one left by a killed process is removed by
+    :func:`remove_stale_temp_files`. ``OSError`` is left to the caller.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
-    temp = path.with_name(f".fluxsr-{secrets.token_hex(4)}.tmp")
+    temp = path.with_name(temp_name())
     try:
         with open(temp, "xb") as handle:
             write(handle)

@@ -193,7 +193,8 @@ def cmd_upscale(args) -> int:
             write_log(results, log, settings)
     except BaseException as error:
         if world > 1:  # said now: the other processes may take hours to reach the end
-            print(f"error (process {rank}): {error}; waiting for the other processes", file=sys.stderr)
+            reason = error or type(error).__name__  # KeyboardInterrupt has no text
+            print(f"error (process {rank}): {reason}; waiting for the other processes", file=sys.stderr)
         raise
     finally:
         ok, skipped, failed = sum_over_processes(counts, world)  # waits for every process's share
@@ -738,6 +739,10 @@ COMMANDS = [
 ]
 
 
+INTERRUPTED = {"upscale": "the outputs already written are kept, and a rerun skips them"}
+"""What a command adds to its one line when Ctrl-C stops it."""
+
+
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
 
@@ -764,6 +769,10 @@ def main(argv: list[str] | None = None) -> int:
     ) as e:  # ConfigError, MissingWeightsError, FileNotFoundError included
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # Ctrl-C: one line, no traceback; files are written atomically, so none is half
+        note = INTERRUPTED.get(args.command)
+        print(f"interrupted; {note}" if note else "interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

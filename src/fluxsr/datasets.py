@@ -29,7 +29,7 @@ from pathlib import Path
 
 import torch
 
-from .images import ImageError, find_images, read_image, write_image
+from .images import ImageError, find_images, read_image, scan_existing, write_image
 
 SUFFIX_TOKENS = ("out", "output", "sr", "hr", "lr", "gt", "lq")
 """Name suffixes :func:`pair_key` removes when they follow ``_``, ``-``, ``.`` or a space (case-insensitive)."""
@@ -189,10 +189,12 @@ class Dataset:
         return bool(self.pairs) and all(p.hr is not None for p in self.pairs)
 
 
-def _images_in(folder: Path, pattern: str | None = None) -> list[Path]:
-    """Images directly or recursively below ``folder`` whose stem matches the regex ``pattern`` (if given)."""
-    files = find_images(folder)
-    return [f for f in files if pattern is None or re.search(pattern, f.stem, re.IGNORECASE)]
+def _images_in(folder: Path, exclude: Path | None = None) -> tuple[list[Path], list[str]]:
+    """Images directly or recursively below ``folder`` (not searching ``exclude``), and one line per entry there
+    that cannot be read (a named pipe, a broken link, a folder that cannot be listed:
+    :func:`fluxsr.images.scan_images`)."""
+    scan = scan_existing(folder, exclude)
+    return scan.images, [str(problem) for problem in scan.problems]
 
 
 def pairs_from_lists(
@@ -210,14 +212,17 @@ def pairs_from_dirs(
     """Pair every image under ``lr_dir`` (not searching ``exclude``) with one under ``hr_dir`` (see
     :func:`match_files`).
 
-    ``hr_dir=None`` gives LR-only items. Returns (pairs, problems); problems name unpaired or ambiguous files.
+    ``hr_dir=None`` gives LR-only items. Returns (pairs, problems); problems name unpaired or ambiguous files, and
+    entries that cannot be read.
     """
     lr_dir = Path(lr_dir)
-    lr = find_images(lr_dir, exclude)
+    lr, unreadable = _images_in(lr_dir, exclude)
     if hr_dir is None:
-        return [ImagePair(relative_name(p, lr_dir), p, None) for p in lr], []
+        return [ImagePair(relative_name(p, lr_dir), p, None) for p in lr], unreadable
     hr_dir = Path(hr_dir)
-    return pairs_from_lists(lr, find_images(hr_dir), lr_dir, hr_dir)
+    hr, unreadable_hr = _images_in(hr_dir)
+    pairs, problems = pairs_from_lists(lr, hr, lr_dir, hr_dir)
+    return pairs, unreadable + unreadable_hr + problems
 
 
 def _realsr_folders(root: Path) -> list[Path]:
@@ -279,11 +284,14 @@ def detect_layout(root: Path) -> str:
 def load_realsr(root: Path) -> Dataset:
     """RealSR v3 (Cai et al. 2019): ``{Canon,Nikon}/Test/4/<name>_HR.png`` with ``<name>_LR4.png``."""
     root = Path(root)
-    lr, hr = [], []
+    lr, hr, unreadable = [], [], []
     for folder in _realsr_folders(root):
-        lr += _images_in(folder, r"_LR\d+$")
-        hr += _images_in(folder, r"_HR$")
+        files, problems = _images_in(folder)
+        lr += [f for f in files if re.search(r"_LR\d+$", f.stem, re.IGNORECASE)]
+        hr += [f for f in files if re.search(r"_HR$", f.stem, re.IGNORECASE)]
+        unreadable += problems
     pairs, problems = pairs_from_lists(lr, hr)
+    problems = unreadable + problems
     pairs = [ImagePair(re.sub(r"_LR\d+$", "", p.name, flags=re.IGNORECASE), p.lr, p.hr) for p in pairs]
     return Dataset("RealSR", "realsr", root, pairs, problems)
 
@@ -336,8 +344,8 @@ def load_lr_only(root: Path, exclude: Path | None = None) -> Dataset:
     """A folder of LR images without ground truth (RealSet65, RealLQ250, RealSRSet, ...); the folder ``exclude``
     below it (an output folder) is not searched."""
     root = Path(root)
-    pairs, _ = pairs_from_dirs(root, None, exclude)
-    return Dataset(root.name, "lr-only", root, pairs, [])
+    pairs, problems = pairs_from_dirs(root, None, exclude)
+    return Dataset(root.name, "lr-only", root, pairs, problems)
 
 
 LOADERS: dict[str, Callable[[Path], Dataset]] = {

@@ -17,14 +17,16 @@ An ICC profile is only embedded when its colour space (RGB or GRAY) matches the 
 
 from __future__ import annotations
 
+import errno
 import io
 import math
 import os
 import re
+import stat
 import struct
 import zlib
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
@@ -70,7 +72,8 @@ class LoadedImage:
     """A decoded image: ``rgb`` float32 (3,H,W) in [0,1], ``alpha`` float32 (1,H,W) or None, plus what to write back.
 
     ``exif`` has its orientation reset to 1 because the orientation is already applied to the pixels.
-    ``format`` is the decoder PIL used (the content's format, whatever the extension says).
+    ``format`` is the decoder PIL used (the content's format, whatever the extension says). ``frames`` counts the
+    frames or pages in the file; only the first is decoded (:func:`first_frame_note`).
     """
 
     path: Path
@@ -81,6 +84,7 @@ class LoadedImage:
     icc_profile: bytes | None
     exif: bytes | None
     format: str
+    frames: int = 1
 
     @property
     def height(self) -> int:
@@ -96,29 +100,158 @@ class LoadedImage:
 # ----------------------------------------------------------------------------------------------------- finding
 
 
+@dataclass
+class ImageScan:
+    """What :func:`scan_images` found under one path.
+
+    ``images``: regular files with an image extension (sorted; a file given by name counts whatever its name).
+    ``ignored``: other regular files, passed over for their extension (hidden entries are not counted).
+    ``problems``: one :class:`ImageError` per entry that may hold images but cannot be read: a named pipe or other
+    special file, a broken symbolic link, a symbolic link loop, a folder that cannot be listed.
+    ``notes``: folder links not followed because their folder is searched already or holds them (a loop); nothing
+    is missed.
+    """
+
+    images: list[Path] = field(default_factory=list)
+    ignored: list[Path] = field(default_factory=list)
+    problems: list[ImageError] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+
 def find_images(path: Path, exclude: Path | None = None) -> list[Path]:
-    """``[path]`` for a file; for a folder every image below it (recursive, sorted, hidden entries skipped), not
-    entering the folder ``exclude`` when it lies below ``path`` (an output folder inside the input folder)."""
-    return scan_images(path, exclude)[0]
+    """``[path]`` for a file; for a folder every image below it (:func:`scan_images`), with the entries named like
+    images that cannot be read (a named pipe, a broken link), so that reading them reports them, never opening a
+    pipe (:func:`read_image`). ``FileNotFoundError`` when ``path`` is neither a regular file nor a folder."""
+    scan = scan_existing(path, exclude)
+    unreadable = [p.path for p in scan.problems if p.path.suffix.lower() in IMAGE_EXTENSIONS]
+    return sorted(scan.images + unreadable)
 
 
-def scan_images(path: Path, exclude: Path | None = None) -> tuple[list[Path], list[Path]]:
-    """:func:`find_images` plus the files it passed over for their extension (hidden entries are not counted)."""
+def scan_existing(path: Path, exclude: Path | None = None) -> ImageScan:
+    """:func:`scan_images` of a path that must be a regular file or a folder (``FileNotFoundError`` otherwise)."""
     path = Path(path)
-    skip = Path(exclude).resolve() if exclude is not None else None
-    if path.is_file():
-        return [path], []
-    if not path.is_dir():
-        raise FileNotFoundError(2, "No such file or directory", str(path))
-    found, ignored = [], []
-    for root, dirs, files in os.walk(path):
-        dirs[:] = [
-            d for d in dirs if not d.startswith(".") and (skip is None or (Path(root) / d).resolve() != skip)
-        ]
-        for f in files:
-            if not f.startswith("."):
-                (found if Path(f).suffix.lower() in IMAGE_EXTENSIONS else ignored).append(Path(root) / f)
-    return sorted(found), sorted(ignored)
+    scan = scan_images(path, exclude)
+    if scan.problems and not path.is_dir():
+        raise FileNotFoundError(2, scan.problems[0].reason, str(path))
+    return scan
+
+
+def file_kind(mode: int) -> str:
+    """What a ``st_mode`` is, in words: ``file``, ``folder``, ``named pipe``, ``socket``, ``device``..."""
+    kinds = [
+        (stat.S_ISREG, "file"),
+        (stat.S_ISDIR, "folder"),
+        (stat.S_ISFIFO, "named pipe"),
+        (stat.S_ISSOCK, "socket"),
+        (stat.S_ISCHR, "character device"),
+        (stat.S_ISBLK, "block device"),
+    ]
+    return next((name for test, name in kinds if test(mode)), "special file")
+
+
+def stat_or_reason(path: Path) -> tuple[os.stat_result | None, str]:
+    """``path``'s stat (links followed) and '', or None and why it cannot be reached (a broken link, a loop...)."""
+    try:
+        return path.stat(), ""
+    except OSError as error:
+        if not path.is_symlink():
+            missing = error.errno == errno.ENOENT
+            return None, "no such file or folder" if missing else f"cannot read ({error.strerror or error})"
+        if error.errno == errno.ELOOP:
+            return None, "symbolic link loop (the link leads back to itself)"
+        if error.errno == errno.ENOENT:
+            return None, f"broken symbolic link (its target {os.readlink(path)} does not exist)"
+        return None, f"symbolic link that cannot be followed ({error.strerror or error})"
+
+
+def scan_images(path: Path, exclude: Path | None = None) -> ImageScan:
+    """Images under ``path``: a regular file itself, or every regular image file below a folder (recursive,
+    hidden entries skipped, folder links followed), never entering the folder ``exclude`` (an output folder inside
+    the input folder) nor a folder twice. Never raises: what cannot be read is an :class:`ImageScan` problem."""
+    path = Path(path)
+    scan = ImageScan()
+    info, reason = stat_or_reason(path)
+    if info is not None and stat.S_ISDIR(info.st_mode):
+        walk_folder(path, exclude, scan)
+    elif info is not None and stat.S_ISREG(info.st_mode):
+        scan.images.append(path)
+    else:
+        scan.problems.append(ImageError(path, reason or f"not a regular file ({file_kind(info.st_mode)})"))
+    scan.images.sort()
+    scan.ignored.sort()
+    scan.problems.sort(key=lambda problem: problem.path)
+    return scan
+
+
+def walk_folder(top: Path, exclude: Path | None, scan: ImageScan) -> None:
+    """Add what lies below the folder ``top`` to ``scan``, not entering the folder ``exclude`` (unless it is ``top``).
+    Links to folders are followed once every real folder is searched, so that a folder and a link to it give the
+    folder's own paths; a folder is searched once."""
+    skip = stat_or_reason(Path(exclude))[0] if exclude is not None else None
+    skipped = (skip.st_dev, skip.st_ino) if skip is not None else None
+    seen: set[tuple[int, int]] = set()
+    folders, links = [top], []
+    while folders or links:
+        folder = folders.pop() if folders else links.pop(0)
+        info, reason = stat_or_reason(folder)
+        if info is None:  # gone since it was listed
+            scan.problems.append(ImageError(folder, reason))
+            continue
+        key = (info.st_dev, info.st_ino)
+        if folder != top and folder.is_symlink() and (note := link_note(folder, key in seen, top)):
+            scan.notes.append(note)
+            continue
+        if key == skipped and folder != top:
+            continue
+        if key not in seen:
+            seen.add(key)
+            list_folder(folder, scan, folders, links)
+
+
+def link_note(link: Path, searched: bool, top: Path) -> str | None:
+    """Why the folder link ``link`` below ``top`` is not followed (its folder is ``searched`` already, or holds
+    ``top``: a loop), or None to follow it."""
+    target = os.path.realpath(link)
+    if searched:
+        return f"{link}: link to {target}, searched already; not followed"
+    if (os.path.realpath(top) + os.sep).startswith(target.rstrip(os.sep) + os.sep):
+        return f"{link}: link to {target}, a folder that holds it (a loop); not followed"
+    return None
+
+
+def entry_mode(entry: os.DirEntry) -> tuple[int | None, str]:
+    """The type bits (``st_mode``) of a folder entry with links followed, and ''; or None and why it cannot be
+    reached (:func:`stat_or_reason`). Plain files and folders need no extra system call."""
+    if entry.is_file(follow_symlinks=False):
+        return stat.S_IFREG, ""
+    if entry.is_dir(follow_symlinks=False):
+        return stat.S_IFDIR, ""
+    info, reason = stat_or_reason(Path(entry.path))
+    return (info.st_mode if info is not None else None), reason
+
+
+def list_folder(folder: Path, scan: ImageScan, folders: list[Path], links: list[Path]) -> None:
+    """Sort the visible entries of ``folder`` into ``scan`` (images, ignored files, problems) and into the
+    ``folders`` and folder ``links`` still to search; a folder that cannot be listed is a problem."""
+    try:
+        with os.scandir(folder) as listing:
+            entries = sorted(listing, key=lambda e: e.name)
+    except OSError as error:
+        scan.problems.append(ImageError(folder, f"cannot list this folder ({error.strerror or error})"))
+        return
+    for entry in entries:
+        if entry.name.startswith("."):
+            continue
+        child = Path(entry.path)
+        mode, reason = entry_mode(entry)
+        if mode is None:
+            scan.problems.append(ImageError(child, reason))
+        elif stat.S_ISDIR(mode):
+            (links if entry.is_symlink() else folders).append(child)
+        elif stat.S_ISREG(mode):
+            (scan.images if child.suffix.lower() in IMAGE_EXTENSIONS else scan.ignored).append(child)
+        else:
+            scan.problems.append(ImageError(child, f"not a regular file ({file_kind(mode)})"))
 
 
 # ----------------------------------------------------------------------------------------------------- reading
@@ -281,12 +414,14 @@ def read_image(path: Path, max_pixels: int | None = None) -> LoadedImage:
     """
     path = Path(path)
     try:
-        if path.is_dir():
-            raise ImageError(path, "is a folder, not an image file")
-        if path.stat().st_size == 0:
+        info = path.stat()
+        if not stat.S_ISREG(info.st_mode):  # a named pipe would block the read forever
+            raise ImageError(path, f"is a {file_kind(info.st_mode)}, not an image file")
+        if info.st_size == 0:
             raise ImageError(path, "empty file (0 bytes)")
         with Image.open(path, formats=READ_FORMATS) as im:
             check_pixels(path, im.size, max_pixels)
+            frames = int(getattr(im, "n_frames", 1))
             deep, deep_gray = is_deep_color(im), raw_mode(im).startswith("LA")
             try:
                 im.load()
@@ -319,7 +454,18 @@ def read_image(path: Path, max_pixels: int | None = None) -> LoadedImage:
         raise ImageError(path, f"corrupt image header ({type(error).__name__}: {error})") from error
     pixels, bit_depth = to_unit_float(orient(array, orientation), mode)
     rgb, alpha = split_planes(pixels, is_gray)
-    return LoadedImage(path, rgb, alpha, is_gray, bit_depth, icc, exif, file_format)
+    return LoadedImage(path, rgb, alpha, is_gray, bit_depth, icc, exif, file_format, frames)
+
+
+def first_frame_note(image: LoadedImage) -> str | None:
+    """One line when only the first of several pictures in the file was read: an animated WebP or PNG, a
+    multi-page TIFF. None otherwise, camera MPO files included (their extra frames are previews of the same
+    photo)."""
+    kinds = {"WEBP": "animated WebP", "PNG": "animated PNG", "TIFF": "multi-page TIFF"}
+    if image.frames < 2 or image.format not in kinds:
+        return None
+    unit = "pages" if image.format == "TIFF" else "frames"
+    return f"{image.path}: {kinds[image.format]} with {image.frames} {unit}; only the first was used"
 
 
 def split_planes(pixels: np.ndarray, is_gray: bool) -> tuple[torch.Tensor, torch.Tensor | None]:

@@ -21,10 +21,13 @@ import torch
 from torch import Tensor
 
 from . import memory
+from .cache import remove_stale_temp_files
 from .images import (
     IMAGE_EXTENSIONS,
     READ_FORMATS,
     ImageError,
+    file_kind,
+    first_frame_note,
     format_for,
     may_have_alpha,
     output_path,
@@ -124,6 +127,7 @@ class FileResult:
     in_size: tuple[int, int] | None = None
     out_size: tuple[int, int] | None = None
     stages: dict[str, float] = field(default_factory=dict)
+    note: str | None = None  # said about an ok file, e.g. only the first frame of an animated WebP was used
 
 
 def shard(items: list, rank: int, world: int) -> list:
@@ -219,6 +223,7 @@ def upscale_one(
         (img.height, img.width),
         tuple(rgb.shape[-2:]),
         dict(getattr(backend, "timings", {})),
+        first_frame_note(img),
     )
 
 
@@ -239,29 +244,27 @@ def destination(src: Path, root: Path, out_dir: Path, batch: BatchOptions) -> Pa
 def find_jobs(
     inputs: list[Path], out_dir: Path, batch: BatchOptions, note=print
 ) -> tuple[list[tuple[Path, Path]], list[FileResult]]:
-    """(source, destination) pairs for ``inputs`` and a failed result per missing input, or one when no image at
-    all was found. Earlier outputs are not taken as sources: files under ``out_dir`` when it lies inside an input
-    folder, and files that are another job's destination (``-o`` = the input folder with ``--suffix``).
-    ``note`` gets one line per input folder with files passed over for their extension."""
+    """(source, destination) pairs for ``inputs`` and a failed result per input that cannot be read (missing, a
+    named pipe, a broken link, a folder that cannot be listed: :func:`fluxsr.images.scan_images`), per clash
+    (:func:`_outputs_that_are_inputs`, :func:`_one_job_per_output`), or one when no image at all was found. Files
+    under ``out_dir`` are not taken as sources when it lies inside an input folder. ``note`` gets one line per
+    input folder with files passed over for their extension, and one per folder link not followed."""
     jobs: list[tuple[Path, Path]] = []
     results: list[FileResult] = []
-    out = Path(out_dir).resolve()
     for root in map(Path, inputs):
-        if not root.exists():
-            results.append(FileResult(str(root), None, "failed", f"{root}: no such file or folder"))
-            continue
-        found, ignored = scan_images(
-            root, exclude=out
-        )  # earlier outputs under the input folder are not inputs
-        if ignored:
-            kinds = ", ".join(sorted({p.suffix.lower() or "no extension" for p in ignored}))
+        scan = scan_images(root, exclude=out_dir)  # earlier outputs under the input folder are not inputs
+        results += [failure(problem.path, problem) for problem in scan.problems]
+        for line in scan.notes:
+            note(f"note: {line}")
+        if scan.ignored:
+            kinds = ", ".join(sorted({p.suffix.lower() or "no extension" for p in scan.ignored}))
             note(
-                f"note: {root}: ignored {len(ignored)} file(s) with unsupported extensions ({kinds}); "
+                f"note: {root}: ignored {len(scan.ignored)} file(s) with unsupported extensions ({kinds}); "
                 f"images are {' '.join(IMAGE_EXTENSIONS)}"
             )
-        jobs += [(src, destination(src, root, out_dir, batch)) for src in found]
-    owner = {dst.resolve(): src.resolve() for src, dst in reversed(jobs)}
-    jobs = [(src, dst) for src, dst in jobs if owner.get(src.resolve(), src.resolve()) == src.resolve()]
+        jobs += [(src, destination(src, root, out_dir, batch)) for src in scan.images]
+    jobs, clashes = _outputs_that_are_inputs(jobs)
+    results += clashes
     jobs, clashes = _one_job_per_output(jobs)
     results += clashes
     if not jobs and not results:
@@ -270,21 +273,50 @@ def find_jobs(
     return jobs, results
 
 
-def _one_job_per_output(jobs: list[tuple[Path, Path]]) -> tuple[list[tuple[Path, Path]], list[FileResult]]:
-    """Each output written by one job and each source read by one: a file met twice (given twice, or under two
-    given folders) runs once, at its first place; a second source for an output that an earlier one writes
-    (``a.jpg`` and ``a.png`` with ``--ext png``) is a failure naming both. Decided here, before the jobs are split
-    across processes, so every run makes the same choice."""
-    kept, clashes, writer, queued = [], [], {}, set()
+def _outputs_that_are_inputs(
+    jobs: list[tuple[Path, Path]],
+) -> tuple[list[tuple[Path, Path]], list[FileResult]]:
+    """Jobs without those whose output is another job's source (``-o`` = the input folder with ``--ext png`` and
+    ``a.jpg``, ``a.png``; or ``--suffix _x4`` and ``a.png``, ``a_x4.png``), and a failure for both files of each
+    such clash, naming the other: the output would replace an input photo, and the input may be an earlier output
+    (fluxsr cannot tell which), so neither runs."""
+    sources = {real_path(src): src for src, _ in jobs}
+    refused: dict[Path, FileResult] = {}
     for src, dst in jobs:
-        key, source = dst.resolve(), src.resolve()
-        if source in queued:
+        other = sources.get(real_path(dst))
+        if other is None or real_path(dst) == real_path(src):
+            continue  # output = input itself is check_job's "would overwrite the input"
+        hint = "write to another folder with -o (or another --suffix/--ext)"
+        reasons = {
+            src: f"its output {dst} is an input too; not overwritten: {hint}",
+            other: f"not upscaled: it is also the output name of {src} (an earlier output?); {hint}",
+        }
+        for path, reason in reasons.items():
+            refused.setdefault(real_path(path), failure(path, ImageError(path, reason)))
+    kept = [(src, dst) for src, dst in jobs if real_path(src) not in refused]
+    return kept, list(refused.values())
+
+
+def real_path(path: Path) -> Path:
+    """``path`` with links resolved as far as they go (a link loop does not raise, unlike ``Path.resolve``)."""
+    return Path(os.path.realpath(path))
+
+
+def _one_job_per_output(jobs: list[tuple[Path, Path]]) -> tuple[list[tuple[Path, Path]], list[FileResult]]:
+    """Each output written by one job and each source read by one: a file met twice (given twice, under two given
+    folders, or beside a link to it) runs once, at its first place that is not a link; a second source for an
+    output that an earlier one writes (``a.jpg`` and ``a.png`` with ``--ext png``) is a failure naming both.
+    Decided here, before the jobs are split across processes, so every run makes the same choice."""
+    place = _reading_places(jobs)
+    kept, clashes, writer = [], [], {}
+    for index, (src, dst) in enumerate(jobs):
+        key = real_path(dst)
+        if place[real_path(src)] != index:
             continue
-        queued.add(source)
         if key not in writer:
             writer[key] = src
             kept.append((src, dst))
-        elif writer[key].resolve() != source:
+        else:
             clashes.append(
                 failure(
                     src,
@@ -295,18 +327,34 @@ def _one_job_per_output(jobs: list[tuple[Path, Path]]) -> tuple[list[tuple[Path,
     return kept, clashes
 
 
+def _reading_places(jobs: list[tuple[Path, Path]]) -> dict[Path, int]:
+    """For each source file (by its real path), the index of the job that reads it: its first place in ``jobs``
+    that is not a link to it, or its first place when all are links."""
+    place: dict[Path, int] = {}
+    for index, (src, _) in enumerate(jobs):
+        first = place.setdefault(real_path(src), index)
+        if jobs[first][0].is_symlink() and not src.is_symlink():
+            place[real_path(src)] = index
+    return place
+
+
 def check_job(src: Path, dst: Path, batch: BatchOptions) -> FileResult | None:
     """Why ``src`` -> ``dst`` is not run (failed or skipped), or None to run it; nothing is decoded.
 
     Checked in this order: output = input, unsupported content behind an unusual extension (``anim.gif``), an
-    output extension nothing can be written in (``pic.gif.txt``), an existing output.
+    output extension nothing can be written in (``pic.gif.txt``), an output name taken by a folder (or another
+    non-file), an existing output.
     """
     try:
-        if dst.resolve() == src.resolve():
+        if real_path(dst) == real_path(src):
             return failure(src, "output would overwrite the input")
         if src.suffix.lower() not in IMAGE_EXTENSIONS and (kind := sniff_format(src)) not in READ_FORMATS:
             return failure(src, unsupported_reason(kind))
         format_for(dst)
+        if dst.exists() and not dst.is_file():
+            return failure(
+                src, f"output {dst} is a {file_kind(dst.stat().st_mode)}; move it or use another -o"
+            )
         if dst.exists() and not batch.overwrite:
             return FileResult(str(src), str(dst), "skipped", "output exists (use --overwrite)")
     except ImageError as e:
@@ -349,7 +397,12 @@ def run_jobs(
     progress: bool | str = True,
 ) -> list[FileResult]:
     """Run (source, destination) jobs in order, one result each: :func:`check_job`, then :func:`upscale_one`;
-    failures are printed as they happen, with a progress bar on a terminal (``progress="always"``: anywhere)."""
+    failures and notes are printed as they happen, with a progress bar on a terminal (``progress="always"``:
+    anywhere). First, temporary files that killed runs left in the output folders are removed
+    (:func:`fluxsr.cache.remove_stale_temp_files`)."""
+    for folder in sorted({dst.parent for _, dst in jobs}):
+        for temp in remove_stale_temp_files(folder):
+            print(f"note: removed {temp}, left by an interrupted run", file=sys.stderr)
     results: list[FileResult] = []
     bar = None
     if progress:
@@ -362,14 +415,18 @@ def run_jobs(
             file=sys.stderr,
             disable=not sys.stderr.isatty() and progress != "always",
         )
-    for src, dst in jobs:
-        results.append(check_job(src, dst, batch) or upscale_one(backend, src, dst, opts, batch))
-        if results[-1].status == "failed":
-            print(f"error: {results[-1].error}", file=sys.stderr)
+    try:
+        for src, dst in jobs:
+            results.append(check_job(src, dst, batch) or upscale_one(backend, src, dst, opts, batch))
+            if results[-1].status == "failed":
+                print(f"error: {results[-1].error}", file=sys.stderr)
+            elif results[-1].note:
+                print(f"note: {results[-1].note}", file=sys.stderr)
+            if bar is not None:
+                bar.update(1)
+    finally:  # Ctrl-C included: the bar's line is ended before the one-line message
         if bar is not None:
-            bar.update(1)
-    if bar is not None:
-        bar.close()
+            bar.close()
     return results
 
 
