@@ -476,8 +476,17 @@ def _print_notes(notes: list[str], problems: list[str]) -> None:
 
 
 def cmd_eval(args) -> int:
-    from .evaluate import evaluate_dirs, report_csv, report_json, report_markdown, write_json, write_text
+    from .evaluate import (
+        check_report_files,
+        evaluate_dirs,
+        report_csv,
+        report_json,
+        report_markdown,
+        write_json,
+        write_text,
+    )
 
+    check_report_files(args.pred, args.gt, {"--json": args.json, "--csv": args.csv})
     report = evaluate_dirs(
         args.pred,
         args.gt,
@@ -576,7 +585,8 @@ def add_make_testset(sub) -> None:
     p.add_argument(
         "--overwrite",
         action="store_true",
-        help="delete OUT/hr and OUT/lr first (default: refuse them when not empty)",
+        help="first delete the pairs an earlier make-testset listed in OUT/manifest.json (never other files; "
+        "default: refuse a non-empty OUT/hr or OUT/lr)",
     )
     p.set_defaults(func=cmd_make_testset)
 
