@@ -178,8 +178,11 @@ def build_metrics(
 ) -> tuple[list[Metric], list[str]]:
     """Ready-to-call metrics for ``names`` (order kept) and notes about skipped ones.
 
-    Raises :class:`fluxsr.cache.MissingWeightsError` when LPIPS/DISTS/NIQE parameters are not fetched yet.
+    Raises :class:`fluxsr.cache.MissingWeightsError` when LPIPS/DISTS/NIQE parameters are not fetched yet, and
+    ValueError for a scale that is not an integer >= 1.
     """
+    if not (math.isfinite(scale) and scale >= 1 and scale == round(scale)):
+        raise ValueError(f"scale must be an integer >= 1, got {scale!r}")
     proto = effective_protocol(protocol, crop_border)
     names = parse_metric_names(names)
     built = {n: _builtin_metric(n, proto, scale, device) for n in names if n not in PYIQA_NAMES}
