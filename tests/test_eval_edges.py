@@ -459,7 +459,7 @@ def test_make_testset_overwrite_deletes_only_what_it_wrote(tmp_path, capsys):
     mine = _photo(out / "hr" / "mine.png", seed=5)  # a file of the user's, not listed in the manifest
     again = ["make-testset", "--hr", str(src), "--out", str(out), "--seed", "1", "--overwrite"]
     assert main(again) == 2
-    assert "mine.png is not one of them" in capsys.readouterr().err
+    assert "mine.png is not among them" in capsys.readouterr().err
     assert mine.is_file() and (out / "hr" / "a.png").is_file()  # nothing deleted
     mine.unlink()
     assert main(again) == 0 and json.loads((out / "manifest.json").read_text())["seed"] == 1

@@ -429,6 +429,14 @@ def test_tile_and_overlap_ranges_in_the_python_api(pipe):
         pipe(x, overlap=pipe.model.spec.tile // 2 + 1)  # no tile given: the model's
 
 
+def test_a_tile_lowered_by_the_planner_keeps_a_valid_overlap(pipe):
+    """An image smaller than the tile runs at a smaller tile; the asked overlap (valid for the asked tile) is then
+    cut to half of it instead of failing the range check."""
+    x = torch.rand(3, 10, 12, generator=torch.Generator().manual_seed(0))
+    out = pipe.upscale_tensor(x, UpscaleOptions(tile=256, overlap=128))
+    assert pipe.plan.tile < 256 and out.shape == (3, 40, 48)
+
+
 @pytest.mark.parametrize("backend", ["bicubic", "realesrgan", "fluxsr"])
 @pytest.mark.parametrize("scale", ["1e9", "1e300"])
 def test_absurd_scales_are_one_line_before_any_work(tmp_path, monkeypatch, capsys, backend, scale):

@@ -638,9 +638,8 @@ def cmd_benchmark(args) -> int:
     from .evaluate import backend_factories, benchmark_markdown, run_benchmark
     from .pipeline import UpscaleOptions
 
-    opts = UpscaleOptions(
-        args.scale, None, args.color_fix, args.tile, args.overlap
-    )  # bad settings fail first
+    # bad settings fail first
+    opts = UpscaleOptions(args.scale, None, args.color_fix, args.tile, args.overlap)
     torch.manual_seed(args.seed)
     dataset = load_dataset(args.dataset, args.layout, scale=max(1, round(args.scale)))
     factories = backend_factories(args.backends, lambda: _pipeline(args), args.device)

@@ -471,8 +471,8 @@ def _prepare_out(out: Path, overwrite: bool) -> None:
             f" and {len(foreign) - 3} more" if len(foreign) > 3 else ""
         )
         raise ValueError(
-            f"--overwrite deletes only the pairs listed in {out / 'manifest.json'}, and {names} is not one of "
-            "them: move such files away or choose another --out"
+            f"--overwrite deletes only the pairs listed in {out / 'manifest.json'}, and {names} "
+            f"{'is' if len(foreign) == 1 else 'are'} not among them: move such files away or choose another --out"
         )
     for f in found:
         f.unlink()
