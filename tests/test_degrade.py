@@ -347,3 +347,25 @@ def test_degrade_file(tmp_path):
     assert Image.open(up).size == (80, 68)
     again = degrade_file(src, tmp_path / "lr2.png", seed=1)
     assert np.array_equal(np.asarray(Image.open(out)), np.asarray(Image.open(again)))
+
+
+def test_degrade_refuses_to_write_over_its_input(tmp_path, capsys):
+    """`fluxsr degrade IN IN` used to replace the photo with its degraded copy: same path, a symlink, a hard link."""
+    import os
+
+    from PIL import Image
+
+    from fluxsr.cli import main
+
+    src = tmp_path / "hr.png"
+    Image.fromarray((textured(1, 32, 32)[0].permute(1, 2, 0).numpy() * 255).astype(np.uint8)).save(src)
+    before = src.read_bytes()
+    (tmp_path / "soft.png").symlink_to(src)
+    os.link(src, tmp_path / "hard.png")
+    for out in (src, tmp_path / "." / "hr.png", tmp_path / "soft.png", tmp_path / "hard.png"):
+        assert main(["degrade", str(src), str(out)]) == 2
+        assert "is the input" in capsys.readouterr().err
+        with pytest.raises(ValueError, match="is the input"):
+            degrade_file(out, src, seed=0)
+    assert src.read_bytes() == before
+    assert main(["degrade", str(src), str(tmp_path / "lr.png")]) == 0  # another name is fine

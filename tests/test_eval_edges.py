@@ -445,3 +445,99 @@ def test_make_testset_checks_the_crop_first_and_writes_no_empty_manifest(tmp_pat
     )
     assert "no pairs written" in capsys.readouterr().err
     assert not (tmp_path / "t2" / "manifest.json").exists()
+
+
+# ---------------------------------------------------------------------------------------------------- issue 16: data loss
+
+
+def test_make_testset_never_deletes_an_input_inside_out(tmp_path, capsys):
+    """`make-testset --hr data/hr --out data --overwrite` used to delete the user's HR photos."""
+    data = tmp_path / "data"
+    photos = [_photo(data / "hr" / f"{name}.png", size=(32, 32), seed=i) for i, name in enumerate("ab")]
+    before = [p.read_bytes() for p in photos]
+    for extra in ([], ["--overwrite"]):
+        argv = ["make-testset", "--hr", str(data / "hr"), "--out", str(data), "--seed", "0", *extra]
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert f"--hr {data / 'hr'} is {data / 'hr'}" in err and "choose an --out" in err
+        assert "--overwrite to" not in err  # no longer suggested when it would delete the input
+    one_file = ["make-testset", "--hr", str(photos[0]), "--out", str(data), "--seed", "0", "--overwrite"]
+    assert main(one_file) == 2 and "lies inside" in capsys.readouterr().err
+    assert [p.read_bytes() for p in photos] == before and not (data / "lr").exists()
+
+
+def test_make_testset_overwrite_deletes_only_what_it_wrote(tmp_path, capsys):
+    src = tmp_path / "src"
+    _photo(src / "a.png", size=(32, 32))
+    out = tmp_path / "set"
+    assert main(["make-testset", "--hr", str(src), "--out", str(out), "--seed", "0"]) == 0
+    mine = _photo(out / "hr" / "mine.png", seed=5)  # a file of the user's, not listed in the manifest
+    again = ["make-testset", "--hr", str(src), "--out", str(out), "--seed", "1", "--overwrite"]
+    assert main(again) == 2
+    assert "mine.png is not among them" in capsys.readouterr().err
+    assert mine.is_file() and (out / "hr" / "a.png").is_file()  # nothing deleted
+    mine.unlink()
+    assert main(again) == 0 and json.loads((out / "manifest.json").read_text())["seed"] == 1
+    # a folder of HR/LR pairs that make-testset did not write (no manifest) is never cleared
+    theirs = tmp_path / "theirs"
+    _photo(theirs / "hr" / "x.png")
+    _photo(theirs / "lr" / "x.png")
+    assert main(["make-testset", "--hr", str(src), "--out", str(theirs), "--seed", "0", "--overwrite"]) == 2
+    assert (theirs / "hr" / "x.png").is_file() and (theirs / "lr" / "x.png").is_file()
+
+
+def test_make_testset_manifest_lists_the_pairs_before_they_are_written(tmp_path, monkeypatch):
+    """A killed run leaves a manifest naming its pairs, so that --overwrite may delete them (and only them)."""
+    import fluxsr.datasets as D
+
+    src = tmp_path / "src"
+    for i, name in enumerate("ab"):
+        _photo(src / f"{name}.png", size=(32, 32), seed=i)
+    out = tmp_path / "set"
+
+    def killed(*args):
+        raise KeyboardInterrupt
+
+    real = D.degrade_one
+    calls = iter([real, killed])
+    monkeypatch.setattr(D, "degrade_one", lambda *a: next(calls)(*a))
+    with pytest.raises(KeyboardInterrupt):
+        make_testset([src], out, seed=0)
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["complete"] is False and [i["name"] for i in manifest["images"]] == ["a", "b"]
+    assert (out / "hr" / "a.png").is_file()
+    monkeypatch.setattr(D, "degrade_one", real)
+    result = make_testset([src], out, seed=0, overwrite=True)
+    assert [i["name"] for i in result.items] == ["a", "b"]
+    assert json.loads(result.manifest.read_text())["complete"] is True
+
+
+def test_benchmark_and_demo_refuse_outputs_that_replace_their_inputs(tmp_path, capsys):
+    """A data set inside a method's output folder (written with overwrite), or an earlier comparison.png among
+    the demo's inputs, would be written over: refused before anything runs."""
+    out = tmp_path / "bench"
+    lr = _photo(out / "bicubic" / "a.png", seed=1)
+    before = lr.read_bytes()
+    with pytest.raises(ValueError, match="lies inside .*bicubic, which this run writes its outputs into"):
+        run_benchmark(
+            load_dataset(out / "bicubic", "lr-only"), backend_factories("bicubic", lambda: None), out, []
+        )
+    assert lr.read_bytes() == before and not (out / "comparison.png").exists()
+    folder = tmp_path / "photos"
+    _photo(folder / "b.png")
+    sheet = _photo(folder / "comparison.png", seed=2)  # e.g. an earlier `fluxsr demo photos --out photos`
+    before = sheet.read_bytes()
+    assert main(["demo", str(folder), "--out", str(folder), "--model", "tiny", "-q"]) == 2
+    assert "comparison.png, which this run replaces" in capsys.readouterr().err
+    assert sheet.read_bytes() == before and not (folder / "bicubic").exists()
+
+
+def test_eval_refuses_a_report_file_that_is_a_scored_image(tmp_path, capsys):
+    a = _photo(tmp_path / "sr" / "a.png")
+    _photo(tmp_path / "hr" / "a.png")
+    before = a.read_bytes()
+    for flag in ("--json", "--csv"):
+        argv = ["eval", "--pred", str(tmp_path / "sr"), "--gt", str(tmp_path / "hr"), "--metrics", "psnr"]
+        assert main([*argv, flag, str(a), "-q"]) == 2
+        assert f"which {flag} would replace" in capsys.readouterr().err
+    assert a.read_bytes() == before

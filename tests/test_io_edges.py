@@ -589,3 +589,135 @@ def test_a_rerun_removes_the_temp_files_of_killed_runs_only(tmp_path, capsys):
     assert f"note: removed {left}" in capsys.readouterr().err
     assert sorted(p.name for p in out.iterdir()) == sorted(["a.png", "b.png", elsewhere.name, user.name])
     assert (out / "b.png").read_bytes() == b"half" and not busy.exists()  # its rename found its file
+
+
+# -- issue 16: tile ranges, output size caps ----------------------------------------------------------------------
+
+
+def exit_code(argv: list[str]) -> int:
+    """What the `fluxsr` command exits with (argparse refuses bad values with SystemExit(2))."""
+    try:
+        return cli.main(argv)
+    except SystemExit as e:
+        return int(e.code)
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--tile", "-5"], "argument --tile: tile must be >= 1 output pixel, got -5"),
+        (["--overlap", "-8"], "argument --overlap: overlap must be >= 0, got -8"),
+        (["--tile", "64", "--overlap", "64"], "give 0 <= overlap <= 32"),
+        (["--tile", "64", "--overlap", "500"], "give 0 <= overlap <= 32"),
+    ],
+)
+def test_tile_and_overlap_out_of_range_are_refused_before_any_work(
+    tmp_path, monkeypatch, capsys, flags, message
+):
+    """They used to be accepted silently (exit 0): a negative overlap, an overlap as large as the tile."""
+    save_rgb(tmp_path / "a.png")
+    monkeypatch.setattr(cli, "_pipeline", lambda args: pytest.fail("model loaded"))
+    data = tmp_path / "set" / "lr"
+    save_rgb(data / "a.png")
+    for argv in (
+        ["upscale", "-q", str(tmp_path / "a.png"), "-o", str(tmp_path / "o")],
+        ["upscale", "--backend", "bicubic", "-q", str(tmp_path / "a.png"), "-o", str(tmp_path / "o")],
+        ["benchmark", "--dataset", str(data), "--backends", "fluxsr", "--out", str(tmp_path / "b"), "-q"],
+        ["bench", "--rows", "fluxsr", "--sizes", "16"],
+    ):
+        assert exit_code([*argv, *flags]) == 2, argv
+        err = capsys.readouterr().err
+        assert message in err and "Traceback" not in err
+    assert not (tmp_path / "o").exists() and not (tmp_path / "b").exists()
+
+
+def test_tile_and_overlap_ranges_in_the_python_api(pipe):
+    for kwargs in ({"tile": 0}, {"tile": -5}, {"overlap": -8}, {"tile": 64, "overlap": 33}):
+        with pytest.raises(ValueError, match="tile|overlap"):
+            UpscaleOptions(**kwargs)
+    UpscaleOptions(tile=64, overlap=32)  # half the tile is the largest overlap
+    x = torch.rand(3, 8, 8)
+    with pytest.raises(ValueError, match=f"more than half the tile {pipe.model.spec.tile}"):
+        pipe(x, overlap=pipe.model.spec.tile // 2 + 1)  # no tile given: the model's
+
+
+def test_a_tile_lowered_by_the_planner_keeps_a_valid_overlap(pipe):
+    """An image smaller than the tile runs at a smaller tile; the asked overlap (valid for the asked tile) is then
+    cut to half of it instead of failing the range check."""
+    x = torch.rand(3, 10, 12, generator=torch.Generator().manual_seed(0))
+    out = pipe.upscale_tensor(x, UpscaleOptions(tile=256, overlap=128))
+    assert pipe.plan.tile < 256 and out.shape == (3, 40, 48)
+
+
+@pytest.mark.parametrize("backend", ["bicubic", "realesrgan", "fluxsr"])
+@pytest.mark.parametrize("scale", ["1e9", "1e300"])
+def test_absurd_scales_are_one_line_before_any_work(tmp_path, monkeypatch, capsys, backend, scale):
+    """--scale 1e9 used to grow to GBs of RAM (fluxsr) or end in a traceback (bicubic, and 1e300 everywhere)."""
+    save_rgb(tmp_path / "a.png", size=(24, 32))
+    monkeypatch.setattr(cli, "_pipeline", lambda args: pytest.fail("model loaded"))
+    argv = ["upscale", "--backend", backend, "-q", str(tmp_path / "a.png"), "-o", str(tmp_path / "o")]
+    assert exit_code([*argv, "--scale", scale]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "is too large" in err and "--max-pixels" in err
+    assert not (tmp_path / "o").exists()
+
+
+def test_an_output_over_max_pixels_fails_per_file_before_upscaling(tmp_path, monkeypatch, capsys):
+    import fluxsr.upscale as U
+
+    save_rgb(tmp_path / "in" / "a.png", size=(24, 32))
+    save_rgb(tmp_path / "in" / "b.png", size=(2, 3))
+    sizes = []
+    real = U.resize
+    monkeypatch.setattr(
+        U, "resize", lambda image, size, *a, **k: sizes.append(tuple(size)) or real(image, size)
+    )
+    # a: 32x24 at x10 is 320x240 = 76800 pixels, over 10000; b: 3x2 -> 30x20 = 600 is fine
+    assert run(tmp_path / "in", "-o", tmp_path / "o", "--scale", "10", "--max-pixels", "10000") == 1
+    err = capsys.readouterr().err
+    assert "a.png: the output would be 320x240 = 76800 pixels, over the limit of 10000" in err
+    assert sizes == [(20, 30)]  # nothing was resized for a.png
+    assert tree(tmp_path / "o") == ["b.png"]
+
+
+def test_output_size_cap_in_the_python_api(pipe):
+    from fluxsr.images import target_size
+
+    for scale in (1e9, 1e300):
+        with pytest.raises(ValueError, match="too large"):
+            UpscaleOptions(scale=scale)
+        with pytest.raises(ValueError, match="too large"):
+            pipe(torch.rand(3, 24, 32), scale=scale)
+    with pytest.raises(ValueError, match="over the limit of 268435456"):
+        UpscaleOptions(scale=1000).size_for(24, 32)
+    with pytest.raises(ValueError, match="over the limit of 100"):
+        UpscaleOptions(long_side=20, max_pixels=100).size_for(24, 32)
+    with pytest.raises(ValueError, match="would be about 3e301xabout 2e301 = about 7e602 pixels"):
+        UpscaleOptions(scale=1e300, max_pixels=10**601).size_for(24, 32)
+    with pytest.raises(ValueError, match="too large"):  # not OverflowError
+        target_size(24, 32, 1e308)
+    assert UpscaleOptions(scale=1e4, max_pixels=None).size_for(2, 3) == (20000, 30000)
+
+
+def test_eval_and_make_testset_refuse_a_scale_below_one(tmp_path, capsys):
+    save_rgb(tmp_path / "sr" / "a.png")
+    for argv in (
+        ["eval", "--pred", str(tmp_path / "sr"), "--metrics", "niqe", "--scale", "0"],
+        [
+            "make-testset",
+            "--hr",
+            str(tmp_path / "sr"),
+            "--out",
+            str(tmp_path / "t"),
+            "--seed",
+            "0",
+            "--scale",
+            "0",
+        ],
+    ):
+        assert exit_code(argv) == 2
+        assert "must be >= 1, got 0" in capsys.readouterr().err
+    from fluxsr.evaluate import evaluate_dirs
+
+    with pytest.raises(ValueError, match="scale must be an integer >= 1"):
+        evaluate_dirs(tmp_path / "sr", None, ["niqe"], scale=0)

@@ -174,6 +174,15 @@ def test_over_budget_output_is_refused_before_the_model_runs(fake, tmp_path):
     assert Image.open(result).size == (110, 83)
 
 
+def test_the_pipeline_gets_the_servers_output_budget(fake, tmp_path, monkeypatch):
+    """The per-request budget is the cap the pipeline's options enforce too (not the CLI default)."""
+    seen = []
+    monkeypatch.setattr(fake, "upscale_tensor", lambda rgb, opts: seen.append(opts) or rgb)
+    app = upscaler_for(fake, tmp_path, max_pixels=20_000)
+    app.upscale(str(write_png(tmp_path / "a.png", 40, 30)), 2, "none", 1024)
+    assert [o.max_pixels for o in seen] == [20_000]
+
+
 def test_the_suggested_largest_scale_fits_after_rounding():
     """sqrt(budget / pixels) rounded down can still give an output over the budget once sizes round to pixels."""
     budget = 4 * 1024 * 1024

@@ -248,3 +248,43 @@ def test_atomic_writes_follow_the_umask(tmp_path):
         os.umask(old)
     assert stat.S_IMODE((tmp_path / "a.bin").stat().st_mode) == 0o644
     assert stat.S_IMODE((tmp_path / "b.bin").stat().st_mode) == 0o664
+
+
+# -- issue 16: outputs never land on inputs ---------------------------------------------------------------------------
+
+
+def test_gen_pairs_refuses_an_out_holding_the_photos(tmp_path, capsys):
+    """Pairs are named 000000.png, ...: a photos folder used as --out would have its photos written over."""
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    Image.new("RGB", (48, 40), (40, 120, 200)).save(photos / "000000.png")
+    before = (photos / "000000.png").read_bytes()
+    with pytest.raises(
+        ValueError, match=r"pairs\.photos .* is .*photos, which gen-pairs writes its pairs into"
+    ):
+        generate_pairs(
+            recipe("pairs.source=photos", f"pairs.photos={photos}"), photos, device="cpu", progress=False
+        )
+    argv = [
+        "gen-pairs",
+        "--config",
+        str(TINY),
+        "--set",
+        "pairs.source=photos",
+        "--set",
+        f"pairs.photos={photos}",
+    ]
+    assert main([*argv, "--out", str(tmp_path), "-q"]) == 2
+    assert "lies inside" in capsys.readouterr().err
+    assert (photos / "000000.png").read_bytes() == before and sorted(os.listdir(photos)) == ["000000.png"]
+
+
+def test_train_refuses_a_run_folder_whose_final_holds_an_input(tmp_path):
+    """final/ is replaced at the end of a run: pairs or a base model inside it would be deleted."""
+    run = tmp_path / "run"
+    (run / "final").mkdir(parents=True)
+    with pytest.raises(ValueError, match="--pairs .* lies inside .*final, which train replaces at the end"):
+        train(recipe(), run / "final" / "pairs", run, progress=False)
+    with pytest.raises(ValueError, match="model.base .* is .*final"):
+        train(recipe(f"model.base={run / 'final'}"), tmp_path / "pairs", run, progress=False)
+    assert (run / "final").is_dir()

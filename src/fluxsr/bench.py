@@ -36,7 +36,7 @@ from .flow import denoise
 from .models import FluxSRModel, load_model, velocity
 from .pipeline import FluxSRPipeline, UpscaleOptions, default_dtype, resolve_device, sync
 from .pipeline import timed as stage
-from .tiling import latent_tiles, snapped, tile_count, tiled_map
+from .tiling import latent_tiles, snapped, tile_count, tile_edge, tile_overlap, tiled_map
 
 STAGES = ("read", "resize", "encode", "transformer", "decode", "color_fix", "write")
 GPU_STAGES = ("resize", "encode", "transformer", "decode", "color_fix", "net")  # device work, no file I/O
@@ -102,6 +102,17 @@ class BenchConfig:
             raise ValueError(
                 f"--text-len must be >= 1 and --esrgan-tile >= 0 (got {self.text_len}, {self.esrgan_tile})"
             )
+        self.upscale_options()  # --tile, --overlap, --tile-batch: refused now, not at the first row
+
+    def upscale_options(self) -> UpscaleOptions:
+        """The pipeline settings of every row (x4: the input is size/4)."""
+        return UpscaleOptions(
+            scale=4.0,
+            color_fix=self.color_fix,
+            tile=self.tile,
+            overlap=self.overlap,
+            tile_batch=self.tile_batch,
+        )
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -280,9 +291,7 @@ def bench_pipeline(
     pipe: FluxSRPipeline, cfg: BenchConfig, size: int, img_path: Path, out_path: Path, name: str, ctx
 ) -> dict[str, Any]:
     """One row for ``pipe`` (one-step FluxSR or the teacher): read, the pipeline's stages, write."""
-    opts = UpscaleOptions(
-        scale=4.0, color_fix=cfg.color_fix, tile=cfg.tile, overlap=cfg.overlap, tile_batch=cfg.tile_batch
-    )
+    opts = cfg.upscale_options()
 
     def body(img, times):
         with ctx():
@@ -764,12 +773,17 @@ def add_bench_arguments(p) -> None:
         help=f"Real-ESRGAN weights: cached (row skipped without them), random (same cost), auto (cached, "
         f"else random with --model {RANDOM_FLUX}, else skipped)",
     )
-    p.add_argument("--tile", type=int, default=None, help="tile in output pixels (default: the model's)")
     p.add_argument(
-        "--overlap", type=int, default=None, help="tile overlap in output pixels (default: the model's)"
+        "--tile", type=tile_edge, default=None, help="tile in output pixels, >= 1 (default: the model's)"
     )
     p.add_argument(
-        "--tile-batch", type=int, default=1, help="tiles per forward pass (0: as many as memory allows)"
+        "--overlap",
+        type=tile_overlap,
+        default=None,
+        help="tile overlap in output pixels, 0 to half the tile (default: the model's)",
+    )
+    p.add_argument(
+        "--tile-batch", type=int, default=1, help="tiles per forward pass, >= 0 (0: as many as memory allows)"
     )
     p.add_argument("--color-fix", choices=("wavelet", "adain", "none"), default="wavelet")
     p.add_argument(

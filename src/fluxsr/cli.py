@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from pathlib import Path
 
@@ -82,6 +83,24 @@ def _open_unit(text: str) -> float:
     return value
 
 
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def _scale(text: str) -> float:
+    """``--scale``: a finite number > 0 (the output size is capped by ``--max-pixels`` where there is one)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text}")
+    return value
+
+
 def _non_negative(text: str) -> int:
     value = int(text)
     if value < 0:
@@ -144,7 +163,7 @@ def cmd_upscale(args) -> int:
     )
 
     opts = UpscaleOptions(
-        args.scale, args.long_side, args.color_fix, args.tile, args.overlap, args.tile_batch
+        args.scale, args.long_side, args.color_fix, args.tile, args.overlap, args.tile_batch, args.max_pixels
     )
     batch = BatchOptions(
         args.suffix, args.ext, args.overwrite, args.max_pixels
@@ -203,7 +222,27 @@ def cmd_upscale(args) -> int:
     return 1 if failed else 0
 
 
+def _tile_args(p: argparse.ArgumentParser, which: str) -> None:
+    """``--tile`` and ``--overlap`` (``which``: the backend they apply to, in the help), with their ranges."""
+    from .tiling import tile_edge, tile_overlap
+
+    p.add_argument(
+        "--tile",
+        type=tile_edge,
+        default=None,
+        help=f"{which}tile edge in output pixels, >= 1, all stages (default: model's)",
+    )
+    p.add_argument(
+        "--overlap",
+        type=tile_overlap,
+        default=None,
+        help=f"{which}tile overlap in output pixels, 0 to half the tile (default: model's)",
+    )
+
+
 def add_upscale(sub) -> None:
+    from .images import MAX_PIXELS
+
     p = sub.add_parser("upscale", help="upscale images or folders (one step)")
     p.add_argument("inputs", nargs="+", type=Path, help="image files or folders (searched recursively)")
     p.add_argument(
@@ -212,18 +251,13 @@ def add_upscale(sub) -> None:
     p.add_argument("--backend", choices=("fluxsr", "bicubic", "realesrgan"), default="fluxsr")
     size = p.add_mutually_exclusive_group()
     size.add_argument(
-        "-s", "--scale", type=float, default=4.0, help="output/input size ratio (float, default 4)"
+        "-s", "--scale", type=_scale, default=4.0, help="output/input size ratio (float > 0, default 4)"
     )
     size.add_argument(
         "--long-side", type=int, default=None, help="longer output side in pixels instead of --scale"
     )
     p.add_argument("--color-fix", choices=("wavelet", "adain", "none"), default="wavelet")
-    p.add_argument(
-        "--tile", type=int, default=None, help="tile edge in output pixels, all stages (default: model's)"
-    )
-    p.add_argument(
-        "--overlap", type=int, default=None, help="tile overlap in output pixels (default: model's)"
-    )
+    _tile_args(p, "")
     p.add_argument(
         "--tile-batch",
         type=_non_negative,
@@ -237,7 +271,11 @@ def add_upscale(sub) -> None:
     )
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs (default: skip them)")
     p.add_argument(
-        "--max-pixels", type=int, default=64_000_000, help="refuse larger inputs (decompression bombs)"
+        "--max-pixels",
+        type=_positive,
+        default=MAX_PIXELS,
+        help=f"refuse inputs (before decoding) and outputs (before upscaling) with more pixels (default "
+        f"{MAX_PIXELS} = 16384 x 16384)",
     )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", type=Path, default=None, help="write a JSON run log here")
@@ -478,8 +516,17 @@ def _print_notes(notes: list[str], problems: list[str]) -> None:
 
 
 def cmd_eval(args) -> int:
-    from .evaluate import evaluate_dirs, report_csv, report_json, report_markdown, write_json, write_text
+    from .evaluate import (
+        check_report_files,
+        evaluate_dirs,
+        report_csv,
+        report_json,
+        report_markdown,
+        write_json,
+        write_text,
+    )
 
+    check_report_files(args.pred, args.gt, {"--json": args.json, "--csv": args.csv})
     report = evaluate_dirs(
         args.pred,
         args.gt,
@@ -518,9 +565,9 @@ def _protocol_args(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--crop-border",
-        type=int,
+        type=_non_negative,
         default=None,
-        help="pixels removed on each side for PSNR/SSIM (default: the protocol's, = scale for fluxsr)",
+        help="pixels removed on each side for PSNR/SSIM, >= 0 (default: the protocol's, = scale for fluxsr)",
     )
 
 
@@ -533,7 +580,9 @@ def add_eval(sub) -> None:
         "--gt", type=Path, default=None, help="folder of ground truth; paired by name (docs/evaluation.md)"
     )
     _protocol_args(p)
-    p.add_argument("--scale", type=int, default=4, help="SR scale (sets the fluxsr protocol's crop border)")
+    p.add_argument(
+        "--scale", type=_positive, default=4, help="SR scale, >= 1 (sets the fluxsr protocol's crop border)"
+    )
     p.add_argument("--json", type=Path, default=None, help="write per-image scores and means as JSON")
     p.add_argument("--csv", type=Path, default=None, help="write per-image scores and means as CSV")
     p.add_argument("--device", default=None, help="for LPIPS/DISTS/pyiqa (default: cuda if available)")
@@ -565,9 +614,9 @@ def add_make_testset(sub) -> None:
     p.add_argument(
         "--seed", type=int, required=True, help="set seed; each image's seed derives from it and its name"
     )
-    p.add_argument("--scale", type=int, default=4)
+    p.add_argument("--scale", type=_positive, default=4, help="LR = HR / scale, an integer >= 1 (default 4)")
     p.add_argument(
-        "--crop", type=int, default=None, help="centre-crop HR to CROP x CROP (a multiple of --scale)"
+        "--crop", type=_positive, default=None, help="centre-crop HR to CROP x CROP (a multiple of --scale)"
     )
     p.add_argument(
         "--degradation",
@@ -578,7 +627,8 @@ def add_make_testset(sub) -> None:
     p.add_argument(
         "--overwrite",
         action="store_true",
-        help="delete OUT/hr and OUT/lr first (default: refuse them when not empty)",
+        help="first delete the pairs an earlier make-testset listed in OUT/manifest.json (never other files; "
+        "default: refuse a non-empty OUT/hr or OUT/lr)",
     )
     p.set_defaults(func=cmd_make_testset)
 
@@ -590,10 +640,11 @@ def cmd_benchmark(args) -> int:
     from .evaluate import backend_factories, benchmark_markdown, run_benchmark
     from .pipeline import UpscaleOptions
 
+    # bad settings fail first
+    opts = UpscaleOptions(args.scale, None, args.color_fix, args.tile, args.overlap)
     torch.manual_seed(args.seed)
     dataset = load_dataset(args.dataset, args.layout, scale=max(1, round(args.scale)))
     factories = backend_factories(args.backends, lambda: _pipeline(args), args.device)
-    opts = UpscaleOptions(args.scale, None, args.color_fix, args.tile, args.overlap)
     result = run_benchmark(
         dataset,
         factories,
@@ -635,12 +686,9 @@ def add_benchmark(sub) -> None:
     )
     p.add_argument("--out", type=Path, required=True, help="outputs per backend, tables, chart and sheet")
     _protocol_args(p)
-    p.add_argument("-s", "--scale", type=float, default=4.0)
+    p.add_argument("-s", "--scale", type=_scale, default=4.0, help="output/input size ratio (float > 0)")
     p.add_argument("--color-fix", choices=("wavelet", "adain", "none"), default="wavelet")
-    p.add_argument(
-        "--tile", type=int, default=None, help="fluxsr tile edge in output pixels (default: model's)"
-    )
-    p.add_argument("--overlap", type=int, default=None, help="fluxsr tile overlap (default: model's)")
+    _tile_args(p, "fluxsr ")
     p.add_argument("--sheet-images", type=int, default=4, help="rows of the comparison sheet (0: none)")
     p.add_argument("--sheet-crop", type=int, default=128, help="crop size in output pixels on the sheet")
     p.add_argument("--seed", type=int, default=0)
@@ -671,6 +719,7 @@ def cmd_demo(args) -> int:
     from .pipeline import UpscaleOptions
     from .upscale import BicubicBackend
 
+    opts = UpscaleOptions(scale=args.scale)
     if args.out.exists() and not args.out.is_dir():
         raise ValueError(f"--out {args.out}: is a file; give a folder")
     if args.folder is None:
@@ -690,7 +739,7 @@ def cmd_demo(args) -> int:
         factories,
         args.out,
         [],
-        opts=UpscaleOptions(scale=args.scale),
+        opts=opts,
         sheet_images=len(dataset.pairs),
         progress=not args.quiet,
     )
@@ -714,7 +763,7 @@ def add_demo(sub) -> None:
         help="images (default: ./examples, else the examples of the fluxsr source checkout)",
     )
     p.add_argument("--out", type=Path, default=Path("outputs/demo"))
-    p.add_argument("-s", "--scale", type=float, default=4.0)
+    p.add_argument("-s", "--scale", type=_scale, default=4.0, help="output/input size ratio (float > 0)")
     p.add_argument("-q", "--quiet", action="store_true")
     _model_args(p)
     p.set_defaults(func=cmd_demo)

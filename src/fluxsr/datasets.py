@@ -21,7 +21,6 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-import shutil
 from collections import defaultdict
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
@@ -29,6 +28,7 @@ from pathlib import Path
 
 import torch
 
+from .guards import check_inputs_apart
 from .images import ImageError, find_images, read_image, scan_existing, write_image
 
 SUFFIX_TOKENS = ("out", "output", "sr", "hr", "lr", "gt", "lq")
@@ -443,16 +443,55 @@ def _collect_sources(inputs: list[Path]) -> tuple[list[Path], list[str]]:
     return files, problems
 
 
+TESTSET_FOLDERS = ("hr", "lr")
+"""The folders under ``--out`` that :func:`make_testset` writes its pairs into (flat ``<name>.png`` files)."""
+
+
+def testset_files(out: Path) -> set[Path]:
+    """The pair files an earlier :func:`make_testset` wrote in ``out``: those its ``out/manifest.json`` lists
+    (resolved), only ever files directly in ``out/hr`` and ``out/lr``; empty without a readable manifest."""
+    try:
+        manifest = json.loads((out / "manifest.json").read_text())
+        listed = [item[key] for item in manifest["images"] for key in TESTSET_FOLDERS]
+    except (OSError, ValueError, TypeError, KeyError):
+        return set()
+    folders = {(out / name).resolve() for name in TESTSET_FOLDERS}
+    files = {(out / str(rel)).resolve() for rel in listed}
+    return {f for f in files if f.parent in folders}  # a tampered manifest cannot point anywhere else
+
+
 def _prepare_out(out: Path, overwrite: bool) -> None:
-    """Refuse a non-empty ``out/lr`` or ``out/hr`` (ValueError) unless ``overwrite``, which empties them."""
-    for folder in (out / "lr", out / "hr"):
-        if folder.is_dir() and any(folder.iterdir()):
-            if not overwrite:
-                raise ValueError(
-                    f"{folder} is not empty: its old pairs would mix with the new set; choose another "
-                    "--out or pass --overwrite to delete them first"
-                )
-            shutil.rmtree(folder)
+    """Refuse a non-empty ``out/lr`` or ``out/hr`` (ValueError) unless ``overwrite``, which deletes the pairs and
+    manifest an earlier :func:`make_testset` wrote there (:func:`testset_files`) and nothing else: a file it did
+    not write is refused by name, before anything is deleted."""
+    found = [f for name in TESTSET_FOLDERS for f in sorted((out / name).rglob("*")) if not f.is_dir()]
+    if not found:
+        return
+    if not overwrite:
+        raise ValueError(
+            f"{found[0].parent} is not empty: its old pairs would mix with the new set; choose another "
+            "--out or pass --overwrite to delete the pairs an earlier make-testset wrote there"
+        )
+    ours = testset_files(out)
+    foreign = [f for f in found if f.resolve() not in ours]
+    if foreign:
+        names = ", ".join(str(f) for f in foreign[:3]) + (
+            f" and {len(foreign) - 3} more" if len(foreign) > 3 else ""
+        )
+        raise ValueError(
+            f"--overwrite deletes only the pairs listed in {out / 'manifest.json'}, and {names} "
+            f"{'is' if len(foreign) == 1 else 'are'} not among them: move such files away or choose another --out"
+        )
+    for f in found:
+        f.unlink()
+    (out / "manifest.json").unlink(missing_ok=True)
+
+
+def _write_manifest(out: Path, manifest: dict) -> Path:
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "manifest.json"
+    path.write_text(json.dumps(manifest, indent=2) + "\n")
+    return path
 
 
 def make_testset(
@@ -475,7 +514,10 @@ def make_testset(
     ``out/manifest.json`` records the settings and, per image, the source name and sha256, the per-image seed,
     sizes and the sha256 of both outputs. Unreadable or too small inputs are skipped and listed in ``problems``.
     A non-empty ``out/lr`` or ``out/hr`` is refused (ValueError, before anything is written) unless ``overwrite``,
-    which deletes both folders first, so the folders always hold exactly the manifest's pairs.
+    which first deletes the pairs an earlier run's manifest lists (and refuses any other file there), so the
+    folders always hold exactly the manifest's pairs; an input inside ``out/hr`` or ``out/lr`` is refused too
+    (:func:`fluxsr.guards.check_inputs_apart`). The manifest is written before the first pair (the planned names,
+    ``"complete": false``), so a killed run's pairs are still known to a rerun with ``overwrite``.
     """
     from .degrade import DegradationConfig
 
@@ -485,8 +527,17 @@ def make_testset(
     if crop is not None and (crop <= 0 or crop % scale):
         raise ValueError(f"--crop {crop} must be a positive multiple of the scale {scale}")
     out = Path(out)
+    check_inputs_apart(
+        [("--hr", Path(p)) for p in inputs],
+        [(out / name, "make-testset writes into (and --overwrite clears)") for name in TESTSET_FOLDERS],
+        "choose an --out that holds none of the inputs",
+    )
     _prepare_out(out, overwrite)
     sources, problems = _collect_sources(inputs)
+    if sources:
+        names = [strip_suffixes(src.stem) for src in sources]
+        planned = [{"name": n, "hr": f"hr/{n}.png", "lr": f"lr/{n}.png"} for n in names]
+        _write_manifest(out, {"complete": False, "images": planned})
     items = []
     for src in sources:
         try:
@@ -514,6 +565,7 @@ def make_testset(
             }
         )
     if not items:  # nothing usable: no manifest that would pass for an (empty) test set
+        (out / "manifest.json").unlink(missing_ok=True)
         problems.append(
             f"no pairs written to {out}: every input failed (see above)"
             if sources
@@ -521,6 +573,7 @@ def make_testset(
         )
         return TestsetResult(None, items, problems)
     manifest = {
+        "complete": True,
         "seed": int(seed),
         "scale": scale,
         "crop": crop,
@@ -528,7 +581,4 @@ def make_testset(
         "degradation": asdict(cfg),
         "images": items,
     }
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / "manifest.json"
-    path.write_text(json.dumps(manifest, indent=2) + "\n")
-    return TestsetResult(path, items, problems)
+    return TestsetResult(_write_manifest(out, manifest), items, problems)

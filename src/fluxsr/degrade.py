@@ -713,10 +713,14 @@ def degrade_file(
     """Degrade one image file and save the LR (or, with ``upsample``, the bicubic LR at HR size).
 
     The HR is cropped at the bottom/right to a multiple of ``cfg.scale``. Save to a lossless format (PNG):
-    a JPEG ``out_path`` would compress once more.
+    a JPEG ``out_path`` would compress once more. An ``out_path`` that is the input file (also through a link or a
+    hard link) is a ValueError: the photo would be replaced by its degraded copy.
     """
+    from .guards import same_file
     from .images import read_image, write_image
 
+    if same_file(Path(in_path), Path(out_path)):
+        raise ValueError(f"output {out_path} is the input {in_path}; give the degraded copy another name")
     cfg = cfg or DegradationConfig()
     s = int(cfg.scale)
     rgb = read_image(Path(in_path)).rgb  # 16-bit, grey, CMYK and EXIF orientation handled; alpha dropped

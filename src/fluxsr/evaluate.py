@@ -25,7 +25,7 @@ import math
 import re
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -35,6 +35,7 @@ from torch import Tensor
 
 from .cache import MissingWeightsError
 from .datasets import Dataset, ImagePair, match_files, relative_name
+from .guards import check_inputs_apart
 from .images import ImageError, find_images, quantize, read_image, resize, target_size
 
 FULL_REFERENCE = ("psnr", "ssim", "lpips", "lpips-vgg", "dists")
@@ -177,8 +178,11 @@ def build_metrics(
 ) -> tuple[list[Metric], list[str]]:
     """Ready-to-call metrics for ``names`` (order kept) and notes about skipped ones.
 
-    Raises :class:`fluxsr.cache.MissingWeightsError` when LPIPS/DISTS/NIQE parameters are not fetched yet.
+    Raises :class:`fluxsr.cache.MissingWeightsError` when LPIPS/DISTS/NIQE parameters are not fetched yet, and
+    ValueError for a scale that is not an integer >= 1.
     """
+    if not (math.isfinite(scale) and scale >= 1 and scale == round(scale)):
+        raise ValueError(f"scale must be an integer >= 1, got {scale!r}")
     proto = effective_protocol(protocol, crop_border)
     names = parse_metric_names(names)
     built = {n: _builtin_metric(n, proto, scale, device) for n in names if n not in PYIQA_NAMES}
@@ -294,6 +298,18 @@ def _progress(total: int, desc: str, enabled: bool):
     from tqdm import tqdm
 
     return tqdm(total=total, desc=desc, unit="img", file=sys.stderr, disable=not sys.stderr.isatty())
+
+
+def check_report_files(pred_dir: Path, gt_dir: Path | None, files: dict[str, Path | None]) -> None:
+    """Refuse (ValueError) a report file (``{"--json": path, ...}``) that is one of the images to be scored."""
+    images = [
+        p for d in (pred_dir, gt_dir) if d is not None and Path(d).is_dir() for p in find_images(Path(d))
+    ]
+    check_inputs_apart(
+        [("image", p) for p in images],
+        [(path, f"{flag} would replace") for flag, path in files.items() if path is not None],
+        "give the report a new file name",
+    )
 
 
 def evaluate_dirs(
@@ -585,6 +601,17 @@ def unique_pairs(pairs: Sequence[ImagePair]) -> tuple[list[ImagePair], list[str]
     return kept, problems
 
 
+def check_outputs_apart(pairs: Sequence[ImagePair], out: Path, keys: Iterable[str]) -> None:
+    """Refuse (ValueError) a run whose outputs would replace one of the data set's images: an image inside a
+    method's output folder ``out/<method>`` (written with overwrite) or one of the report's images in ``out``."""
+    check_inputs_apart(
+        [("input", Path(f)) for p in pairs for f in (p.lr, p.hr) if f is not None],
+        [(out / slug(key), "this run writes its outputs into (replacing what is there)") for key in keys]
+        + [(out / name, "this run replaces") for name in ("comparison.png", "benchmark_chart.png")],
+        "choose an --out that holds none of the images",
+    )
+
+
 def run_benchmark(
     dataset: Dataset,
     factories: dict[str, Callable[[], object]],
@@ -604,7 +631,8 @@ def run_benchmark(
     ``factories`` maps a backend key to a zero-argument constructor (timed as ``load_s``). Metrics are built
     first, so missing metric weights fail before anything is upscaled. Without ground truth, full-reference
     metrics named in ``metric_names`` are a ValueError (nothing is run); the default metrics drop them with a
-    note. Pairs whose names clash are skipped with a problem. Writes under ``out``: ``<method>/`` outputs
+    note. Pairs whose names clash are skipped with a problem; an image that an output would replace is a
+    ValueError before anything runs (:func:`check_outputs_apart`). Writes under ``out``: ``<method>/`` outputs
     (mirroring the data set's sub-folders), ``benchmark.md``, ``benchmark.csv``, ``benchmark.json``,
     ``benchmark_chart.png`` and ``comparison.png``.
     """
@@ -634,6 +662,7 @@ def run_benchmark(
     notes += metric_notes
     proto = effective_protocol(protocol, crop_border)
     pairs, duplicates = unique_pairs(dataset.pairs)
+    check_outputs_apart(pairs, out, factories)
     dataset = replace(dataset, pairs=pairs)
     problems = list(dataset.problems) + duplicates
     if not pairs:

@@ -257,6 +257,11 @@ def list_folder(folder: Path, scan: ImageScan, folders: list[Path], links: list[
 # ----------------------------------------------------------------------------------------------------- reading
 
 
+MAX_PIXELS = 16384 * 16384
+"""Default cap on the pixels of an input (checked from its header, before decoding) and of an output (checked
+before any upscaling): ``fluxsr upscale --max-pixels``, ``UpscaleOptions.max_pixels``. x4 of a 4096 x 4096 photo."""
+
+
 def pixel_limit(max_pixels: int | None) -> int | None:
     """The pixel cap in force: ``max_pixels``, or PIL's ``Image.MAX_IMAGE_PIXELS`` (None there means no cap)."""
     return max_pixels if max_pixels is not None else Image.MAX_IMAGE_PIXELS
@@ -746,7 +751,26 @@ def target_size(h: int, w: int, scale: float | None = None, long_side: int | Non
         return h, w
     if not (math.isfinite(scale) and scale > 0):
         raise ValueError(f"scale must be a positive number, got {scale}")
-    return max(1, math.floor(h * scale + 0.5)), max(1, math.floor(w * scale + 0.5))
+    out_h, out_w = h * scale + 0.5, w * scale + 0.5
+    if not (math.isfinite(out_h) and math.isfinite(out_w)):
+        raise ValueError(f"scale {scale:g} is too large: a {w}x{h} image would be infinitely large")
+    return max(1, math.floor(out_h)), max(1, math.floor(out_w))
+
+
+def check_output_pixels(size: tuple[int, int], max_pixels: int | None) -> None:
+    """ValueError (one line) when an output of ``size`` (H, W) holds more than ``max_pixels`` pixels (None: no cap)."""
+    h, w = size
+    if max_pixels is not None and h * w > max_pixels:
+        raise ValueError(
+            f"the output would be {pixel_count(w)}x{pixel_count(h)} = {pixel_count(h * w)} pixels, over the limit "
+            f"of {max_pixels} (--max-pixels); use a smaller scale or long side"
+        )
+
+
+def pixel_count(n: int) -> str:
+    """A pixel count or side for people: exact up to 15 digits, else roughly (``about 3e302``)."""
+    digits = str(n)
+    return digits if len(digits) <= 15 else f"about {digits[0]}e{len(digits) - 1}"
 
 
 def resize(

@@ -30,11 +30,12 @@ from torch import Tensor
 from .cache import atomic_save_safetensors, atomic_write_bytes
 from .config import config_hash
 from .flow import denoise, get_noise, get_schedule, invert
+from .guards import check_inputs_apart
 from .images import ImageError, find_images, read_image, resize, write_image
 from .models import FluxSRModel, TextCond, load_model, velocity
 from .pipeline import FluxSRPipeline, UpscaleOptions
 from .prompts import hashed_cond, prompt_for, read_prompts
-from .recipe import Recipe
+from .recipe import Recipe, input_paths
 
 MANIFEST = "manifest.jsonl"
 
@@ -169,11 +170,17 @@ def center_crop_resize(rgb: Tensor, size: int) -> Tensor:
 def generate_pairs(
     recipe: Recipe, out: Path, *, device=None, rank: int = 0, world: int = 1, progress: bool = True
 ) -> list[int]:
-    """Make this process's share of the pairs in ``out``; returns the indices it wrote (finished ones skipped)."""
+    """Make this process's share of the pairs in ``out``; returns the indices it wrote (finished ones skipped).
+    A recipe input (photos, prompts, model) inside ``out`` is a ValueError: pairs could be written over it."""
     cfg = recipe.pairs
     out = Path(out)
     if cfg.source == "photos" and not cfg.photos:
         raise ValueError("pairs.photos: required when pairs.source is 'photos'")
+    check_inputs_apart(
+        input_paths(recipe),
+        [(out, "gen-pairs writes its pairs into (NNNNNN.png, .json, .safetensors)")],
+        "choose a pairs folder (--out) that holds none of the recipe's inputs",
+    )
     chash = pairs_config_hash(recipe)
     check_one_config(out, chash)
     out.mkdir(parents=True, exist_ok=True)

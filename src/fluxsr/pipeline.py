@@ -22,9 +22,9 @@ from torch import Tensor
 from . import memory
 from .color import color_fix
 from .flow import one_step
-from .images import resize, target_size
+from .images import MAX_PIXELS, check_output_pixels, resize, target_size
 from .models import FluxSRModel, load_model, to_device, velocity
-from .tiling import TileSpec, latent_tiles, snapped, tiled_map
+from .tiling import TileSpec, check_tile_overlap, latent_tiles, snapped, tiled_map
 
 
 class NonFiniteOutputError(RuntimeError):
@@ -38,12 +38,14 @@ class UpscaleOptions:
     scale: output/input size ratio (float; ignored when ``long_side`` is given).
     long_side: make the longer output side this many pixels instead.
     color_fix: ``wavelet`` (default), ``adain`` or ``none`` (see :mod:`fluxsr.color`).
-    tile: tile edge in OUTPUT pixels for all three stages (rounded to the model's multiple, 16 for FLUX); None
-        takes the model's default (``ModelSpec.tile``: 1024 for FLUX, trained at up to ~2 MP).
-    overlap: overlap between tiles in output pixels; None takes the model's default.
+    tile: tile edge in OUTPUT pixels for all three stages, >= 1 (rounded to the model's multiple, 16 for FLUX);
+        None takes the model's default (``ModelSpec.tile``: 1024 for FLUX, trained at up to ~2 MP).
+    overlap: overlap between tiles in output pixels, 0 to half the tile; None takes the model's default.
     tile_batch: tiles per forward pass in every stage (each keeps its own position ids); 1 (default) runs tiles
         one at a time, 0 lets the memory planner choose (up to ``memory.AUTO_TILE_BATCH``). The planner lowers it
         when memory is short.
+    max_pixels: the largest output (width x height) :meth:`size_for` allows (None: no cap); a scale or long side
+        over it even for a 1-pixel image is refused here.
     """
 
     scale: float = 4.0
@@ -52,6 +54,7 @@ class UpscaleOptions:
     tile: int | None = None
     overlap: int | None = None
     tile_batch: int = 1
+    max_pixels: int | None = MAX_PIXELS
 
     def __post_init__(self):
         if self.tile_batch is None or self.tile_batch < 0:
@@ -60,10 +63,24 @@ class UpscaleOptions:
             raise ValueError(f"long_side must be >= 1 pixel, got {self.long_side}")
         if self.scale is None or not (math.isfinite(self.scale) and self.scale > 0):
             raise ValueError(f"scale must be a finite number > 0, got {self.scale}")
+        check_tile_overlap(self.tile, self.overlap)
+        if self.max_pixels is not None and not self.max_pixels >= 1:
+            raise ValueError(f"max_pixels must be >= 1, got {self.max_pixels}")
+        # the smallest output any image can get: a 1x1 input scaled, or long_side x 1
+        least = self.long_side if self.long_side is not None else math.prod(target_size(1, 1, self.scale))
+        if self.max_pixels is not None and least > self.max_pixels:
+            asked = f"long side {self.long_side}" if self.long_side is not None else f"scale {self.scale:g}"
+            raise ValueError(
+                f"{asked} is too large: even a 1-pixel image would be over the limit of {self.max_pixels} "
+                "output pixels (--max-pixels)"
+            )
 
     def size_for(self, h: int, w: int) -> tuple[int, int]:
-        """Output (H, W) for an (h, w) input: ``long_side`` when given, ``scale`` otherwise."""
-        return target_size(h, w, None if self.long_side is not None else self.scale, self.long_side)
+        """Output (H, W) for an (h, w) input: ``long_side`` when given, ``scale`` otherwise; ValueError (before
+        any work) when it is over ``max_pixels``."""
+        size = target_size(h, w, None if self.long_side is not None else self.scale, self.long_side)
+        check_output_pixels(size, self.max_pixels)
+        return size
 
 
 RANGE_TOLERANCE = 1e-3
@@ -261,12 +278,14 @@ class FluxSRPipeline:
         values raise ``ValueError``, non-tensors ``TypeError``).
 
         Tiles come from the memory planner (:mod:`fluxsr.memory`): ``opts.tile`` unless the estimate does not fit
-        the free memory (or ``self.max_memory``), chosen from memory when ``opts.tile <= 0``; tiles per pass
-        likewise (``opts.tile_batch``, chosen when 0). Out of memory, the run is retried with half the tiles per
+        the free memory (or ``self.max_memory``); tiles per pass likewise (``opts.tile_batch``, chosen when 0). An
+        ``opts.overlap`` over half the model's tile (no ``opts.tile``) and an output over ``opts.max_pixels`` are
+        ValueErrors before any work. Out of memory, the run is retried with half the tiles per
         pass, then halved tiles; with the full image off the device when resize or colour fix failed, or when no
         smaller tile is left.
         """
         opts = opts or UpscaleOptions()
+        check_tile_overlap(opts.tile or self.model.spec.tile, opts.overlap)
         rgb = as_rgb(rgb)
         out_hw = opts.size_for(*rgb.shape[-2:])
         self.plan = plan = memory.plan_for(
@@ -298,8 +317,13 @@ class FluxSRPipeline:
 
         def attempt(tile: int) -> Tensor:
             plan.tile = tile
+            # a tile smaller than asked keeps at most half of it as overlap (what snapped() does anyway)
+            overlap = None if opts.overlap is None else min(opts.overlap, tile // 2)
             return self._upscale(
-                rgb, replace(opts, tile=tile, tile_batch=plan.batch), out_hw, plan.full_image_on_device
+                rgb,
+                replace(opts, tile=tile, overlap=overlap, tile_batch=plan.batch),
+                out_hw,
+                plan.full_image_on_device,
             )
 
         m = self.model.multiple
@@ -349,14 +373,16 @@ class FluxSRPipeline:
         tile: int | None = None,
         overlap: int | None = None,
         tile_batch: int = 1,
+        max_pixels: int | None = MAX_PIXELS,
     ):
         """Upscale a PIL image (returns PIL, same mode family) or a tensor (3, h, w) in [0, 1] or uint8 (returns a
-        float tensor in [0, 1]); anything else raises ``TypeError`` (see :func:`as_rgb`)."""
+        float tensor in [0, 1]); anything else raises ``TypeError`` (see :func:`as_rgb`). Settings are those of
+        :class:`UpscaleOptions` (bad ones raise ``ValueError`` before any work)."""
         from PIL import Image
 
         from .images import pil_to_tensor, tensor_to_pil
 
-        opts = UpscaleOptions(scale, long_side, color_fix, tile, overlap, tile_batch)
+        opts = UpscaleOptions(scale, long_side, color_fix, tile, overlap, tile_batch, max_pixels)
         if not isinstance(image, Image.Image):
             return self.upscale_tensor(image, opts)
 

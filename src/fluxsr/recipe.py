@@ -191,6 +191,21 @@ class Recipe:
     pretrain: PretrainSection = field(default_factory=PretrainSection)
 
 
+def input_paths(recipe: Recipe) -> list[tuple[str, Path]]:
+    """(field, path) for the files and folders the recipe reads that exist on disk (model names such as
+    ``tiny`` are left out): what gen-pairs and train must not write over (:mod:`fluxsr.guards`)."""
+    fields = {
+        "model.base": recipe.model.base,
+        "model.ae": recipe.model.ae,
+        "model.teacher": recipe.model.teacher,
+        "model.prompt_embeds": recipe.model.prompt_embeds,
+        "pairs.prompts": recipe.pairs.prompts,
+        "pairs.photos": recipe.pairs.photos,
+        "train.validation_images": recipe.train.validation_images,
+    }
+    return [(name, Path(value)) for name, value in fields.items() if value and Path(value).exists()]
+
+
 def load_recipe(path: Path | None, overrides: list[str] | None = None) -> Recipe:
     """Read a recipe YAML (unknown keys and wrong types fail, naming the field) plus ``a.b=value`` overrides."""
     return load_config(Recipe, path, overrides)

@@ -309,6 +309,7 @@ class Upscaler:
             color_fix=color_fix,
             tile=tile,
             overlap=overlap_for(tile, self.pipeline.model.spec.overlap),
+            max_pixels=self.limits.max_pixels,
         )
         start = time.perf_counter()
         try:

@@ -29,6 +29,45 @@ class TileSpec:
             raise ValueError(f"need 0 <= overlap < tile, got tile={self.tile} overlap={self.overlap}")
 
 
+def check_tile_overlap(tile: int | None, overlap: int | None) -> None:
+    """ValueError unless ``tile >= 1`` and ``0 <= overlap <= tile // 2`` (in output pixels; None: not given, the
+    model's default): the ranges ``--tile`` and ``--overlap`` accept. :func:`snapped` would quietly cut a larger
+    overlap to half the tile."""
+    if tile is not None and tile < 1:
+        raise ValueError(f"tile must be >= 1 output pixel, got {tile}")
+    if overlap is not None and overlap < 0:
+        raise ValueError(f"overlap must be >= 0, got {overlap}")
+    if tile is not None and overlap is not None and overlap > tile // 2:
+        raise ValueError(
+            f"overlap {overlap} is more than half the tile {tile}: give 0 <= overlap <= {tile // 2} "
+            "(--overlap at most half of --tile)"
+        )
+
+
+def tile_edge(text: str) -> int:
+    """argparse ``type`` for ``--tile``: an integer >= 1 (:func:`check_tile_overlap`)."""
+    return _checked_int(text, lambda v: check_tile_overlap(v, None))
+
+
+def tile_overlap(text: str) -> int:
+    """argparse ``type`` for ``--overlap``: an integer >= 0 (at most half the tile: checked with the tile)."""
+    return _checked_int(text, lambda v: check_tile_overlap(None, v))
+
+
+def _checked_int(text: str, check: Callable[[int], None]) -> int:
+    import argparse
+
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    try:
+        check(value)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return value
+
+
 def snapped(tile: int, overlap: int, multiple: int) -> TileSpec:
     """The spec for a tile and overlap asked in pixels, both snapped down to ``multiple``.
 

@@ -34,6 +34,7 @@ from .cache import atomic_save_safetensors, atomic_write_bytes
 from .config import ConfigError, to_dict
 from .degrade import degrade_to_input
 from .flow import ftd_loss, ftd_point, one_step, sample_ftd_t, shift_mu, time_shift
+from .guards import check_inputs_apart
 from .models import (
     FluxSRModel,
     ModelSpec,
@@ -49,7 +50,7 @@ from .models import (
 )
 from .pairs import check_one_config, complete_indices, load_pair, pair_stem
 from .pipeline import FluxSRPipeline, UpscaleOptions
-from .recipe import Recipe
+from .recipe import Recipe, input_paths
 
 LOSS_NAMES = ("loss", "ftd", "mse", "lpips", "adl")
 
@@ -399,6 +400,20 @@ def build_lpips(recipe: Recipe, device):
     return TVLPIPS(lp, recipe.loss.tv_gamma).to(device)
 
 
+def check_run_apart(recipe: Recipe, pairs_dir: Path, run: Path) -> None:
+    """Refuse (ValueError) a run folder whose cleared parts hold an input (the pairs, a path of the recipe):
+    ``final/`` is replaced at the end, old ``checkpoints/`` are pruned, ``val/`` is written over."""
+    check_inputs_apart(
+        [("--pairs", Path(pairs_dir)), *input_paths(recipe)],
+        [
+            (run / "final", "train replaces at the end"),
+            (run / "checkpoints", "train writes checkpoints into and prunes"),
+            (run / "val", "train writes validation images into"),
+        ],
+        "choose an --out that holds none of the inputs",
+    )
+
+
 def train(
     recipe: Recipe,
     pairs_dir: Path,
@@ -418,6 +433,7 @@ def train(
     if tc.mixed_precision == "fp16":
         raise ValueError("train.mixed_precision: fp16 overflows in FLUX; use bf16 or no")
     run = Path(run)
+    check_run_apart(recipe, pairs_dir, run)
     ckpt_dir = run / "checkpoints"
     steps = tc.steps if max_steps is None else min(tc.steps, max_steps)
     found = None

@@ -24,6 +24,7 @@ from . import memory
 from .cache import remove_stale_temp_files
 from .images import (
     IMAGE_EXTENSIONS,
+    MAX_PIXELS,
     READ_FORMATS,
     ImageError,
     file_kind,
@@ -104,13 +105,14 @@ class BatchOptions:
     suffix: appended to each output's stem (``photo.png`` -> ``photo<suffix>.png``); no path separators.
     ext: output extension, or ``auto`` to keep the input's (png when alpha meets jpg/bmp).
     overwrite: replace existing outputs; otherwise existing outputs are skipped (a rerun resumes).
-    max_pixels: inputs with more pixels are refused before decoding (decompression bombs).
+    max_pixels: inputs with more pixels are refused before decoding (decompression bombs); outputs are capped by
+        ``UpscaleOptions.max_pixels`` (the CLI gives both ``--max-pixels``).
     """
 
     suffix: str = ""
     ext: str = "auto"
     overwrite: bool = False
-    max_pixels: int = 64_000_000
+    max_pixels: int = MAX_PIXELS
 
     def __post_init__(self):
         if any(sep and sep in self.suffix for sep in ("/", os.sep, os.altsep)):
