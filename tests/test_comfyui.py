@@ -6,6 +6,7 @@ import importlib.util
 import json
 import shutil
 import sys
+import tomllib
 import types
 from pathlib import Path
 
@@ -17,7 +18,8 @@ from PIL import Image
 from fluxsr.cli import main
 from fluxsr.models import BUNDLED_MODEL
 
-NODE_DIR = Path(__file__).parents[1] / "comfyui"
+ROOT = Path(__file__).parents[1]
+NODE_DIR = ROOT / "comfyui"
 WORKFLOW = NODE_DIR / "example_workflows" / "fluxsr_upscale.json"
 WIDGET_TYPES = ("INT", "FLOAT", "STRING", "BOOLEAN")
 # ComfyUI's own nodes the example workflow uses, as ComfyUI's nodes.py declares them: links in, widgets (in
@@ -366,3 +368,9 @@ def test_example_workflow_values_run(nodes):
         fluxsr_model=pipe, image=comfy_images(1, 20, 12), **kwargs["FluxSRUpscale"]
     )
     assert out.shape == (1, 80, 48, 3)
+
+
+def test_registry_metadata_sits_beside_the_project_metadata():
+    meta = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    assert {"PublisherId", "DisplayName", "Icon"} <= set(meta["tool"]["comfy"])
+    assert meta["project"]["name"] == "fluxsr" and meta["project"]["scripts"] == {"fluxsr": "fluxsr.cli:main"}
