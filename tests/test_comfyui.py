@@ -16,7 +16,7 @@ import torch
 from PIL import Image
 
 from fluxsr.cli import main
-from fluxsr.models import BUNDLED_MODEL
+from fluxsr.models import BUNDLED_MODEL, add_lora, load_model, lora_state_dict, save_lora
 
 ROOT = Path(__file__).parents[1]
 NODE_DIR = ROOT / "comfyui"
@@ -72,6 +72,18 @@ def nodes():
     forget("fluxsr_nodes")
 
 
+def run(nodes, node_type: str, **inputs):
+    """Call a node's FUNCTION as ComfyUI's executor does: a fresh instance, keyword inputs, inference mode."""
+    node = nodes.NODE_CLASS_MAPPINGS[node_type]()
+    with torch.inference_mode():
+        return getattr(node, node.FUNCTION)(**inputs)
+
+
+def load(nodes, **changes):
+    """The loader node's model, from its declared defaults with ``changes``."""
+    return run(nodes, "FluxSRModelLoader", **loader_defaults(nodes, **changes))[0]
+
+
 def loader_defaults(nodes, **changes) -> dict:
     """The loader's inputs at their declared defaults, on the CPU, with ``changes``."""
     required = nodes.NODE_CLASS_MAPPINGS["FluxSRModelLoader"].INPUT_TYPES()["required"]
@@ -80,8 +92,7 @@ def loader_defaults(nodes, **changes) -> dict:
 
 @pytest.fixture(scope="module")
 def pipe(nodes):
-    loader = nodes.NODE_CLASS_MAPPINGS["FluxSRModelLoader"]()
-    return getattr(loader, loader.FUNCTION)(**loader_defaults(nodes))[0]
+    return load(nodes)
 
 
 def comfy_images(batch: int, h: int, w: int, seed: int = 0) -> torch.Tensor:
@@ -98,10 +109,10 @@ def to_8bit(image: torch.Tensor) -> np.ndarray:
 
 
 def upscale(nodes, pipe, image, **changes) -> torch.Tensor:
-    node = nodes.NODE_CLASS_MAPPINGS["FluxSRUpscale"]()
-    required = node.INPUT_TYPES()["required"]
+    """The upscale node's output, from its declared defaults with ``changes``."""
+    required = nodes.NODE_CLASS_MAPPINGS["FluxSRUpscale"].INPUT_TYPES()["required"]
     widgets = {k: spec[1]["default"] for k, spec in required.items() if len(spec) > 1}
-    return getattr(node, node.FUNCTION)(fluxsr_model=pipe, image=image, **widgets | changes)[0]
+    return run(nodes, "FluxSRUpscale", fluxsr_model=pipe, image=image, **widgets | changes)[0]
 
 
 # -- the folder as ComfyUI sees it ---------------------------------------------------------------------------------
@@ -168,6 +179,28 @@ def test_upscale_node_equals_the_cli(nodes, pipe, tmp_path, settings):
         assert np.array_equal(cli, to_8bit(out[i]))
 
 
+def test_lora_from_the_model_folder_equals_the_cli(node_folder, pipe, tmp_path):
+    """A FluxSR LoRA picked from models/fluxsr, at a strength: the same pixels as `fluxsr upscale --lora`."""
+    base = load_model()
+    config = add_lora(base.transformer, rank=2, alpha=2)
+    for name, p in base.transformer.named_parameters():
+        if "lora_B" in name:  # zero at init: make the LoRA change something
+            torch.nn.init.normal_(p, std=0.05, generator=torch.Generator().manual_seed(0))
+    lora = tmp_path / "models" / "fluxsr" / "loras" / "sharp.safetensors"
+    lora.parent.mkdir(parents=True)
+    save_lora(lora_state_dict(base.transformer), config, lora)
+    mod = node_folder("fluxsr_nodes_lora", folder_paths=fake_folder_paths(tmp_path / "models"))
+    images = comfy_images(1, 21, 17, seed=2)
+    out = upscale(mod, load(mod, lora="loras/sharp.safetensors", lora_scale=0.7), images)
+
+    Image.fromarray(to_8bit(images[0])).save(tmp_path / "img.png")
+    flags = ["--lora", str(lora), "--lora-scale", "0.7", "--device", "cpu", "-q"]
+    assert main(["upscale", str(tmp_path / "img.png"), "-o", str(tmp_path / "out"), *flags]) == 0
+    cli = np.asarray(Image.open(tmp_path / "out" / "img.png").convert("RGB"))
+    assert np.array_equal(cli, to_8bit(out[0]))
+    assert not np.array_equal(cli, to_8bit(upscale(mod, pipe, images)[0]))  # the LoRA did change the output
+
+
 def test_upscale_node_refuses_other_shapes_in_one_line(nodes, pipe):
     for bad in (torch.rand(1, 9, 9, 4), torch.rand(9, 9, 3), torch.rand(0, 9, 9, 3)):
         with pytest.raises(ValueError, match=r"expected a ComfyUI IMAGE, a tensor \[B, H, W, 3\]") as e:
@@ -176,11 +209,10 @@ def test_upscale_node_refuses_other_shapes_in_one_line(nodes, pipe):
 
 
 def test_loader_memory_cap_reaches_the_planner(nodes):
-    loader = nodes.NODE_CLASS_MAPPINGS["FluxSRModelLoader"]()
     for typo in ("12", "lots"):  # refused before anything loads
         with pytest.raises(ValueError, match="memory size|cannot read a memory size"):
-            loader.load(**loader_defaults(nodes, max_memory=typo))
-    (capped,) = loader.load(**loader_defaults(nodes, max_memory="300MiB"))
+            load(nodes, max_memory=typo)
+    capped = load(nodes, max_memory="300MiB")
     assert capped.max_memory == 300 << 20
     out = upscale(nodes, capped, comfy_images(1, 37, 23))
     assert out.shape == (1, 148, 92, 3)
@@ -232,11 +264,9 @@ def test_registered_model_folder_is_listed_and_loaded(node_folder, tmp_path):
     ]
     assert required["lora"][0] == ["none", "flux1-dev.safetensors", "loras/style.safetensors"]
 
-    loader = mod.NODE_CLASS_MAPPINGS["FluxSRModelLoader"]()
-    (pipe,) = loader.load(**loader_defaults(mod, model="photos/small"))
-    assert pipe.model.spec.name == "fluxsr-small"
+    assert load(mod, model="photos/small").model.spec.name == "fluxsr-small"
     with pytest.raises(FileNotFoundError, match="'gone/model' is neither under"):
-        loader.load(**loader_defaults(mod, model="gone/model"))
+        load(mod, model="gone/model")
 
 
 class Interrupted(Exception):
@@ -271,24 +301,37 @@ def fake_comfy(interrupt_at: int | None = None) -> dict:
     return {"comfy": comfy, "comfy_utils": utils, "comfy_model_management": mm}
 
 
-def test_progress_is_reported_per_image(node_folder, pipe):
+@pytest.fixture
+def started(pipe, monkeypatch) -> list:
+    """The images the pipeline started on (one entry per upscale_tensor call)."""
+    calls, real = [], pipe.upscale_tensor
+
+    def counted(*args, **kwargs):
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(pipe, "upscale_tensor", counted)
+    return calls
+
+
+def test_progress_is_reported_per_image(node_folder, pipe, started):
     fakes = fake_comfy()
     mod = node_folder("fluxsr_nodes_progress", **fakes)
     out = upscale(mod, pipe, comfy_images(3, 21, 17))
     assert out.shape == (3, 84, 68, 3)
     (bar,) = fakes["comfy_utils"].bars
-    assert bar.total == 3 and bar.steps == [1, 1, 1]
+    assert bar.total == 3 and bar.steps == [1, 1, 1] and len(started) == 3
     assert fakes["comfy_model_management"].checks == 3
     assert mod.nodes.pick_device("auto") is fakes["comfy_model_management"].device  # ComfyUI's device
 
 
-def test_interrupt_stops_the_batch(node_folder, pipe):
+def test_interrupt_stops_the_batch(node_folder, pipe, started):
     fakes = fake_comfy(interrupt_at=2)
     mod = node_folder("fluxsr_nodes_interrupt", **fakes)
     with pytest.raises(Interrupted):
         upscale(mod, pipe, comfy_images(3, 21, 17))
     (bar,) = fakes["comfy_utils"].bars
-    assert bar.steps == [1]  # the first image done, the second never started
+    assert bar.steps == [1] and len(started) == 1  # the first image done, the second never started
     assert fakes["comfy_model_management"].checks == 2
 
 
@@ -361,11 +404,9 @@ def test_example_workflow_values_run(nodes):
         n["type"]: dict(zip(declared(nodes, n["type"])["widgets"], n["widgets_values"], strict=True))
         for n in workflow["nodes"]
     }
-    loader = nodes.NODE_CLASS_MAPPINGS["FluxSRModelLoader"]()
-    (pipe,) = getattr(loader, loader.FUNCTION)(**kwargs["FluxSRModelLoader"])
-    node = nodes.NODE_CLASS_MAPPINGS["FluxSRUpscale"]()
-    (out,) = getattr(node, node.FUNCTION)(
-        fluxsr_model=pipe, image=comfy_images(1, 20, 12), **kwargs["FluxSRUpscale"]
+    (pipe,) = run(nodes, "FluxSRModelLoader", **kwargs["FluxSRModelLoader"])
+    (out,) = run(
+        nodes, "FluxSRUpscale", fluxsr_model=pipe, image=comfy_images(1, 20, 12), **kwargs["FluxSRUpscale"]
     )
     assert out.shape == (1, 80, 48, 3)
 
