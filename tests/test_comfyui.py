@@ -254,10 +254,18 @@ def test_registered_model_folder_is_listed_and_loaded(node_folder, tmp_path):
     extra.mkdir()
     (extra / "flux1-dev.safetensors").write_bytes(b"")
     (extra / "readme.txt").write_text("not a model")
+    for part in (
+        "transformer",
+        "vae",
+    ):  # a diffusers FLUX.1-dev folder: listed as a folder, its files are not
+        (extra / "FLUX.1-dev" / part).mkdir(parents=True)
+        (extra / "FLUX.1-dev" / part / "config.json").write_text("{}")
+        (extra / "FLUX.1-dev" / part / "diffusion_pytorch_model.safetensors").write_bytes(b"")
 
     required = mod.NODE_CLASS_MAPPINGS["FluxSRModelLoader"].INPUT_TYPES()["required"]
     assert required["model"][0] == [
         "bundled",
+        "FLUX.1-dev",
         "photos/small",
         "flux1-dev.safetensors",
         "loras/style.safetensors",
