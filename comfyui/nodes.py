@@ -93,8 +93,12 @@ def locate(name: str, roots: list[Path]) -> Path:
     path = Path(name).expanduser()
     if path.exists():
         return path
-    where = ", ".join(map(str, roots)) if roots else "the working folder (no ComfyUI model folders here)"
-    raise FileNotFoundError(f"{name!r} is neither under {where} nor an existing path")
+    listed = ", ".join(map(str, roots))
+    raise FileNotFoundError(
+        f"{name!r}: neither under {listed} nor an existing path"
+        if roots
+        else f"{name!r}: no such file or folder"
+    )
 
 
 def device_choices() -> list[str]:
