@@ -34,8 +34,8 @@ demo: install
 	$(BIN)/fluxsr demo examples --out outputs/demo
 
 lint: install
-	$(BIN)/ruff check src tests scripts
-	$(BIN)/ruff format --check src tests scripts
+	$(BIN)/ruff check src tests scripts comfyui
+	$(BIN)/ruff format --check src tests scripts comfyui
 
 # Re-resolve the newest versions pyproject.toml allows in a throw-away venv and write them to constraints.txt;
 # then run `make test` (and commit constraints.txt when it passes).

@@ -289,6 +289,18 @@ def is_model_folder(path: Path) -> bool:
     return (Path(path) / SPEC_FILE).is_file()
 
 
+def is_model_dir(path: Path) -> bool:
+    """True for a folder :func:`load_model` loads: a fluxsr model folder or a diffusers FLUX folder."""
+    path = Path(path)
+    if is_model_folder(path):
+        return True
+    try:
+        check_flux_folder(path)
+    except FileNotFoundError:
+        return False
+    return True
+
+
 def load_model_folder(
     path: Path, *, lora_scale: float = 1.0, merge_lora: bool = True, dtype: torch.dtype | None = None
 ) -> FluxSRModel:
