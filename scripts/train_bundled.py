@@ -92,7 +92,7 @@ def main() -> int:
     ap.add_argument("--set", action="append", default=[], help="extra recipe overrides")
     args = ap.parse_args()
 
-    from fluxsr.recipe import load_recipe
+    from fluxsr.training.recipe import load_recipe
 
     run_dir = args.run.resolve()
     photos = [

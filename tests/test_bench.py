@@ -6,11 +6,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from fluxsr import bench as B
-from fluxsr import memory as MEM
-from fluxsr.cache import cache_dir
-from fluxsr.models import TINY_TRANSFORMER, build_tiny, velocity
-from fluxsr.pipeline import FluxSRPipeline, UpscaleOptions
+from fluxsr.evaluation import speed as B
+from fluxsr.inference import memory as MEM
+from fluxsr.inference.pipeline import FluxSRPipeline, UpscaleOptions
+from fluxsr.io.cache import cache_dir
+from fluxsr.model.models import TINY_TRANSFORMER, build_tiny, velocity
 
 # ----------------------------------------------------------------------------------------------------------------
 # FLOP counter
@@ -55,7 +55,7 @@ def test_flops_match_torch_flop_counter():
 
 def test_flux_dev_floor_at_1024():
     """FLUX.1-dev at 1024^2 (4096 image + 512 text tokens): 74.38 TFLOP, 94 ms at 790 TFLOP/s."""
-    from fluxsr.models import FLUX_DEV_TRANSFORMER
+    from fluxsr.model.models import FLUX_DEV_TRANSFORMER
 
     a = B.analytic_floor(FLUX_DEV_TRANSFORMER, (1024, 1024), 1024, 128, 512, 790.0)
     assert a["tiles"] == 1 and a["tokens_per_tile"] == 4608
@@ -75,7 +75,7 @@ def test_tile_tokens_follow_the_pipelines_tiling(monkeypatch):
         seen.append(z.shape[-2] // 2 * z.shape[-1] // 2)
         return real(model, z, t, offset, **kw)
 
-    monkeypatch.setattr("fluxsr.pipeline.velocity", spy)
+    monkeypatch.setattr("fluxsr.inference.pipeline.velocity", spy)
     pipe.upscale_tensor(torch.rand(3, 20, 28), UpscaleOptions(tile=96, overlap=32))
     assert seen == B.tile_tokens((80, 112), 96, 32)
     assert len(seen) == 1 * 2
@@ -448,7 +448,7 @@ def test_oom_retry_halves_tiles_per_pass_before_the_tile(tiny_pipe, monkeypatch)
 
 def test_oom_in_color_fix_keeps_the_tiles_per_pass(tiny_pipe, monkeypatch):
     """Fewer tiles per pass cannot help the whole-image colour fix: the image moves off the device instead."""
-    import fluxsr.pipeline as P
+    import fluxsr.inference.pipeline as P
 
     x = torch.rand(3, 16, 40, generator=torch.Generator().manual_seed(0))
     real, calls = P.color_fix, []
@@ -550,7 +550,7 @@ def test_plan_line_shows_the_usable_part_of_the_budget():
 
 
 def test_oom_in_color_fix_moves_full_image_off_device(tiny_pipe, monkeypatch):
-    import fluxsr.pipeline as P
+    import fluxsr.inference.pipeline as P
 
     x = torch.rand(3, 16, 24, generator=torch.Generator().manual_seed(1))
     ref = tiny_pipe.upscale_tensor(x, UpscaleOptions(tile=64, overlap=16))
@@ -568,7 +568,7 @@ def test_oom_in_color_fix_moves_full_image_off_device(tiny_pipe, monkeypatch):
 
 @pytest.mark.parametrize("method", ["wavelet", "adain", "none"])
 def test_color_fix_tiled_equals_whole_image(method):
-    from fluxsr.color import color_fix
+    from fluxsr.inference.color import color_fix
 
     g = torch.Generator().manual_seed(0)
     x, ref = torch.rand(1, 3, 70, 90, generator=g) * 1.2 - 0.1, torch.rand(1, 3, 70, 90, generator=g)

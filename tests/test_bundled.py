@@ -5,11 +5,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from fluxsr.degrade import DegradationConfig, degrade
-from fluxsr.images import read_image, resize
-from fluxsr.metrics import psnr
-from fluxsr.models import BUNDLED_MODEL, load_model
-from fluxsr.pipeline import FluxSRPipeline, UpscaleOptions
+from fluxsr.data.degrade import DegradationConfig, degrade
+from fluxsr.evaluation.metrics import psnr
+from fluxsr.inference.pipeline import FluxSRPipeline, UpscaleOptions
+from fluxsr.io.images import read_image, resize
+from fluxsr.model.models import BUNDLED_MODEL, load_model
 
 HELD_OUT = Path(__file__).parent / "data" / "kodim23_crop.png"  # Kodak24 kodim23 crop: never used in training
 # Measured with this test's recipe (degradation seed 0, x4, Y-channel PSNR, border 4) on torch 2.13.0 CPU fp32.

@@ -16,7 +16,7 @@ import torch
 from PIL import Image
 
 from fluxsr.cli import main
-from fluxsr.models import BUNDLED_MODEL, add_lora, load_model, lora_state_dict, save_lora
+from fluxsr.model.models import BUNDLED_MODEL, add_lora, load_model, lora_state_dict, save_lora
 
 ROOT = Path(__file__).parents[1]
 NODE_DIR = ROOT / "comfyui"

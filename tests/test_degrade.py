@@ -1,4 +1,4 @@
-"""Tests of the Real-ESRGAN second-order degradation (fluxsr.degrade)."""
+"""Tests of the Real-ESRGAN second-order degradation (fluxsr.data.degrade)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from fluxsr.degrade import (
+from fluxsr.data.degrade import (
     DegradationConfig,
     add_gaussian_noise,
     add_poisson_noise,

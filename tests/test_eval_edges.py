@@ -17,11 +17,10 @@ import pytest
 import torch
 from PIL import Image
 
-from fluxsr import metrics as M
-from fluxsr.cache import MissingWeightsError, cached_file
 from fluxsr.cli import main
-from fluxsr.datasets import detect_layout, load_dataset, make_testset
-from fluxsr.evaluate import (
+from fluxsr.data.datasets import detect_layout, load_dataset, make_testset
+from fluxsr.evaluation import metrics as M
+from fluxsr.evaluation.evaluate import (
     BenchmarkResult,
     EvalReport,
     ImageScore,
@@ -36,7 +35,8 @@ from fluxsr.evaluate import (
     report_markdown,
     run_benchmark,
 )
-from fluxsr.images import read_image
+from fluxsr.io.cache import MissingWeightsError, cached_file
+from fluxsr.io.images import read_image
 
 
 def save(path: Path, array: np.ndarray) -> Path:
@@ -296,7 +296,7 @@ def test_mean_row_shows_per_metric_counts():
 
 
 def load_dataset_stub():
-    from fluxsr.datasets import Dataset
+    from fluxsr.data.datasets import Dataset
 
     return Dataset("stub", "pairs", Path("."), [])
 
@@ -378,9 +378,9 @@ def test_demo_walks_folders_as_upscale_does(tmp_path, capsys):
 
 def test_sheet_crops_line_up_at_a_non_integer_scale(tmp_path, monkeypatch):
     """At x2.5 the LR column must show the same area as the outputs (it used to be enlarged x2)."""
-    from fluxsr import evaluate as E
-    from fluxsr.images import write_image
-    from fluxsr.pipeline import UpscaleOptions
+    from fluxsr.evaluation import evaluate as E
+    from fluxsr.inference.pipeline import UpscaleOptions
+    from fluxsr.io.images import write_image
 
     lr = torch.zeros(3, 20, 20)
     lr[:, 10:, 10:] = 1.0
@@ -488,7 +488,7 @@ def test_make_testset_overwrite_deletes_only_what_it_wrote(tmp_path, capsys):
 
 def test_make_testset_manifest_lists_the_pairs_before_they_are_written(tmp_path, monkeypatch):
     """A killed run leaves a manifest naming its pairs, so that --overwrite may delete them (and only them)."""
-    import fluxsr.datasets as D
+    import fluxsr.data.datasets as D
 
     src = tmp_path / "src"
     for i, name in enumerate("ab"):

@@ -17,10 +17,8 @@ import pytest
 import torch
 from PIL import Image
 
-from fluxsr import metrics as M
-from fluxsr.cache import MissingWeightsError, cached_file
 from fluxsr.cli import main
-from fluxsr.datasets import (
+from fluxsr.data.datasets import (
     detect_layout,
     hr_crop_box,
     image_seed,
@@ -30,7 +28,8 @@ from fluxsr.datasets import (
     pair_key,
     pairs_from_dirs,
 )
-from fluxsr.evaluate import (
+from fluxsr.evaluation import metrics as M
+from fluxsr.evaluation.evaluate import (
     build_metrics,
     busiest_window,
     evaluate_dirs,
@@ -40,7 +39,8 @@ from fluxsr.evaluate import (
     report_json,
     run_benchmark,
 )
-from fluxsr.images import read_image
+from fluxsr.io.cache import MissingWeightsError, cached_file
+from fluxsr.io.images import read_image
 
 data = pytest.importorskip("skimage.data")
 
@@ -433,7 +433,7 @@ def test_benchmark_cli_writes_table_chart_and_sheet(tiny_set, capsys):
 
 
 def test_benchmark_lr_only_and_unknown_backend(tiny_set, tmp_path):
-    from fluxsr.evaluate import backend_factories
+    from fluxsr.evaluation.evaluate import backend_factories
 
     with pytest.raises(ValueError, match="unknown backend"):
         backend_factories("bicubic,esrgan", lambda: None)
@@ -451,7 +451,7 @@ def test_benchmark_lr_only_and_unknown_backend(tiny_set, tmp_path):
     not HAS_REALESRGAN, reason="Real-ESRGAN weights not fetched (fluxsr weights fetch): skipped"
 )
 def test_benchmark_with_realesrgan(tmp_path):
-    from fluxsr.evaluate import backend_factories
+    from fluxsr.evaluation.evaluate import backend_factories
 
     save(tmp_path / "src" / "cat.png", photo("chelsea", 48, 60, 100))
     make_testset([tmp_path / "src"], tmp_path / "set", seed=0)

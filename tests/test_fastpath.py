@@ -7,9 +7,9 @@ import sys
 import pytest
 import torch
 
-from fluxsr import models as M
-from fluxsr.fastpath import FastPath, apply_fast_path, sdpa_context
-from fluxsr.pipeline import FluxSRPipeline, UpscaleOptions
+from fluxsr.inference.fastpath import FastPath, apply_fast_path, sdpa_context
+from fluxsr.inference.pipeline import FluxSRPipeline, UpscaleOptions
+from fluxsr.model import models as M
 
 
 def test_labels():

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from fluxsr import flow
+from fluxsr.model import flow
 
 SHAPES = [(1, 16, 2, 2), (2, 16, 8, 6), (3, 4, 10, 14)]
 

@@ -1,4 +1,4 @@
-"""Tests for fluxsr.images: formats, bit depths, metadata, bad files, naming and resizing."""
+"""Tests for fluxsr.io.images: formats, bit depths, metadata, bad files, naming and resizing."""
 
 from __future__ import annotations
 
@@ -15,8 +15,8 @@ import pytest
 import torch
 from PIL import Image, ImageCms, ImageFile, ImageOps
 
-from fluxsr import images
-from fluxsr.images import (
+from fluxsr.io import images
+from fluxsr.io.images import (
     ImageError,
     find_images,
     orient,

@@ -13,10 +13,10 @@ import pytest
 import torch
 from PIL import Image
 
-from fluxsr import cli
-from fluxsr.images import ImageError, pil_to_tensor, read_image, write_image
-from fluxsr.pipeline import FluxSRPipeline, UpscaleOptions, as_rgb
-from fluxsr.upscale import BatchOptions, BicubicBackend, upscale_paths
+from fluxsr.cli import commands as cli
+from fluxsr.inference.pipeline import FluxSRPipeline, UpscaleOptions, as_rgb
+from fluxsr.inference.upscale import BatchOptions, BicubicBackend, upscale_paths
+from fluxsr.io.images import ImageError, pil_to_tensor, read_image, write_image
 
 
 def run(*args):
@@ -67,7 +67,7 @@ def test_write_image_turns_os_errors_into_image_errors(tmp_path, monkeypatch):
     def refuse(*_):
         raise PermissionError(13, "Permission denied")
 
-    monkeypatch.setattr("fluxsr.images.os.replace", refuse)
+    monkeypatch.setattr("fluxsr.io.images.os.replace", refuse)
     with pytest.raises(ImageError, match="Permission denied") as info:
         write_image(tmp_path / "a.png", torch.rand(3, 4, 4))
     assert info.value.path == tmp_path / "a.png"
@@ -360,7 +360,7 @@ def test_shares_run_by_hand_do_not_wait_for_each_other(tmp_path, monkeypatch, ca
 
 
 def test_a_failed_rendezvous_is_a_note_not_a_crash(monkeypatch, capsys):
-    from fluxsr.upscale import sum_over_processes
+    from fluxsr.inference.upscale import sum_over_processes
 
     monkeypatch.setenv("TORCHELASTIC_RUN_ID", "test")
     monkeypatch.setenv("RANK", "0")
@@ -542,7 +542,7 @@ def test_ctrl_c_is_one_line_exit_130_and_finished_outputs_are_kept(tmp_path, cap
 WRITER = """
 import os, signal, sys
 from pathlib import Path
-from fluxsr.cache import write_atomic
+from fluxsr.io.cache import write_atomic
 
 def write(handle):
     handle.write(b"half")
@@ -663,7 +663,7 @@ def test_absurd_scales_are_one_line_before_any_work(tmp_path, monkeypatch, capsy
 
 
 def test_an_output_over_max_pixels_fails_per_file_before_upscaling(tmp_path, monkeypatch, capsys):
-    import fluxsr.upscale as U
+    import fluxsr.inference.upscale as U
 
     save_rgb(tmp_path / "in" / "a.png", size=(24, 32))
     save_rgb(tmp_path / "in" / "b.png", size=(2, 3))
@@ -681,7 +681,7 @@ def test_an_output_over_max_pixels_fails_per_file_before_upscaling(tmp_path, mon
 
 
 def test_output_size_cap_in_the_python_api(pipe):
-    from fluxsr.images import target_size
+    from fluxsr.io.images import target_size
 
     for scale in (1e9, 1e300):
         with pytest.raises(ValueError, match="too large"):
@@ -717,7 +717,7 @@ def test_eval_and_make_testset_refuse_a_scale_below_one(tmp_path, capsys):
     ):
         assert exit_code(argv) == 2
         assert "must be >= 1, got 0" in capsys.readouterr().err
-    from fluxsr.evaluate import evaluate_dirs
+    from fluxsr.evaluation.evaluate import evaluate_dirs
 
     with pytest.raises(ValueError, match="scale must be an integer >= 1"):
         evaluate_dirs(tmp_path / "sr", None, ["niqe"], scale=0)

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from fluxsr.cache import MissingWeightsError, cache_dir
+from fluxsr.evaluation.weights import DISTS_FILE, LPIPS_FILES
+from fluxsr.io.cache import MissingWeightsError, cache_dir
 from fluxsr.losses import (
     DISTS,
     LPIPS,
@@ -25,7 +26,6 @@ from fluxsr.losses import (
     tv_map,
 )
 from fluxsr.losses.vgg import hanning_l2_filter
-from fluxsr.weights import DISTS_FILE, LPIPS_FILES
 
 torch.set_num_threads(2)
 

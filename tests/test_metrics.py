@@ -1,4 +1,4 @@
-"""Tests for fluxsr.metrics: PSNR/SSIM against scikit-image, pyiqa-protocol values and NIQE against stored pyiqa
+"""Tests for fluxsr.evaluation.metrics: PSNR/SSIM against scikit-image, pyiqa-protocol values and NIQE against stored pyiqa
 numbers (tests/data/pyiqa_reference.json, made by scripts/check_metrics_vs_pyiqa.py), MATLAB imresize, 16-bit input,
 border cropping, NIQE parameter conversion. Needs scikit-image; never downloads."""
 
@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 import torch
 
-from fluxsr import metrics as M
-from fluxsr.cache import MissingWeightsError
+from fluxsr.evaluation import metrics as M
+from fluxsr.io.cache import MissingWeightsError
 
 skimage_metrics = pytest.importorskip("skimage.metrics")
 

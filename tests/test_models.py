@@ -6,8 +6,8 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from fluxsr import models as M
-from fluxsr.flow import img_ids, pack, txt_ids, unpack
+from fluxsr.model import models as M
+from fluxsr.model.flow import img_ids, pack, txt_ids, unpack
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +48,7 @@ def test_velocity_matches_raw_transformer_call(tiny):
 @pytest.mark.parametrize("per_tile", [1, 2])
 def test_tiles_in_one_pass_match_one_at_a_time(per_tile):
     """Several tiles in one forward pass, each with its own position ids, equal the tiles run one by one."""
-    from fluxsr import attention
+    from fluxsr.model import attention
 
     model = M.build_tiny(seed=4)
     torch.manual_seed(1)

@@ -4,9 +4,9 @@ import pytest
 import torch
 from PIL import Image
 
-from fluxsr import memory as MEM
-from fluxsr import models as M
-from fluxsr.pipeline import FluxSRPipeline, NonFiniteOutputError, UpscaleOptions
+from fluxsr.inference import memory as MEM
+from fluxsr.inference.pipeline import FluxSRPipeline, NonFiniteOutputError, UpscaleOptions
+from fluxsr.model import models as M
 
 
 @pytest.fixture(scope="module")
@@ -71,7 +71,7 @@ def test_tiles_get_global_position_ids(pipe, monkeypatch):
         seen.extend(offsets)
         return real(model, z, t, offsets, guidance)
 
-    monkeypatch.setattr("fluxsr.pipeline.velocity", spy)
+    monkeypatch.setattr("fluxsr.inference.pipeline.velocity", spy)
     pipe.upscale_tensor(
         torch.rand(3, 16, 40), UpscaleOptions(tile=64, overlap=32)
     )  # 64x160 px -> 8x20 latents

@@ -8,11 +8,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from fluxsr import flow
 from fluxsr.cli import main
-from fluxsr.images import read_image
-from fluxsr.models import load_model, velocity
-from fluxsr.pretrain import random_crops
+from fluxsr.io.images import read_image
+from fluxsr.model import flow
+from fluxsr.model.models import load_model, velocity
+from fluxsr.training.pretrain import random_crops
 
 DATA = Path(__file__).parent / "data"
 CONFIG = Path(__file__).parents[1] / "configs" / "bundled.yaml"

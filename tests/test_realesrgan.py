@@ -24,7 +24,7 @@ from fluxsr.baselines.realesrgan import (
     tile_plan,
 )
 from fluxsr.baselines.rrdbnet import conv_names, num_params
-from fluxsr.cache import cache_dir
+from fluxsr.io.cache import cache_dir
 
 torch.set_num_threads(2)
 

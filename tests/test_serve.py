@@ -28,11 +28,11 @@ from PIL import Image
 
 gr = pytest.importorskip("gradio", reason="the serve extra (gradio) is not installed")
 
-from fluxsr import serve  # noqa: E402
-from fluxsr.models import ModelSpec  # noqa: E402
-from fluxsr.pipeline import FluxSRPipeline  # noqa: E402
-from fluxsr.serve import ServeLimits, Upscaler  # noqa: E402
-from fluxsr.upscale import BicubicBackend  # noqa: E402
+from fluxsr import webapp as serve  # noqa: E402
+from fluxsr.inference.pipeline import FluxSRPipeline  # noqa: E402
+from fluxsr.inference.upscale import BicubicBackend  # noqa: E402
+from fluxsr.model.models import ModelSpec  # noqa: E402
+from fluxsr.webapp import ServeLimits, Upscaler  # noqa: E402
 
 CHROMIUM = os.environ.get("FLUXSR_CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -345,11 +345,11 @@ def free_port() -> int:
 
 
 def server_command(port: int, *options: str) -> list[str]:
-    """``python -m fluxsr.cli serve ...`` once the CLI has the command, ``python -m fluxsr.serve ...`` until then."""
-    from fluxsr import cli
+    """``python -m fluxsr.cli serve ...`` once the CLI has the command, ``python -m fluxsr.webapp ...`` until then."""
+    from fluxsr.cli import commands as cli
 
     commands = next(a for a in cli.build_parser()._actions if isinstance(a, argparse._SubParsersAction))
-    module = ["fluxsr.cli", "serve"] if "serve" in commands.choices else ["fluxsr.serve"]
+    module = ["fluxsr.cli", "serve"] if "serve" in commands.choices else ["fluxsr.webapp"]
     return [sys.executable, "-m", *module, "--model", "tiny", "--port", str(port), *options]
 
 

@@ -6,8 +6,8 @@ import shutil
 import pytest
 import torch
 
-from fluxsr import models as M
-from fluxsr import text as T
+from fluxsr.model import models as M
+from fluxsr.model import text as T
 
 PROMPT = "a sharp photo of the cat"
 
@@ -81,7 +81,7 @@ def test_save_and_load_roundtrip(flux_dir, cond, tmp_path):
 
 def test_short_length_warns_and_conditions_the_tiny_transformer(flux_dir, caplog):
     """A prompt cut to TINY_TEXT_LEN T5 tokens warns, and its embeddings drive models.TINY_TRANSFORMER."""
-    with caplog.at_level(logging.WARNING, logger="fluxsr.text"):
+    with caplog.at_level(logging.WARNING, logger="fluxsr.model.text"):
         short = T.embed_prompt(flux_dir, "the cat " * 20, max_length=M.TINY_TEXT_LEN)
     assert any(f"T5 kept {M.TINY_TEXT_LEN}" in r.getMessage() for r in caplog.records)
     assert short.prompt_embeds.shape == (1, M.TINY_TEXT_LEN, 32)
@@ -108,7 +108,7 @@ def test_missing_folder_and_bad_length(tmp_path, flux_dir):
 
 
 def test_text_encoders_kept_loaded_match_embed_prompt(tmp_path):
-    from fluxsr.text import TextEncoders, embed_prompt, write_tiny_text_encoders
+    from fluxsr.model.text import TextEncoders, embed_prompt, write_tiny_text_encoders
 
     write_tiny_text_encoders(tmp_path)
     enc = TextEncoders(tmp_path, max_length=8)

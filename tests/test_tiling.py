@@ -6,8 +6,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from fluxsr.color import adain, color_fix, wavelet_fix, wavelet_lowpass
-from fluxsr.tiling import TileSpec, ramp, snapped, tile_count, tile_starts, tiled_map
+from fluxsr.inference.color import adain, color_fix, wavelet_fix, wavelet_lowpass
+from fluxsr.inference.tiling import TileSpec, ramp, snapped, tile_count, tile_starts, tiled_map
 
 
 @pytest.mark.parametrize(

@@ -11,10 +11,10 @@ import torch
 from safetensors.torch import load_file
 
 from fluxsr.cli import main
-from fluxsr.config import ConfigError
-from fluxsr.pairs import complete_indices, generate_pairs, is_complete, load_pair, pair_stem
-from fluxsr.recipe import load_recipe
-from fluxsr.train import batch_indices, lr_lambda, train
+from fluxsr.io.config import ConfigError
+from fluxsr.training.pairs import complete_indices, generate_pairs, is_complete, load_pair, pair_stem
+from fluxsr.training.recipe import load_recipe
+from fluxsr.training.train import batch_indices, lr_lambda, train
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "configs" / "tiny.yaml"

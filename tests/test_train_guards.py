@@ -10,13 +10,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from fluxsr.cache import atomic_write_bytes
 from fluxsr.cli import main
-from fluxsr.config import ConfigError
-from fluxsr.pairs import generate_pairs, load_pair, pair_stem
-from fluxsr.pretrain import load_photos
-from fluxsr.recipe import load_recipe
-from fluxsr.train import effective_t_l, train
+from fluxsr.io.cache import atomic_write_bytes
+from fluxsr.io.config import ConfigError
+from fluxsr.training.pairs import generate_pairs, load_pair, pair_stem
+from fluxsr.training.pretrain import load_photos
+from fluxsr.training.recipe import load_recipe
+from fluxsr.training.train import effective_t_l, train
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "configs" / "tiny.yaml"
@@ -139,7 +139,7 @@ def test_time_limit_logs_the_last_step_once(pairs, tmp_path):
 
 
 def test_shifted_t_l_is_exported_and_validated(pairs, tmp_path, monkeypatch):
-    import fluxsr.train as tr
+    import fluxsr.training.train as tr
 
     seen = []
     monkeypatch.setattr(tr, "validate", lambda *a, t_l=None, **k: seen.append(t_l))

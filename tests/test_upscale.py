@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from fluxsr.cli import main
-from fluxsr.images import read_image
+from fluxsr.io.images import read_image
 
 
 def run(*args):
@@ -190,7 +190,7 @@ def test_each_launched_process_binds_its_own_gpu(monkeypatch):
     """`accelerate launch` on a GPU machine: rank k uses GPU LOCAL_RANK (modulo the visible GPUs), not GPU 0."""
     import torch
 
-    from fluxsr.upscale import bind_local_gpu
+    from fluxsr.inference.upscale import bind_local_gpu
 
     chosen = []
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)

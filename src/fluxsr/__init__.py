@@ -11,11 +11,11 @@ __version__ = "0.1.0"
 __all__ = ["COLOR_FIXES", "FluxSRPipeline", "UpscaleOptions", "__version__", "is_model_dir", "parse_bytes"]
 
 _PUBLIC = {
-    "COLOR_FIXES": "color",
-    "FluxSRPipeline": "pipeline",
-    "UpscaleOptions": "pipeline",
-    "is_model_dir": "models",
-    "parse_bytes": "memory",
+    "COLOR_FIXES": "inference.color",
+    "FluxSRPipeline": "inference.pipeline",
+    "UpscaleOptions": "inference.pipeline",
+    "is_model_dir": "model.models",
+    "parse_bytes": "inference.memory",
 }
 
 

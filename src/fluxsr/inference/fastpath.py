@@ -86,7 +86,7 @@ def sdpa_context(name: str):
 
 
 def apply_fast_path(model, fast: FastPath, static_shapes: bool = True) -> list[str]:
-    """Apply the switches of ``fast`` to a :class:`~fluxsr.models.FluxSRModel`'s modules in place (after it was
+    """Apply the switches of ``fast`` to a :class:`~fluxsr.model.models.FluxSRModel`'s modules in place (after it was
     moved to its device and dtype); returns notes (what was skipped and why).
 
     ``static_shapes``: one compiled graph per tile shape (a benchmark sees a few shapes); False lets torch.compile
@@ -120,7 +120,7 @@ def apply_fast_path(model, fast: FastPath, static_shapes: bool = True) -> list[s
         vae.encoder.compile()
         vae.decoder.compile()
     if fast.compile:
-        from .attention import install
+        from ..model.attention import install
 
         install(transformer)  # before compiling: swapping processors later would recompile every block
         mode = {} if fast.compile_mode == "default" else {"mode": fast.compile_mode}

@@ -20,9 +20,8 @@ from typing import Protocol
 import torch
 from torch import Tensor
 
-from . import memory
-from .cache import remove_stale_temp_files
-from .images import (
+from ..io.cache import remove_stale_temp_files
+from ..io.images import (
     IMAGE_EXTENSIONS,
     MAX_PIXELS,
     READ_FORMATS,
@@ -39,6 +38,7 @@ from .images import (
     unsupported_reason,
     write_image,
 )
+from . import memory
 from .pipeline import NonFiniteOutputError, UpscaleOptions
 
 
@@ -70,7 +70,7 @@ class RealESRGANBackend:
     name: str = "realesrgan"
 
     def __post_init__(self):
-        from .baselines.realesrgan import RealESRGAN
+        from ..baselines.realesrgan import RealESRGAN
 
         self.net = RealESRGAN(device=self.device, tile=self.tile)
 
@@ -247,7 +247,7 @@ def find_jobs(
     inputs: list[Path], out_dir: Path, batch: BatchOptions, note=print
 ) -> tuple[list[tuple[Path, Path]], list[FileResult]]:
     """(source, destination) pairs for ``inputs`` and a failed result per input that cannot be read (missing, a
-    named pipe, a broken link, a folder that cannot be listed: :func:`fluxsr.images.scan_images`), per clash
+    named pipe, a broken link, a folder that cannot be listed: :func:`fluxsr.io.images.scan_images`), per clash
     (:func:`_outputs_that_are_inputs`, :func:`_one_job_per_output`), or one when no image at all was found. Files
     under ``out_dir`` are not taken as sources when it lies inside an input folder. ``note`` gets one line per
     input folder with files passed over for their extension, and one per folder link not followed."""
@@ -401,7 +401,7 @@ def run_jobs(
     """Run (source, destination) jobs in order, one result each: :func:`check_job`, then :func:`upscale_one`;
     failures and notes are printed as they happen, with a progress bar on a terminal (``progress="always"``:
     anywhere). First, temporary files that killed runs left in the output folders are removed
-    (:func:`fluxsr.cache.remove_stale_temp_files`)."""
+    (:func:`fluxsr.io.cache.remove_stale_temp_files`)."""
     for folder in sorted({dst.parent for _, dst in jobs}):
         for temp in remove_stale_temp_files(folder):
             print(f"note: removed {temp}, left by an interrupted run", file=sys.stderr)

@@ -1,7 +1,7 @@
 """FLUX attention with one rotary embedding per sample: several tiles of one image in one forward pass.
 
 diffusers' ``FluxTransformer2DModel`` takes one set of position ids for the whole batch, but each tile of a tiled
-image sits at its own place in the whole image (:func:`fluxsr.flow.img_ids` with the tile's offset), and FLUX's
+image sits at its own place in the whole image (:func:`fluxsr.model.flow.img_ids` with the tile's offset), and FLUX's
 image-text attention depends on that absolute place (text tokens sit at position 0). :class:`TileAttnProcessor`
 replaces the attention processors: given ``tile_rope`` (per-sample cos/sin, through ``joint_attention_kwargs``) it
 rotates every sample's queries and keys by its own positions; without it, it is diffusers' processor unchanged.

@@ -178,7 +178,7 @@ class DegradationConfig:
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> DegradationConfig:
         """Build from a flat mapping, or from one holding it under ``degradation``; unknown keys raise ValueError."""
-        from .config import from_dict
+        from ..io.config import from_dict
 
         if "degradation" in d:
             d = d["degradation"] or {}
@@ -716,8 +716,8 @@ def degrade_file(
     a JPEG ``out_path`` would compress once more. An ``out_path`` that is the input file (also through a link or a
     hard link) is a ValueError: the photo would be replaced by its degraded copy.
     """
-    from .guards import same_file
-    from .images import read_image, write_image
+    from ..io.guards import same_file
+    from ..io.images import read_image, write_image
 
     if same_file(Path(in_path), Path(out_path)):
         raise ValueError(f"output {out_path} is the input {in_path}; give the degraded copy another name")

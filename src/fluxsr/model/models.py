@@ -26,7 +26,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 from torch import Tensor
 
-from .cache import atomic_save_safetensors
+from ..io.cache import atomic_save_safetensors
 
 SPEC_FILE = "fluxsr.json"
 EMBEDS_FILE = "prompt_embeds.safetensors"
@@ -72,7 +72,7 @@ class ModelSpec:
     @classmethod
     def from_dict(cls, d: dict) -> ModelSpec:
         """Typed read of ``fluxsr.json``: unknown keys and wrong types raise, naming the field."""
-        from .config import from_dict
+        from ..io.config import from_dict
 
         return from_dict(cls, d, SPEC_FILE)
 
@@ -808,7 +808,7 @@ def velocity(
 
     Tokens get position ids of a tile placed at latent ``offset`` in the whole image. A list of n offsets puts n
     tiles in one forward pass: ``z`` holds them stacked tile-major (B/n consecutive samples per tile), and each gets
-    its own rotary embedding (:mod:`fluxsr.attention`, installed on first use). Text conditioning is the model's
+    its own rotary embedding (:mod:`fluxsr.model.attention`, installed on first use). Text conditioning is the model's
     cached embeddings; ``guidance`` defaults to the model spec's value. ``net`` runs the forward instead of
     ``model.transformer`` (a DDP/FSDP-wrapped copy of it in training).
     """
@@ -855,7 +855,7 @@ def velocity(
     return unpack(out, h, w).to(z.dtype)
 
 
-BUNDLED_MODEL = Path(__file__).parent / "assets" / "model"
+BUNDLED_MODEL = Path(__file__).resolve().parents[1] / "assets" / "model"
 PRESETS = ("bundled", "tiny", "flux-dev-random")
 
 

@@ -213,7 +213,7 @@ class ModelDims:
 
     @classmethod
     def from_model(cls, model) -> ModelDims:
-        """Read the dimensions off a :class:`~fluxsr.models.FluxSRModel`."""
+        """Read the dimensions off a :class:`~fluxsr.model.models.FluxSRModel`."""
         cfg = model.transformer.config
         return cls(
             cfg.num_attention_heads * cfg.attention_head_dim,
@@ -447,7 +447,7 @@ def plan_for(
     overlap: int | None = None,
     requested_batch: int | None = 1,
 ) -> MemoryPlan:
-    """:func:`plan_memory` for a :class:`~fluxsr.pipeline.FluxSRPipeline` on its device.
+    """:func:`plan_memory` for a :class:`~fluxsr.inference.pipeline.FluxSRPipeline` on its device.
 
     ``requested_tile`` None or <= 0 takes the model's default tile (``ModelSpec.tile``, 1024 for FLUX) as the
     upper bound ("auto"); the planner only ever lowers it. ``overlap`` None takes the model's;

@@ -40,13 +40,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
-from .images import IMAGE_EXTENSIONS, ImageError, LoadedImage, find_images, read_image, resize, target_size
+from .io.images import IMAGE_EXTENSIONS, ImageError, LoadedImage, find_images, read_image, resize, target_size
 
 if TYPE_CHECKING:  # pragma: no cover
     import gradio as gr
     from PIL import Image
 
-    from .pipeline import FluxSRPipeline
+    from .inference.pipeline import FluxSRPipeline
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 7860
@@ -285,7 +285,7 @@ class Upscaler:
         except gr.Error:
             raise
         except Exception as error:
-            from .memory import is_oom
+            from .inference.memory import is_oom
 
             if is_oom(error):
                 fail("Out of memory: try a smaller tile size, a smaller scale or a smaller image.")
@@ -294,7 +294,7 @@ class Upscaler:
 
     def _upscale(self, file: Any, scale: Any, color_fix: Any, tile: Any) -> tuple[tuple[str, str], str, str]:
         """:meth:`upscale` without the last-resort error handling."""
-        from .pipeline import NonFiniteOutputError, UpscaleOptions
+        from .inference.pipeline import NonFiniteOutputError, UpscaleOptions
 
         path = upload_path(file)
         scale, tile, color_fix = (
@@ -354,7 +354,7 @@ class Upscaler:
     @staticmethod
     def write(path: Path, rgb: Any, image: LoadedImage) -> Path:
         """Write ``rgb`` as PNG keeping the input's alpha (upscaled bicubic), greyness, bit depth, ICC and EXIF."""
-        from .images import write_image
+        from .io.images import write_image
 
         alpha = (
             resize(image.alpha[None].float(), tuple(rgb.shape[-2:]))[0] if image.alpha is not None else None
@@ -372,14 +372,14 @@ class Upscaler:
 
 def bicubic_upscale(image: LoadedImage, opts: Any):
     """The bicubic baseline at the output size (what the slider compares against)."""
-    from .upscale import BicubicBackend
+    from .inference.upscale import BicubicBackend
 
     return BicubicBackend().upscale_tensor(image.rgb, opts)
 
 
 def thumbnail(image: LoadedImage, side: int = PREVIEW_SIDE) -> Image.Image:
     """A PIL preview of ``image`` whose longer side is at most ``side`` pixels."""
-    from .images import tensor_to_pil
+    from .io.images import tensor_to_pil
 
     factor = min(1.0, side / max(image.height, image.width))
     size = (max(1, round(image.height * factor)), max(1, round(image.width * factor)))
@@ -624,7 +624,7 @@ def run_server(args: argparse.Namespace) -> int:
     """``fluxsr serve``: load the model from the CLI's model options, build the app, serve until interrupted."""
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     check_server_args(args)
-    from .cli import _pipeline
+    from .cli.commands import _pipeline
 
     pipe = _pipeline(args)
     if args.host not in ("127.0.0.1", "localhost", "::1"):
@@ -657,8 +657,8 @@ def run_server(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """``python -m fluxsr.serve``'s parser: the same options as ``fluxsr serve``."""
-    from .cli import _model_args
+    """``python -m fluxsr.webapp``'s parser: the same options as ``fluxsr serve``."""
+    from .cli.commands import _model_args
 
     parser = argparse.ArgumentParser(prog="fluxsr serve", description="FluxSR web demo (Gradio).")
     add_serve_arguments(parser)
@@ -667,7 +667,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def serve(argv: list[str] | None = None) -> int:
-    """Parse ``argv`` like ``fluxsr serve`` and run the server (what ``python -m fluxsr.serve`` does)."""
+    """Parse ``argv`` like ``fluxsr serve`` and run the server (what ``python -m fluxsr.webapp`` does)."""
     args = build_parser().parse_args(argv)
     try:
         return run_server(args)

@@ -30,7 +30,7 @@ Two evaluation protocols are registered in :data:`PROTOCOLS` (see :class:`Protoc
 
 NIQE needs the pristine-model parameters of Mittal et al. (``mu_prisparam``, ``cov_prisparam`` from the MATLAB
 release). They ship in the ``basicsr`` sdist on PyPI; :func:`fetch_niqe_params` converts them once to
-``niqe_pris_params.safetensors`` in :func:`fluxsr.cache.cache_dir`.
+``niqe_pris_params.safetensors`` in :func:`fluxsr.io.cache.cache_dir`.
 """
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .cache import atomic_save_safetensors, cache_dir, cached_file, pip_download
+from ..io.cache import atomic_save_safetensors, cache_dir, cached_file, pip_download
 
 Tensor = torch.Tensor
 
@@ -465,7 +465,7 @@ def fetch_niqe_params(download_dir: Path, force: bool = False) -> list[Path]:
 
 
 def load_niqe_params() -> tuple[Tensor, Tensor]:
-    """(mu (36,), cov (36, 36)) float64 from the cache; :class:`fluxsr.cache.MissingWeightsError` if not fetched."""
+    """(mu (36,), cov (36, 36)) float64 from the cache; :class:`fluxsr.io.cache.MissingWeightsError` if not fetched."""
     from safetensors.torch import load_file
 
     t = load_file(str(cached_file(NIQE_PARAMS_FILE)))

@@ -636,7 +636,7 @@ def pil_save_options(file_format: str, icc: bytes | None, exif: bytes | None, qu
 
 
 def write_atomic(path: Path, write: Callable[[BinaryIO], None]) -> None:
-    """:func:`fluxsr.cache.write_atomic` (temp file beside ``path``, then a rename: never a half file), with any
+    """:func:`fluxsr.io.cache.write_atomic` (temp file beside ``path``, then a rename: never a half file), with any
     ``OSError`` (folder not writable, a file where a folder should be, name too long...) turned into an
     :class:`ImageError` naming ``path``.
     """

@@ -19,10 +19,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .config import ConfigError, check_range
-from .flow import interpolate, logit_normal_t, pair_velocity
-from .images import ImageError, find_images, read_image, resize
-from .models import (
+from ..io.config import ConfigError, check_range
+from ..io.images import ImageError, find_images, read_image, resize
+from ..model.flow import interpolate, logit_normal_t, pair_velocity
+from ..model.models import (
     FluxSRModel,
     ModelSpec,
     TextCond,
@@ -239,7 +239,7 @@ def vae_config(cfg: VAESection) -> dict:
 def train_vae(pre: PretrainSection, out: Path, *, device="cpu", progress: bool = True):
     """Train the VAE on random photo crops: L1 + lpips * LPIPS-VGG + kl * KL; then set FLUX-style latent
     normalisation (``shift_factor`` = latent mean, ``scaling_factor`` = 1 / latent std over training crops)."""
-    from .losses.lpips import load_lpips
+    from ..losses.lpips import load_lpips
 
     cfg = pre.vae
     setup_cuda_training()
@@ -309,7 +309,7 @@ def train_teacher(
     """
     from diffusers import AutoencoderKL
 
-    from .models import velocity
+    from ..model.models import velocity
 
     cfg = pre.teacher
     setup_cuda_training()

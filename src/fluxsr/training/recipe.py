@@ -9,9 +9,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .config import ConfigError, check_range, load_config
-from .degrade import DegradationConfig
-from .models import DEFAULT_LORA_TARGETS
+from ..data.degrade import DegradationConfig
+from ..io.config import ConfigError, check_range, load_config
+from ..model.models import DEFAULT_LORA_TARGETS
 from .pretrain import PretrainSection
 
 
@@ -49,7 +49,7 @@ class PairsSection:
 
     count / resolution: 2,400 pairs at 1024^2 in the paper.
     steps / guidance / shift: FLUX.1-dev's Euler sampler: 28 steps, guidance 3.5, resolution-shifted schedule.
-    prompts: a text file (one prompt a line); empty -> built-in generator (fluxsr.prompts).
+    prompts: a text file (one prompt a line); empty -> built-in generator (fluxsr.training.prompts).
     seed: pair i uses noise seed ``seed + i`` and prompt i.
     source: 'teacher' (the paper) or 'photos' (our extension: real photos inverted through the teacher's ODE).
     photos: folder of photos for source='photos' (center-cropped to ``resolution``).
@@ -193,7 +193,7 @@ class Recipe:
 
 def input_paths(recipe: Recipe) -> list[tuple[str, Path]]:
     """(field, path) for the files and folders the recipe reads that exist on disk (model names such as
-    ``tiny`` are left out): what gen-pairs and train must not write over (:mod:`fluxsr.guards`)."""
+    ``tiny`` are left out): what gen-pairs and train must not write over (:mod:`fluxsr.io.guards`)."""
     fields = {
         "model.base": recipe.model.base,
         "model.ae": recipe.model.ae,

@@ -30,12 +30,13 @@ from PIL import Image
 from safetensors.torch import load_file
 from torch import Tensor
 
-from .cache import atomic_save_safetensors, atomic_write_bytes
-from .config import ConfigError, to_dict
-from .degrade import degrade_to_input
-from .flow import ftd_loss, ftd_point, one_step, sample_ftd_t, shift_mu, time_shift
-from .guards import check_inputs_apart
-from .models import (
+from ..data.degrade import degrade_to_input
+from ..inference.pipeline import FluxSRPipeline, UpscaleOptions
+from ..io.cache import atomic_save_safetensors, atomic_write_bytes
+from ..io.config import ConfigError, to_dict
+from ..io.guards import check_inputs_apart
+from ..model.flow import ftd_loss, ftd_point, one_step, sample_ftd_t, shift_mu, time_shift
+from ..model.models import (
     FluxSRModel,
     ModelSpec,
     add_lora,
@@ -49,7 +50,6 @@ from .models import (
     velocity,
 )
 from .pairs import check_one_config, complete_indices, load_pair, pair_stem
-from .pipeline import FluxSRPipeline, UpscaleOptions
 from .recipe import Recipe, input_paths
 
 LOSS_NAMES = ("loss", "ftd", "mse", "lpips", "adl")
@@ -266,7 +266,7 @@ def check_resume(found: Path, recipe: Recipe, steps: int) -> int:
 
 def check_validation_images(recipe: Recipe) -> None:
     """``train.validation_images`` must exist and every image in it must load (fail at start, not at step N)."""
-    from .images import find_images, read_image
+    from ..io.images import find_images, read_image
 
     src = recipe.train.validation_images
     if not src:
@@ -388,8 +388,8 @@ def build_student(recipe: Recipe, device=None, dtype=None) -> tuple[FluxSRModel,
 
 
 def build_lpips(recipe: Recipe, device):
-    from .losses.lpips import LPIPS, load_lpips
-    from .losses.tv_lpips import TVLPIPS
+    from ..losses.lpips import LPIPS, load_lpips
+    from ..losses.tv_lpips import TVLPIPS
 
     net = recipe.loss.lpips_net
     if net == "random-vgg":
@@ -427,7 +427,7 @@ def train(
     from accelerate import Accelerator
     from tqdm import tqdm
 
-    from .losses.adl import ADLCollector
+    from ..losses.adl import ADLCollector
 
     tc, lc = recipe.train, recipe.loss
     if tc.mixed_precision == "fp16":
@@ -623,8 +623,8 @@ def validate(
 
     Returns PSNR (dB) per pair input against its x0, written to ``out/metrics.json``.
     """
-    from .images import find_images, read_image, resize, write_image
-    from .metrics import psnr
+    from ..evaluation.metrics import psnr
+    from ..io.images import find_images, read_image, resize, write_image
 
     out.mkdir(parents=True, exist_ok=True)
     was_training = transformer.training

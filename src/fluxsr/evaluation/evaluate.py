@@ -2,14 +2,14 @@
 
 Metrics (names as on the command line; arrows say which way is better):
 
-- full reference: ``psnr`` up, ``ssim`` up (computed by :mod:`fluxsr.metrics` under a protocol, with its crop border
+- full reference: ``psnr`` up, ``ssim`` up (computed by :mod:`fluxsr.evaluation.metrics` under a protocol, with its crop border
   and Y channel), ``lpips`` down (AlexNet, pyiqa's default), ``lpips-vgg`` down, ``dists`` down, all with the real
   weights from ``fluxsr weights fetch``;
 - no reference: ``niqe`` down (pyiqa's algorithm, built in); ``musiq``, ``maniqa-koniq``, ``maniqa-pipal``,
   ``topiq-nr``, ``clipiqa``, ``qalign`` (all up) through pyiqa when it is importable -- an optional extra; without it
   they are skipped with one note.
 
-Images are read with :func:`fluxsr.images.read_image` (EXIF orientation applied, grey as RGB, alpha dropped, 16-bit
+Images are read with :func:`fluxsr.io.images.read_image` (EXIF orientation applied, grey as RGB, alpha dropped, 16-bit
 kept). The crop border applies to PSNR/SSIM only; LPIPS, DISTS and no-reference metrics see the whole image.
 Problems (missing partners, size mismatches, unreadable files, a metric failing on one image) are collected by
 name, never dropped silently; the rest is still scored.
@@ -33,10 +33,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .cache import MissingWeightsError
-from .datasets import Dataset, ImagePair, match_files, relative_name
-from .guards import check_inputs_apart
-from .images import ImageError, find_images, quantize, read_image, resize, target_size
+from ..data.datasets import Dataset, ImagePair, match_files, relative_name
+from ..io.cache import MissingWeightsError
+from ..io.guards import check_inputs_apart
+from ..io.images import ImageError, find_images, quantize, read_image, resize, target_size
 
 FULL_REFERENCE = ("psnr", "ssim", "lpips", "lpips-vgg", "dists")
 BUILTIN_NO_REFERENCE = ("niqe",)
@@ -96,7 +96,7 @@ def needs_reference(name: str) -> bool:
 
 
 def effective_protocol(protocol: str, crop_border: int | None):
-    """The :class:`fluxsr.metrics.Protocol` named ``protocol``, with ``crop_border`` overriding its own if given."""
+    """The :class:`fluxsr.evaluation.metrics.Protocol` named ``protocol``, with ``crop_border`` overriding its own if given."""
     from .metrics import get_protocol
 
     p = get_protocol(protocol)
@@ -121,10 +121,10 @@ def _network_metric(name: str, net: torch.nn.Module, device: str) -> Metric:
 def load_network(name: str, device: str) -> torch.nn.Module:
     """The frozen LPIPS-alex (``lpips``), LPIPS-vgg or DISTS network with real weights, loaded once per device."""
     if name == "dists":
-        from .losses.dists import load_dists
+        from ..losses.dists import load_dists
 
         return load_dists(device)
-    from .losses.lpips import load_lpips
+    from ..losses.lpips import load_lpips
 
     return load_lpips("alex" if name == "lpips" else "vgg", device)
 
@@ -178,7 +178,7 @@ def build_metrics(
 ) -> tuple[list[Metric], list[str]]:
     """Ready-to-call metrics for ``names`` (order kept) and notes about skipped ones.
 
-    Raises :class:`fluxsr.cache.MissingWeightsError` when LPIPS/DISTS/NIQE parameters are not fetched yet, and
+    Raises :class:`fluxsr.io.cache.MissingWeightsError` when LPIPS/DISTS/NIQE parameters are not fetched yet, and
     ValueError for a scale that is not an integer >= 1.
     """
     if not (math.isfinite(scale) and scale >= 1 and scale == round(scale)):
@@ -241,7 +241,7 @@ class EvalReport:
 
 
 def load_rgb(path: Path) -> Tensor:
-    """(3, H, W) float32 in [0, 1] of an image file; :class:`fluxsr.images.ImageError` naming it on failure."""
+    """(3, H, W) float32 in [0, 1] of an image file; :class:`fluxsr.io.images.ImageError` naming it on failure."""
     return read_image(Path(path)).rgb
 
 
@@ -323,7 +323,7 @@ def evaluate_dirs(
     device: str = "cpu",
     progress: bool = False,
 ) -> EvalReport:
-    """Pair the images under ``pred_dir`` with those under ``gt_dir`` (see :func:`fluxsr.datasets.match_files`)
+    """Pair the images under ``pred_dir`` with those under ``gt_dir`` (see :func:`fluxsr.data.datasets.match_files`)
     and score them. Without ``gt_dir`` only no-reference metrics are allowed (ValueError otherwise); the default
     metrics are :data:`DEFAULT_METRICS` (their no-reference part without ``gt_dir``)."""
     names = parse_metric_names(metric_names) if metric_names else default_metric_names(gt_dir is not None)
@@ -523,9 +523,9 @@ def default_metric_names(has_hr: bool) -> list[str]:
 def backend_factories(
     names: str | Sequence[str], fluxsr: Callable[[], object], device: str | None = None
 ) -> dict[str, Callable[[], object]]:
-    """Constructors for ``bicubic``, ``realesrgan`` (:func:`fluxsr.upscale.make_backend`) and ``fluxsr`` (the given
+    """Constructors for ``bicubic``, ``realesrgan`` (:func:`fluxsr.inference.upscale.make_backend`) and ``fluxsr`` (the given
     ``fluxsr`` callable, so the CLI loads the model exactly as ``fluxsr upscale`` does); ValueError for others."""
-    from .upscale import make_backend
+    from ..inference.upscale import make_backend
 
     items = names.split(",") if isinstance(names, str) else list(names)
     keys = list(dict.fromkeys(n.strip().lower() for n in items if n.strip()))
@@ -558,10 +558,10 @@ def run_method(
 ) -> MethodRun:
     """Build a backend and upscale every pair's LR into ``out_dir/<pair name>.png`` (so sub-folders of the data set
     are mirrored and equal stems in different folders stay apart; names must be unique) with
-    :func:`fluxsr.upscale.run_jobs`, the code behind ``fluxsr upscale``. ``load_s`` covers building it and
+    :func:`fluxsr.inference.upscale.run_jobs`, the code behind ``fluxsr upscale``. ``load_s`` covers building it and
     (``warmup``) one untimed warm-up image; ``wall_s`` the batch (read, upscale, write). A backend that cannot be
     built (missing weights, ...) gives a skipped run."""
-    from .upscale import BatchOptions, run_jobs
+    from ..inference.upscale import BatchOptions, run_jobs
 
     start = time.perf_counter()
     try:
@@ -636,7 +636,7 @@ def run_benchmark(
     (mirroring the data set's sub-folders), ``benchmark.md``, ``benchmark.csv``, ``benchmark.json``,
     ``benchmark_chart.png`` and ``comparison.png``.
     """
-    from .pipeline import UpscaleOptions
+    from ..inference.pipeline import UpscaleOptions
 
     opts = opts or UpscaleOptions()
     out = Path(out)

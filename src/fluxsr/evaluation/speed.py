@@ -7,7 +7,7 @@ the peak memory (CUDA ``max_memory_allocated``, or the CPU process's peak RSS). 
 floor of the transformer: matmul FLOPs of the FLUX blocks (all linears, attention ``QK^T`` and ``AV``) counted from
 the config and the tokens of every tile, divided by ``peak_tflops``.
 
-Models: ``tiny``, the bundled model (``None``), a path (see :func:`fluxsr.models.load_model`) or
+Models: ``tiny``, the bundled model (``None``), a path (see :func:`fluxsr.model.models.load_model`) or
 ``flux-dev-random``: the FLUX.1-dev transformer and FLUX VAE shapes with random weights made directly on the device
 (meta init, ``to_empty``, in-place random init), with random text conditioning of ``text_len`` tokens. Dense bf16
 cost does not depend on the values.
@@ -30,13 +30,19 @@ from typing import Any
 
 import torch
 
-from . import memory
-from .fastpath import FastPath, add_fast_path_arguments, apply_fast_path, fast_path_from_args, sdpa_context
-from .flow import denoise
-from .models import FluxSRModel, load_model, velocity
-from .pipeline import FluxSRPipeline, UpscaleOptions, default_dtype, resolve_device, sync
-from .pipeline import timed as stage
-from .tiling import latent_tiles, snapped, tile_count, tile_edge, tile_overlap, tiled_map
+from ..inference import memory
+from ..inference.fastpath import (
+    FastPath,
+    add_fast_path_arguments,
+    apply_fast_path,
+    fast_path_from_args,
+    sdpa_context,
+)
+from ..inference.pipeline import FluxSRPipeline, UpscaleOptions, default_dtype, resolve_device, sync
+from ..inference.pipeline import timed as stage
+from ..inference.tiling import latent_tiles, snapped, tile_count, tile_edge, tile_overlap, tiled_map
+from ..model.flow import denoise
+from ..model.models import FluxSRModel, load_model, velocity
 
 STAGES = ("read", "resize", "encode", "transformer", "decode", "color_fix", "write")
 GPU_STAGES = ("resize", "encode", "transformer", "decode", "color_fix", "net")  # device work, no file I/O
@@ -259,7 +265,7 @@ def measure(run_once: RunOnce, device: torch.device, warmup: int, repeat: int) -
 
 def make_input(path: Path, size: int, seed: int = 0) -> Path:
     """A smooth random RGB PNG of ``size``/4 pixels square (the x4 input for an output of ``size``)."""
-    from .images import resize, write_image
+    from ..io.images import resize, write_image
 
     g = torch.Generator().manual_seed(seed)
     small = torch.rand(1, 3, max(2, size // 32), max(2, size // 32), generator=g)
@@ -276,7 +282,7 @@ def _io_run(
     img_path: Path, out_path: Path, device: torch.device, body: Callable[[Any, dict[str, float]], Any]
 ) -> tuple[dict[str, float], dict[str, int]]:
     """read -> ``body(image, times)`` -> write, with the read and write stages timed."""
-    from .images import read_image, write_image
+    from ..io.images import read_image, write_image
 
     times: dict[str, float] = {}
     with stage(times, "read", device):
@@ -328,8 +334,8 @@ def bench_realesrgan(
 
     ``random_weights`` runs the same architecture untrained (same cost; for random-weight benchmarks on machines
     without the converted weights)."""
-    from .baselines.realesrgan import RealESRGAN
-    from .baselines.rrdbnet import RRDBNet
+    from ..baselines.realesrgan import RealESRGAN
+    from ..baselines.rrdbnet import RRDBNet
 
     net = RealESRGAN(
         device=device, dtype=dtype, tile=cfg.esrgan_tile or None, model=RRDBNet() if random_weights else None
@@ -352,7 +358,7 @@ def bench_realesrgan(
 
 def bench_bicubic(cfg: BenchConfig, device: torch.device, size: int, img_path: Path, out_path: Path) -> dict:
     """Bicubic x4 on the device: the floor of any upscaler (I/O and one resize)."""
-    from .images import resize
+    from ..io.images import resize
 
     def body(img, times):
         with stage(times, "resize", device):
@@ -422,7 +428,7 @@ def _weight_bytes(model: FluxSRModel) -> int:
 
 
 def _calibration(row: dict, weights: int, tile_px: int, dtype_bytes: int, tokens: int, inner: int) -> dict:
-    """Measured cost-model constants (:class:`fluxsr.memory.CostModel`) from one row's stage peaks."""
+    """Measured cost-model constants (:class:`fluxsr.inference.memory.CostModel`) from one row's stage peaks."""
     peaks = row.get("stage_peak_bytes") or {}
     out = {}
     for st, key in (("encode", "encode_per_px"), ("decode", "decode_per_px")):
@@ -588,7 +594,7 @@ def _run_row(
                 return _skip(
                     name, size, f"Real-ESRGAN only up to --baseline-max-size {cfg.baseline_max_size}"
                 )
-            from .cache import MissingWeightsError
+            from ..io.cache import MissingWeightsError
 
             if cfg.esrgan_weights == "random":
                 return bench_realesrgan(cfg, device, dtype, size, img_path, out_path, random_weights=True)

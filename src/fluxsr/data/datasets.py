@@ -28,8 +28,8 @@ from pathlib import Path
 
 import torch
 
-from .guards import check_inputs_apart
-from .images import ImageError, find_images, read_image, scan_existing, write_image
+from ..io.guards import check_inputs_apart
+from ..io.images import ImageError, find_images, read_image, scan_existing, write_image
 
 SUFFIX_TOKENS = ("out", "output", "sr", "hr", "lr", "gt", "lq")
 """Name suffixes :func:`pair_key` removes when they follow ``_``, ``-``, ``.`` or a space (case-insensitive)."""
@@ -192,7 +192,7 @@ class Dataset:
 def _images_in(folder: Path, exclude: Path | None = None) -> tuple[list[Path], list[str]]:
     """Images directly or recursively below ``folder`` (not searching ``exclude``), and one line per entry there
     that cannot be read (a named pipe, a broken link, a folder that cannot be listed:
-    :func:`fluxsr.images.scan_images`)."""
+    :func:`fluxsr.io.images.scan_images`)."""
     scan = scan_existing(folder, exclude)
     return scan.images, [str(problem) for problem in scan.problems]
 
@@ -397,7 +397,7 @@ def hr_crop_box(h: int, w: int, scale: int, crop: int | None) -> tuple[int, int,
 def prepare_hr(rgb: torch.Tensor, scale: int, crop: int | None) -> torch.Tensor:
     """Centre-crop an RGB (3, H, W) HR image (see :func:`hr_crop_box`) and quantise it to 8-bit levels."""
     top, left, ch, cw = hr_crop_box(rgb.shape[-2], rgb.shape[-1], scale, crop)
-    from .metrics import quantize_8bit
+    from ..evaluation.metrics import quantize_8bit
 
     return quantize_8bit(rgb[:, top : top + ch, left : left + cw].float())
 
@@ -507,7 +507,7 @@ def make_testset(
 
     For each image under ``inputs`` (files or folders, recursive): read it (EXIF orientation applied, alpha
     dropped, grey as RGB), centre-crop to a multiple of ``scale`` (or to ``crop`` x ``crop``), quantise to 8 bits,
-    degrade with the training degradation (``cfg``, default :class:`fluxsr.degrade.DegradationConfig` with this
+    degrade with the training degradation (``cfg``, default :class:`fluxsr.data.degrade.DegradationConfig` with this
     scale) seeded by :func:`image_seed` (seed, file name), and write ``out/hr/<name>.png`` and ``out/lr/<name>.png``
     where name is the source stem without role suffixes (:func:`strip_suffixes`: ``img_003_SRF_4_HR`` ->
     ``img_003_SRF_4``).
@@ -516,7 +516,7 @@ def make_testset(
     A non-empty ``out/lr`` or ``out/hr`` is refused (ValueError, before anything is written) unless ``overwrite``,
     which first deletes the pairs an earlier run's manifest lists (and refuses any other file there), so the
     folders always hold exactly the manifest's pairs; an input inside ``out/hr`` or ``out/lr`` is refused too
-    (:func:`fluxsr.guards.check_inputs_apart`). The manifest is written before the first pair (the planned names,
+    (:func:`fluxsr.io.guards.check_inputs_apart`). The manifest is written before the first pair (the planned names,
     ``"complete": false``), so a killed run's pairs are still known to a rerun with ``overwrite``.
     """
     from .degrade import DegradationConfig

@@ -27,13 +27,13 @@ import torch
 from safetensors.torch import load_file
 from torch import Tensor
 
-from .cache import atomic_save_safetensors, atomic_write_bytes
-from .config import config_hash
-from .flow import denoise, get_noise, get_schedule, invert
-from .guards import check_inputs_apart
-from .images import ImageError, find_images, read_image, resize, write_image
-from .models import FluxSRModel, TextCond, load_model, velocity
-from .pipeline import FluxSRPipeline, UpscaleOptions
+from ..inference.pipeline import FluxSRPipeline, UpscaleOptions
+from ..io.cache import atomic_save_safetensors, atomic_write_bytes
+from ..io.config import config_hash
+from ..io.guards import check_inputs_apart
+from ..io.images import ImageError, find_images, read_image, resize, write_image
+from ..model.flow import denoise, get_noise, get_schedule, invert
+from ..model.models import FluxSRModel, TextCond, load_model, velocity
 from .prompts import hashed_cond, prompt_for, read_prompts
 from .recipe import Recipe, input_paths
 
@@ -120,7 +120,7 @@ class PromptEncoder:
         self.model, self.text_len, self.encoder = model, text_len, None
         folder = Path(teacher_path)
         if folder.is_dir() and (folder / "text_encoder_2").is_dir():
-            from .text import TextEncoders
+            from ..model.text import TextEncoders
 
             self.encoder = TextEncoders(folder, max_length=text_len)
         self.cache: dict[str, TextCond] = {}

@@ -2,8 +2,8 @@
 
 resize to the target size -> pad to a multiple of 16 -> VAE encode (tiled) -> one transformer step from T_L to 0
 (tiled, each tile at its global position) -> VAE decode (tiled) -> crop -> colour fix against the globally
-upscaled input. Works on RGB tensors in [0, 1]; file formats, alpha, grey and 16-bit live in :mod:`fluxsr.images`
-and :mod:`fluxsr.upscale`.
+upscaled input. Works on RGB tensors in [0, 1]; file formats, alpha, grey and 16-bit live in :mod:`fluxsr.io.images`
+and :mod:`fluxsr.inference.upscale`.
 """
 
 from __future__ import annotations
@@ -19,11 +19,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..io.images import MAX_PIXELS, check_output_pixels, resize, target_size
+from ..model.flow import one_step
+from ..model.models import FluxSRModel, load_model, to_device, velocity
 from . import memory
 from .color import color_fix
-from .flow import one_step
-from .images import MAX_PIXELS, check_output_pixels, resize, target_size
-from .models import FluxSRModel, load_model, to_device, velocity
 from .tiling import TileSpec, check_tile_overlap, latent_tiles, snapped, tiled_map
 
 
@@ -37,7 +37,7 @@ class UpscaleOptions:
 
     scale: output/input size ratio (float; ignored when ``long_side`` is given).
     long_side: make the longer output side this many pixels instead.
-    color_fix: ``wavelet`` (default), ``adain`` or ``none`` (see :mod:`fluxsr.color`).
+    color_fix: ``wavelet`` (default), ``adain`` or ``none`` (see :mod:`fluxsr.inference.color`).
     tile: tile edge in OUTPUT pixels for all three stages, >= 1 (rounded to the model's multiple, 16 for FLUX);
         None takes the model's default (``ModelSpec.tile``: 1024 for FLUX, trained at up to ~2 MP).
     overlap: overlap between tiles in output pixels, 0 to half the tile; None takes the model's default.
@@ -196,7 +196,7 @@ class FluxSRPipeline:
     def from_pretrained(
         cls, name=None, device=None, dtype=None, *, allow_fp16: bool = False, **load_kwargs
     ) -> FluxSRPipeline:
-        """Load a model by name or path (see :func:`fluxsr.models.load_model`) and build the pipeline; the device
+        """Load a model by name or path (see :func:`fluxsr.model.models.load_model`) and build the pipeline; the device
         and dtype are checked before the (possibly minutes-long) load, and the weights are read straight into the
         dtype (no float32 host copy of a bf16 model)."""
         device, dtype = cls.settings(device, dtype, allow_fp16)
@@ -277,7 +277,7 @@ class FluxSRPipeline:
         The input is checked by :func:`as_rgb` (uint8 is accepted and scaled; bad shapes, NaN and out-of-range
         values raise ``ValueError``, non-tensors ``TypeError``).
 
-        Tiles come from the memory planner (:mod:`fluxsr.memory`): ``opts.tile`` unless the estimate does not fit
+        Tiles come from the memory planner (:mod:`fluxsr.inference.memory`): ``opts.tile`` unless the estimate does not fit
         the free memory (or ``self.max_memory``); tiles per pass likewise (``opts.tile_batch``, chosen when 0). An
         ``opts.overlap`` over half the model's tile (no ``opts.tile``) and an output over ``opts.max_pixels`` are
         ValueErrors before any work. Out of memory, the run is retried with half the tiles per
@@ -380,7 +380,7 @@ class FluxSRPipeline:
         :class:`UpscaleOptions` (bad ones raise ``ValueError`` before any work)."""
         from PIL import Image
 
-        from .images import pil_to_tensor, tensor_to_pil
+        from ..io.images import pil_to_tensor, tensor_to_pil
 
         opts = UpscaleOptions(scale, long_side, color_fix, tile, overlap, tile_batch, max_pixels)
         if not isinstance(image, Image.Image):

@@ -1,0 +1,7 @@
+"""`python -m fluxsr.cli ...` runs the command line."""
+
+import sys
+
+from .commands import main
+
+sys.exit(main())

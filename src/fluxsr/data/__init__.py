@@ -1,0 +1,1 @@
+"""Data: the Real-ESRGAN degradation and evaluation test sets."""

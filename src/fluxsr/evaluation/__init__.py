@@ -1,0 +1,1 @@
+"""Evaluation: metrics, scoring folders, quality benchmarks (`fluxsr benchmark`), speed benchmarks (`fluxsr bench`, speed.py) and the reference weights they use."""
