@@ -274,7 +274,7 @@ def test_wrong_files_are_named(tiny, tmp_path):
             prompt_embeds=tmp_path / M.EMBEDS_FILE,
         )
     (tmp_path / "pickle.safetensors").write_bytes(b"\x80\x04not safetensors at all")
-    with pytest.raises(ValueError, match="not a readable safetensors"):
+    with pytest.raises(ValueError, match="damaged or not a safetensors file"):
         M.load_model(tmp_path / "pickle.safetensors", prompt_embeds=tmp_path / M.EMBEDS_FILE)
     with pytest.raises(ValueError, match="not prompt embeddings"):
         M.load_model(tmp_path / "flux1-dev.safetensors", prompt_embeds=tmp_path / "lora_like.safetensors")
@@ -462,3 +462,55 @@ def test_cast_state_takes_tensors_out_as_it_casts():
     state = {"a": torch.ones(3), "b": torch.zeros(2, dtype=torch.int64)}
     out = M.cast_state(state, torch.bfloat16)
     assert state == {} and out["a"].dtype == torch.bfloat16 and out["b"].dtype == torch.int64
+
+
+def test_damaged_or_wrong_model_files_are_named_with_what_was_expected(tiny, tmp_path, capsys):
+    import shutil
+
+    M.save_model_folder(tiny, tmp_path / "good")
+    cases = {
+        M.SPEC_FILE: (
+            lambda p: p.write_text('{"t_l": 0.25, '),
+            "damaged, not valid JSON .*expected a JSON object",
+        ),
+        "transformer/diffusion_pytorch_model.safetensors": (
+            lambda p: p.write_bytes(p.read_bytes()[:-100]),
+            "damaged or not a safetensors file: its size does not match its header",
+        ),
+        M.EMBEDS_FILE: (lambda p: p.write_bytes(b"\x00" * 3), "damaged or not a safetensors file"),
+    }
+    for name, (damage, message) in cases.items():
+        folder = tmp_path / name.replace("/", "_")
+        shutil.copytree(tmp_path / "good", folder)
+        damage(folder / name)
+        with pytest.raises(ValueError, match=f"{folder / name}: {message}"):
+            M.load_model(folder)
+    (tmp_path / "good" / M.SPEC_FILE).write_text("[0.25]")
+    with pytest.raises(
+        ValueError, match=f"{tmp_path / 'good' / M.SPEC_FILE}: expected a JSON object.*got a JSON list"
+    ):
+        M.load_model(tmp_path / "good")
+    # a file that is not FLUX weights at all: named, with what --model takes (not "prompt_embeds ... not found")
+    from PIL import Image
+
+    from fluxsr.cli import main
+
+    Image.new("RGB", (16, 16)).save(tmp_path / "in.png")
+    (tmp_path / "passwd").write_text("root:x:0:0:root:/root:/bin/bash\n")
+    (tmp_path / "random.safetensors").write_bytes(bytes(range(256)) * 8)
+    for path in (tmp_path / "passwd", tmp_path / "random.safetensors"):
+        assert (
+            main(["upscale", "--model", str(path), str(tmp_path / "in.png"), "-o", str(tmp_path / "out")])
+            == 2
+        )
+        err = capsys.readouterr().err.strip()
+        assert err.startswith(
+            f"error: {path}: damaged or not a safetensors file: no valid safetensors header"
+        )
+        assert (
+            err.endswith(
+                "expected a fluxsr model folder, a diffusers FLUX folder or a Black Forest Labs "
+                "flux1-dev.safetensors"
+            )
+            and "\n" not in err
+        )

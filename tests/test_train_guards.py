@@ -3,11 +3,13 @@ with one line naming the cause; logs, exported T_L and file modes are right."""
 
 import json
 import os
+import re
 import stat
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from fluxsr.cli import main
@@ -288,3 +290,143 @@ def test_train_refuses_a_run_folder_whose_final_holds_an_input(tmp_path):
     with pytest.raises(ValueError, match="model.base .* is .*final"):
         train(recipe(f"model.base={run / 'final'}"), tmp_path / "pairs", run, progress=False)
     assert (run / "final").is_dir()
+
+
+# -- 10. recipe YAML that does not parse: one line naming the file, line and column -----------------------------------
+
+
+@pytest.mark.parametrize(
+    "text, where, problem",
+    [
+        ("train:\n  lr: [1,\n", "line 3, column 1", "expected the node content"),
+        ("train:\n\tlr: 1\n", "line 2, column 1", "a tab character: YAML indents with spaces only"),
+        (
+            "train: !!python/object:os.system {}\n",
+            "line 1, column 8",
+            r"tag !!python/object:os\.system is not",
+        ),
+        ("train: !!python/name:os.system\n", "line 1, column 8", r"tag !!python/name:os\.system is not"),
+        ("train: !!python/object/apply:os.system [ls]\n", "line 1, column 8", "tag !!python/object/apply"),
+        ("train:\n  lr: 1\n  steps: 2\n  lr: 2\n", "line 4, column 3", "duplicate key 'lr'"),
+        ("a:\n" + "".join(" " * i + "b:\n" for i in range(1, 200)), "line 100, column 100", "nested deeper"),
+        ("[" * 5000 + "]" * 5000, "line 1, column 101", "nested deeper than 100 levels"),
+    ],
+)
+def test_bad_recipe_yaml_is_one_line_naming_file_line_and_column(text, where, problem, tmp_path, capsys):
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    args = ["--pairs", str(tmp_path / "pairs"), "--out", str(tmp_path / "run"), "-q"]
+    assert main(["train", "--config", str(path), *args]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "Traceback" not in err
+    assert err.startswith(f"error: {path}: {where}: ")
+    assert re.search(problem, err)
+
+
+@pytest.mark.parametrize(
+    "item, problem",
+    [
+        ("train.lr=[1,", "line 1, column 4: expected the node content"),
+        ("train.lr=!!python/object/apply:os.system [ls]", "line 1, column 1: tag !!python/object/apply"),
+        ("train.lr={a: 1, a: 2}", "line 1, column 8: duplicate key 'a'"),
+    ],
+)
+def test_bad_set_value_is_one_line_naming_the_item(item, problem, tmp_path, capsys):
+    args = ["--pairs", str(tmp_path / "pairs"), "--out", str(tmp_path / "run"), "-q"]
+    assert main(["train", "--config", str(TINY), "--set", item, *args]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"error: --set {item!r} value: {problem}") and "\n" not in err
+
+
+def test_yaml_merge_keys_still_override_and_plain_values_read_as_safe_load():
+    from fluxsr.io.config import parse_yaml
+
+    text = "base: &b {lr: 1, steps: 2}\ntrain:\n  <<: *b\n  lr: 3\nx: 1e-4\n"
+    assert parse_yaml(text, "t") == __import__("yaml").safe_load(text)
+    assert parse_yaml(text, "t")["train"] == {"lr": 3, "steps": 2}
+
+
+# -- 11. damaged checkpoints and pairs: one line naming the file; --resume intact, gen-pairs redoes a pair -------------
+
+
+def cut_short(path: Path) -> None:
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+
+
+def test_resume_names_a_damaged_checkpoint_and_intact_falls_back(pairs, tmp_path, capsys):
+    run = tmp_path / "run"
+    train(recipe(), pairs, run, progress=False)
+    step2 = run / "checkpoints" / "step_0000002"
+    state = (step2 / "state.json").read_text()
+    damages = {
+        "trainable.safetensors": (cut_short, r"trainable\.safetensors: damaged .*cut short"),
+        "rng.safetensors": (lambda p: p.write_bytes(b"garbage"), r"rng\.safetensors: damaged .*header"),
+        "state.json": (lambda p: p.write_text("{garbage"), r"state\.json: damaged, not valid JSON"),
+    }
+    for name, (damage, message) in damages.items():
+        original = (step2 / name).read_bytes()
+        damage(step2 / name)
+        with pytest.raises(ValueError, match=f"{re.escape(str(step2))}/{message}") as caught:
+            train(recipe("train.steps=3"), pairs, run, resume=True, progress=False)
+        assert "`--resume intact` resumes from step_0000001" in str(caught.value)
+        (step2 / name).write_bytes(original)
+    for typed in ({"step": "two"}, [], {**json.loads(state), "optimizer": {"param_groups": 3}}):
+        (step2 / "state.json").write_text(json.dumps(typed))
+        with pytest.raises(ValueError, match=r"step_0000002/state\.json: damaged, "):
+            train(recipe("train.steps=3"), pairs, run, resume=True, progress=False)
+    # a state.json whose fields have the right types but do not fit the optimiser: named at load
+    (step2 / "state.json").write_text(json.dumps({**json.loads(state), "scheduler": {"last_epoch": "x"}}))
+    with pytest.raises(ValueError, match=r"step_0000002: damaged checkpoint.*delete"):
+        train(recipe("train.steps=3"), pairs, run, resume=True, progress=False)
+    (step2 / "state.json").write_text(state)
+    cut_short(step2 / "optimizer.safetensors")
+    fast = [arg for s in [*FAST, "train.steps=3"] for arg in ("--set", s)]
+    args = ["train", "--config", str(TINY), *fast, "--pairs", str(pairs), "--out", str(run), "-q", "--resume"]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "optimizer.safetensors: damaged" in err and "Traceback" not in err
+    assert main([*args, "intact"]) == 0
+    said = capsys.readouterr()
+    assert "skipping a damaged checkpoint" in said.err and "optimizer.safetensors" in said.err
+    assert "step_0000001 (step 1)" in said.out
+    assert [r[0] for r in log_rows(run)] == ["1", "2", "3"]  # steps 2 and 3 redone from step 1
+    from safetensors.torch import load_file
+
+    assert load_file(str(step2 / "optimizer.safetensors"))  # rewritten whole by the resumed run
+
+
+@pytest.mark.parametrize(
+    "suffix, damage, message",
+    [
+        (".safetensors", cut_short, "its size does not match its header"),
+        (".safetensors", lambda p: p.write_bytes(b"\x00" * 40), "no valid safetensors header"),
+        (".png", cut_short, "cut short"),
+        (".json", lambda p: p.write_text("{"), "damaged pair marker"),
+    ],
+)
+def test_a_damaged_pair_is_redone_by_gen_pairs_and_named_by_train(suffix, damage, message, tmp_path, capsys):
+    out = tmp_path / "pairs"
+    assert generate_pairs(recipe(), out, device="cpu", progress=False) == [0, 1]
+    target = pair_stem(out, 1).with_suffix(suffix)
+    intact = target.read_bytes()
+    damage(target)
+    with pytest.raises(ValueError, match=f"000001{re.escape(suffix)}: .*{message}.*gen-pairs"):
+        train(recipe(), out, tmp_path / "run", progress=False)
+    assert not (tmp_path / "run").exists()
+    capsys.readouterr()
+    fast = [arg for s in FAST for arg in ("--set", s)]
+    assert main(["gen-pairs", "--config", str(TINY), *fast, "--out", str(out), "-q"]) == 0
+    err = capsys.readouterr().err
+    assert f"redoing pair 1: {target}" in err and "2/2 pairs complete" in err and "wrote 1 pairs" in err
+    assert target.read_bytes() == intact  # pair i is the same whenever it is made
+
+
+def test_load_pair_names_a_latents_file_it_cannot_read(tmp_path):
+    out = tmp_path / "pairs"
+    generate_pairs(recipe("pairs.count=1"), out, device="cpu", progress=False)
+    from safetensors.torch import save_file
+
+    save_file({"eps": torch.zeros(1)}, str(pair_stem(out, 0).with_suffix(".safetensors")))
+    with pytest.raises(ValueError, match=r"000000\.safetensors: lacks tensor\(s\) z0"):
+        load_pair(out, 0)

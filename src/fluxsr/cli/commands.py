@@ -354,7 +354,8 @@ def cmd_train(args) -> int:
         _recipe(args),
         args.pairs,
         args.out,
-        resume=args.resume,
+        resume=args.resume is not None,
+        skip_damaged=args.resume == "intact",
         max_steps=args.max_steps,
         progress=not args.quiet,
     )
@@ -391,7 +392,15 @@ def add_train(sub) -> None:
     _recipe_args(p)
     p.add_argument("--pairs", type=Path, required=True, help="pairs folder from gen-pairs")
     p.add_argument("--out", type=Path, required=True, help="run folder (checkpoints, logs, final/)")
-    p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --out")
+    p.add_argument(
+        "--resume",
+        nargs="?",
+        const="latest",
+        choices=("latest", "intact"),
+        default=None,
+        help="continue from the latest checkpoint in --out (refused when it is damaged); "
+        "--resume intact: from the newest intact one",
+    )
     p.add_argument(
         "--max-steps", type=int, default=None, help="stop after this many steps (schedule unchanged)"
     )

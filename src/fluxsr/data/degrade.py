@@ -187,10 +187,12 @@ class DegradationConfig:
     @classmethod
     def from_yaml(cls, path: str | Path) -> DegradationConfig:
         """Load from a YAML file (keys under ``degradation:``, or at top level)."""
-        import yaml
+        from ..io.config import ConfigError, parse_yaml
 
-        with open(path) as fh:
-            return cls.from_dict(yaml.safe_load(fh) or {})
+        data = parse_yaml(Path(path).read_bytes(), str(path)) or {}
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path}: top level must be a mapping")
+        return cls.from_dict(data)
 
     def stage_kernel_settings(
         self, stage: int

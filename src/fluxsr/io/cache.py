@@ -5,6 +5,10 @@ DISTS alpha/beta in ``DISTS_pytorch``, NIQE parameters in ``basicsr``) only exis
 downloaded once with ``pip download --no-deps`` (never installed, never imported), converted to safetensors and kept
 in the cache folder. Nothing is fetched implicitly: ``fluxsr weights fetch`` does it, and loaders that find nothing
 raise :class:`MissingWeightsError` with the command to run.
+
+Every file fluxsr writes goes through :func:`write_atomic`; every safetensors file it reads (checkpoints, pairs, model
+files) through :func:`read_safetensors` or, to check one without decoding it, :func:`safetensors_header`: a damaged
+file is one :class:`DamagedFileError` line naming it.
 """
 
 from __future__ import annotations
@@ -19,11 +23,18 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
+
+if TYPE_CHECKING:
+    from torch import Tensor
 
 
 class MissingWeightsError(FileNotFoundError):
     """A converted weights file is not in the cache; the message says how to get it."""
+
+
+class DamagedFileError(ValueError):
+    """A file is cut short, garbled or not of the expected kind; the message names it and what is wrong."""
 
 
 def cache_dir() -> Path:
@@ -183,3 +194,53 @@ def atomic_save_safetensors(tensors: dict, path: Path, metadata: dict[str, str] 
     from safetensors.torch import save
 
     atomic_write_bytes(Path(path), save({k: v.contiguous() for k, v in tensors.items()}, metadata=metadata))
+
+
+def damaged_safetensors(path: Path, error: Exception) -> DamagedFileError:
+    """The one-line error for a file safetensors cannot read (its SafetensorError is not an OSError)."""
+    text = " ".join(str(error).split())
+    if "not fully covered" in text:
+        reason = "its size does not match its header (cut short or padded)"
+    elif "header" in text.lower():
+        reason = f"no valid safetensors header ({text.removeprefix('Error while deserializing header: ')})"
+    else:
+        reason = text[:200]
+    return DamagedFileError(f"{path}: damaged or not a safetensors file: {reason}")
+
+
+def safetensors_header(path: Path, keys: tuple[str, ...] = ()) -> tuple[list[str], dict[str, str]]:
+    """The tensor names and metadata of a safetensors file, checked without decoding a tensor: its header must
+    parse, its size must be the one the header gives, and it must hold ``keys``. FileNotFoundError when absent,
+    otherwise :class:`DamagedFileError` naming the file."""
+    from safetensors import safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such file")
+    try:
+        with safe_open(str(path), "pt") as f:  # validates the header and the file size (memory-mapped)
+            names, meta = list(f.keys()), f.metadata() or {}
+    except OSError:
+        raise
+    except Exception as e:  # safetensors raises its own SafetensorError for bad files
+        raise damaged_safetensors(path, e) from None
+    missing = [k for k in keys if k not in names]
+    if missing:
+        raise DamagedFileError(
+            f"{path}: lacks tensor(s) {', '.join(missing)} (expected {', '.join(keys)}; found "
+            f"{', '.join(names[:5]) or 'none'}{', ...' if len(names) > 5 else ''})"
+        )
+    return names, meta
+
+
+def read_safetensors(path: Path, keys: tuple[str, ...] = ()) -> tuple[dict[str, Tensor], dict[str, str]]:
+    """(tensors, metadata) of a safetensors file holding ``keys``; errors as :func:`safetensors_header`."""
+    from safetensors.torch import load_file
+
+    _, meta = safetensors_header(path, keys)
+    try:
+        return load_file(str(path)), meta
+    except OSError:
+        raise
+    except Exception as e:  # changed on disk since the check, or a tensor that does not decode
+        raise damaged_safetensors(path, e) from None

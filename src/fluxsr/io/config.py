@@ -1,7 +1,9 @@
 """Typed configuration: nested dataclasses read from YAML files and ``key.sub=value`` overrides, strictly checked.
 
 Unknown keys, wrong types and missing required values fail at start with a message naming the field
-(``train.lr: expected float, got 'fast'``).
+(``train.lr: expected float, got 'fast'``). YAML is read as ``yaml.safe_load`` reads it, except that a duplicate key
+and nesting deeper than :data:`MAX_YAML_DEPTH` are refused; every YAML error is one :class:`ConfigError` line naming
+the file (or ``--set`` item), the line and column.
 """
 
 from __future__ import annotations
@@ -20,6 +22,72 @@ T = TypeVar("T")
 
 class ConfigError(ValueError):
     """A configuration value is missing, unknown or of the wrong type; the message names the field."""
+
+
+MAX_YAML_DEPTH = 100  # far beyond any recipe; PyYAML's composer recurses, so this keeps it off RecursionError
+
+
+class StrictLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that refuses a key given twice in one mapping (safe_load keeps the later silently) and
+    nesting deeper than :data:`MAX_YAML_DEPTH`; merge keys (``<<``) still override as in safe_load."""
+
+    def __init__(self, stream) -> None:
+        super().__init__(stream)
+        self.depth = 0
+
+    def compose_node(self, parent, index):
+        self.depth += 1
+        try:
+            if self.depth > MAX_YAML_DEPTH:
+                raise yaml.composer.ComposerError(
+                    None, None, f"nested deeper than {MAX_YAML_DEPTH} levels", self.peek_event().start_mark
+                )
+            return super().compose_node(parent, index)
+        finally:
+            self.depth -= 1
+
+    def construct_mapping(self, node, deep=False):
+        if isinstance(node, yaml.MappingNode):
+            seen = set()
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    continue
+                key = self.construct_object(key_node, deep=True)
+                try:
+                    duplicate = key in seen
+                except TypeError:  # an unhashable key: safe_load's own error says so below
+                    continue
+                if duplicate:
+                    raise yaml.constructor.ConstructorError(
+                        None, None, f"duplicate key {key!r} (each key once per mapping)", key_node.start_mark
+                    )
+                seen.add(key)
+        return super().construct_mapping(node, deep)
+
+
+def yaml_problem(error: yaml.YAMLError) -> str:
+    """``line L, column C: what is wrong`` for a YAML error (1-based, as editors count)."""
+    if isinstance(error, yaml.reader.ReaderError):  # bytes that are not text
+        return f"byte {error.position}: {str(error).split(chr(10))[0]} (not UTF-8 text)"
+    if not isinstance(error, yaml.MarkedYAMLError) or error.problem_mark is None:
+        return " ".join(str(error).split())
+    mark, problem = error.problem_mark, str(error.problem)
+    if "'\\t'" in problem:
+        problem = "a tab character: YAML indents with spaces only"
+    elif problem.startswith("could not determine a constructor for the tag"):
+        tag = problem.split("'")[1].replace("tag:yaml.org,2002:", "!!")
+        problem = f"tag {tag} is not allowed (recipes hold plain values: numbers, strings, lists, mappings)"
+    elif error.context:
+        problem = f"{problem} ({error.context})"
+    return f"line {mark.line + 1}, column {mark.column + 1}: {problem}"
+
+
+def parse_yaml(text: str | bytes, source: str) -> Any:
+    """Read YAML with :class:`StrictLoader`; any YAML error is a one-line :class:`ConfigError` naming ``source``."""
+    try:
+        return yaml.load(text, Loader=StrictLoader)  # a SafeLoader: no tag builds a Python object
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{source}: {yaml_problem(e)}") from None
 
 
 def _convert(value: Any, tp: Any, where: str) -> Any:
@@ -135,7 +203,7 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
             node = node.setdefault(p, {})
             if not isinstance(node, dict):
                 raise ConfigError(f"override {key}: {p} is not a section")
-        node[parts[-1]] = yaml.safe_load(raw)
+        node[parts[-1]] = parse_yaml(raw, f"--set {item!r} value")
     return data
 
 
@@ -146,7 +214,7 @@ def load_config(cls: type[T], path: Path | None = None, overrides: list[str] | N
         path = Path(path)
         if not path.is_file():
             raise ConfigError(f"config file {path} not found")
-        data = yaml.safe_load(path.read_text()) or {}
+        data = parse_yaml(path.read_bytes(), str(path)) or {}
         if not isinstance(data, dict):
             raise ConfigError(f"{path}: top level must be a mapping")
     return from_dict(cls, apply_overrides(data, overrides or []))

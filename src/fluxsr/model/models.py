@@ -22,11 +22,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
-from safetensors.torch import load_file
 from torch import Tensor
 
-from ..io.cache import atomic_save_safetensors
+from ..io.cache import DamagedFileError, atomic_save_safetensors, read_safetensors, safetensors_header
 
 SPEC_FILE = "fluxsr.json"
 EMBEDS_FILE = "prompt_embeds.safetensors"
@@ -74,7 +72,23 @@ class ModelSpec:
         """Typed read of ``fluxsr.json``: unknown keys and wrong types raise, naming the field."""
         from ..io.config import from_dict
 
-        return from_dict(cls, d, SPEC_FILE)
+        return from_dict(cls, d)
+
+    @classmethod
+    def read(cls, folder: Path) -> ModelSpec:
+        """The spec in ``folder/fluxsr.json``; a damaged or wrong file is one ValueError line naming it."""
+        file = Path(folder) / SPEC_FILE
+        want = "a JSON object of model settings (t_l, guidance, name, ...)"
+        try:
+            data = json.loads(file.read_bytes())
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise DamagedFileError(f"{file}: damaged, not valid JSON ({e}); expected {want}") from None
+        if not isinstance(data, dict):
+            raise DamagedFileError(f"{file}: expected {want}, got a JSON {type(data).__name__}")
+        try:
+            return cls.from_dict(data)
+        except ValueError as e:
+            raise ValueError(f"{file}: {e}") from None
 
 
 @dataclass
@@ -99,7 +113,7 @@ class TextCond:
 
     @classmethod
     def load(cls, path: Path) -> TextCond:
-        state, meta = _read_safetensors(Path(path))
+        state, meta = read_safetensors(Path(path))
         missing = [k for k in ("prompt_embeds", "pooled_prompt_embeds") if k not in state]
         if missing:
             raise ValueError(
@@ -310,7 +324,7 @@ def load_model_folder(
     path = Path(path)
     if not is_model_folder(path):
         raise FileNotFoundError(f"{path} is not a fluxsr model folder (no {SPEC_FILE})")
-    spec = ModelSpec.from_dict(json.loads((path / SPEC_FILE).read_text()))
+    spec = ModelSpec.read(path)
     cond = TextCond.load(path / EMBEDS_FILE)
     if (path / "transformer").is_dir():
         model = FluxSRModel(
@@ -374,7 +388,8 @@ def pretrained(cls, folder: Path, dtype: torch.dtype | None = None):
     folder = Path(folder)
     if not (folder / "config.json").is_file():
         raise FileNotFoundError(f"{folder}/config.json is missing: not a diffusers {cls.__name__} folder")
-    if not any(folder.glob("*.safetensors")):
+    weights = sorted(folder.glob("*.safetensors"))
+    if not weights:
         pickles = sorted(p.name for p in folder.glob("*.bin"))
         raise FileNotFoundError(
             f"{folder}: no .safetensors weights"
@@ -384,6 +399,8 @@ def pretrained(cls, folder: Path, dtype: torch.dtype | None = None):
                 else ""
             )
         )
+    for file in weights:  # a cut-short file: one line naming it, not diffusers' traceback
+        safetensors_header(file)
     return cls.from_pretrained(
         folder,
         local_files_only=True,
@@ -402,6 +419,25 @@ def check_flux_folder(path: Path) -> None:
                 f"{path} is neither a fluxsr model folder (no {SPEC_FILE}) nor a diffusers FLUX "
                 f"folder ({sub}/config.json is missing){hint}"
             )
+
+
+FLUX_FILE_KINDS = (
+    "a fluxsr model folder, a diffusers FLUX folder or a Black Forest Labs flux1-dev.safetensors"
+)
+
+
+def check_flux_file(path: Path) -> None:
+    """ValueError naming ``path`` unless it is a safetensors file holding a Black Forest Labs FLUX transformer
+    (``img_in.weight``); reads the header only."""
+    try:
+        names, _ = safetensors_header(path)
+    except DamagedFileError as e:
+        raise DamagedFileError(f"{e}; expected {FLUX_FILE_KINDS}") from None
+    if not any(k.removeprefix("model.diffusion_model.") == "img_in.weight" for k in names):
+        raise ValueError(
+            f"{path}: not a Black Forest Labs FLUX transformer file (no img_in.weight); "
+            "a diffusers folder or a fluxsr model folder is loaded by its folder"
+        )
 
 
 def load_flux_diffusers(
@@ -611,20 +647,6 @@ def vae_to_ldm(sd: dict[str, Tensor], num_blocks: int) -> dict[str, Tensor]:
     return out
 
 
-def _read_safetensors(path: Path) -> tuple[dict[str, Tensor], dict[str, str]]:
-    """(tensors, metadata) of a safetensors file; anything else (a pickle, a truncated file) is a ValueError."""
-    if not Path(path).is_file():
-        raise FileNotFoundError(f"{path}: no such file")
-    try:
-        with safe_open(str(path), "pt") as f:
-            meta = f.metadata() or {}
-        return load_file(str(path)), meta
-    except Exception as e:  # safetensors raises its own SafetensorError (not an OSError) for bad files
-        raise ValueError(
-            f"{path}: not a readable safetensors file ({' '.join(str(e).split())[:200]})"
-        ) from None
-
-
 def cast_state(state: dict[str, Tensor], dtype: torch.dtype) -> dict[str, Tensor]:
     """The floating tensors of ``state`` in ``dtype``, cast one at a time and taken out of ``state`` as they go,
     so a cast holds at most the original plus one converted tensor beyond the result (no copy when the dtype is
@@ -652,18 +674,14 @@ def load_flux_single_file(
         raise FileNotFoundError(
             f"{ae_file} not found: the FLUX autoencoder of {transformer_file} (pass --ae FILE)"
         )
-    sd, meta = _read_safetensors(transformer_file)
-    if not any(k.removeprefix("model.diffusion_model.") == "img_in.weight" for k in sd):
-        raise ValueError(
-            f"{transformer_file}: not a Black Forest Labs FLUX transformer file (no img_in.weight); "
-            "a diffusers folder or a fluxsr model folder is loaded by its folder"
-        )
+    check_flux_file(transformer_file)
+    sd, meta = read_safetensors(transformer_file)
     dtype = dtype or torch.float32
     transformer = build_transformer(transformer_config_from_bfl(sd, meta), meta=True)
     state = bfl_to_diffusers(sd)
     del sd
     transformer.load_state_dict(cast_state(state, dtype), strict=True, assign=True)
-    ae, ae_meta = _read_safetensors(ae_file)
+    ae, ae_meta = read_safetensors(ae_file)
     vae_cfg = vae_config_from_ldm(ae, ae_meta)
     vae = build_vae(vae_cfg, meta=True)
     vae.load_state_dict(cast_state(convert_ldm_vae_checkpoint(ae, vae_cfg), dtype), strict=True, assign=True)
@@ -738,7 +756,7 @@ def apply_lora(
     (faster). Unmerged, every unmerged LoRA on the transformer stays active, each at ``scale``."""
     from peft import LoraConfig, set_peft_model_state_dict
 
-    state, meta = _read_safetensors(Path(path))
+    state, meta = read_safetensors(Path(path))
     if "lora_config" not in meta:
         raise ValueError(f"{path}: not a fluxsr LoRA file (no 'lora_config' metadata)")
     cfg = json.loads(meta["lora_config"])
@@ -920,7 +938,9 @@ def load_model(
         model = load_model_folder(folder, lora_scale=lora_scale, merge_lora=merge_lora, dtype=dtype)
     else:
         if path.is_dir():
-            check_flux_folder(path)  # before the embeddings: a wrong folder is the first thing to say
+            check_flux_folder(path)  # before the embeddings: a wrong folder or file is the first thing to say
+        else:
+            check_flux_file(path)
         embeds = prompt_embeds or (path if path.is_dir() else path.parent) / EMBEDS_FILE
         if not embeds.is_file():
             raise FileNotFoundError(

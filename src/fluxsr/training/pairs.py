@@ -6,8 +6,10 @@ Pair ``i`` is a folder-free triple in ``OUT``::
     000042.png           the decoded image x0 (the HR training target)
     000042.json          index, prompt, seed, source, config hash: written LAST, it marks the pair complete
 
-A pair is trusted only when its ``.json`` exists; every file is written to a temporary name and renamed, so a
-killed run leaves nothing that a later run trusts, and a rerun skips finished pairs. Under ``accelerate launch``
+A pair is trusted only when its ``.json`` exists and its files are intact (:func:`pair_problem`: checked from the
+safetensors header and the file sizes, not by decoding); every file is written to a temporary name and renamed, so a
+killed run leaves nothing that a later run trusts, a rerun skips finished pairs and redoes damaged ones, and
+``train`` refuses a folder with a damaged pair, naming it. Under ``accelerate launch``
 process ``r`` of ``W`` takes the indices ``i`` with ``i % W == r``: no duplicates, no gaps. ``manifest.jsonl``
 (one line per pair, sorted) is rebuilt from the ``.json`` files at the end.
 
@@ -24,11 +26,16 @@ from dataclasses import asdict, replace
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file
 from torch import Tensor
 
 from ..inference.pipeline import FluxSRPipeline, UpscaleOptions
-from ..io.cache import atomic_save_safetensors, atomic_write_bytes
+from ..io.cache import (
+    DamagedFileError,
+    atomic_save_safetensors,
+    atomic_write_bytes,
+    read_safetensors,
+    safetensors_header,
+)
 from ..io.config import config_hash
 from ..io.guards import check_inputs_apart
 from ..io.images import ImageError, find_images, read_image, resize, write_image
@@ -38,34 +45,99 @@ from .prompts import hashed_cond, prompt_for, read_prompts
 from .recipe import Recipe, input_paths
 
 MANIFEST = "manifest.jsonl"
+LATENTS = ("eps", "z0")
+PNG_END = b"\x00\x00\x00\x00IEND\xaeB`\x82"  # the empty IEND chunk every complete PNG ends with
 
 
 def pair_stem(out: Path, index: int) -> Path:
     return Path(out) / f"{index:06d}"
 
 
-def is_complete(out: Path, index: int) -> bool:
-    """A pair counts only when its marker and both data files exist."""
+def read_marker(out: Path, index: int) -> dict:
+    """The ``.json`` marker of pair ``index``; :class:`DamagedFileError` naming it unless it is a JSON object."""
+    path = pair_stem(out, index).with_suffix(".json")
+    try:
+        meta = json.loads(path.read_bytes())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise DamagedFileError(f"{path}: damaged pair marker, not valid JSON ({e})") from None
+    if not isinstance(meta, dict):
+        raise DamagedFileError(
+            f"{path}: damaged pair marker, a JSON {type(meta).__name__} (expected an object)"
+        )
+    return meta
+
+
+def png_is_whole(path: Path) -> bool:
+    """Whether a PNG file ends with its IEND chunk (a cut-short file does not); reads the last 12 bytes only."""
+    with open(path, "rb") as f:
+        if f.seek(0, 2) < len(PNG_END):
+            return False
+        f.seek(-len(PNG_END), 2)
+        return f.read() == PNG_END
+
+
+def pair_problem(out: Path, index: int) -> str | None:
+    """What is wrong with pair ``index`` (a file missing or damaged, naming it), or None when it is complete.
+
+    Cheap: the marker is parsed, the latents' safetensors header is checked against the file's size and must name
+    eps and z0, the PNG must end with its IEND chunk; no tensor or pixel is decoded."""
     stem = pair_stem(out, index)
-    return all(stem.with_suffix(s).is_file() for s in (".json", ".safetensors", ".png"))
+    for suffix in (".json", ".safetensors", ".png"):
+        if not stem.with_suffix(suffix).is_file():
+            return f"{stem.with_suffix(suffix)}: missing"
+    try:
+        read_marker(out, index)
+        safetensors_header(stem.with_suffix(".safetensors"), LATENTS)
+    except DamagedFileError as e:
+        return str(e)
+    if not png_is_whole(stem.with_suffix(".png")):
+        return f"{stem.with_suffix('.png')}: damaged, cut short (no PNG end chunk)"
+    return None
+
+
+def is_complete(out: Path, index: int) -> bool:
+    """A pair counts only when its marker and both data files exist and are intact (:func:`pair_problem`)."""
+    return pair_problem(out, index) is None
 
 
 def load_pair(out: Path, index: int) -> dict:
-    """``{'eps', 'z0'}`` latents (1, C, h, w), ``'image'`` (3, H, W) in [0, 1] and the ``'meta'`` dict."""
+    """``{'eps', 'z0'}`` latents (1, C, h, w), ``'image'`` (3, H, W) in [0, 1] and the ``'meta'`` dict; a file that
+    cannot be read is one error line naming it (:class:`DamagedFileError`, ``ImageError``)."""
     stem = pair_stem(out, index)
-    lat = load_file(str(stem.with_suffix(".safetensors")))
+    lat, _ = read_safetensors(stem.with_suffix(".safetensors"), LATENTS)
     return {
         "eps": lat["eps"],
         "z0": lat["z0"],
         "image": read_image(stem.with_suffix(".png")).rgb,
-        "meta": json.loads(stem.with_suffix(".json").read_text()),
+        "meta": read_marker(out, index),
     }
+
+
+def marked_indices(out: Path) -> list[int]:
+    """Indices of the pairs in ``out`` that have a marker (complete or damaged), sorted."""
+    return sorted(int(p.stem) for p in Path(out).glob("[0-9]*.json") if p.stem.isdigit())
 
 
 def complete_indices(out: Path) -> list[int]:
     """Indices of all complete pairs in ``out``, sorted."""
-    found = sorted(int(p.stem) for p in Path(out).glob("[0-9]*.json") if p.stem.isdigit())
-    return [i for i in found if is_complete(out, i)]
+    return [i for i in marked_indices(out) if is_complete(out, i)]
+
+
+def damaged_pairs(out: Path) -> dict[int, str]:
+    """``{index: what is wrong}`` for the pairs in ``out`` whose marker says complete but whose files are not."""
+    found = {i: pair_problem(out, i) for i in marked_indices(out)}
+    return {i: problem for i, problem in found.items() if problem is not None}
+
+
+def check_intact(out: Path) -> None:
+    """DamagedFileError naming the first damaged pair in ``out`` (and how many there are), with the way to redo them."""
+    damaged = damaged_pairs(out)
+    if damaged:
+        first = next(iter(damaged.values()))
+        more = f" (and {len(damaged) - 1} more damaged pair(s))" if len(damaged) > 1 else ""
+        raise DamagedFileError(
+            f"{first}{more}; rerun `fluxsr gen-pairs` with the same recipe and --out {out} to redo them"
+        )
 
 
 def write_manifest(out: Path) -> Path:
@@ -88,7 +160,7 @@ def config_hashes(out: Path) -> dict[str, list[int]]:
     """``{config_hash: [indices]}`` of the complete pairs in ``out``."""
     found: dict[str, list[int]] = {}
     for i in complete_indices(out):
-        meta = json.loads(pair_stem(out, i).with_suffix(".json").read_text())
+        meta = read_marker(out, i)
         found.setdefault(str(meta.get("config_hash")), []).append(i)
     return found
 
@@ -184,7 +256,12 @@ def generate_pairs(
     chash = pairs_config_hash(recipe)
     check_one_config(out, chash)
     out.mkdir(parents=True, exist_ok=True)
-    todo = [i for i in range(cfg.count) if i % world == rank and not is_complete(out, i)]
+    damaged = damaged_pairs(out)
+    done = set(marked_indices(out)) - set(damaged)
+    todo = [i for i in range(cfg.count) if i % world == rank and i not in done]
+    for i in (i for i in todo if i in damaged):
+        print(f"warning: redoing pair {i}: {damaged[i]}", file=sys.stderr)
+        pair_stem(out, i).with_suffix(".json").unlink()  # the marker goes first and comes back last
     if not todo:
         return []
     teacher_path = recipe.model.teacher or recipe.model.base

@@ -10,7 +10,9 @@ Per micro-batch (docs/method.md, sections 3-6)::
 
 All randomness (data order, crops, degradation, FTD times) is derived from (seed, micro-batch index, rank), so a
 resumed run sees exactly the data and noise an uninterrupted one would. Checkpoints are safetensors + JSON (no
-pickles): trainable weights, AdamW state, LR-schedule position, torch RNG state and the step.
+pickles): trainable weights, AdamW state, LR-schedule position, torch RNG state and the step. ``--resume`` checks the
+latest one (safetensors headers against file sizes, ``state.json``'s fields) and refuses a damaged one in one line
+naming the file; ``--resume intact`` falls back to the newest intact checkpoint.
 """
 
 from __future__ import annotations
@@ -27,12 +29,17 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from PIL import Image
-from safetensors.torch import load_file
 from torch import Tensor
 
 from ..data.degrade import degrade_to_input
 from ..inference.pipeline import FluxSRPipeline, UpscaleOptions
-from ..io.cache import atomic_save_safetensors, atomic_write_bytes
+from ..io.cache import (
+    DamagedFileError,
+    atomic_save_safetensors,
+    atomic_write_bytes,
+    read_safetensors,
+    safetensors_header,
+)
 from ..io.config import ConfigError, to_dict
 from ..io.guards import check_inputs_apart
 from ..model.flow import ftd_loss, ftd_point, one_step, sample_ftd_t, shift_mu, time_shift
@@ -49,7 +56,7 @@ from ..model.models import (
     setup_cuda_training,
     velocity,
 )
-from .pairs import check_one_config, complete_indices, load_pair, pair_stem
+from .pairs import check_intact, check_one_config, complete_indices, load_pair, pair_stem
 from .recipe import Recipe, input_paths
 
 LOSS_NAMES = ("loss", "ftd", "mse", "lpips", "adl")
@@ -185,20 +192,111 @@ def save_checkpoint(
     return final
 
 
-def latest_checkpoint(folder: Path) -> Path | None:
-    done = sorted(p for p in Path(folder).glob("step_*") if (p / "state.json").is_file())
-    return done[-1] if done else None
+CHECKPOINT_TENSORS = {
+    "trainable.safetensors": (),
+    "optimizer.safetensors": (),
+    "rng.safetensors": ("torch_rng",),
+}
+
+
+def finished_checkpoints(folder: Path) -> list[Path]:
+    """The checkpoint folders in ``folder`` that were completed (have ``state.json``), oldest first."""
+    return sorted(p for p in Path(folder).glob("step_*") if (p / "state.json").is_file())
+
+
+def state_problem(state) -> str | None:
+    """What is wrong with the fields of a checkpoint's ``state.json`` (as :func:`save_checkpoint` writes them)."""
+    if not isinstance(state, dict):
+        return f"a JSON {type(state).__name__}, expected an object"
+    step, opt = state.get("step"), state.get("optimizer")
+    if isinstance(step, bool) or not isinstance(step, int) or step < 0:
+        return f"'step' is {step!r}, expected a whole number >= 0"
+    if not (isinstance(opt, dict) and isinstance(opt.get("param_groups"), list)):
+        return "'optimizer' lacks its 'param_groups' list"
+    if not isinstance(opt.get("scalars"), dict):
+        return "'optimizer' lacks its 'scalars' mapping"
+    if not isinstance(state.get("scheduler"), dict):
+        return "'scheduler' is not a mapping"
+    if not isinstance(state.get("recipe", {}), dict):
+        return "'recipe' is not a mapping"
+    return None
+
+
+def read_checkpoint_state(path: Path) -> dict:
+    """A checkpoint's ``state.json``, its fields checked; :class:`DamagedFileError` naming the file otherwise."""
+    file = Path(path) / "state.json"
+    try:
+        state = json.loads(file.read_bytes())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise DamagedFileError(f"{file}: damaged, not valid JSON ({e})") from None
+    problem = state_problem(state)
+    if problem:
+        raise DamagedFileError(f"{file}: damaged, {problem}")
+    return state
+
+
+def checkpoint_problem(path: Path) -> str | None:
+    """What is wrong with checkpoint folder ``path`` (the damaged file named), or None; decodes no tensor."""
+    try:
+        read_checkpoint_state(path)
+        for name, keys in CHECKPOINT_TENSORS.items():
+            safetensors_header(path / name, keys)
+    except (DamagedFileError, FileNotFoundError) as e:
+        return str(e)
+    return None
+
+
+def resume_checkpoint(folder: Path, skip_damaged: bool = False) -> Path:
+    """The checkpoint ``--resume`` continues from: the latest one in ``folder``. A damaged latest one is a
+    DamagedFileError naming its file and the intact one to fall back to, or with ``skip_damaged`` (``--resume
+    intact``) a warning, and the newest intact checkpoint is used."""
+    done = finished_checkpoints(folder)
+    if not done:
+        raise FileNotFoundError(f"--resume: no checkpoint in {folder}")
+    problems: dict[Path, str] = {}  # the damaged ones, newest first
+    intact = None
+    for path in reversed(done):
+        problem = checkpoint_problem(path)
+        if problem is None:
+            intact = path
+            break
+        problems[path] = problem
+    if not problems:
+        return done[-1]
+    latest, problem = next(iter(problems.items()))
+    if not skip_damaged:
+        hint = (
+            f"`--resume intact` resumes from {intact.name}, the newest intact checkpoint (or delete {latest})"
+            if intact
+            else f"no earlier checkpoint in {folder} is intact: train into a new --out"
+        )
+        raise DamagedFileError(f"--resume: the latest checkpoint is damaged: {problem}; {hint}")
+    for problem in problems.values():
+        print(f"warning: --resume intact: skipping a damaged checkpoint: {problem}", file=sys.stderr)
+    if intact is None:
+        raise DamagedFileError(
+            f"--resume intact: no checkpoint in {folder} is intact: train into a new --out"
+        )
+    return intact
 
 
 def load_checkpoint(path: Path, transformer, optimizer, scheduler, lora: bool) -> int:
-    """Restore weights, optimiser, schedule and RNG from a checkpoint folder; returns its step."""
-    load_trainable(transformer, load_file(str(path / "trainable.safetensors")), lora, path)
-    state = json.loads((path / "state.json").read_text())
-    optimizer.load_state_dict(
-        optimizer_from_tensors(load_file(str(path / "optimizer.safetensors")), state["optimizer"])
-    )
-    scheduler.load_state_dict(state["scheduler"])
-    torch.set_rng_state(load_file(str(path / "rng.safetensors"))["torch_rng"])
+    """Restore weights, optimiser, schedule and RNG from a checkpoint folder; returns its step. A file that does
+    not read or load is a DamagedFileError naming it."""
+    state = read_checkpoint_state(path)
+    weights, _ = read_safetensors(path / "trainable.safetensors")
+    load_trainable(transformer, weights, lora, path)
+    opt, _ = read_safetensors(path / "optimizer.safetensors")
+    rng, _ = read_safetensors(path / "rng.safetensors", CHECKPOINT_TENSORS["rng.safetensors"])
+    try:
+        optimizer.load_state_dict(optimizer_from_tensors(opt, state["optimizer"]))
+        scheduler.load_state_dict(state["scheduler"])
+        torch.set_rng_state(rng["torch_rng"])
+    except (ValueError, KeyError, TypeError, IndexError, RuntimeError) as e:
+        raise DamagedFileError(
+            f"{path}: damaged checkpoint, its optimizer/schedule/RNG state does not load "
+            f"({' '.join(str(e).split())[:200]}); delete {path} to resume from the checkpoint before it"
+        ) from None
     return int(state["step"])
 
 
@@ -247,8 +345,8 @@ def check_resume(found: Path, recipe: Recipe, steps: int) -> int:
     """Raise ValueError when ``recipe`` changed a field the checkpoint ``found`` depends on, or ``steps`` (the run's
     last step) lies below its step; returns the checkpoint's step. Checkpoints written before recipes were stored in
     them are accepted unchecked."""
-    state = json.loads((found / "state.json").read_text())
-    step = int(state["step"])
+    state = read_checkpoint_state(found)
+    step = state["step"]
     if "recipe" in state:
         changed = resume_conflicts(state["recipe"], recipe)
         if changed:
@@ -281,7 +379,7 @@ def check_validation_images(recipe: Recipe) -> None:
 
 
 def prune_checkpoints(folder: Path, keep: int) -> None:
-    done = sorted(p for p in Path(folder).glob("step_*") if (p / "state.json").is_file())
+    done = finished_checkpoints(folder)
     for old in done[:-keep] if keep > 0 else []:
         shutil.rmtree(old, ignore_errors=True)
 
@@ -420,10 +518,14 @@ def train(
     run: Path,
     *,
     resume: bool = False,
+    skip_damaged: bool = False,
     max_steps: int | None = None,
     progress: bool = True,
 ) -> Path:
-    """Train a FluxSR student; returns the exported model folder ``run/final`` (written at the last step)."""
+    """Train a FluxSR student; returns the exported model folder ``run/final`` (written at the last step).
+
+    ``resume``: continue from the latest checkpoint in ``run`` (a damaged one is refused, naming its file), or with
+    ``skip_damaged`` from the newest intact one (:func:`resume_checkpoint`)."""
     from accelerate import Accelerator
     from tqdm import tqdm
 
@@ -438,9 +540,7 @@ def train(
     steps = tc.steps if max_steps is None else min(tc.steps, max_steps)
     found = None
     if resume:
-        found = latest_checkpoint(ckpt_dir)
-        if found is None:
-            raise FileNotFoundError(f"--resume: no checkpoint in {ckpt_dir}")
+        found = resume_checkpoint(ckpt_dir, skip_damaged)
         check_resume(found, recipe, steps)
     elif any(ckpt_dir.glob("step_*")):
         raise ValueError(
@@ -450,6 +550,7 @@ def train(
     indices = complete_indices(pairs_dir)
     if not indices:
         raise FileNotFoundError(f"{pairs_dir}: no complete pairs (run `fluxsr gen-pairs` first)")
+    check_intact(pairs_dir)
     check_one_config(pairs_dir)
     check_validation_images(recipe)
     cuda = torch.cuda.is_available()
