@@ -486,6 +486,27 @@ def test_make_testset_overwrite_deletes_only_what_it_wrote(tmp_path, capsys):
     assert (theirs / "hr" / "x.png").is_file() and (theirs / "lr" / "x.png").is_file()
 
 
+def test_make_testset_overwrite_removes_temp_files_of_a_killed_run(tmp_path):
+    """A make-testset killed mid-write leaves a hidden temporary file in OUT/hr: --overwrite removes it (its writer
+    is gone) instead of refusing it as a file the user put there."""
+    import subprocess
+    import sys
+
+    from fluxsr.io.cache import host_name
+
+    src = tmp_path / "src"
+    _photo(src / "a.png", size=(32, 32))
+    out = tmp_path / "set"
+    assert main(["make-testset", "--hr", str(src), "--out", str(out), "--seed", "0"]) == 0
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
+    )
+    leftover = out / "hr" / f".fluxsr-{host_name()}-{int(dead.stdout)}-0123abcd.tmp"
+    leftover.write_bytes(b"half a png")
+    assert main(["make-testset", "--hr", str(src), "--out", str(out), "--seed", "1", "--overwrite"]) == 0
+    assert not leftover.exists() and json.loads((out / "manifest.json").read_text())["seed"] == 1
+
+
 def test_make_testset_manifest_lists_the_pairs_before_they_are_written(tmp_path, monkeypatch):
     """A killed run leaves a manifest naming its pairs, so that --overwrite may delete them (and only them)."""
     import fluxsr.data.datasets as D

@@ -28,6 +28,7 @@ from pathlib import Path
 
 import torch
 
+from ..io.cache import remove_stale_temp_files
 from ..io.guards import check_inputs_apart
 from ..io.images import ImageError, find_images, read_image, scan_existing, write_image
 
@@ -463,7 +464,10 @@ def testset_files(out: Path) -> set[Path]:
 def _prepare_out(out: Path, overwrite: bool) -> None:
     """Refuse a non-empty ``out/lr`` or ``out/hr`` (ValueError) unless ``overwrite``, which deletes the pairs and
     manifest an earlier :func:`make_testset` wrote there (:func:`testset_files`) and nothing else: a file it did
-    not write is refused by name, before anything is deleted."""
+    not write is refused by name, before anything is deleted. Temporary files of a killed earlier run
+    (:func:`remove_stale_temp_files`) are removed first, as every writer of fluxsr does."""
+    for name in TESTSET_FOLDERS:
+        remove_stale_temp_files(out / name)
     found = [f for name in TESTSET_FOLDERS for f in sorted((out / name).rglob("*")) if not f.is_dir()]
     if not found:
         return
