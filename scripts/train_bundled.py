@@ -53,6 +53,26 @@ def export_skimage_photos(out: Path) -> Path:
     return out
 
 
+def training_photos(data: Path, run_dir: Path) -> list[str]:
+    """The training photo folders: BSD100 HR, Urban100 img_001-040 HR and the scikit-image photos."""
+    return [
+        str(data / "BSD100" / "HR"),
+        str(data / "Urban100_subset40" / "HR"),
+        str(export_skimage_photos(run_dir / "photos" / "skimage")),
+    ]
+
+
+def link_photos(folders: list[str], out: Path) -> Path:
+    """One flat folder of links for photo pairs (sorted names: BSD100_, Urban1_, photos_ prefixes)."""
+    if out.exists():
+        shutil.rmtree(out)
+    out.mkdir(parents=True)
+    for folder in folders:
+        for p in sorted(Path(folder).iterdir()):
+            (out / f"{Path(folder).parent.name[:6]}_{p.name}").symlink_to(p.resolve())
+    return out
+
+
 def hardware() -> dict:
     import torch
 
@@ -95,18 +115,8 @@ def main() -> int:
     from fluxsr.training.recipe import load_recipe
 
     run_dir = args.run.resolve()
-    photos = [
-        str(args.data / "BSD100" / "HR"),
-        str(args.data / "Urban100_subset40" / "HR"),
-        str(export_skimage_photos(run_dir / "photos" / "skimage")),
-    ]
-    pairs_photos = run_dir / "photos" / "all"
-    if pairs_photos.exists():
-        shutil.rmtree(pairs_photos)
-    pairs_photos.mkdir(parents=True)
-    for folder in photos:  # one flat folder of links for photo pairs (sorted names: bsd_, skimage_, urban_)
-        for p in sorted(Path(folder).iterdir()):
-            (pairs_photos / f"{Path(folder).parent.name[:6]}_{p.name}").symlink_to(p.resolve())
+    photos = training_photos(args.data, run_dir)
+    pairs_photos = link_photos(photos, run_dir / "photos" / "all")
     recipe = load_recipe(args.config)
     s = 0.002 if args.smoke else args.scale
 

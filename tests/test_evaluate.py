@@ -200,6 +200,21 @@ def test_eval_crop_border_and_protocol(eval_dirs):
     )  # same pixels, float32 vs float64 luma
 
 
+def test_eval_periodic_metric_and_its_period(eval_dirs, tmp_path, capsys):
+    pred, gt = eval_dirs
+    report = evaluate_dirs(pred, gt, "periodic")
+    assert report.metrics[0].lower_better and [i.name for i in report.images] == ["astro_out", "coffeex4"]
+    pa, ga = read_image(pred / "astro_out.png").rgb, read_image(gt / "astro_HR.png").rgb
+    expected = float(M.periodic_score(pa, ga, 8, scale=4))
+    assert report.images[0].scores["periodic"] == pytest.approx(expected, rel=1e-9)
+    wide = evaluate_dirs(pred, gt, "periodic", period=16)  # 64 px images: too small for 8 periods of 16 px
+    assert not any(i.scores for i in wide.images)
+    assert sum("too small for a period of 16" in p for p in wide.problems) == 2
+    rc = main(["eval", "--pred", str(pred), "--gt", str(gt), "--metrics", "periodic", "--period", "1", "-q"])
+    err = capsys.readouterr().err
+    assert rc != 0 and "period must be >= 2" in err and "Traceback" not in err
+
+
 def test_json_and_csv_keep_inf(tmp_path):
     img = photo("coffee", 32)
     save(tmp_path / "p" / "x.png", img)

@@ -409,3 +409,64 @@ def test_protocol_registry(pair):
     wobble = (sr + 0.3 / 255 * torch.sin(torch.arange(sr.numel()).view(sr.shape).double())).clamp(0, 1)
     assert float(M.protocol_psnr(wobble, hr)) == float(M.protocol_psnr(sr, hr))
     assert float(M.psnr(wobble, hr, crop_border=4, y_channel=True)) != float(M.protocol_psnr(sr, hr))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# periodic-artefact score
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def _grid_lines(h: int, w: int, period: int, amp: float) -> torch.Tensor:
+    yy, xx = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
+    return amp * ((yy % period == 0) | (xx % period == 0)).to(torch.float64).expand(3, h, w)
+
+
+def _blocks(h: int, w: int, period: int, amp: float) -> torch.Tensor:
+    """Piecewise-constant blocks with random levels: no spectral peak of their own, only their edges repeat."""
+    g = torch.Generator().manual_seed(0)
+    levels = torch.randn(h // period + 1, w // period + 1, generator=g, dtype=torch.float64)
+    return amp * levels.repeat_interleave(period, 0)[:h].repeat_interleave(period, 1)[:, :w].expand(3, h, w)
+
+
+def test_grid_bins_cover_harmonics_less_the_scale_grid():
+    full = M.grid_bins(64, 128, 8)
+    assert full.sum() == 63 and not full[0, 0] and full[8, 16] and full[56, 112] and not full[4, 0]
+    no_x4 = M.grid_bins(64, 128, 8, scale=4)  # (a, b) both even are also 4-px frequencies: left out
+    assert no_x4.sum() == 48 and not no_x4[16, 32] and no_x4[8, 32] and no_x4[0, 16]
+    assert M.grid_bins(64, 64, 16, scale=4).sum() == 256 - 16
+    with pytest.raises(ValueError, match="divide"):
+        M.grid_bins(60, 64, 8)
+
+
+def test_periodic_score_clean_noisy_and_blurred_stay_near_one(pair):
+    sr, hr, _, _ = pair  # chelsea, PIL bicubic x4 of its own downscale
+    assert float(M.periodic_score(hr, hr)) == pytest.approx(1.0)
+    noisy = (hr + 0.03 * torch.randn(hr.shape, generator=torch.Generator().manual_seed(0))).clamp(0, 1)
+    assert 0.7 < float(M.periodic_score(noisy, hr)) < 1.4
+    assert float(M.periodic_score(sr, hr)) < 2.0
+    flat = torch.full((3, 64, 64), 0.5)
+    assert float(M.periodic_score(flat, flat)) == 1.0
+
+
+@pytest.mark.parametrize("planted", [_grid_lines, _blocks])
+def test_periodic_score_finds_a_planted_grid(pair, planted):
+    sr, hr, _, _ = pair
+    h, w = hr.shape[-2:]
+    clean = float(M.periodic_score(sr, hr))
+    faint = float(M.periodic_score((sr + planted(h, w, 8, 2 / 255)).clamp(0, 1), hr))
+    strong = float(M.periodic_score((sr + planted(h, w, 8, 6 / 255)).clamp(0, 1), hr))
+    assert faint > 1.5 * clean and strong > 4 * clean and strong > faint
+    # a 16-px grid is seen at period 16, and is not an 8-px one's only peaks
+    grid16 = (sr + planted(h, w, 16, 6 / 255)).clamp(0, 1)
+    assert float(M.periodic_score(grid16, hr, 16)) > 4 * float(M.periodic_score(sr, hr, 16))
+
+
+def test_periodic_score_shapes_and_errors(pair):
+    sr, hr, _, _ = pair
+    both = M.periodic_score(torch.stack([sr, hr]), torch.stack([hr, hr]))
+    assert both.shape == (2,) and float(both[1]) == pytest.approx(1.0)
+    assert float(both[0]) == pytest.approx(float(M.periodic_score(sr, hr)))
+    with pytest.raises(ValueError, match="too small"):
+        M.periodic_score(sr[:, :60, :60], hr[:, :60, :60])
+    with pytest.raises(ValueError, match="differ in shape"):
+        M.periodic_score(sr[:, :64, :64], hr[:, :72, :72])

@@ -545,6 +545,7 @@ def cmd_eval(args) -> int:
         crop_border=args.crop_border,
         device=_device(args),
         progress=not args.quiet,
+        period=args.period,
     )
     print(report_markdown(report))
     if args.json:
@@ -562,7 +563,7 @@ def _protocol_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--metrics",
         default=None,
-        help="comma-separated: psnr,ssim,lpips,lpips-vgg,dists,niqe and (with pyiqa installed) musiq,"
+        help="comma-separated: psnr,ssim,lpips,lpips-vgg,dists,periodic,niqe and (with pyiqa installed) musiq,"
         "maniqa-koniq,maniqa-pipal,topiq-nr,clipiqa,qalign (default: psnr,ssim,lpips,dists,niqe; "
         "niqe only without ground truth)",
     )
@@ -577,6 +578,13 @@ def _protocol_args(p: argparse.ArgumentParser) -> None:
         type=_non_negative,
         default=None,
         help="pixels removed on each side for PSNR/SSIM, >= 0 (default: the protocol's, = scale for fluxsr)",
+    )
+    p.add_argument(
+        "--period",
+        type=int,
+        default=None,
+        help="grid of the 'periodic' metric in output pixels: the model's token edge (default 8, the bundled "
+        "model's; 16 for FLUX.1-dev)",
     )
 
 
@@ -666,6 +674,7 @@ def cmd_benchmark(args) -> int:
         sheet_images=args.sheet_images,
         sheet_crop=args.sheet_crop,
         progress=not args.quiet,
+        period=args.period,
     )
     print(benchmark_markdown(result))
     _print_notes(result.notes, result.problems)

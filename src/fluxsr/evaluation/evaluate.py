@@ -4,7 +4,8 @@ Metrics (names as on the command line; arrows say which way is better):
 
 - full reference: ``psnr`` up, ``ssim`` up (computed by :mod:`fluxsr.evaluation.metrics` under a protocol, with its crop border
   and Y channel), ``lpips`` down (AlexNet, pyiqa's default), ``lpips-vgg`` down, ``dists`` down, all with the real
-  weights from ``fluxsr weights fetch``;
+  weights from ``fluxsr weights fetch``; ``periodic`` down (:func:`fluxsr.evaluation.metrics.periodic_score`: a token grid's
+  spectral peaks relative to the reference's, ~1 when none; ``period`` px, default the bundled model's 8);
 - no reference: ``niqe`` down (pyiqa's algorithm, built in); ``musiq``, ``maniqa-koniq``, ``maniqa-pipal``,
   ``topiq-nr``, ``clipiqa``, ``qalign`` (all up) through pyiqa when it is importable -- an optional extra; without it
   they are skipped with one note.
@@ -38,7 +39,7 @@ from ..io.cache import MissingWeightsError
 from ..io.guards import check_inputs_apart
 from ..io.images import ImageError, find_images, quantize, read_image, resize, target_size
 
-FULL_REFERENCE = ("psnr", "ssim", "lpips", "lpips-vgg", "dists")
+FULL_REFERENCE = ("psnr", "ssim", "lpips", "lpips-vgg", "dists", "periodic")
 BUILTIN_NO_REFERENCE = ("niqe",)
 PYIQA_NAMES = {
     "musiq": "musiq",
@@ -51,11 +52,11 @@ PYIQA_NAMES = {
 """Our metric name -> pyiqa's ``create_metric`` name (pyiqa's ``maniqa`` is the KonIQ-trained model)."""
 BACKENDS = ("bicubic", "realesrgan", "fluxsr")
 ALL_METRICS = FULL_REFERENCE + BUILTIN_NO_REFERENCE + tuple(PYIQA_NAMES)
-LOWER_IS_BETTER = frozenset({"lpips", "lpips-vgg", "dists", "niqe"})
+LOWER_IS_BETTER = frozenset({"lpips", "lpips-vgg", "dists", "niqe", "periodic"})
 DEFAULT_METRICS = ("psnr", "ssim", "lpips", "dists", "niqe")
 CAPTION_FIRST = ("psnr", "lpips", "dists", "niqe")
 """Scores preferred under the comparison sheet's crops (two are shown)."""
-DIGITS = {"psnr": 2, "niqe": 3, "musiq": 2, "qalign": 3}
+DIGITS = {"psnr": 2, "niqe": 3, "musiq": 2, "qalign": 3, "periodic": 3}
 """Decimals shown in Markdown tables (4 for anything else); CSV and JSON keep full precision."""
 
 
@@ -129,8 +130,8 @@ def load_network(name: str, device: str) -> torch.nn.Module:
     return load_lpips("alex" if name == "lpips" else "vgg", device)
 
 
-def _builtin_metric(name: str, protocol, scale: int, device: str) -> Metric:
-    """One of psnr, ssim, lpips, lpips-vgg, dists, niqe (network weights from the cache)."""
+def _builtin_metric(name: str, protocol, scale: int, device: str, period: int) -> Metric:
+    """One of psnr, ssim, lpips, lpips-vgg, dists, periodic, niqe (network weights from the cache)."""
     from . import metrics as M
 
     if name == "psnr":
@@ -139,6 +140,8 @@ def _builtin_metric(name: str, protocol, scale: int, device: str) -> Metric:
         return Metric(name, True, False, lambda p, g: float(M.protocol_ssim(p, g, protocol, scale=scale)))
     if name in ("lpips", "lpips-vgg", "dists"):
         return _network_metric(name, load_network(name, device), device)
+    if name == "periodic":
+        return Metric(name, True, True, lambda p, g: float(M.periodic_score(p, g, period, scale=scale)))
     if name == "niqe":
         params = M.load_niqe_params()
         return Metric(name, False, True, lambda p, _g: float(M.protocol_niqe(p, protocol, params=params)))
@@ -175,8 +178,10 @@ def build_metrics(
     scale: int = 4,
     crop_border: int | None = None,
     device: str = "cpu",
+    period: int | None = None,
 ) -> tuple[list[Metric], list[str]]:
-    """Ready-to-call metrics for ``names`` (order kept) and notes about skipped ones.
+    """Ready-to-call metrics for ``names`` (order kept) and notes about skipped ones; ``period``: the grid of the
+    ``periodic`` score in pixels (default :data:`fluxsr.evaluation.metrics.DEFAULT_PERIOD`).
 
     Raises :class:`fluxsr.io.cache.MissingWeightsError` when LPIPS/DISTS/NIQE parameters are not fetched yet, and
     ValueError for a scale that is not an integer >= 1.
@@ -185,7 +190,12 @@ def build_metrics(
         raise ValueError(f"scale must be an integer >= 1, got {scale!r}")
     proto = effective_protocol(protocol, crop_border)
     names = parse_metric_names(names)
-    built = {n: _builtin_metric(n, proto, scale, device) for n in names if n not in PYIQA_NAMES}
+    from .metrics import DEFAULT_PERIOD
+
+    period = DEFAULT_PERIOD if period is None else period
+    if period < 2:
+        raise ValueError(f"period must be >= 2 pixels, got {period}")
+    built = {n: _builtin_metric(n, proto, scale, device, period) for n in names if n not in PYIQA_NAMES}
     learned, notes = _pyiqa_metrics([n for n in names if n in PYIQA_NAMES], device)
     built.update({m.name: m for m in learned})
     return [built[n] for n in names if n in built], notes
@@ -322,6 +332,7 @@ def evaluate_dirs(
     crop_border: int | None = None,
     device: str = "cpu",
     progress: bool = False,
+    period: int | None = None,
 ) -> EvalReport:
     """Pair the images under ``pred_dir`` with those under ``gt_dir`` (see :func:`fluxsr.data.datasets.match_files`)
     and score them. Without ``gt_dir`` only no-reference metrics are allowed (ValueError otherwise); the default
@@ -341,7 +352,9 @@ def evaluate_dirs(
         m = match_files(preds, find_images(gt_dir), pred_dir, gt_dir)
         items = [(relative_name(a, pred_dir), a, b) for a, b in m.pairs]
         problems += m.problems("prediction", "ground truth")
-    metrics, notes = build_metrics(names, protocol, scale=scale, crop_border=crop_border, device=device)
+    metrics, notes = build_metrics(
+        names, protocol, scale=scale, crop_border=crop_border, device=device, period=period
+    )
     images, errors = evaluate_items(items, metrics, progress)
     proto = effective_protocol(protocol, crop_border)
     return EvalReport(metrics, images, problems + errors, notes, proto.name, proto.border(scale), scale)
@@ -625,6 +638,7 @@ def run_benchmark(
     sheet_images: int = 4,
     sheet_crop: int | None = None,
     progress: bool = False,
+    period: int | None = None,
 ) -> BenchmarkResult:
     """Run each backend on the data set's LR images, score the outputs and write the report files.
 
@@ -655,7 +669,7 @@ def run_benchmark(
         notes.append(f"{dataset.name} has no ground truth: skipped {', '.join(fr)}")
     int_scale = max(1, round(opts.scale))
     metrics, metric_notes = (
-        build_metrics(names, protocol, scale=int_scale, crop_border=crop_border, device=device)
+        build_metrics(names, protocol, scale=int_scale, crop_border=crop_border, device=device, period=period)
         if names
         else ([], [])
     )
