@@ -57,9 +57,7 @@ def load_modules() -> dict[str, Module]:
 
 
 def is_cli(name: str) -> bool:
-    return (
-        name == "fluxsr.cli" or name.startswith("fluxsr.cli.commands.commands.") or name == "fluxsr.__main__"
-    )
+    return name == "fluxsr.cli" or name.startswith("fluxsr.cli.") or name == "fluxsr.__main__"
 
 
 def imported(mods: dict[str, Module], mod: Module):
