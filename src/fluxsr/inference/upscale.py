@@ -21,6 +21,7 @@ import torch
 from torch import Tensor
 
 from ..io.cache import remove_stale_temp_files
+from ..io.guards import real_path
 from ..io.images import (
     IMAGE_EXTENSIONS,
     MAX_PIXELS,
@@ -192,7 +193,7 @@ def upscale_one(
     """Upscale ``src`` into ``dst``; never raises for a bad file (the result says what went wrong)."""
     start = time.perf_counter()
     try:
-        img = read_image(src, batch.max_pixels)
+        img = read_image(src, batch.max_pixels, check_size=opts.size_for)  # output cap before decoding
         rgb = backend.upscale_tensor(img.rgb, opts)
         alpha = resize(img.alpha[None].float(), tuple(rgb.shape[-2:]))[0] if img.alpha is not None else None
         write_image(
@@ -297,11 +298,6 @@ def _outputs_that_are_inputs(
             refused.setdefault(real_path(path), failure(path, ImageError(path, reason)))
     kept = [(src, dst) for src, dst in jobs if real_path(src) not in refused]
     return kept, list(refused.values())
-
-
-def real_path(path: Path) -> Path:
-    """``path`` with links resolved as far as they go (a link loop does not raise, unlike ``Path.resolve``)."""
-    return Path(os.path.realpath(path))
 
 
 def _one_job_per_output(jobs: list[tuple[Path, Path]]) -> tuple[list[tuple[Path, Path]], list[FileResult]]:
