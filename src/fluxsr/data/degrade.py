@@ -37,6 +37,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..io.config import from_dict, read_yaml_mapping
+from ..io.guards import check_inputs_apart
+from ..io.images import read_image, write_image
+
 KERNEL_TYPES = ("iso", "aniso", "generalized_iso", "generalized_aniso", "plateau_iso", "plateau_aniso")
 RESIZE_MODES = ("area", "bilinear", "bicubic")
 POISSON_LEVELS = 256
@@ -178,8 +182,6 @@ class DegradationConfig:
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> DegradationConfig:
         """Build from a flat mapping, or from one holding it under ``degradation``; unknown keys raise ValueError."""
-        from ..io.config import from_dict
-
         if "degradation" in d:
             d = d["degradation"] or {}
         return from_dict(cls, dict(d), "degradation")  # typed: unknown keys and wrong types name the field
@@ -187,12 +189,7 @@ class DegradationConfig:
     @classmethod
     def from_yaml(cls, path: str | Path) -> DegradationConfig:
         """Load from a YAML file (keys under ``degradation:``, or at top level)."""
-        from ..io.config import ConfigError, parse_yaml
-
-        data = parse_yaml(Path(path).read_bytes(), str(path)) or {}
-        if not isinstance(data, dict):
-            raise ConfigError(f"{path}: top level must be a mapping")
-        return cls.from_dict(data)
+        return cls.from_dict(read_yaml_mapping(Path(path)))
 
     def stage_kernel_settings(
         self, stage: int
@@ -718,11 +715,11 @@ def degrade_file(
     a JPEG ``out_path`` would compress once more. An ``out_path`` that is the input file (also through a link or a
     hard link) is a ValueError: the photo would be replaced by its degraded copy.
     """
-    from ..io.guards import same_file
-    from ..io.images import read_image, write_image
-
-    if same_file(Path(in_path), Path(out_path)):
-        raise ValueError(f"output {out_path} is the input {in_path}; give the degraded copy another name")
+    check_inputs_apart(  # both are files: the output may only be refused for being the input
+        [("output", Path(out_path))],
+        [(Path(in_path), "is the input (degrade would replace the photo)")],
+        "give the degraded copy another name",
+    )
     cfg = cfg or DegradationConfig()
     s = int(cfg.scale)
     rgb = read_image(Path(in_path)).rgb  # 16-bit, grey, CMYK and EXIF orientation handled; alpha dropped

@@ -207,16 +207,20 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
     return data
 
 
+def read_yaml_mapping(path: Path) -> dict:
+    """The mapping a YAML config file holds (empty file: ``{}``); ConfigError naming the file otherwise."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {path} not found")
+    data = parse_yaml(path.read_bytes(), str(path)) or {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: top level must be a mapping")
+    return data
+
+
 def load_config(cls: type[T], path: Path | None = None, overrides: list[str] | None = None) -> T:
     """Read ``cls`` from a YAML file (optional) plus overrides."""
-    data: dict = {}
-    if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"config file {path} not found")
-        data = parse_yaml(path.read_bytes(), str(path)) or {}
-        if not isinstance(data, dict):
-            raise ConfigError(f"{path}: top level must be a mapping")
+    data = read_yaml_mapping(path) if path is not None else {}
     return from_dict(cls, apply_overrides(data, overrides or []))
 
 
