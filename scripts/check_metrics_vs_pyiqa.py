@@ -46,7 +46,7 @@ CALLS = {
 
 FLIPS_NOTE = (
     "Pixels (flat index into the H*W luma, delta in levels) where the rounded luma pyiqa's niqe scored differs from "
-    "fluxsr.evaluation.metrics.niqe_luma255: pyiqa computes it with a float32 matmul whose rounding error decides exact and near "
+    "fluxsr.evaluation.metrics.rounded_luma255: pyiqa computes it with a float32 matmul whose rounding error decides exact and near "
     ".5 ties, machine-dependently."
 )
 
@@ -142,7 +142,7 @@ def pyiqa_values(pairs: list[dict]) -> dict[str, dict[str, float]]:
 
 def pyiqa_luma_flips(pairs: list[dict]) -> dict:
     """Where the rounded luma pyiqa's niqe scores (``round(to_y_channel(img, 255, color_space))``, float32) differs
-    from fluxsr's machine-independent ``niqe_luma255``: {name: {key: [[flat index, delta], ...]}} (see the
+    from fluxsr's machine-independent ``rounded_luma255``: {name: {key: [[flat index, delta], ...]}} (see the
     ``niqe_luma_flips`` note in the JSON and tests/test_metrics.py)."""
     import torch
     from pyiqa.utils.color_util import to_y_channel
@@ -158,7 +158,7 @@ def pyiqa_luma_flips(pairs: list[dict]) -> dict:
             ("niqe_ycbcr_sr", p["sr"], "ycbcr"),
         ):
             theirs = torch.round(to_y_channel(to_pyiqa_tensor(img), 255, space)).double().flatten()
-            delta = theirs - M.niqe_luma255(M.array_to_tensor(img)[None], space).flatten()
+            delta = theirs - M.rounded_luma255(M.array_to_tensor(img)[None], space).flatten()
             out[p["name"]][key] = [[int(i), int(delta[i])] for i in torch.nonzero(delta).flatten()]
     return out
 

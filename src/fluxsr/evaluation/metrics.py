@@ -47,7 +47,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..io.cache import atomic_save_safetensors, cache_dir, cached_file, pip_download
+from ..io.cache import atomic_save_safetensors, cache_dir, cached_file, pip_download, read_safetensors
 
 Tensor = torch.Tensor
 
@@ -292,6 +292,14 @@ def luma255(x: Tensor, color_space: str = "ycbcr") -> Tensor:
     raise ValueError(f"unknown color space {color_space!r}")
 
 
+def rounded_luma255(x: Tensor, color_space: str = "yiq") -> Tensor:
+    """Integer luma 0..255 that pyiqa's SSIM and NIQE score: 3-channel -> ``round(luma255(x))`` (ties to even, the
+    same on every machine), 1-channel -> ``round(x * 255)``. Returns float64 (B, 1, H, W)."""
+    if x.shape[1] == 3:
+        return torch.round(luma255(x, color_space))
+    return torch.round(x.to(torch.float64) * 255)
+
+
 def pyiqa_psnr(a: Tensor, b: Tensor, *, crop_border: int = 0) -> Tensor:
     """pyiqa ``psnr`` with ``test_y_channel=True, color_space='ycbcr'``: Y in [0, 1] (unrounded; :func:`luma255`
     in float64 where pyiqa uses float32, a difference below 1e-5 dB), ``PSNR = 10 log10(1 / (MSE + 1e-8))`` -- 80 dB
@@ -314,10 +322,7 @@ def pyiqa_ssim(a: Tensor, b: Tensor, *, crop_border: int = 0) -> Tensor:
     a4, single = as_batch(a)
     b4, _ = as_batch(b)
     a4, b4 = crop_pair(a4, b4, crop_border)
-    if a4.shape[1] == 3:
-        x, y = torch.round(luma255(a4)), torch.round(luma255(b4))
-    else:
-        x, y = torch.round(a4.float() * 255).double(), torch.round(b4.float() * 255).double()
+    x, y = rounded_luma255(a4, "ycbcr"), rounded_luma255(b4, "ycbcr")
     m = ssim_map(x, y, gaussian_kernel_1d(11, 1.5), (0.01 * 255) ** 2, (0.03 * 255) ** 2, clamp_cs=True)
     return unbatch(m.mean(dim=(1, 2, 3)), single)
 
@@ -466,9 +471,7 @@ def fetch_niqe_params(download_dir: Path, force: bool = False) -> list[Path]:
 
 def load_niqe_params() -> tuple[Tensor, Tensor]:
     """(mu (36,), cov (36, 36)) float64 from the cache; :class:`fluxsr.io.cache.MissingWeightsError` if not fetched."""
-    from safetensors.torch import load_file
-
-    t = load_file(str(cached_file(NIQE_PARAMS_FILE)))
+    t, _ = read_safetensors(cached_file(NIQE_PARAMS_FILE))
     return t["mu_pris_param"].to(torch.float64), t["cov_pris_param"].to(torch.float64)
 
 
@@ -550,14 +553,6 @@ def niqe_distance(feats: Tensor, mu_p: Tensor, cov_p: Tensor) -> Tensor:
     return torch.sqrt((diff @ torch.linalg.pinv((cov_p + cov_d) / 2) @ diff.t()).squeeze())
 
 
-def niqe_luma255(x: Tensor, color_space: str = "yiq") -> Tensor:
-    """Integer luma 0..255 that pyiqa's niqe scores: 3-channel -> ``round(luma255(x))`` (ties to even, the same on
-    every machine), 1-channel -> ``round(x * 255)``. Returns float64 (B, 1, H, W)."""
-    if x.shape[1] == 3:
-        return torch.round(luma255(x, color_space))
-    return torch.round(x.to(torch.float64) * 255)
-
-
 def niqe_single(y255: Tensor, mu_p: Tensor, cov_p: Tensor, block: int = 96) -> Tensor:
     """NIQE of one (1, 1, H, W) luma image in 0..255: crop to whole ``block``s (top-left), MSCN (7x7 Gaussian,
     sigma 7/6) features of ``block`` x ``block`` patches, then of the image downscaled by 2 (antialiased MATLAB
@@ -587,10 +582,10 @@ def niqe(
 ) -> Tensor:
     """NIQE (lower is better) of images in [0, 1] as pyiqa's ``niqe`` metric (default ``color_space='yiq'``;
     ``'ycbcr'`` gives the BT.601 Y that BasicSR uses). ``params`` = (mu, cov) defaults to :func:`load_niqe_params`.
-    Steps: :func:`niqe_luma255`, crop ``crop_border``, :func:`niqe_single` per image."""
+    Steps: :func:`rounded_luma255`, crop ``crop_border``, :func:`niqe_single` per image."""
     x4, single = as_batch(x)
     mu_p, cov_p = params if params is not None else load_niqe_params()
-    y = crop(niqe_luma255(x4, color_space), crop_border)
+    y = crop(rounded_luma255(x4, color_space), crop_border)
     scores = torch.stack(
         [niqe_single(y[i : i + 1], mu_p.double(), cov_p.double()) for i in range(y.shape[0])]
     )
@@ -641,14 +636,19 @@ def edge_spectrum(y: Tensor) -> Tensor:
     return torch.fft.fft2(e * win).abs().square() / (h * w)
 
 
-def local_background(power: Tensor, radius: int = BACKGROUND_RADIUS) -> Tensor:
-    """Each bin's mean neighbour power over the (2 radius + 1)^2 square around it, less its 3x3 centre (the Hann
-    window's main lobe), circularly. ``power`` (..., H, W); same shape back."""
+def local_background(power: Tensor, mask: Tensor, radius: int = BACKGROUND_RADIUS) -> Tensor:
+    """At each ``mask`` bin, the mean neighbour power over the (2 radius + 1)^2 square around it, less its 3x3 centre
+    (the Hann window's main lobe), circularly. ``power`` (..., H, W), ``mask`` (H, W) bool; returns (..., bins).
+    Only the masked bins' neighbourhoods are read (at most ``period^2`` of them, not the whole spectrum)."""
+    h, w = power.shape[-2:]
     k = torch.ones(2 * radius + 1, 2 * radius + 1, dtype=power.dtype)
     k[radius - 1 : radius + 2, radius - 1 : radius + 2] = 0
-    flat = power.reshape(-1, 1, *power.shape[-2:])
-    padded = F.pad(flat, (radius,) * 4, mode="circular")
-    return F.conv2d(padded, (k / k.sum())[None, None]).reshape(power.shape)
+    rows, cols = mask.nonzero(as_tuple=True)
+    offsets = torch.arange(-radius, radius + 1)
+    r = (rows[:, None] + offsets) % h  # (bins, 2 radius + 1)
+    c = (cols[:, None] + offsets) % w
+    around = power[..., r[:, :, None], c[:, None, :]]  # (..., bins, 2 radius + 1, 2 radius + 1)
+    return (around * (k / k.sum())).sum(dim=(-2, -1))
 
 
 def grid_peakiness(y: Tensor, period: int, scale: int = 1) -> Tensor:
@@ -657,7 +657,7 @@ def grid_peakiness(y: Tensor, period: int, scale: int = 1) -> Tensor:
     (exactly 1 for a flat image: both sums get 1e-30 added). Shape (...)."""
     mask = grid_bins(*y.shape[-2:], period, scale)
     power = edge_spectrum(y)
-    return (power[..., mask].sum(-1) + 1e-30) / (local_background(power)[..., mask].sum(-1) + 1e-30)
+    return (power[..., mask].sum(-1) + 1e-30) / (local_background(power, mask).sum(-1) + 1e-30)
 
 
 def periodic_score(
