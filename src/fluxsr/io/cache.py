@@ -13,6 +13,7 @@ file is one :class:`DamagedFileError` line naming it.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import secrets
@@ -194,6 +195,16 @@ def atomic_save_safetensors(tensors: dict, path: Path, metadata: dict[str, str] 
     from safetensors.torch import save
 
     atomic_write_bytes(Path(path), save({k: v.contiguous() for k, v in tensors.items()}, metadata=metadata))
+
+
+def read_json(path: Path, damaged: str = "damaged", expected: str | None = None):
+    """The JSON value in ``path``; :class:`DamagedFileError` naming the file (``"<path>: <damaged>, not valid JSON
+    (...); expected <expected>"``) when it does not parse. Callers check the value's shape themselves."""
+    try:
+        return json.loads(Path(path).read_bytes())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        hint = f"; expected {expected}" if expected else ""
+        raise DamagedFileError(f"{path}: {damaged}, not valid JSON ({e}){hint}") from None
 
 
 def damaged_safetensors(path: Path, error: Exception) -> DamagedFileError:

@@ -24,7 +24,13 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from ..io.cache import DamagedFileError, atomic_save_safetensors, read_safetensors, safetensors_header
+from ..io.cache import (
+    DamagedFileError,
+    atomic_save_safetensors,
+    read_json,
+    read_safetensors,
+    safetensors_header,
+)
 
 SPEC_FILE = "fluxsr.json"
 EMBEDS_FILE = "prompt_embeds.safetensors"
@@ -79,10 +85,7 @@ class ModelSpec:
         """The spec in ``folder/fluxsr.json``; a damaged or wrong file is one ValueError line naming it."""
         file = Path(folder) / SPEC_FILE
         want = "a JSON object of model settings (t_l, guidance, name, ...)"
-        try:
-            data = json.loads(file.read_bytes())
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise DamagedFileError(f"{file}: damaged, not valid JSON ({e}); expected {want}") from None
+        data = read_json(file, expected=want)
         if not isinstance(data, dict):
             raise DamagedFileError(f"{file}: expected {want}, got a JSON {type(data).__name__}")
         try:

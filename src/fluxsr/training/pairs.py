@@ -33,6 +33,7 @@ from ..io.cache import (
     DamagedFileError,
     atomic_save_safetensors,
     atomic_write_bytes,
+    read_json,
     read_safetensors,
     safetensors_header,
 )
@@ -56,10 +57,7 @@ def pair_stem(out: Path, index: int) -> Path:
 def read_marker(out: Path, index: int) -> dict:
     """The ``.json`` marker of pair ``index``; :class:`DamagedFileError` naming it unless it is a JSON object."""
     path = pair_stem(out, index).with_suffix(".json")
-    try:
-        meta = json.loads(path.read_bytes())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise DamagedFileError(f"{path}: damaged pair marker, not valid JSON ({e})") from None
+    meta = read_json(path, "damaged pair marker")
     if not isinstance(meta, dict):
         raise DamagedFileError(
             f"{path}: damaged pair marker, a JSON {type(meta).__name__} (expected an object)"

@@ -37,6 +37,7 @@ from ..io.cache import (
     DamagedFileError,
     atomic_save_safetensors,
     atomic_write_bytes,
+    read_json,
     read_safetensors,
     safetensors_header,
 )
@@ -225,10 +226,7 @@ def state_problem(state) -> str | None:
 def read_checkpoint_state(path: Path) -> dict:
     """A checkpoint's ``state.json``, its fields checked; :class:`DamagedFileError` naming the file otherwise."""
     file = Path(path) / "state.json"
-    try:
-        state = json.loads(file.read_bytes())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise DamagedFileError(f"{file}: damaged, not valid JSON ({e})") from None
+    state = read_json(file)
     problem = state_problem(state)
     if problem:
         raise DamagedFileError(f"{file}: damaged, {problem}")
@@ -462,20 +460,21 @@ class RunLog:
 
 
 def build_student(recipe: Recipe, device=None, dtype=None) -> tuple[FluxSRModel, bool]:
-    """Base model with its trainable part (LoRA via peft, or every transformer weight); VAE frozen."""
+    """Base model with its trainable part (LoRA via peft, or every transformer weight); VAE frozen. A LoRA trains
+    on a frozen base read in ``dtype`` (the mixed-precision dtype); full fine-tuning keeps float32 master weights."""
     m = recipe.model
+    lora = recipe.train.lora_rank > 0
     model = load_model(
         m.base,
         ae=Path(m.ae) if m.ae else None,
         prompt_embeds=Path(m.prompt_embeds) if m.prompt_embeds else None,
         device=device,
-        dtype=dtype,
+        dtype=dtype if lora else torch.float32,
         text_len=recipe.pairs.text_len,
     )
     model.spec = replace(model.spec, t_l=m.t_l, guidance=m.guidance)
     model.vae.requires_grad_(False).eval()
     model.transformer.requires_grad_(False)
-    lora = recipe.train.lora_rank > 0
     if lora:
         add_lora(
             model.transformer, recipe.train.lora_rank, recipe.train.lora_alpha, recipe.train.lora_targets
@@ -566,10 +565,7 @@ def train(
     torch.manual_seed(tc.seed)
 
     weight_dtype = torch.bfloat16 if acc.mixed_precision == "bf16" else torch.float32
-    # A LoRA trains on a frozen base held in the weight dtype; full fine-tuning keeps float32 master weights.
-    model, lora = build_student(
-        recipe, acc.device, weight_dtype if recipe.train.lora_rank > 0 else torch.float32
-    )
+    model, lora = build_student(recipe, acc.device, weight_dtype)
     align, vs = model.multiple, model.vae_scale
     if tc.crop % align:
         raise ConfigError(
