@@ -108,7 +108,8 @@ def _non_negative(text: str) -> int:
     return value
 
 
-def _load_kwargs(args, dtype=None):
+def _load_model(args, dtype=None):
+    """The model that --model/--flux and the LoRA options name, read straight into ``dtype``."""
     from dataclasses import replace
 
     from ..model.models import load_model
@@ -135,7 +136,7 @@ def _pipeline(args):
     device, dtype = FluxSRPipeline.settings(
         args.device, _dtype(args.dtype), args.force_fp16
     )  # before the load
-    pipe = FluxSRPipeline(_load_kwargs(args, dtype), device, dtype, allow_fp16=args.force_fp16)
+    pipe = FluxSRPipeline(_load_model(args, dtype), device, dtype, allow_fp16=args.force_fp16)
     pipe.max_memory = args.max_memory
     pipe.name = f"fluxsr:{pipe.model.spec.name}"
     if pipe.model.spec.note:
@@ -212,7 +213,7 @@ def cmd_upscale(args) -> int:
             write_log(results, log, settings)
     except BaseException as error:
         if world > 1:  # said now: the other processes may take hours to reach the end
-            reason = error or type(error).__name__  # KeyboardInterrupt has no text
+            reason = str(error) or type(error).__name__  # KeyboardInterrupt has no text
             print(f"error (process {rank}): {reason}; waiting for the other processes", file=sys.stderr)
         raise
     finally:
