@@ -671,3 +671,22 @@ def test_resize_antialiases_downscale_only() -> None:
     assert not torch.equal(resize(image, (5, 7)), resize(image, (5, 7), antialias=False))
     plain = interpolate(image, size=(24, 24), mode="bicubic", align_corners=False).clamp(0, 1)
     assert torch.equal(resize(image, (24, 24)), plain)
+
+
+def test_read_image_checks_the_size_from_the_header_before_decoding(tmp_path, monkeypatch):
+    """``check_size`` sees the header's (height, width) and can refuse before a single pixel is decoded (the output
+    cap of an upscale: a huge input is refused without holding it in memory)."""
+    Image.new("RGB", (40, 30)).save(tmp_path / "a.png")
+    seen = []
+
+    def refuse(h, w):
+        seen.append((h, w))
+        raise ValueError("output too large")
+
+    def no_decoding(self, *a, **k):
+        raise AssertionError("decoded")
+
+    monkeypatch.setattr(Image.Image, "load", no_decoding)
+    with pytest.raises(ImageError, match="a.png: output too large"):
+        read_image(tmp_path / "a.png", check_size=refuse)
+    assert seen == [(30, 40)]

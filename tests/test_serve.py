@@ -311,6 +311,15 @@ def test_examples_are_listed_from_the_folder(tmp_path):
     assert serve.list_examples(None, 10) == [] and serve.list_examples(tmp_path / "missing", 10) == []
 
 
+def test_examples_leave_out_entries_that_cannot_be_read(tmp_path):
+    """A broken link or a link loop among the examples is not listed (the app used to fail at start)."""
+    folder = tmp_path / "examples"
+    write_png(folder / "a.png")
+    (folder / "gone.png").symlink_to(folder / "missing.png")
+    (folder / "loop.png").symlink_to(folder / "loop.png")
+    assert serve.list_examples(folder, max_bytes=10**6) == [folder / "a.png"]
+
+
 def test_build_app_queues_one_job_at_a_time(fake, tmp_path):
     write_png(tmp_path / "examples" / "photo.png")
     demo = serve.build_app(

@@ -40,7 +40,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
-from .io.images import IMAGE_EXTENSIONS, ImageError, LoadedImage, find_images, read_image, resize, target_size
+from .io.images import IMAGE_EXTENSIONS, ImageError, LoadedImage, read_image, resize, scan_images, target_size
 
 if TYPE_CHECKING:  # pragma: no cover
     import gradio as gr
@@ -404,10 +404,12 @@ def default_examples_dir() -> Path | None:
 
 
 def list_examples(folder: Path | None, max_bytes: int, limit: int = MAX_EXAMPLES) -> list[Path]:
-    """Image files in ``folder`` (recursive, sorted) no larger than ``max_bytes``, at most ``limit`` of them."""
+    """Image files in ``folder`` (recursive, sorted) no larger than ``max_bytes``, at most ``limit`` of them; entries
+    that cannot be read (a broken link, a named pipe) are left out."""
     if folder is None or not Path(folder).is_dir():
         return []
-    return [p for p in find_images(Path(folder)) if p.stat().st_size <= max_bytes][:limit]
+    images = sorted(scan_images(Path(folder)).images)
+    return [p for p in images if p.stat().st_size <= max_bytes][:limit]
 
 
 # ----------------------------------------------------------------------------------------------------- the app

@@ -28,9 +28,9 @@ from pathlib import Path
 
 import torch
 
-from ..io.cache import remove_stale_temp_files
+from ..io.cache import atomic_write_bytes, remove_stale_temp_files
 from ..io.guards import check_inputs_apart
-from ..io.images import ImageError, find_images, read_image, scan_existing, write_image
+from ..io.images import ImageError, read_image, scan_existing, scan_images, write_image
 
 SUFFIX_TOKENS = ("out", "output", "sr", "hr", "lr", "gt", "lq")
 """Name suffixes :func:`pair_key` removes when they follow ``_``, ``-``, ``.`` or a space (case-insensitive)."""
@@ -428,13 +428,13 @@ class TestsetResult:
 
 def _collect_sources(inputs: list[Path]) -> tuple[list[Path], list[str]]:
     """Image files under ``inputs`` (files or folders) whose output names (:func:`strip_suffixes`, compared
-    case-insensitively) are unique; duplicates and missing paths are problems."""
+    case-insensitively) are unique; duplicates and what cannot be read (a missing path, a named pipe, a broken
+    link: :func:`scan_images`) are problems."""
     files, problems, seen = [], [], {}
     for root in map(Path, inputs):
-        if not root.exists():
-            problems.append(f"{root}: no such file or folder")
-            continue
-        for f in find_images(root):
+        scan = scan_images(root)
+        problems += [str(p) for p in scan.problems]
+        for f in sorted(scan.images):
             name = strip_suffixes(f.stem)
             if name.lower() in seen:
                 problems.append(f"{f}: skipped, its name {name!r} is already used by {seen[name.lower()]}")
@@ -465,9 +465,9 @@ def _prepare_out(out: Path, overwrite: bool) -> None:
     """Refuse a non-empty ``out/lr`` or ``out/hr`` (ValueError) unless ``overwrite``, which deletes the pairs and
     manifest an earlier :func:`make_testset` wrote there (:func:`testset_files`) and nothing else: a file it did
     not write is refused by name, before anything is deleted. Temporary files of a killed earlier run
-    (:func:`remove_stale_temp_files`) are removed first, as every writer of fluxsr does."""
-    for name in TESTSET_FOLDERS:
-        remove_stale_temp_files(out / name)
+    (:func:`remove_stale_temp_files`) are removed first, as `fluxsr upscale` does in its output folders."""
+    for folder in (out, *(out / name for name in TESTSET_FOLDERS)):
+        remove_stale_temp_files(folder)
     found = [f for name in TESTSET_FOLDERS for f in sorted((out / name).rglob("*")) if not f.is_dir()]
     if not found:
         return
@@ -492,9 +492,10 @@ def _prepare_out(out: Path, overwrite: bool) -> None:
 
 
 def _write_manifest(out: Path, manifest: dict) -> Path:
+    """Write ``out/manifest.json`` atomically: it is the record ``--overwrite`` trusts, so never half a file."""
     out.mkdir(parents=True, exist_ok=True)
     path = out / "manifest.json"
-    path.write_text(json.dumps(manifest, indent=2) + "\n")
+    atomic_write_bytes(path, (json.dumps(manifest, indent=2) + "\n").encode())
     return path
 
 

@@ -37,7 +37,7 @@ from torch import Tensor
 from ..data.datasets import Dataset, ImagePair, match_files, relative_name
 from ..io.cache import MissingWeightsError
 from ..io.guards import check_inputs_apart
-from ..io.images import ImageError, find_images, quantize, read_image, resize, target_size
+from ..io.images import ImageError, find_images, quantize, read_image, resize, scan_images, target_size
 
 FULL_REFERENCE = ("psnr", "ssim", "lpips", "lpips-vgg", "dists", "periodic")
 BUILTIN_NO_REFERENCE = ("niqe",)
@@ -311,15 +311,15 @@ def _progress(total: int, desc: str, enabled: bool):
 
 
 def check_report_files(pred_dir: Path, gt_dir: Path | None, files: dict[str, Path | None]) -> None:
-    """Refuse (ValueError) a report file (``{"--json": path, ...}``) that is one of the images to be scored."""
-    images = [
-        p for d in (pred_dir, gt_dir) if d is not None and Path(d).is_dir() for p in find_images(Path(d))
+    """Refuse (ValueError) a report file (``{"--json": path, ...}``) that is one of the images to be scored; only an
+    existing file can be one, so the folders are walked only when a report file exists already."""
+    existing = [
+        (path, f"{flag} would replace") for flag, path in files.items() if path is not None and path.exists()
     ]
-    check_inputs_apart(
-        [("image", p) for p in images],
-        [(path, f"{flag} would replace") for flag, path in files.items() if path is not None],
-        "give the report a new file name",
-    )
+    if not existing:
+        return
+    images = [p for d in (pred_dir, gt_dir) if d is not None for p in scan_images(Path(d)).images]
+    check_inputs_apart([("image", p) for p in images], existing, "give the report a new file name")
 
 
 def evaluate_dirs(

@@ -410,11 +410,15 @@ def to_unit_float(array: np.ndarray, mode: str) -> tuple[np.ndarray, int]:
     return array.astype(np.float32) / 65535.0, 16
 
 
-def read_image(path: Path, max_pixels: int | None = None) -> LoadedImage:
+def read_image(
+    path: Path, max_pixels: int | None = None, check_size: Callable[[int, int], object] | None = None
+) -> LoadedImage:
     """Decode ``path`` fully into a :class:`LoadedImage`, or raise :class:`ImageError` saying why not.
 
     The pixel count is checked from the header before any decoding (``max_pixels``, or PIL's
     ``Image.MAX_IMAGE_PIXELS`` when None); PIL's own decompression-bomb error is reported the same way.
+    ``check_size(height, width)``, when given, also runs on the header's size before decoding (e.g. the output-size
+    cap of an upscale); a ValueError it raises becomes the ImageError.
     Truncated files are errors (``ImageFile.LOAD_TRUNCATED_IMAGES`` is left as PIL ships it, False).
     """
     path = Path(path)
@@ -426,6 +430,11 @@ def read_image(path: Path, max_pixels: int | None = None) -> LoadedImage:
             raise ImageError(path, "empty file (0 bytes)")
         with Image.open(path, formats=READ_FORMATS) as im:
             check_pixels(path, im.size, max_pixels)
+            if check_size is not None:
+                try:
+                    check_size(im.height, im.width)
+                except ValueError as refused:
+                    raise ImageError(path, str(refused)) from None
             frames = int(getattr(im, "n_frames", 1))
             deep, deep_gray = is_deep_color(im), raw_mode(im).startswith("LA")
             try:
