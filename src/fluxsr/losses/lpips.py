@@ -21,7 +21,7 @@ import torch
 from torch import Tensor, nn
 
 from fluxsr.evaluation.weights import LPIPS_FILES
-from fluxsr.io.cache import cached_file
+from fluxsr.io.cache import cached_file, read_safetensors
 from fluxsr.losses.vgg import ALEXNET_CHANNELS, VGG16_CHANNELS, AlexNetFeatures, VGG16Features
 
 Net = Literal["vgg", "alex"]
@@ -44,10 +44,10 @@ def unit_normalize(feat: Tensor, eps: float = 1e-10) -> Tensor:
 
 
 def load_state_file(path: str | Path, device: torch.device | str = "cpu") -> dict[str, Tensor]:
-    """Read a safetensors file into a dict of tensors on ``device``."""
-    from safetensors.torch import load_file
-
-    return load_file(str(path), device=str(device))
+    """Read a safetensors file (:func:`fluxsr.io.cache.read_safetensors`: a damaged file is one line naming it)
+    into a dict of tensors on ``device``."""
+    tensors, _ = read_safetensors(Path(path))
+    return {k: v.to(device) for k, v in tensors.items()}
 
 
 class LPIPS(nn.Module):
