@@ -18,18 +18,22 @@ import subprocess
 import sys
 from pathlib import Path
 
+from fluxsr.training.train import finished_checkpoints
+
 METRICS = ("psnr", "ssim", "lpips", "periodic")
 
 
 def checkpoint_model(base: Path, checkpoint: Path, out: Path) -> Path:
-    """A fluxsr model folder: ``base`` with the (fully fine-tuned) transformer weights of ``checkpoint``."""
-    from safetensors.torch import load_file
-
+    """A fluxsr model folder: ``base`` with the transformer weights of ``checkpoint`` (a full fine-tuning run, as the
+    bundled recipes are; a LoRA run's model is its exported final/ folder)."""
+    from fluxsr.io.cache import read_safetensors
     from fluxsr.model.models import load_model, save_model_folder
+    from fluxsr.training.train import load_trainable
 
     if not (out / "fluxsr.json").is_file():
         model = load_model(str(base))
-        model.transformer.load_state_dict(load_file(str(checkpoint / "trainable.safetensors")), strict=True)
+        weights, _ = read_safetensors(checkpoint / "trainable.safetensors")
+        load_trainable(model.transformer, weights, lora=False, source=checkpoint)
         save_model_folder(model, out)
     return out
 
@@ -65,9 +69,9 @@ def main() -> int:
     if args.csv.is_file():
         done = {int(r["step"]) for r in csv.DictReader(args.csv.open())}
     todo = [(0, args.base)] if 0 not in done else []
-    for ck in sorted((args.run / "checkpoints").glob("step_*")):
+    for ck in finished_checkpoints(args.run / "checkpoints"):
         step = int(ck.name.split("_")[1])
-        if step not in done and step % args.every == 0 and (ck / "state.json").is_file():
+        if step not in done and step % args.every == 0:
             todo.append((step, ck))
     for step, src in todo:
         model = src if step == 0 else checkpoint_model(args.base, src, args.run / "models" / src.name)

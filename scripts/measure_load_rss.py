@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import struct
 import subprocess
 import sys
 import tempfile
@@ -68,18 +69,13 @@ def make(out: Path) -> None:
 
 
 def weight_bytes(folder: Path) -> int:
-    """Bytes of tensor data in the safetensors files of a layout (prompt embeddings included)."""
-    from safetensors import safe_open
-
+    """Bytes of tensor data in the safetensors files of a layout (prompt embeddings included): each file's size less
+    its 8-byte header length and the JSON header."""
     total = 0
     for f in folder.rglob("*.safetensors"):
-        with safe_open(str(f), "pt") as st:
-            for k in st.keys():
-                t = st.get_slice(k)
-                n = 1
-                for d in t.get_shape():
-                    n *= d
-                total += n * 2 if t.get_dtype() in ("BF16", "F16") else n * 4
+        with f.open("rb") as fh:
+            header = struct.unpack("<Q", fh.read(8))[0]
+        total += f.stat().st_size - 8 - header
     return total
 
 
@@ -107,14 +103,15 @@ def children(pid: int) -> list[int]:
 def peak_rss(cmd: list[str]) -> tuple[int, float, int]:
     """(peak VmRSS in bytes, seconds, exit code) of a command, sampled every 50 ms."""
     tic = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    peak = 0
-    while proc.poll() is None:
-        peak = max(peak, rss_bytes(proc.pid))
-        time.sleep(0.05)
-    err = proc.stderr.read() if proc.stderr else ""
-    if proc.returncode:
-        print(err, file=sys.stderr)
+    with tempfile.TemporaryFile("w+") as err:  # a file, not a pipe: a chatty child cannot fill it and block
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err, text=True)
+        peak = 0
+        while proc.poll() is None:
+            peak = max(peak, rss_bytes(proc.pid))
+            time.sleep(0.05)
+        if proc.returncode:
+            err.seek(0)
+            print(err.read(), file=sys.stderr)
     return peak, time.perf_counter() - tic, proc.returncode
 
 

@@ -19,6 +19,8 @@ from pathlib import Path
 
 from train_bundled import ROOT, link_photos, training_photos
 
+from fluxsr.training.train import finished_checkpoints
+
 V1 = ROOT / "src" / "fluxsr" / "assets" / "model"
 
 
@@ -45,7 +47,7 @@ def main() -> int:
     subprocess.run([*cli, "gen-pairs", *common, "--out", str(run_dir / "pairs")], check=True)
     student = run_dir / "student"
     train = [*cli, "train", *common, "--pairs", str(run_dir / "pairs"), "--out", str(student)]
-    if any((student / "checkpoints").glob("step_*")):
+    if finished_checkpoints(student / "checkpoints"):
         train.append("--resume")
     if args.max_steps is not None:
         train += ["--max-steps", str(args.max_steps)]
