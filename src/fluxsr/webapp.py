@@ -40,6 +40,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
+from .inference.color import COLOR_FIXES
 from .io.images import IMAGE_EXTENSIONS, ImageError, LoadedImage, read_image, resize, scan_images, target_size
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -55,7 +56,6 @@ DEFAULT_MAX_UPLOAD_MB = 20.0
 DEFAULT_QUEUE_SIZE = 16
 MIN_SCALE, MAX_SCALE = 1.0, 8.0
 MIN_TILE, MAX_TILE = 64, 4096
-COLOR_FIXES = ("wavelet", "adain", "none")
 MAX_EXAMPLES = 12
 KEEP_RESULTS = 8
 PREVIEW_SIDE = 512
