@@ -237,27 +237,27 @@ class FluxSRPipeline:
         return max(1, opts.tile_batch or 1)
 
     def encode(self, x: Tensor, opts: UpscaleOptions) -> Tensor:
-        """Images (B, 3, H, W) in [0, 1] -> normalised latents ``(mean(E(2x - 1)) - shift) * scale``."""
-        vae = self.model.vae
-
-        def enc(tiles: Tensor, _offsets) -> Tensor:
-            return vae.encode(tiles.to(self.device, self.dtype) * 2 - 1).latent_dist.mode()
-
+        """Images (B, 3, H, W) in [0, 1] -> normalised latents (:meth:`FluxSRModel.encode`); the tiles' VAE
+        latents are blended first and normalised after."""
+        scale = Fraction(1, self.model.vae_scale)
         z = tiled_map(
-            enc, x, self._pixel_tiles(opts), Fraction(1, self.model.vae_scale), batch=self._batch(opts)
+            lambda tiles, _offsets: self.model.vae_latent(tiles),
+            x,
+            self._pixel_tiles(opts),
+            scale,
+            batch=self._batch(opts),
         )
-        return (z - vae.config.shift_factor) * vae.config.scaling_factor
+        return self.model.normalize(z)
 
     def decode(self, z: Tensor, opts: UpscaleOptions, out_device: torch.device | None = None) -> Tensor:
-        """Normalised latents -> images in [0, 1] (not clamped); ``out_device`` blends the tiles there (CPU RAM)."""
-        vae, s = self.model.vae, self.model.vae_scale
+        """Normalised latents -> images in [0, 1] (:meth:`FluxSRModel.decode`, not clamped), tiled;
+        ``out_device`` blends the tiles there (CPU RAM)."""
 
         def dec(tiles: Tensor, _offsets) -> Tensor:
-            tiles = tiles / vae.config.scaling_factor + vae.config.shift_factor
-            out = (vae.decode(tiles.to(self.dtype)).sample + 1) / 2
+            out = self.model.decode(tiles)
             return out if out_device is None else out.to(out_device)
 
-        return tiled_map(dec, z, self._latent_tiles(opts), s, batch=self._batch(opts))
+        return tiled_map(dec, z, self._latent_tiles(opts), self.model.vae_scale, batch=self._batch(opts))
 
     def transform(self, z_l: Tensor, opts: UpscaleOptions) -> Tensor:
         """One step from ``T_L`` to 0 on the LR latent: ``z_H = z_L - T_L * v(z_L, T_L)``, tiled."""
