@@ -10,6 +10,7 @@ from fluxsr.evaluation import speed as B
 from fluxsr.evaluation import speed_config as SCF
 from fluxsr.evaluation import speed_flops as SF
 from fluxsr.evaluation import speed_report as SREP
+from fluxsr.evaluation import speed_rows as SR
 from fluxsr.evaluation import speed_run as SRUN
 from fluxsr.inference import memory as MEM
 from fluxsr.inference.pipeline import FluxSRPipeline, UpscaleOptions
@@ -593,3 +594,15 @@ def test_run_with_oom_retry_reports_and_can_keep_the_tile():
     # the first retry keeps the tile (something else changed), the second halves it
     assert MEM.run_with_oom_retry(fn, 512, on_retry=lambda t, h, e: t if len(seen) == 1 else h) == 256
     assert seen == [512, 512, 256]
+
+
+def test_fluxsr_row_on_cuda_adds_the_cost_model_calibration(tiny_pipe, tmp_path):
+    """The CUDA-only part of the fluxsr row (the memory plan's measured constants) runs on any machine: the row's
+    device says cuda while the tiny pipeline measures on the CPU."""
+    cfg = SCF.BenchConfig(model="tiny", sizes=(64,), repeat=1, warmup=0, device="cpu", rows=("fluxsr",))
+    run = SRUN.BenchRun(cfg, torch.device("cuda"), torch.float32, pipe=tiny_pipe)
+    img = SR.make_input(tmp_path / "in.png", 64)
+    row = SRUN.ROW_RUNNERS["fluxsr"](run, 64, img, tmp_path / "out.png")
+    assert row["row"] == "fluxsr:tiny" and row["tile"] and row["stage_peak_bytes"]
+    assert set(row["calibration"]) == {"encode_per_px", "decode_per_px", "transformer_per_token_dim"}
+    assert row["analytic"]["floor_ms"] > 0
