@@ -717,7 +717,7 @@ def test_eval_and_make_testset_refuse_a_scale_below_one(tmp_path, capsys):
     ):
         assert exit_code(argv) == 2
         assert "must be >= 1, got 0" in capsys.readouterr().err
-    from fluxsr.evaluation.evaluate import evaluate_dirs
+    from fluxsr.evaluation.scoring import evaluate_dirs
 
     with pytest.raises(ValueError, match="scale must be an integer >= 1"):
         evaluate_dirs(tmp_path / "sr", None, ["niqe"], scale=0)
