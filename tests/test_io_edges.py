@@ -67,7 +67,7 @@ def test_write_image_turns_os_errors_into_image_errors(tmp_path, monkeypatch):
     def refuse(*_):
         raise PermissionError(13, "Permission denied")
 
-    monkeypatch.setattr("fluxsr.io.images.os.replace", refuse)
+    monkeypatch.setattr("fluxsr.io.cache.os.replace", refuse)
     with pytest.raises(ImageError, match="Permission denied") as info:
         write_image(tmp_path / "a.png", torch.rand(3, 4, 4))
     assert info.value.path == tmp_path / "a.png"

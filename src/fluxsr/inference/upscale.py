@@ -20,6 +20,7 @@ from typing import Protocol
 import torch
 from torch import Tensor
 
+from ..baselines.realesrgan import RealESRGAN
 from ..io.cache import remove_stale_temp_files
 from ..io.guards import real_path
 from ..io.images import (
@@ -40,7 +41,7 @@ from ..io.images import (
     write_image,
 )
 from . import memory
-from .pipeline import NonFiniteOutputError, UpscaleOptions
+from .pipeline import FluxSRPipeline, NonFiniteOutputError, UpscaleOptions, resolve_device
 
 
 class Backend(Protocol):
@@ -71,8 +72,6 @@ class RealESRGANBackend:
     name: str = "realesrgan"
 
     def __post_init__(self):
-        from ..baselines.realesrgan import RealESRGAN
-
         self.net = RealESRGAN(device=self.device, tile=self.tile)
 
     def upscale_tensor(self, rgb: Tensor, opts: UpscaleOptions) -> Tensor:
@@ -85,16 +84,12 @@ class RealESRGANBackend:
 def make_backend(backend: str, **fluxsr_kwargs) -> Backend:
     """``fluxsr`` (kwargs go to :meth:`FluxSRPipeline.from_pretrained`), ``bicubic`` or ``realesrgan``."""
     if backend == "fluxsr":
-        from .pipeline import FluxSRPipeline
-
         pipe = FluxSRPipeline.from_pretrained(**fluxsr_kwargs)
         pipe.name = f"fluxsr:{pipe.model.spec.name}"
         return pipe
     if backend == "bicubic":
         return BicubicBackend()
     if backend == "realesrgan":
-        from .pipeline import resolve_device
-
         return RealESRGANBackend(device=str(resolve_device(fluxsr_kwargs.get("device"))))
     raise ValueError(f"unknown backend {backend!r}: choose fluxsr, bicubic or realesrgan")
 
