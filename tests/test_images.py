@@ -16,8 +16,6 @@ import torch
 from PIL import Image, ImageCms, ImageFile, ImageOps
 
 from fluxsr.io import images
-from fluxsr.io.images.reading import orient
-from fluxsr.io.images.writing import png16_bytes
 from fluxsr.io.images import (
     ImageError,
     find_images,
@@ -28,6 +26,8 @@ from fluxsr.io.images import (
     target_size,
     write_image,
 )
+from fluxsr.io.images.reading import orient
+from fluxsr.io.images.writing import png16_bytes
 
 SRGB = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
 LOSSLESS = ["png", "PNG", "bmp", "tif", "tiff"]
