@@ -13,6 +13,8 @@ from fluxsr.evaluation import speed_report as SREP
 from fluxsr.evaluation import speed_rows as SR
 from fluxsr.evaluation import speed_run as SRUN
 from fluxsr.inference import memory as MEM
+from fluxsr.inference import probes as PROBES
+from fluxsr.inference.color import color_fix_tiled
 from fluxsr.inference.pipeline import FluxSRPipeline, UpscaleOptions
 from fluxsr.io.cache import cache_dir
 from fluxsr.model.models import TINY_TRANSFORMER, build_tiny, velocity
@@ -267,11 +269,11 @@ def test_random_weights_flag_names_the_flux_shaped_model():
 
 @pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="needs Linux /proc")
 def test_cpu_peak_probe_sees_a_temporary_allocation():
-    MEM.reset_peak("cpu")
-    base = MEM.read_peak("cpu")
+    PROBES.reset_peak("cpu")
+    base = PROBES.read_peak("cpu")
     x = torch.ones(64 << 20, dtype=torch.uint8)  # 64 MiB, touched
     del x
-    assert MEM.read_peak("cpu") - base >= 60 << 20
+    assert PROBES.read_peak("cpu") - base >= 60 << 20
 
 
 def test_parse_and_format_bytes():
@@ -579,21 +581,24 @@ def test_color_fix_tiled_equals_whole_image(method):
     x, ref = torch.rand(1, 3, 70, 90, generator=g) * 1.2 - 0.1, torch.rand(1, 3, 70, 90, generator=g)
     whole = color_fix(x, ref, method).clamp(0, 1)
     for tile in (16, 33, 128):
-        torch.testing.assert_close(MEM.color_fix_tiled(x, ref, method, tile), whole, atol=2e-6, rtol=0)
+        torch.testing.assert_close(color_fix_tiled(x, ref, method, tile), whole, atol=2e-6, rtol=0)
 
 
-def test_run_with_oom_retry_reports_and_can_keep_the_tile():
-    seen = []
+def test_run_with_oom_retry_retries_while_after_oom_makes_a_smaller_plan():
+    seen, errors = [], []
 
-    def fn(tile):
-        seen.append(tile)
+    def attempt():
+        seen.append(len(seen))
         if len(seen) < 3:
             raise MemoryError
-        return tile
+        return "done"
 
-    # the first retry keeps the tile (something else changed), the second halves it
-    assert MEM.run_with_oom_retry(fn, 512, on_retry=lambda t, h, e: t if len(seen) == 1 else h) == 256
-    assert seen == [512, 512, 256]
+    assert MEM.run_with_oom_retry(attempt, lambda e: errors.append(e) or True) == "done"
+    assert seen == [0, 1, 2] and len(errors) == 2
+    with pytest.raises(MemoryError):  # after_oom gives up: the error itself comes out
+        MEM.run_with_oom_retry(lambda: (_ for _ in ()).throw(MemoryError()), lambda e: False)
+    with pytest.raises(ValueError):  # not out of memory: never retried
+        MEM.run_with_oom_retry(lambda: int("x"), lambda e: pytest.fail("retried a ValueError"))
 
 
 def test_fluxsr_row_on_cuda_adds_the_cost_model_calibration(tiny_pipe, tmp_path):

@@ -15,7 +15,7 @@ import torch
 
 from ..baselines.realesrgan import RealESRGAN
 from ..baselines.rrdbnet import RRDBNet
-from ..inference import memory
+from ..inference import probes
 from ..inference.pipeline import FluxSRPipeline, UpscaleOptions, sync
 from ..inference.pipeline import timed as stage
 from ..inference.tiling import tiled_map
@@ -64,14 +64,14 @@ def measure(run_once: RunOnce, device: torch.device, warmup: int, repeat: int) -
         warm_s.append(time.perf_counter() - start)
     runs, totals, cpu, peaks, above = [], [], [], [], []
     for _ in range(max(1, repeat)):
-        in_use = memory.current_bytes(device)
-        memory.reset_peak(device)
+        in_use = probes.current_bytes(device)
+        probes.reset_peak(device)
         start, start_cpu = time.perf_counter(), time.process_time()
         times, stage_peaks = run_once()
         sync(device)
         totals.append(time.perf_counter() - start)
         cpu.append(time.process_time() - start_cpu)
-        peaks.append(max([memory.read_peak(device), *stage_peaks.values()]))
+        peaks.append(max([probes.read_peak(device), *stage_peaks.values()]))
         above.append(peaks[-1] - in_use)
         runs.append(times)
     stages = {k: statistics.median(r[k] for r in runs) * 1e3 for k in runs[0]}
