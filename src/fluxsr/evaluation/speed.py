@@ -7,7 +7,7 @@ the peak memory (CUDA ``max_memory_allocated``, or the CPU process's peak RSS). 
 floor of the transformer: matmul FLOPs of the FLUX blocks (all linears, attention ``QK^T`` and ``AV``) counted from
 the config and the tokens of every tile, divided by ``peak_tflops``.
 
-Models: ``tiny``, the bundled model (``None``), a path (see :func:`fluxsr.model.models.load_model`) or
+Models: ``tiny``, the bundled model (``None``), a path (see :func:`fluxsr.model.loader.load_model`) or
 ``flux-dev-random``: the FLUX.1-dev transformer and FLUX VAE shapes with random weights made directly on the device
 (meta init, ``to_empty``, in-place random init), with random text conditioning of ``text_len`` tokens. Dense bf16
 cost does not depend on the values.
@@ -42,7 +42,8 @@ from ..inference.pipeline import FluxSRPipeline, UpscaleOptions, default_dtype, 
 from ..inference.pipeline import timed as stage
 from ..inference.tiling import latent_tiles, snapped, tile_count, tile_edge, tile_overlap, tiled_map
 from ..model.flow import denoise
-from ..model.models import FluxSRModel, load_model, velocity
+from ..model.loader import load_model
+from ..model.model import FluxSRModel, velocity
 
 STAGES = ("read", "resize", "encode", "transformer", "decode", "color_fix", "write")
 GPU_STAGES = ("resize", "encode", "transformer", "decode", "color_fix", "net")  # device work, no file I/O

@@ -21,7 +21,8 @@ from torch import Tensor
 
 from ..io.images import MAX_PIXELS, check_output_pixels, resize, target_size
 from ..model.flow import one_step
-from ..model.models import FluxSRModel, load_model, to_device, velocity
+from ..model.loader import load_model
+from ..model.model import FluxSRModel, to_device, velocity
 from . import memory
 from .color import color_fix
 from .tiling import TileSpec, check_tile_overlap, latent_tiles, snapped, tiled_map
@@ -196,7 +197,7 @@ class FluxSRPipeline:
     def from_pretrained(
         cls, name=None, device=None, dtype=None, *, allow_fp16: bool = False, **load_kwargs
     ) -> FluxSRPipeline:
-        """Load a model by name or path (see :func:`fluxsr.model.models.load_model`) and build the pipeline; the device
+        """Load a model by name or path (see :func:`fluxsr.model.loader.load_model`) and build the pipeline; the device
         and dtype are checked before the (possibly minutes-long) load, and the weights are read straight into the
         dtype (no float32 host copy of a bf16 model)."""
         device, dtype = cls.settings(device, dtype, allow_fp16)

@@ -41,7 +41,8 @@ from ..io.config import config_hash
 from ..io.guards import check_inputs_apart
 from ..io.images import ImageError, find_images, read_image, resize, write_image
 from ..model.flow import denoise, get_noise, get_schedule, invert
-from ..model.models import FluxSRModel, TextCond, load_model, to_device, velocity
+from ..model.loader import load_model
+from ..model.model import FluxSRModel, TextCond, to_device, velocity
 from .prompts import hashed_cond, prompt_for, read_prompts
 from .recipe import Recipe, input_paths
 

@@ -22,15 +22,9 @@ from torch import Tensor
 from ..io.config import ConfigError, check_range
 from ..io.images import ImageError, find_images, read_image, resize
 from ..model.flow import interpolate, logit_normal_t, pair_velocity
-from ..model.models import (
-    FluxSRModel,
-    ModelSpec,
-    TextCond,
-    build_transformer,
-    build_vae,
-    save_model_folder,
-    setup_cuda_training,
-)
+from ..model.folders import save_model_folder
+from ..model.model import FluxSRModel, ModelSpec, TextCond, setup_cuda_training
+from ..model.presets import build_transformer, build_vae
 
 
 @dataclass
@@ -309,7 +303,7 @@ def train_teacher(
     """
     from diffusers import AutoencoderKL
 
-    from ..model.models import velocity
+    from ..model.model import velocity
 
     cfg = pre.teacher
     setup_cuda_training()
