@@ -1,11 +1,14 @@
 """Model presets, fluxsr model folders, FLUX.1-dev layouts (diffusers folder, BFL single files) and LoRA."""
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import save_file
 
+from fluxsr.io import cache
+from fluxsr.model import flux_dev
 from fluxsr.model.bfl_keys import bfl_to_diffusers, diffusers_to_bfl, vae_to_ldm
 from fluxsr.model.flow import img_ids, pack, txt_ids, unpack
 from fluxsr.model.flux_dev import cast_state, transformer_config_from_bfl
@@ -191,6 +194,23 @@ def test_load_bfl_single_files(tiny, tmp_path):
     _same_weights(loaded.vae, tiny.vae)
     z = torch.randn(1, 16, 4, 4)
     assert torch.allclose(velocity(loaded, z, 0.25), velocity(tiny, z, 0.25))
+
+
+def test_bfl_file_header_is_checked_once(tiny, tmp_path, monkeypatch):
+    """Loading a BFL single file reads its header twice: the check (before the prompt embeddings are looked up)
+    and the read of the tensors; it was three times (the check ran again inside the single-file loader)."""
+    _write_bfl_files(tiny, tmp_path)
+    file = tmp_path / "flux1-dev.safetensors"
+    seen = []
+    for module in (cache, flux_dev):
+        real = module.safetensors_header
+        monkeypatch.setattr(
+            module,
+            "safetensors_header",
+            lambda path, *a, _real=real: (seen.append(Path(path)), _real(path, *a))[1],
+        )
+    load_model(file)
+    assert seen.count(file) == 2
 
 
 class safe_keys:
