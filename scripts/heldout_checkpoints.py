@@ -18,7 +18,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from fluxsr.training.train import finished_checkpoints
+from fluxsr.training.checkpoints import finished_checkpoints
 
 METRICS = ("psnr", "ssim", "lpips", "periodic")
 
@@ -28,7 +28,7 @@ def checkpoint_model(base: Path, checkpoint: Path, out: Path) -> Path:
     bundled recipes are; a LoRA run's model is its exported final/ folder)."""
     from fluxsr.io.cache import read_safetensors
     from fluxsr.model.models import load_model, save_model_folder
-    from fluxsr.training.train import load_trainable
+    from fluxsr.training.checkpoints import load_trainable
 
     if not (out / "fluxsr.json").is_file():
         model = load_model(str(base))
