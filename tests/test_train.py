@@ -1,6 +1,7 @@
 """Training chain on the tiny model: recipes, gen-pairs (reproducible, resumable, sharded), train, resume, export."""
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -136,6 +137,17 @@ def test_training_step_alone_returns_the_terms_and_moves_only_trainable_weights(
     assert changed and changed <= trainable
     assert any("lora_B" in k for k in changed)
     assert all(torch.equal(v, tr.model.vae.state_dict()[k]) for k, v in vae_before.items())
+
+
+def test_grad_norms_leave_the_step_unchanged_and_report_zero_weight_terms():
+    plain, measured = tiny_trainer("loss.lpips=0"), tiny_trainer("loss.lpips=0")
+    terms = training_step(plain, hand_made_batch())
+    with_norms = training_step(measured, hand_made_batch(), grad_norms=True)
+    assert {k: with_norms[k] for k in terms} == terms  # the extra backward passes change no loss term
+    assert with_norms["gn_lpips"] == 0.0  # weight 0: reported as 0, no backward spent
+    assert all(math.isfinite(with_norms[k]) and with_norms[k] > 0 for k in ("gn_ftd", "gn_mse", "gn_adl"))
+    a, b = plain.model.transformer.state_dict(), measured.model.transformer.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)  # ... nor any weight
 
 
 def test_loss_falls_when_overfitting_one_pair(pairs, tmp_path):

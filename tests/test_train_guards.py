@@ -1,7 +1,9 @@
 """Guards of the training chain: bad recipes, reused folders, changed configs and unreadable images fail at start
 with one line naming the cause; logs, exported T_L and file modes are right."""
 
+import csv
 import json
+import math
 import os
 import re
 import stat
@@ -135,6 +137,41 @@ def test_time_limit_logs_the_last_step_once(pairs, tmp_path):
     run = tmp_path / "run"
     train(recipe("train.steps=4", "train.time_limit=1e-9"), pairs, run, progress=False)
     assert [r[0] for r in log_rows(run)] == ["1"]
+
+
+def test_grad_norm_columns_and_the_step_0_report(pairs, tmp_path, capsys):
+    run = tmp_path / "run"
+    train(recipe("train.steps=3", "train.grad_norm_every=2"), pairs, run, progress=False)
+    rows = list(csv.DictReader((run / "log.csv").open()))
+    assert [r["step"] for r in rows] == ["1", "2", "3"]
+    measured = [r for r in rows if r["gn_ftd"]]
+    assert [r["step"] for r in measured] == ["1", "2"]  # the first step, then every 2nd
+    for r in measured:
+        assert all(math.isfinite(float(r[k])) and float(r[k]) > 0 for k in ("gn_ftd", "gn_mse", "gn_adl"))
+        assert float(r["gn_lpips"]) == 0.0  # loss.lpips is 0 here
+    assert rows[2]["gn_ftd"] == rows[2]["gn_adl"] == ""
+    out = capsys.readouterr().out
+    assert (
+        "step 0: ADL " in out and "(block tap, single:-1); gradient norms of the weighted terms: ftd " in out
+    )
+
+
+def test_resume_accepts_a_checkpoint_from_before_the_diagnostic_fields(pairs, tmp_path):
+    """A checkpoint's recipe without loss.adl_tap / train.grad_norm_every (older fluxsr) resumes as their defaults;
+    its log.csv gets the gradient-norm columns."""
+    run = tmp_path / "run"
+    train(recipe(), pairs, run, progress=False)
+    state_file = run / "checkpoints" / "step_0000002" / "state.json"
+    state = json.loads(state_file.read_text())
+    del state["recipe"]["loss"]["adl_tap"], state["recipe"]["train"]["grad_norm_every"]
+    state_file.write_text(json.dumps(state))
+    log = run / "log.csv"
+    log.write_text("\n".join(",".join(r.split(",")[:9]) for r in log.read_text().splitlines()) + "\n")
+    train(recipe("train.steps=3"), pairs, run, resume="latest", progress=False)
+    rows = list(csv.DictReader(log.open()))
+    assert (
+        [r["step"] for r in rows] == ["1", "2", "3"] and rows[0]["gn_ftd"] is None and rows[2]["gn_ftd"] == ""
+    )
 
 
 # -- 4. shifted T_L ---------------------------------------------------------------------------------------------------

@@ -237,6 +237,7 @@ RESUME_FREE = (
     "train.validation_images",
     "train.gradient_checkpointing",
     "train.vae_checkpointing",
+    "train.grad_norm_every",
 )
 RESUME_FREE_SECTIONS = ("pairs.", "pretrain.", "export.")
 RESUME_FIXED = ("pairs.text_len",)
@@ -254,8 +255,10 @@ def flatten(d: dict, prefix: str = "") -> dict:
 
 
 def resume_conflicts(saved: dict, recipe: Recipe) -> list[str]:
-    """``field: old -> new`` for each recipe field that differs from the checkpoint's and may not change on resume."""
-    old = flatten(json.loads(json.dumps(saved, default=float)))
+    """``field: old -> new`` for each recipe field that differs from the checkpoint's and may not change on resume.
+    A field the saved recipe lacks (added to fluxsr after the checkpoint was written) counts as its default."""
+    defaults = flatten(json.loads(json.dumps(to_dict(Recipe()), default=float)))
+    old = defaults | flatten(json.loads(json.dumps(saved, default=float)))
     new = flatten(json.loads(json.dumps(to_dict(recipe), default=float)))
     out = []
     for key in sorted(set(old) | set(new)):

@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 import yaml
 from accelerate import Accelerator
+from accelerate.utils import DistributedType
 from PIL import Image
 from tqdm import tqdm
 
@@ -37,7 +38,7 @@ from .checkpoints import (
 )
 from .pairs import check_intact, check_one_config, marked_indices, pair_stem
 from .recipe import Recipe, input_paths
-from .runlog import LOSS_NAMES, RunLog
+from .runlog import GRAD_NAMES, LOSS_NAMES, RunLog
 from .step import BatchSource, Trainer, load_batch, training_step
 from .student import build_lpips, build_student, export
 from .validation import check_validation_images, validate
@@ -166,7 +167,7 @@ def build_trainer(recipe: Recipe, model: FluxSRModel, acc: Accelerator, t_l: flo
     trainable = [p for p in model.transformer.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=tc.lr, betas=tc.betas, weight_decay=tc.weight_decay)
     net, optimizer = acc.prepare(model.transformer, optimizer)
-    adl = ADLCollector(acc.unwrap_model(net), lc.adl_blocks).attach() if lc.adl > 0 else None
+    adl = ADLCollector(acc.unwrap_model(net), lc.adl_blocks, lc.adl_tap).attach() if lc.adl > 0 else None
     return Trainer(
         model=model,
         net=net,
@@ -237,18 +238,42 @@ def prepare_run(
 # ----------------------------------------------------------------------------------------------------------------
 
 
+def grad_norms_due(r: Run, step: int) -> bool:
+    """Whether step ``step`` (0-based) measures the loss terms' gradient norms: the first step of a run and every
+    ``train.grad_norm_every``-th; never under FSDP (its sharded parameters take no separate backward pass)."""
+    every = r.recipe.train.grad_norm_every
+    if every == 0 or r.trainer.acc.distributed_type == DistributedType.FSDP:
+        return False
+    return step == 0 or (step + 1) % every == 0
+
+
 def optimizer_step(r: Run, step: int) -> tuple[dict[str, float], float]:
     """One optimiser step: ``train.grad_accum`` micro-batches loaded and trained; returns the loss terms averaged
-    over them and the LR the step ran at."""
+    over them (plus, on a measuring step, the gradient norms of the first micro-batch on this process) and the LR
+    the step ran at."""
     grad_accum, tr = r.recipe.train.grad_accum, r.trainer
     totals = dict.fromkeys(LOSS_NAMES, 0.0)
+    measure = grad_norms_due(r, step)
     for k in range(grad_accum):
         batch = load_batch(r.data, step * grad_accum + k, step, tr.t_l, tr.acc.device)
-        for name, val in training_step(tr, batch).items():
-            totals[name] += val / grad_accum
+        for name, val in training_step(tr, batch, grad_norms=measure and k == 0).items():
+            if name in GRAD_NAMES:
+                totals[name] = val
+            else:
+                totals[name] += val / grad_accum
     lr = r.scheduler.get_last_lr()[0]  # the LR this step used
     r.scheduler.step()
     return totals, lr
+
+
+def first_step_report(recipe: Recipe, totals: dict[str, float]) -> str:
+    """One line after a run's first step: ADL's value at step 0 and each weighted term's gradient norm."""
+    lc = recipe.loss
+    adl = f"ADL {totals['adl']:.4g} ({lc.adl_tap} tap, {lc.adl_blocks})" if lc.adl > 0 else "ADL off"
+    if GRAD_NAMES[0] not in totals:
+        return f"step 0: {adl}"
+    norms = ", ".join(f"{k.removeprefix('gn_')} {totals[k]:.3g}" for k in GRAD_NAMES)
+    return f"step 0: {adl}; gradient norms of the weighted terms: {norms}"
 
 
 def after_step(r: Run, done: int, totals: dict[str, float], lr: float, its: float, stop: bool) -> None:
@@ -256,8 +281,10 @@ def after_step(r: Run, done: int, totals: dict[str, float], lr: float, its: floa
     ended the run here, which logs and checkpoints it as a last step."""
     tc, acc, tr = r.recipe.train, r.trainer.acc, r.trainer
     last = done == r.steps or stop
-    if done % tc.log_every == 0 or last:
+    if done % tc.log_every == 0 or last or GRAD_NAMES[0] in totals:
         r.log.log(done, totals, lr, its)
+    if done == 1:
+        acc.print(first_step_report(r.recipe, totals))
     if stop:
         acc.print(f"time limit reached after step {done}")
     if acc.is_main_process and (done % tc.checkpoint_every == 0 or last):

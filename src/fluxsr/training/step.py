@@ -170,10 +170,30 @@ def weighted_loss(parts: dict[str, Tensor], weights: LossSection) -> Tensor:
     return reduce(add, (getattr(weights, name) * parts[name] for name in TERMS))
 
 
-def training_step(tr: Trainer, batch: Batch) -> dict[str, float]:
+def term_grad_norms(
+    parts: dict[str, Tensor], weights: LossSection, params: list[nn.Parameter]
+) -> dict[str, float]:
+    """``gn_<term>``: the L2 norm over ``params`` of the gradient of each weighted term, ``weight * term``, one
+    backward pass each (the graph is kept for the step's own backward; ``.grad`` is not touched). A term with
+    weight 0 costs nothing and is reported as 0."""
+    out = {}
+    for name in TERMS:
+        weighted = getattr(weights, name) * parts[name]
+        if getattr(weights, name) == 0 or not weighted.requires_grad:
+            out[f"gn_{name}"] = 0.0
+            continue
+        grads = torch.autograd.grad(weighted, params, retain_graph=True, allow_unused=True)
+        out[f"gn_{name}"] = float(
+            torch.stack([g.float().pow(2).sum() for g in grads if g is not None]).sum().sqrt()
+        )
+    return out
+
+
+def training_step(tr: Trainer, batch: Batch, *, grad_norms: bool = False) -> dict[str, float]:
     """SR branch + FTD branch + weighted loss on one micro-batch, then backward, gradient clipping (at the last
     micro-batch of an accumulation) and the optimiser step. Returns the loss terms: ``loss`` (the weighted sum),
-    ``ftd``, ``mse``, ``lpips`` and ``adl``. A loss that is not finite is a FloatingPointError naming the step."""
+    ``ftd``, ``mse``, ``lpips`` and ``adl``, and with ``grad_norms`` each weighted term's gradient norm
+    (:func:`term_grad_norms`, ``gn_ftd``...). A loss that is not finite is a FloatingPointError naming the step."""
     with torch.no_grad():
         z_l = tr.model.encode(batch.lr_up).float()
     with tr.acc.accumulate(tr.net), tr.acc.autocast():
@@ -184,9 +204,10 @@ def training_step(tr: Trainer, batch: Batch) -> dict[str, float]:
             raise FloatingPointError(
                 f"step {batch.step}: loss is {loss.item()} ({ {k: float(v) for k, v in parts.items()} })"
             )
+        norms = term_grad_norms(parts, tr.weights, tr.trainable) if grad_norms else {}
         tr.acc.backward(loss)
         if tr.acc.sync_gradients and tr.max_grad_norm > 0:
             tr.acc.clip_grad_norm_(tr.trainable, tr.max_grad_norm)
         tr.optimizer.step()
         tr.optimizer.zero_grad(set_to_none=True)
-    return {"loss": loss.item(), **{name: val.item() for name, val in parts.items()}}
+    return {"loss": loss.item(), **{name: val.item() for name, val in parts.items()}, **norms}
