@@ -98,8 +98,10 @@ def main() -> int:
     held = load_recipe(tiny, [*common, "pairs.count=8", "pairs.seed=1000"])
     generate_pairs(held, heldout, device="cpu", progress=False)
     lines = [
-        f"| variant | ADL step 0 | gn FTD | gn MSE | gn TV-LPIPS | gn ADL | ADL share (step 0 / mean) | "
-        f"held-out PSNR-Y | block cos | centred cos^2 |  ({args.steps} steps, loss.adl {args.adl})",
+        f"{args.steps} steps, loss.adl {args.adl}",
+        "",
+        "| variant | ADL step 0 | gn FTD | gn MSE | gn TV-LPIPS | gn ADL | ADL share (step 0 / mean) | "
+        "held-out PSNR-Y | block cos | centred cos^2 |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, overrides in VARIANTS.items():

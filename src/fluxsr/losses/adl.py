@@ -18,9 +18,10 @@ The tap (``loss.adl_tap``) says which tensor h is:
   from the smaller of the two Gram matrices, O(N C min(N, C))). A shared per-channel offset, e.g. the few very large
   channels that every FLUX token carries (they make the ``block`` cosine ~0.9 even with random weights), drops out.
 
-Decisions (not published): the default tap is ``block``; the similarity is to the mean token (O(N C), unlike
-pairwise O(N^2 C)); the default blocks are the last two single blocks, ``"single:-2,-1"``. docs/training.md has the
-measured comparison of the taps.
+Decisions (not published): the default tap is ``block`` (``centred`` is the one that diversifies the tokens
+themselves when its weight matters: docs/training.md has the measured comparison); ``block`` and ``attention``
+compare with the mean token (O(N C), unlike pairwise O(N^2 C)); the default blocks are the last two single blocks,
+``"single:-2,-1"``.
 
 diffusers (0.35+, checked on 0.42) ``FluxTransformerBlock`` and ``FluxSingleTransformerBlock`` both take
 (hidden_states, encoder_hidden_states) separately and return the tuple (encoder_hidden_states, hidden_states):
@@ -153,8 +154,8 @@ class ADLCollector:
 
     ``tap``: ``block`` (block outputs), ``attention`` (the blocks' attention outputs) or ``centred`` (block outputs
     centred per channel, :func:`centred_adl_loss`). Each top-level forward of the model clears what the previous
-    one stored, so :meth:`loss` always refers to
-    the most recent forward (set ``enabled = False`` around forwards that must not count, e.g. an FTD branch).
+    one stored, so :meth:`loss` always refers to the most recent forward (set ``enabled = False`` around forwards
+    that must not count, e.g. an FTD branch).
     Hooks also fire when gradient checkpointing recomputes a block during backward; that only refreshes the
     stored tensors after the loss was taken.
     """
