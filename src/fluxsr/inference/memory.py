@@ -244,6 +244,8 @@ class MemoryPlan:
     fits: False when even the smallest tile is estimated not to fit (the OOM retry is then the last resort).
     multiple, min_tile: tiles are multiples of ``multiple`` and :meth:`after_oom` never goes below ``min_tile``.
     planned_tile: the tile the planner chose (0: ``tile``); a move of the full image off the device goes back to it.
+    weights: weight bytes on the device while each tiled stage runs (:func:`fluxsr.inference.offload.resident_weights`;
+        empty: not counted). The safety margin applies to the estimates, not to these exact sizes.
     """
 
     tile: int
@@ -264,16 +266,22 @@ class MemoryPlan:
     multiple: int = 16
     min_tile: int = 64
     planned_tile: int = 0
+    weights: dict[str, int] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.planned_tile = self.planned_tile or self.tile
 
     @property
     def peak(self) -> int:
-        """Estimated peak bytes (largest tile stage plus the whole-image tensors)."""
-        return max(
-            (v for k, v in self.estimates.items() if k != "full_image"), default=0
-        ) + self.estimates.get("full_image", 0)
+        """Estimated peak bytes (largest tile stage with its resident weights, plus the whole-image tensors)."""
+        tiled = (v + self.weights.get(k, 0) for k, v in self.estimates.items() if k != "full_image")
+        return max(tiled, default=0) + self.estimates.get("full_image", 0)
+
+    def fits_budget(self) -> bool:
+        """Each tiled stage with the whole-image tensors fits the usable part of what its weights leave."""
+        full = self.estimates.get("full_image", 0)
+        tiled = ((v, self.weights.get(k, 0)) for k, v in self.estimates.items() if k != "full_image")
+        return all(v + full <= int((self.budget - w) * self.safety) for v, w in tiled)
 
     @property
     def changed(self) -> bool:
@@ -293,6 +301,7 @@ class MemoryPlan:
         where = "on device" if self.full_image_on_device else "off device (tiled colour fix)"
         parts = ", ".join(f"{k} {format_bytes(v)}" for k, v in self.estimates.items())
         note = "" if self.fits else "; DOES NOT FIT, relying on OOM retry"
+        parts += f", weights {format_bytes(max(self.weights.values()))}" if self.weights else ""
         asked = self.requested_batch or "auto"
         return (
             f"memory plan for {self.image_hw[0]}x{self.image_hw[1]}: tile {self.tile} (asked {self.requested_tile}),"
@@ -382,6 +391,7 @@ def plan_memory(
     overlap: int = 0,
     requested_batch: int = 1,
     device_type: str = "cuda",
+    resident: dict[str, int] | None = None,
 ) -> MemoryPlan:
     """Choose the tile, tiles per pass and where the whole image lives so that the estimated peak fits ``budget``.
 
@@ -389,10 +399,9 @@ def plan_memory(
     off it; for each, the most tiles per pass up to ``requested_batch`` (0: up to :data:`AUTO_TILE_BATCH`) and the
     number of tiles, down to one. Stage costs grow linearly with the tiles in a pass. The first that fits wins:
     largest tile first, then on-device, then the largest batch. Tiles never exceed the (padded) image, so small
-    images cost what they are.
+    images cost what they are. ``resident``: weight bytes on the device per stage (counted beside the estimates).
     """
     h, w = (-(-s // multiple) * multiple for s in image_hw)
-    usable = int(budget * cost.safety)
     candidates = image_tile_candidates((h, w), requested_tile, multiple, min_tile)
     want = requested_batch if requested_batch > 0 else AUTO_TILE_BATCH
     last = None
@@ -420,8 +429,9 @@ def plan_memory(
                     safety=cost.safety,
                     multiple=multiple,
                     min_tile=min_tile,
+                    weights=dict(resident or {}),
                 )
-                if last.peak <= usable:
+                if last.fits_budget():
                     return last
     last.fits = False
     return last
@@ -435,14 +445,18 @@ def plan_for(
     cost: CostModel = DEFAULT_COST,
     overlap: int | None = None,
     requested_batch: int | None = 1,
+    resident: dict[str, int] | None = None,
+    on_device: int = 0,
 ) -> MemoryPlan:
     """:func:`plan_memory` for a :class:`~fluxsr.inference.pipeline.FluxSRPipeline` on its device.
 
     ``requested_tile`` None or <= 0 takes the model's default tile (``ModelSpec.tile``, 1024 for FLUX) as the
     upper bound ("auto"); the planner only ever lowers it. ``overlap`` None takes the model's;
-    ``requested_batch`` None or 0 lets the planner choose the tiles per pass.
+    ``requested_batch`` None or 0: the planner chooses the tiles per pass. ``resident``: weights per stage, counted
+    instead of the ``on_device`` weight bytes the budget's measurement took off.
     """
     budget, source = device_budget(pipe.device, max_memory)
+    budget += on_device
     dtype_bytes = torch.empty((), dtype=pipe.dtype).element_size()
     m, spec = pipe.model.multiple, pipe.model.spec
     if not requested_tile or requested_tile <= 0:
@@ -460,6 +474,7 @@ def plan_for(
         overlap=spec.overlap if overlap is None else overlap,
         requested_batch=requested_batch or 0,
         device_type=torch.device(pipe.device).type,
+        resident=resident,
     )
 
 

@@ -23,9 +23,12 @@ from torch import Tensor
 from ..io.images import MAX_PIXELS, check_output_pixels, pil_to_tensor, resize, target_size, tensor_to_pil
 from ..model.flow import one_step
 from ..model.loader import load_model
-from ..model.model import FluxSRModel, to_device, velocity
+from ..model.model import FluxSRModel, velocity
 from . import memory, probes
 from .color import color_fix, color_fix_tiled
+from .offload import device_weight_bytes, resident_weights
+from .placement import Placement, place_model
+from .quantize import check_quantize
 from .tiling import TileSpec, check_tile_overlap, latent_tiles, snapped, tiled_map
 
 
@@ -183,26 +186,58 @@ class FluxSRPipeline:
     """
 
     def __init__(
-        self, model: FluxSRModel, device=None, dtype=None, *, allow_fp16: bool = False, prepare: bool = True
+        self,
+        model: FluxSRModel,
+        device=None,
+        dtype=None,
+        *,
+        allow_fp16: bool = False,
+        prepare: bool = True,
+        offload: str = "auto",
+        quantize: str = "none",
+        max_memory: int | None = None,
     ):
-        """``prepare=False`` uses the model as it is (already placed; training keeps its trainable state)."""
+        """``prepare=False`` uses the model as it is (already placed; training keeps its trainable state).
+
+        ``offload`` (``auto``, ``none``, ``model``, ``blocks``: :mod:`fluxsr.inference.offload`) and ``quantize``
+        (``none``, ``int8``, ``fp8``: :mod:`fluxsr.inference.quantize`) place the weights
+        (:func:`fluxsr.inference.placement.place_model`); ``max_memory`` caps the memory plans (bytes, weights
+        included). A budget no offload fits is a ValueError here, before any image."""
         self.device, self.dtype = self.settings(device, dtype, allow_fp16)
-        self.model = to_device(model, self.device, self.dtype) if prepare else model
+        self.placement: Placement | None = None  # None: weights not counted by the planner (prepare=False)
+        if prepare:
+            self.placement = place_model(model, self.device, self.dtype, offload, quantize, max_memory)
+        if self.placement and (self.placement.budget or self.placement.describe_always):
+            print(f"fluxsr: {self.placement.describe()}", file=sys.stderr)
+        self.model = model
         self.timings: dict[str, float] = {}
         self.peaks: dict[str, int] = {}  # peak bytes per stage (CUDA allocator, or CPU peak RSS)
-        self.max_memory: int | None = None  # cap for the memory planner (bytes, weights included)
+        self.max_memory = max_memory  # cap for the memory planner (bytes, weights included)
         self.plan: memory.MemoryPlan | None = None  # the last image's memory plan
         self._stage = ""
 
     @classmethod
     def from_pretrained(
-        cls, name=None, device=None, dtype=None, *, allow_fp16: bool = False, **load_kwargs
+        cls,
+        name=None,
+        device=None,
+        dtype=None,
+        *,
+        allow_fp16: bool = False,
+        offload: str = "auto",
+        quantize: str = "none",
+        max_memory: int | None = None,
+        **load_kwargs,
     ) -> FluxSRPipeline:
-        """Load a model by name or path (see :func:`fluxsr.model.loader.load_model`) and build the pipeline; the device
-        and dtype are checked before the (possibly minutes-long) load, and the weights are read straight into the
-        dtype (no float32 host copy of a bf16 model)."""
+        """Load a model by name or path (see :func:`fluxsr.model.loader.load_model`) and build the pipeline; the device,
+        dtype and quantisation are checked before the (possibly minutes-long) load, and the weights are read straight
+        into the dtype (no float32 host copy of a bf16 model). ``offload``, ``quantize``, ``max_memory``: see
+        :meth:`__init__`."""
         device, dtype = cls.settings(device, dtype, allow_fp16)
-        return cls(load_model(name, dtype=dtype, **load_kwargs), device, dtype, allow_fp16=allow_fp16)
+        check_quantize(quantize, device)
+        model = load_model(name, dtype=dtype, **load_kwargs)
+        low_vram = {"offload": offload, "quantize": quantize, "max_memory": max_memory}
+        return cls(model, device, dtype, allow_fp16=allow_fp16, **low_vram)
 
     @staticmethod
     def settings(device=None, dtype=None, allow_fp16: bool = False) -> tuple[torch.device, torch.dtype]:
@@ -212,6 +247,14 @@ class FluxSRPipeline:
         dtype = dtype or default_dtype(device)
         check_dtype(dtype, allow_fp16)
         return device, dtype
+
+    def resident_weights(self) -> dict:
+        """:func:`fluxsr.inference.memory.plan_for`'s weight arguments: the bytes each stage keeps on the device
+        under this pipeline's placement and those on it now (none when the pipeline did not place the model)."""
+        if self.placement is None:
+            return {}
+        resident = resident_weights(self.placement.weights, self.placement.offload, self.device.type)
+        return {"resident": resident, "on_device": device_weight_bytes(self.model, self.device)}
 
     # -- stages ---------------------------------------------------------------------------------------------------
 
@@ -290,7 +333,13 @@ class FluxSRPipeline:
         rgb = as_rgb(rgb)
         out_hw = opts.size_for(*rgb.shape[-2:])
         self.plan = plan = memory.plan_for(
-            self, out_hw, opts.tile, self.max_memory, overlap=opts.overlap, requested_batch=opts.tile_batch
+            self,
+            out_hw,
+            opts.tile,
+            self.max_memory,
+            overlap=opts.overlap,
+            requested_batch=opts.tile_batch,
+            **self.resident_weights(),
         )
         if plan.changed:
             print(f"fluxsr: {plan.describe()}", file=sys.stderr)

@@ -118,12 +118,21 @@ class TextCond:
 
 @dataclass
 class FluxSRModel:
-    """The parts of a one-step FluxSR model, ready to run."""
+    """The parts of a one-step FluxSR model, ready to run.
+
+    execution_device: where the parts compute when offload hooks keep their weights in CPU RAM
+    (:mod:`fluxsr.inference.offload`); None: where their weights are.
+    """
 
     transformer: torch.nn.Module
     vae: torch.nn.Module
     cond: TextCond
     spec: ModelSpec = field(default_factory=ModelSpec)
+    execution_device: torch.device | None = None
+
+    def device_for(self, part: torch.nn.Module) -> torch.device:
+        """The device ``part`` (the transformer or the VAE) computes on: :attr:`execution_device` or its weights'."""
+        return self.execution_device or next(part.parameters()).device
 
     @property
     def vae_scale(self) -> int:
@@ -137,9 +146,9 @@ class FluxSRModel:
 
     def vae_latent(self, x: Tensor) -> Tensor:
         """Images (B, 3, H, W) in [0, 1] -> the VAE posterior's mean ``E(2x - 1)``, before normalisation; computed
-        on the VAE's device and in its dtype."""
-        weight = next(self.vae.parameters())
-        return self.vae.encode(x.to(weight.device, weight.dtype) * 2 - 1).latent_dist.mode()
+        on the VAE's device (:meth:`device_for`) and in its dtype."""
+        dtype = next(self.vae.parameters()).dtype
+        return self.vae.encode(x.to(self.device_for(self.vae), dtype) * 2 - 1).latent_dist.mode()
 
     def normalize(self, z: Tensor) -> Tensor:
         """VAE latents -> the transformer's latent space: ``(z - shift) * scale``."""
@@ -153,7 +162,7 @@ class FluxSRModel:
         """Normalised latents -> images in [0, 1] (not clamped): ``(D(z / scale + shift) + 1) / 2``."""
         vae = self.vae
         z = z / vae.config.scaling_factor + vae.config.shift_factor
-        return (vae.decode(z.to(next(vae.parameters()).dtype)).sample + 1) / 2
+        return (vae.decode(z.to(self.device_for(vae), next(vae.parameters()).dtype)).sample + 1) / 2
 
 
 def move(module: torch.nn.Module, device, dtype) -> torch.nn.Module:
