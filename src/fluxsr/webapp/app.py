@@ -40,14 +40,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
-from .inference.color import COLOR_FIXES
-from .io.images import IMAGE_EXTENSIONS, ImageError, LoadedImage, read_image, resize, scan_images, target_size
+from ..inference.color import COLOR_FIXES
+from ..io.images import IMAGE_EXTENSIONS, ImageError, LoadedImage, read_image, resize, scan_images, target_size
 
 if TYPE_CHECKING:  # pragma: no cover
     import gradio as gr
     from PIL import Image
 
-    from .inference.pipeline import FluxSRPipeline
+    from ..inference.pipeline import FluxSRPipeline
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 7860
@@ -285,7 +285,7 @@ class Upscaler:
         except gr.Error:
             raise
         except Exception as error:
-            from .inference.memory import is_oom
+            from ..inference.memory import is_oom
 
             if is_oom(error):
                 fail("Out of memory: try a smaller tile size, a smaller scale or a smaller image.")
@@ -294,7 +294,7 @@ class Upscaler:
 
     def _upscale(self, file: Any, scale: Any, color_fix: Any, tile: Any) -> tuple[tuple[str, str], str, str]:
         """:meth:`upscale` without the last-resort error handling."""
-        from .inference.pipeline import NonFiniteOutputError, UpscaleOptions
+        from ..inference.pipeline import NonFiniteOutputError, UpscaleOptions
 
         path = upload_path(file)
         scale, tile, color_fix = (
@@ -354,7 +354,7 @@ class Upscaler:
     @staticmethod
     def write(path: Path, rgb: Any, image: LoadedImage) -> Path:
         """Write ``rgb`` as PNG keeping the input's alpha (upscaled bicubic), greyness, bit depth, ICC and EXIF."""
-        from .io.images import write_image
+        from ..io.images import write_image
 
         alpha = (
             resize(image.alpha[None].float(), tuple(rgb.shape[-2:]))[0] if image.alpha is not None else None
@@ -372,14 +372,14 @@ class Upscaler:
 
 def bicubic_upscale(image: LoadedImage, opts: Any):
     """The bicubic baseline at the output size (what the slider compares against)."""
-    from .inference.upscale import BicubicBackend
+    from ..inference.upscale import BicubicBackend
 
     return BicubicBackend().upscale_tensor(image.rgb, opts)
 
 
 def thumbnail(image: LoadedImage, side: int = PREVIEW_SIDE) -> Image.Image:
     """A PIL preview of ``image`` whose longer side is at most ``side`` pixels."""
-    from .io.images import tensor_to_pil
+    from ..io.images import tensor_to_pil
 
     factor = min(1.0, side / max(image.height, image.width))
     size = (max(1, round(image.height * factor)), max(1, round(image.width * factor)))
@@ -396,9 +396,9 @@ def thumbnail(image: LoadedImage, side: int = PREVIEW_SIDE) -> Image.Image:
 def default_examples_dir() -> Path | None:
     """The first existing examples folder: packaged ``fluxsr/assets/examples``, ``./examples``, the repo's."""
     candidates = [
-        Path(__file__).resolve().parent / "assets" / "examples",
+        Path(__file__).resolve().parents[1] / "assets" / "examples",
         Path.cwd() / "examples",
-        Path(__file__).resolve().parents[2] / "examples",
+        Path(__file__).resolve().parents[3] / "examples",
     ]
     return next((c for c in candidates if c.is_dir()), None)
 
@@ -626,7 +626,7 @@ def run_server(args: argparse.Namespace) -> int:
     """``fluxsr serve``: load the model from the CLI's model options, build the app, serve until interrupted."""
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     check_server_args(args)
-    from .cli.commands import _pipeline
+    from ..cli.commands import _pipeline
 
     pipe = _pipeline(args)
     if args.host not in ("127.0.0.1", "localhost", "::1"):
@@ -660,7 +660,7 @@ def run_server(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     """``python -m fluxsr.webapp``'s parser: the same options as ``fluxsr serve``."""
-    from .cli.commands import _model_args
+    from ..cli.commands import _model_args
 
     parser = argparse.ArgumentParser(prog="fluxsr serve", description="FluxSR web demo (Gradio).")
     add_serve_arguments(parser)

@@ -1,0 +1,3 @@
+"""The web demo of ``fluxsr serve`` (``app.py``)."""
+
+from .app import *  # noqa: F403
