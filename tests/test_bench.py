@@ -245,14 +245,16 @@ def test_teacher_note_only_with_a_teacher_row_and_baseline_gpu_work(tmp_path, mo
 
 
 def test_random_weights_flag_names_the_flux_shaped_model():
-    import argparse
+    from fluxsr.cli import build_parser
+    from fluxsr.cli.bench import config_from_args
 
-    p = argparse.ArgumentParser()
-    B.add_bench_arguments(p)
-    assert B.config_from_args(p.parse_args(["--random-weights", "--device", "cpu"])).model == B.RANDOM_FLUX
-    assert B.config_from_args(p.parse_args(["--device", "cpu"])).model is None
+    def config(*flags):
+        return config_from_args(build_parser().parse_args(["bench", *flags, "--device", "cpu"]))
+
+    assert config("--random-weights").model == B.RANDOM_FLUX
+    assert config().model is None
     with pytest.raises(ValueError, match="random-weights"):
-        B.config_from_args(p.parse_args(["--random-weights", "--model", "tiny", "--device", "cpu"]))
+        config("--random-weights", "--model", "tiny")
 
 
 # ----------------------------------------------------------------------------------------------------------------
