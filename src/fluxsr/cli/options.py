@@ -151,11 +151,6 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
         "--no-merge-lora", action="store_true", help="keep the LoRA separate instead of merging it"
     )
     g.add_argument("--t-l", type=open_unit, default=None, help="override the model's T_L (between 0 and 1)")
-    add_run_arguments(g)
-
-
-def add_run_arguments(g) -> None:
-    """``--device``, ``--dtype``, ``--force-fp16`` and ``--max-memory`` of the model group."""
     g.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cuda if available)")
     g.add_argument(
         "--dtype", choices=sorted(TORCH_DTYPES), default=None, help="default: bf16 on CUDA, fp32 on CPU"

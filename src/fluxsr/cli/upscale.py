@@ -16,6 +16,7 @@ from ..inference.color import COLOR_FIXES
 from ..inference.fastpath import FastPath, sdpa_context
 from ..inference.pipeline import UpscaleOptions
 from ..inference.upscale import (
+    Backend,
     BatchOptions,
     BicubicBackend,
     bind_local_gpu,
@@ -59,7 +60,7 @@ def upscale_settings(args: argparse.Namespace) -> tuple[UpscaleOptions, BatchOpt
     return opts, batch, fast_path_from_args(args)
 
 
-def upscale_backend(args: argparse.Namespace, fast: FastPath, say: Callable[[str], None]):
+def upscale_backend(args: argparse.Namespace, fast: FastPath, say: Callable[[str], None]) -> Backend:
     """The backend ``--backend`` names; the fluxsr one with the speed switches applied."""
     if args.backend == "fluxsr":
         return pipeline_from_args(args, lambda line: say(f"note: {line}"), fast=fast, dynamic_shapes=True)
