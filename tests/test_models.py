@@ -514,3 +514,28 @@ def test_damaged_or_wrong_model_files_are_named_with_what_was_expected(tiny, tmp
             )
             and "\n" not in err
         )
+
+
+def test_the_model_owns_its_latent_normalisation(tiny):
+    """encode/decode apply the VAE's shift and scale (FLUX: 0.1159, 0.3611) around the raw VAE, and the pipeline's
+    tiled encode/decode are the model's on one tile."""
+    from fluxsr import FluxSRPipeline, UpscaleOptions
+
+    x = torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    vae = tiny.vae
+    raw = vae.encode(x * 2 - 1).latent_dist.mode()
+    cfg = vae.config
+    torch.testing.assert_close(tiny.encode(x), (raw - cfg.shift_factor) * cfg.scaling_factor, rtol=0, atol=0)
+    z = torch.randn(1, 16, 4, 4, generator=torch.Generator().manual_seed(1))
+    expect = (vae.decode(z / cfg.scaling_factor + cfg.shift_factor).sample + 1) / 2
+    torch.testing.assert_close(tiny.decode(z), expect, rtol=0, atol=0)
+    pipe = FluxSRPipeline(tiny, "cpu", torch.float32, prepare=False)
+    opts = UpscaleOptions(tile=1 << 16, overlap=0)
+    torch.testing.assert_close(pipe.encode(x, opts), tiny.encode(x), rtol=0, atol=0)
+    torch.testing.assert_close(pipe.decode(z, opts), tiny.decode(z), rtol=0, atol=0)
+
+
+def test_pair_generation_does_not_go_through_the_pipeline():
+    import fluxsr.training.pairs as pairs
+
+    assert not hasattr(pairs, "FluxSRPipeline") and not hasattr(pairs, "UpscaleOptions")

@@ -1,12 +1,14 @@
 """``fluxsr bench``: speed (per-stage latency and peak memory of one-step FluxSR, Real-ESRGAN and the multi-step
-teacher; :mod:`fluxsr.evaluation.speed`). Quality is ``fluxsr benchmark`` (:mod:`fluxsr.cli.evaluate`)."""
+teacher; :mod:`fluxsr.evaluation.speed_run`). Quality is ``fluxsr benchmark`` (:mod:`fluxsr.cli.evaluate`)."""
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
 
-from ..evaluation.speed import RANDOM_FLUX, ROWS, BenchConfig, run_bench, to_markdown, write_json
+from ..evaluation.speed_config import RANDOM_FLUX, ROWS, BenchConfig
+from ..evaluation.speed_report import to_markdown, write_json
+from ..evaluation.speed_run import run_bench
 from ..inference.color import COLOR_FIXES
 from ..inference.pipeline import resolve_device
 from .options import (

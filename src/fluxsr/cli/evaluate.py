@@ -12,19 +12,17 @@ import torch
 
 from ..data.datasets import load_dataset, make_testset
 from ..data.degrade import DegradationConfig
-from ..evaluation.evaluate import (
-    backend_factories,
+from ..evaluation.benchmark import backend_factories, run_benchmark
+from ..evaluation.protocol import PROTOCOLS
+from ..evaluation.reports import (
     benchmark_markdown,
-    check_report_files,
-    evaluate_dirs,
     report_csv,
     report_json,
     report_markdown,
-    run_benchmark,
     write_json,
     write_text,
 )
-from ..evaluation.metrics import PROTOCOLS
+from ..evaluation.scoring import check_report_files, evaluate_dirs
 from ..inference.color import COLOR_FIXES
 from ..inference.pipeline import UpscaleOptions
 from .options import (

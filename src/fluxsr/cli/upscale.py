@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 
 from ..data.datasets import load_lr_only
-from ..evaluation.evaluate import run_benchmark
+from ..evaluation.benchmark import run_benchmark
 from ..inference.color import COLOR_FIXES
 from ..inference.fastpath import FastPath, sdpa_context
 from ..inference.pipeline import UpscaleOptions

@@ -156,6 +156,26 @@ class FluxSRModel:
         """Image sizes must be multiples of this (VAE factor x 2x2 token packing): 16 for FLUX."""
         return self.vae_scale * 2
 
+    def vae_latent(self, x: Tensor) -> Tensor:
+        """Images (B, 3, H, W) in [0, 1] -> the VAE posterior's mean ``E(2x - 1)``, before normalisation; computed
+        on the VAE's device and in its dtype."""
+        weight = next(self.vae.parameters())
+        return self.vae.encode(x.to(weight.device, weight.dtype) * 2 - 1).latent_dist.mode()
+
+    def normalize(self, z: Tensor) -> Tensor:
+        """VAE latents -> the transformer's latent space: ``(z - shift) * scale``."""
+        return (z - self.vae.config.shift_factor) * self.vae.config.scaling_factor
+
+    def encode(self, x: Tensor) -> Tensor:
+        """Images (B, 3, H, W) in [0, 1] -> normalised latents ``(mean(E(2x - 1)) - shift) * scale``."""
+        return self.normalize(self.vae_latent(x))
+
+    def decode(self, z: Tensor) -> Tensor:
+        """Normalised latents -> images in [0, 1] (not clamped): ``(D(z / scale + shift) + 1) / 2``."""
+        vae = self.vae
+        z = z / vae.config.scaling_factor + vae.config.shift_factor
+        return (vae.decode(z.to(next(vae.parameters()).dtype)).sample + 1) / 2
+
 
 # ----------------------------------------------------------------------------------------------------------------
 # Configurations

@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from ..inference.pipeline import FluxSRPipeline, UpscaleOptions
+from ..inference.pipeline import default_dtype, resolve_device
 from ..io.cache import (
     DamagedFileError,
     atomic_save_safetensors,
@@ -41,7 +41,7 @@ from ..io.config import config_hash
 from ..io.guards import check_inputs_apart
 from ..io.images import ImageError, find_images, read_image, resize, write_image
 from ..model.flow import denoise, get_noise, get_schedule, invert
-from ..model.models import FluxSRModel, TextCond, load_model, velocity
+from ..model.models import FluxSRModel, TextCond, load_model, to_device, velocity
 from .prompts import hashed_cond, prompt_for, read_prompts
 from .recipe import Recipe, input_paths
 
@@ -211,20 +211,20 @@ class PromptEncoder:
 
 
 def teacher_sample(
-    pipe: FluxSRPipeline, cond: TextCond, eps: Tensor, steps: int, guidance: float, shift: bool
+    teacher: FluxSRModel, cond: TextCond, eps: Tensor, steps: int, guidance: float, shift: bool
 ) -> Tensor:
     """The teacher's Euler sampler from noise ``eps`` to a clean latent ``z0`` (FLUX.1-dev schedule)."""
-    model = replace(pipe.model, cond=cond)
+    model = replace(teacher, cond=cond)
     seq_len = eps.shape[-2] * eps.shape[-1] // 4
     ts = get_schedule(steps, seq_len, shift=shift)
     return denoise(lambda z, t: velocity(model, z, t, guidance=guidance).float(), eps, ts)
 
 
 def teacher_invert(
-    pipe: FluxSRPipeline, cond: TextCond, z0: Tensor, steps: int, guidance: float, shift: bool
+    teacher: FluxSRModel, cond: TextCond, z0: Tensor, steps: int, guidance: float, shift: bool
 ) -> Tensor:
     """Invert the teacher's ODE from a clean latent ``z0`` back to its noise (photos source)."""
-    model = replace(pipe.model, cond=cond)
+    model = replace(teacher, cond=cond)
     ts = get_schedule(steps, z0.shape[-2] * z0.shape[-1] // 4, shift=shift)
     return invert(lambda z, t: velocity(model, z, t, guidance=guidance).float(), z0, ts)
 
@@ -263,16 +263,11 @@ def generate_pairs(
     if not todo:
         return []
     teacher_path = recipe.model.teacher or recipe.model.base
-    pipe_device = torch.device(device) if device is not None else None
     ae = recipe.model.ae if teacher_path == recipe.model.base else None  # model.ae belongs to the base file
-    teacher = load_model(
-        teacher_path,
-        ae=ae,
-        device=pipe_device,
-        dtype=torch.bfloat16 if pipe_device is not None and pipe_device.type == "cuda" else None,
-        text_len=cfg.text_len,
-    )
-    pipe = FluxSRPipeline(teacher, device)
+    device = resolve_device(device)
+    dtype = default_dtype(device)  # bf16 on CUDA, fp32 elsewhere; the weights are read straight into it
+    teacher = load_model(teacher_path, ae=ae, device=device, dtype=dtype, text_len=cfg.text_len)
+    teacher = to_device(teacher, device, dtype)
     encoder = PromptEncoder(teacher_path, teacher, cfg.text_len)
     prompts = read_prompts(Path(cfg.prompts)) if cfg.prompts else None
     photos = sorted(find_images(Path(cfg.photos))) if cfg.source == "photos" else []
@@ -285,7 +280,6 @@ def generate_pairs(
             f"pairs.resolution: {cfg.resolution} is not a multiple of {teacher.multiple} "
             f"(the model's image size multiple)"
         )
-    opts = UpscaleOptions(tile=max(cfg.resolution, 1024), overlap=0)
     lat = cfg.resolution // teacher.vae_scale
     channels = teacher.vae.config.latent_channels
     from tqdm import tqdm
@@ -296,9 +290,9 @@ def generate_pairs(
         cond = encoder(prompt)
         with torch.inference_mode():
             if cfg.source == "teacher":
-                eps = get_noise((1, channels, lat, lat), cfg.seed + i, pipe.device)
-                z0 = teacher_sample(pipe, cond, eps, cfg.steps, cfg.guidance, cfg.shift)
-                image = pipe.decode(z0, opts).float().clamp(0, 1)[0].cpu()
+                eps = get_noise((1, channels, lat, lat), cfg.seed + i, device)
+                z0 = teacher_sample(teacher, cond, eps, cfg.steps, cfg.guidance, cfg.shift)
+                image = teacher.decode(z0).float().clamp(0, 1)[0].cpu()
             else:
                 try:
                     rgb = read_image(photos[i]).rgb
@@ -307,8 +301,8 @@ def generate_pairs(
                     skipped.append(i)
                     continue
                 image = center_crop_resize(rgb, cfg.resolution)
-                z0 = pipe.encode(image[None].to(pipe.device), opts).float()
-                eps = teacher_invert(pipe, cond, z0, cfg.steps, cfg.guidance, cfg.shift)
+                z0 = teacher.encode(image[None]).float()
+                eps = teacher_invert(teacher, cond, z0, cfg.steps, cfg.guidance, cfg.shift)
         stem = pair_stem(out, i)
         atomic_save_safetensors(
             {"eps": eps.float().cpu(), "z0": z0.float().cpu()}, stem.with_suffix(".safetensors")

@@ -589,10 +589,6 @@ def train(
         model.transformer.enable_gradient_checkpointing()
     if tc.vae_checkpointing:
         model.vae.enable_gradient_checkpointing()
-    vae_ops = FluxSRPipeline(
-        model, acc.device, weight_dtype, prepare=False
-    )  # the pipeline's VAE normalisation
-    opts = UpscaleOptions(tile=1 << 16, overlap=0)
     tv_lpips = build_lpips(recipe, acc.device) if lc.lpips > 0 else None
 
     optimizer = torch.optim.AdamW(trainable, lr=tc.lr, betas=tc.betas, weight_decay=tc.weight_decay)
@@ -630,10 +626,10 @@ def train(
             z0 = torch.cat([it["z0"] for it in items]).to(acc.device)
             _, lr_up = degrade_to_input(x0, recipe.degradation, g)
             with torch.no_grad():
-                z_l = vae_ops.encode(lr_up, opts).float()
+                z_l = model.encode(lr_up).float()
             with acc.accumulate(net), acc.autocast():
                 v_l = velocity(model, z_l, t_l, net=net).float()
-                x_h = vae_ops.decode(one_step(z_l, v_l, t_l), opts).float()
+                x_h = model.decode(one_step(z_l, v_l, t_l)).float()
                 parts = {"mse": F.mse_loss(x_h, x0)}
                 parts["lpips"] = tv_lpips(x_h, x0).mean() if tv_lpips is not None else x_h.new_zeros(())
                 parts["adl"] = adl.loss() if adl is not None else x_h.new_zeros(())
@@ -720,7 +716,7 @@ def validate(
 
     Returns PSNR (dB) per pair input against its x0, written to ``out/metrics.json``.
     """
-    from ..evaluation.metrics import psnr
+    from ..evaluation.psnr_ssim import psnr
     from ..io.images import find_images, read_image, resize, write_image
 
     out.mkdir(parents=True, exist_ok=True)
