@@ -152,7 +152,7 @@ def bench_model(args: argparse.Namespace) -> str | None:
 
 
 def config_from_args(args: argparse.Namespace) -> BenchConfig:
-    """A :class:`~fluxsr.evaluation.speed.BenchConfig` from parsed ``fluxsr bench`` arguments."""
+    """A :class:`~fluxsr.evaluation.speed_config.BenchConfig` from parsed ``fluxsr bench`` arguments."""
     device = resolve_device(args.device)
     for path, flag in ((args.json, "--json"), (args.markdown, "--markdown")):
         if path is not None and Path(path).is_dir():
