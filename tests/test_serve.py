@@ -32,7 +32,7 @@ from fluxsr.cli import build_parser, main  # noqa: E402
 from fluxsr.cli import options as cli_options  # noqa: E402
 from fluxsr.inference.pipeline import FluxSRPipeline  # noqa: E402
 from fluxsr.inference.upscale import BicubicBackend  # noqa: E402
-from fluxsr.model.models import ModelSpec  # noqa: E402
+from fluxsr.model.model import ModelSpec  # noqa: E402
 from fluxsr.webapp import ServeLimits, Upscaler, checks  # noqa: E402
 
 CHROMIUM = os.environ.get("FLUXSR_CHROMIUM", "/usr/bin/chromium")

@@ -26,7 +26,7 @@ _PUBLIC = {
     "FluxSRPipeline": "inference.pipeline",
     "ModelChoice": "inference.loading",
     "UpscaleOptions": "inference.pipeline",
-    "is_model_dir": "model.models",
+    "is_model_dir": "model.folders",
     "load_pipeline": "inference.loading",
     "parse_bytes": "inference.memory",
 }

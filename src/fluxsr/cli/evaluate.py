@@ -10,8 +10,9 @@ from pathlib import Path
 
 import torch
 
-from ..data.datasets import load_dataset, make_testset
-from ..data.degrade import DegradationConfig
+from ..data.datasets import load_dataset
+from ..data.degradation_config import DegradationConfig
+from ..data.testset import make_testset
 from ..evaluation.benchmark import backend_factories, run_benchmark
 from ..evaluation.protocol import PROTOCOLS
 from ..evaluation.reports import (

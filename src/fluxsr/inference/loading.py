@@ -14,7 +14,8 @@ from pathlib import Path
 
 import torch
 
-from ..model.models import FluxSRModel, load_model
+from ..model.loader import load_model
+from ..model.model import FluxSRModel
 from .fastpath import FastPath, apply_fast_path
 from .pipeline import FluxSRPipeline
 
@@ -24,7 +25,7 @@ class ModelChoice:
     """What to load and where to run it.
 
     model: ``None`` or ``"bundled"`` (the small model inside the package), ``"tiny"``, a fluxsr model folder, a
-        diffusers FLUX.1-dev folder or a ``flux1-dev.safetensors`` file (:func:`fluxsr.model.models.load_model`).
+        diffusers FLUX.1-dev folder or a ``flux1-dev.safetensors`` file (:func:`fluxsr.model.loader.load_model`).
     flux: FLUX.1-dev weights named apart from ``model`` (the command line's ``--flux``); not both.
     ae: ``ae.safetensors`` for a single-file FLUX (default: the one beside it).
     prompt_embeds: cached prompt embeddings (``fluxsr embed-prompt``; default: beside the weights).

@@ -9,9 +9,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..data.degrade import DegradationConfig
+from ..data.degradation_config import DegradationConfig
 from ..io.config import ConfigError, check_range, load_config
-from ..model.models import DEFAULT_LORA_TARGETS
+from ..model.lora import DEFAULT_LORA_TARGETS
 from .pretrain import PretrainSection
 
 
