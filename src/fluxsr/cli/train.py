@@ -12,10 +12,10 @@ import torch
 
 from ..data.degrade import degrade_file
 from ..model.text import default_embeds_path, embed_prompt, save_prompt_embeds
+from ..training import train
 from ..training.pairs import generate_pairs, write_manifest
 from ..training.pretrain import train_teacher, train_vae
 from ..training.recipe import Recipe, load_recipe
-from ..training.train import train
 from .options import device_from_args
 
 
@@ -71,8 +71,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         recipe_from_args(args),
         args.pairs,
         args.out,
-        resume=args.resume is not None,
-        skip_damaged=args.resume == "intact",
+        resume=args.resume,
         max_steps=args.max_steps,
         progress=not args.quiet,
     )
