@@ -24,6 +24,8 @@ import torch
 
 from fluxsr import (
     COLOR_FIXES,
+    OFFLOAD_CHOICES,
+    QUANTIZE_MODES,
     FluxSRPipeline,
     ModelChoice,
     UpscaleOptions,
@@ -213,6 +215,22 @@ class FluxSRModelLoader:
                         "empty: what is free",
                     },
                 ),
+                "offload": (
+                    list(OFFLOAD_CHOICES),
+                    {
+                        "default": "auto",
+                        "tooltip": "keep weights in CPU RAM until they run: model (transformer or VAE on the GPU "
+                        "at a time), blocks (one transformer block at a time); auto: the least that fits",
+                    },
+                ),
+                "quantize": (
+                    list(QUANTIZE_MODES),
+                    {
+                        "default": "none",
+                        "tooltip": "weight-only quantisation of the transformer (needs torchao): int8, or fp8 "
+                        "on CUDA GPUs of compute capability 8.9+",
+                    },
+                ),
             }
         }
 
@@ -226,6 +244,8 @@ class FluxSRModelLoader:
         device: str,
         dtype: str,
         max_memory: str,
+        offload: str = "auto",
+        quantize: str = "none",
     ) -> tuple[FluxSRPipeline]:
         roots = model_roots()
 
@@ -242,6 +262,8 @@ class FluxSRModelLoader:
             device=pick_device(device),
             dtype=None if dtype == AUTO else getattr(torch, dtype),
             max_memory=cap,
+            offload=offload,
+            quantize=quantize,
         )
         pipe = load_pipeline(choice, note=lambda line: print(f"fluxsr: note: {line}", file=sys.stderr))
         return (pipe,)

@@ -425,3 +425,13 @@ def test_registry_metadata_sits_beside_the_project_metadata():
     meta = tomllib.loads((ROOT / "pyproject.toml").read_text())
     assert {"PublisherId", "DisplayName", "Icon"} <= set(meta["tool"]["comfy"])
     assert meta["project"]["name"] == "fluxsr" and meta["project"]["scripts"] == {"fluxsr": "fluxsr.cli:main"}
+
+
+def test_loader_offload_and_quantize_widgets(nodes, pipe):
+    """The loader's offload widget attaches the hooks (same pixels); quantize refuses fp8 on the CPU in one line."""
+    images = comfy_images(1, 21, 17, seed=3)
+    offloaded = load(nodes, offload="blocks")
+    assert offloaded.placement.offload == "blocks" and pipe.placement.offload == "none"
+    assert torch.equal(upscale(nodes, offloaded, images), upscale(nodes, pipe, images))
+    with pytest.raises(ValueError, match="--quantize fp8 needs a CUDA GPU"):
+        load(nodes, quantize="fp8")

@@ -6,7 +6,12 @@ import accelerate.hooks
 import pytest
 import torch
 from diffusers.hooks import group_offloading
+from PIL import Image
 
+from fluxsr.cli import main
+from fluxsr.cli.commands import build_parser
+from fluxsr.cli.options import model_choice
+from fluxsr.inference import loading as LOADING
 from fluxsr.inference import memory as MEM
 from fluxsr.inference import pipeline as PIPE
 from fluxsr.inference import quantize as Q
@@ -224,3 +229,32 @@ def test_on_the_cpu_auto_is_no_offload_and_the_pipeline_plans_with_its_weights(p
     plain.upscale_tensor(image(), TILES)
     total = plain.placement.weights.total
     assert plain.plan.weights == {"encode": total, "transformer": total, "decode": total}
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Command line, serve, ComfyUI
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def test_upscale_with_block_offload_writes_the_same_image(tmp_path):
+    Image.fromarray((image().permute(1, 2, 0).numpy() * 255).astype("uint8")).save(tmp_path / "a.png")
+    common = [str(tmp_path / "a.png"), "--model", "tiny", "--device", "cpu", "-q", "--tile", "64"]
+    assert main(["upscale", *common, "-o", str(tmp_path / "plain"), "--offload", "none"]) == 0
+    assert main(["upscale", *common, "-o", str(tmp_path / "blocks"), "--offload", "blocks"]) == 0
+    assert (tmp_path / "plain" / "a.png").read_bytes() == (tmp_path / "blocks" / "a.png").read_bytes()
+
+
+def test_upscale_refuses_fp8_on_the_cpu_in_one_line_before_loading(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(LOADING, "load_model", lambda *a, **k: pytest.fail("model loaded"))
+    argv = ["upscale", str(tmp_path / "a.png"), "-o", str(tmp_path / "out"), "--device", "cpu"]
+    assert main([*argv, "--quantize", "fp8"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --quantize fp8 needs a CUDA GPU") and err.count("\n") == 1
+
+
+@pytest.mark.parametrize("command", [["serve"], ["upscale", "x.png"]])
+def test_offload_and_quantize_reach_the_model_choice(command):
+    args = build_parser().parse_args([*command, "--offload", "model", "--quantize", "int8"])
+    choice = model_choice(args)
+    assert (choice.offload, choice.quantize) == ("model", "int8")
+    assert (model_choice(build_parser().parse_args(command)).offload, choice.max_memory) == ("auto", None)

@@ -4,8 +4,8 @@ The public face: :class:`FluxSRPipeline` and :class:`UpscaleOptions`, plus what 
 text need (the ComfyUI nodes in ``comfyui/``): :data:`COLOR_FIXES` (the ``color_fix`` choices),
 :func:`is_model_dir` (is a folder something ``FluxSRPipeline.from_pretrained`` loads) and :func:`parse_bytes`
 (``"40GiB"`` -> bytes, for ``FluxSRPipeline.max_memory``), and :func:`load_pipeline` with :class:`ModelChoice` (a
-pipeline from a user's choice of model, LoRA, device, dtype and memory cap). Everything else may move between
-releases.
+pipeline from a user's choice of model, LoRA, device, dtype and memory cap), :data:`OFFLOAD_CHOICES` and
+:data:`QUANTIZE_MODES` (the ``offload`` and ``quantize`` choices). Everything else may move between releases.
 """
 
 __version__ = "0.1.0"
@@ -19,6 +19,8 @@ __getattr__, _names = lazy_face(
         "COLOR_FIXES": "inference.color",
         "FluxSRPipeline": "inference.pipeline",
         "ModelChoice": "inference.loading",
+        "OFFLOAD_CHOICES": "inference.placement",
+        "QUANTIZE_MODES": "inference.quantize",
         "UpscaleOptions": "inference.pipeline",
         "is_model_dir": "model.folders",
         "load_pipeline": "inference.loading",

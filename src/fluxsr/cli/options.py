@@ -21,6 +21,8 @@ from ..inference.fastpath import COMPILE_MODES, SDPA_BACKENDS, FastPath
 from ..inference.loading import ModelChoice, load_pipeline
 from ..inference.memory import parse_bytes
 from ..inference.pipeline import FluxSRPipeline, resolve_device
+from ..inference.placement import OFFLOAD_CHOICES
+from ..inference.quantize import QUANTIZE_MODES
 from ..inference.tiling import check_tile_overlap
 
 T = TypeVar("T")
@@ -164,6 +166,20 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
         default=None,
         help="memory cap for the tile planner, weights included (e.g. 40GiB; default: what is free)",
     )
+    g.add_argument(
+        "--offload",
+        choices=OFFLOAD_CHOICES,
+        default="auto",
+        help="keep weights in CPU RAM until they run: 'model' (transformer or VAE on the GPU at a time), 'blocks' "
+        "(one transformer block at a time, prefetched); auto: the least that fits --max-memory / free memory",
+    )
+    g.add_argument(
+        "--quantize",
+        choices=QUANTIZE_MODES,
+        default="none",
+        help="weight-only quantisation of the transformer (torchao: pip install 'fluxsr[quant]'): int8 (CPU, "
+        "CUDA), fp8 (CUDA compute capability 8.9+)",
+    )
 
 
 def add_tile_arguments(p: argparse.ArgumentParser, which: str) -> None:
@@ -253,6 +269,8 @@ def model_choice(args: argparse.Namespace) -> ModelChoice:
         dtype=torch_dtype(args.dtype),
         allow_fp16=args.force_fp16,
         max_memory=args.max_memory,
+        offload=args.offload,
+        quantize=args.quantize,
     )
 
 

@@ -18,6 +18,7 @@ from ..model.loader import load_model
 from ..model.model import FluxSRModel
 from .fastpath import FastPath, apply_fast_path
 from .pipeline import FluxSRPipeline
+from .quantize import check_quantize
 
 
 @dataclass(frozen=True)
@@ -34,6 +35,8 @@ class ModelChoice:
     device, dtype, allow_fp16: where to run (default: CUDA if available, bf16 there, fp32 elsewhere); fp16 only
         when allowed (FLUX overflows to black images in it).
     max_memory: memory cap of the tile planner in bytes, weights included (None: what is free).
+    offload, quantize: where the weights wait and how they are stored (``auto``/``none``/``model``/``blocks``;
+        ``none``/``int8``/``fp8``: :mod:`fluxsr.inference.placement`); ``quantize`` is checked before the load.
     fast: the GPU speed switches applied after the load; ``dynamic_shapes`` lets torch.compile turn to one
         dynamic-shape graph (a folder of images of many sizes) instead of one graph per tile shape.
     """
@@ -50,6 +53,8 @@ class ModelChoice:
     dtype: torch.dtype | None = None
     allow_fp16: bool = False
     max_memory: int | None = None
+    offload: str = "auto"
+    quantize: str = "none"
     fast: FastPath = field(default_factory=FastPath)
     dynamic_shapes: bool = False
 
@@ -81,8 +86,11 @@ def load_pipeline(choice: ModelChoice, note: Callable[[str], None] | None = None
     """
     tell = note or (lambda line: None)
     device, dtype = FluxSRPipeline.settings(choice.device, choice.dtype, choice.allow_fp16)
-    pipe = FluxSRPipeline(load_chosen_model(choice, dtype), device, dtype, allow_fp16=choice.allow_fp16)
-    pipe.max_memory = choice.max_memory
+    check_quantize(choice.quantize, device)
+    low_vram = {"offload": choice.offload, "quantize": choice.quantize, "max_memory": choice.max_memory}
+    pipe = FluxSRPipeline(
+        load_chosen_model(choice, dtype), device, dtype, allow_fp16=choice.allow_fp16, **low_vram
+    )
     pipe.name = f"fluxsr:{pipe.model.spec.name}"
     if pipe.model.spec.note:
         tell(pipe.model.spec.note)
