@@ -252,6 +252,14 @@ def test_upscale_refuses_fp8_on_the_cpu_in_one_line_before_loading(tmp_path, mon
     assert err.startswith("error: --quantize fp8 needs a CUDA GPU") and err.count("\n") == 1
 
 
+def test_quantize_and_the_fp8_speed_switch_together_are_refused(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(Q, "torchao_available", lambda: True)
+    monkeypatch.setattr(LOADING, "load_model", lambda *a, **k: pytest.fail("model loaded"))
+    argv = ["upscale", str(tmp_path / "a.png"), "-o", str(tmp_path / "out"), "--device", "cpu"]
+    assert main([*argv, "--quantize", "int8", "--fp8"]) == 2
+    assert "--quantize int8 and --fp8 both quantise the transformer" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("command", [["serve"], ["upscale", "x.png"]])
 def test_offload_and_quantize_reach_the_model_choice(command):
     args = build_parser().parse_args([*command, "--offload", "model", "--quantize", "int8"])

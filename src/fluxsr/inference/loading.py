@@ -87,6 +87,8 @@ def load_pipeline(choice: ModelChoice, note: Callable[[str], None] | None = None
     tell = note or (lambda line: None)
     device, dtype = FluxSRPipeline.settings(choice.device, choice.dtype, choice.allow_fp16)
     check_quantize(choice.quantize, device)
+    if choice.quantize != "none" and choice.fast.fp8:
+        raise ValueError(f"--quantize {choice.quantize} and --fp8 both quantise the transformer: give one")
     low_vram = {"offload": choice.offload, "quantize": choice.quantize, "max_memory": choice.max_memory}
     pipe = FluxSRPipeline(
         load_chosen_model(choice, dtype), device, dtype, allow_fp16=choice.allow_fp16, **low_vram

@@ -33,17 +33,20 @@ OFFLOAD_MODES = ("none", "model", "blocks")
 STAGES = ("encode", "transformer", "decode")
 
 
-def tensor_bytes(t: Tensor) -> int:
-    """Bytes ``t`` stores: for a tensor subclass that flattens (torchao's quantised weights), its inner tensors."""
-    if not hasattr(t, "__tensor_flatten__"):
-        return t.numel() * t.element_size()
-    names, _ctx = t.__tensor_flatten__()
-    return sum(tensor_bytes(getattr(t, name)) for name in names)
+def tensor_bytes(t: Tensor, dtype: torch.dtype | None = None) -> int:
+    """Bytes ``t`` stores, or would once cast to ``dtype`` (floating tensors only, as ``Module.to(dtype)`` casts);
+    a tensor subclass that flattens (torchao's quantised weights) counts its inner tensors."""
+    if hasattr(t, "__tensor_flatten__"):
+        names, _ctx = t.__tensor_flatten__()
+        return sum(tensor_bytes(getattr(t, name)) for name in names)
+    if dtype is not None and t.is_floating_point():
+        return t.numel() * dtype.itemsize
+    return t.numel() * t.element_size()
 
 
-def module_bytes(module: torch.nn.Module) -> int:
-    """Bytes of all parameters and buffers of ``module``."""
-    return sum(tensor_bytes(t) for t in (*module.parameters(), *module.buffers()))
+def module_bytes(module: torch.nn.Module, dtype: torch.dtype | None = None) -> int:
+    """Bytes of all parameters and buffers of ``module`` (cast to ``dtype``, see :func:`tensor_bytes`)."""
+    return sum(tensor_bytes(t, dtype) for t in (*module.parameters(), *module.buffers()))
 
 
 def device_weight_bytes(model: FluxSRModel, device: torch.device | str) -> int:
@@ -84,12 +87,11 @@ class WeightBytes:
         return self.transformer + self.vae
 
     @classmethod
-    def of(cls, model: FluxSRModel) -> WeightBytes:
-        """Count them on a loaded model (quantised weights at their storage size)."""
-        sizes = [module_bytes(block) for blocks in block_lists(model.transformer) for block in blocks]
-        return cls(
-            module_bytes(model.transformer), sum(sizes), max(sizes, default=0), module_bytes(model.vae)
-        )
+    def of(cls, model: FluxSRModel, dtype: torch.dtype | None = None) -> WeightBytes:
+        """Count them on a loaded model as it will run in ``dtype`` (quantised weights at their storage size)."""
+        sizes = [module_bytes(block, dtype) for blocks in block_lists(model.transformer) for block in blocks]
+        transformer, vae = module_bytes(model.transformer, dtype), module_bytes(model.vae, dtype)
+        return cls(transformer, sum(sizes), max(sizes, default=0), vae)
 
 
 def resident_weights(weights: WeightBytes, mode: str, device_type: str) -> dict[str, int]:

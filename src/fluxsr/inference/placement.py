@@ -29,7 +29,7 @@ from .memory import (
     min_tile_for,
     plan_memory,
 )
-from .offload import OFFLOAD_MODES, WeightBytes, attach_offload, resident_weights
+from .offload import OFFLOAD_MODES, WeightBytes, attach_offload, device_weight_bytes, resident_weights
 from .quantize import check_quantize, quantize_transformer
 
 OFFLOAD_CHOICES = ("auto", *OFFLOAD_MODES)
@@ -61,7 +61,7 @@ class ModelSize:
         """Measure a loaded (quantised) model."""
         dtype_bytes = torch.empty((), dtype=dtype).element_size()
         dims = ModelDims.from_model(model)
-        return cls(WeightBytes.of(model), dims, dtype_bytes, model.multiple, model.spec.tile)
+        return cls(WeightBytes.of(model, dtype), dims, dtype_bytes, model.multiple, model.spec.tile)
 
 
 @dataclass(frozen=True)
@@ -152,13 +152,14 @@ def choose_placement(
     quantize: str,
     max_memory: int | None = None,
 ) -> Placement:
-    """The placement of a (quantised) model still in CPU RAM: :func:`choose_offload` against the device's budget
+    """The placement of a (quantised) model not yet placed: :func:`choose_offload` against the device's budget
     (``max_memory`` caps it); on the CPU, ``auto`` is ``none`` and the budget is not checked."""
     if device.type == "cpu":
         if offload not in OFFLOAD_CHOICES:
             raise ValueError(f"unknown offload {offload!r}: choose one of {', '.join(OFFLOAD_CHOICES)}")
-        return Placement("none" if offload == "auto" else offload, quantize, WeightBytes.of(model))
-    budget = Budget(*device_budget(device, max_memory), device.type)
+        return Placement("none" if offload == "auto" else offload, quantize, WeightBytes.of(model, dtype))
+    free, source = device_budget(device, max_memory)
+    budget = Budget(free + device_weight_bytes(model, device), source, device.type)  # weights counted apart
     return choose_offload(offload, ModelSize.of(model, dtype), budget, quantize)
 
 
@@ -170,16 +171,20 @@ def place_model(
     quantize: str = "none",
     max_memory: int | None = None,
 ) -> Placement:
-    """Cast ``model`` to ``dtype`` in CPU RAM, quantise its transformer, choose the offload, then move it to
-    ``device`` or attach the offload hooks (the cached text embeddings go to the device either way)."""
+    """Quantise the transformer (in CPU RAM: the device never holds the unquantised weights), choose the offload,
+    then move the model to ``device`` in ``dtype`` or, offloaded, cast it in CPU RAM and attach the hooks (the
+    cached text embeddings go to the device either way). Without quantisation or offload the model goes straight
+    from wherever it is to the device, as it always did."""
     device = torch.device(device)
     check_quantize(quantize, device)
-    to_device(model, "cpu", dtype)
-    quantize_transformer(model.transformer, quantize)
+    if quantize != "none":
+        to_device(model, "cpu", dtype)
+        quantize_transformer(model.transformer, quantize)
     placement = choose_placement(model, device, dtype, offload, quantize, max_memory)
     if placement.offload == "none":
         to_device(model, device, dtype)
-    else:
-        attach_offload(model, device, placement.offload)
-        model.cond = model.cond.to(device, dtype)
+        return placement
+    to_device(model, "cpu", dtype)
+    attach_offload(model, device, placement.offload)
+    model.cond = model.cond.to(device, dtype)
     return placement
