@@ -22,6 +22,14 @@
 #   flash  : 1024, eager, SDPA forced to the flash backend
 #   batch1 / batch4 : 2048, eager, 512/64 tiles (25 of them), one tile per forward pass vs four
 #   graphs : 1024, regional compile in reduce-overhead mode (CUDA graphs)
+#
+# Low-VRAM rows (issue #13), a separate call: `bash scripts/gpu_bench.sh lowvram` (BUDGET=540, timeout_s=600;
+# TO BE MEASURED: no GPU run yet). scripts/lowvram_bench.py upscales one 1024^2 image to 4096^2 on FLUX.1-dev-shaped
+# random weights (bf16) under a budget enforced with torch.cuda.set_per_process_memory_fraction (24 GiB, 12 GiB),
+# with --offload model/blocks/auto and --quantize none/int8/fp8 (torchao from .whl for those rows), two runs per row
+# (the first warms up). Rows in order of importance; the table (time against the unconstrained 'base' row, peak
+# allocated GiB) goes to summary.md. Targets: within 24 GiB at <= 1.5x base; within 12 GiB it completes.
+# CPU smoke test: PY=.venv/bin/python MODEL=tiny REQUIRE_CUDA=0 LOWVRAM_EXTRA="--device cpu --size 16" ... lowvram
 set -u
 set -o pipefail
 OUT=${OUT:-$PWD/gpu_bench_out}
@@ -30,6 +38,7 @@ PY=${PY:-python3}                 # overrides for a CPU smoke test of this scrip
 MODEL=${MODEL:-flux-dev-random}   #   PY=.venv/bin/python MODEL=tiny REQUIRE_CUDA=0 EXTRA="--sizes 32 --repeat 1"
 REQUIRE_CUDA=${REQUIRE_CUDA:-1}
 EXTRA=${EXTRA:-}
+LOWVRAM_EXTRA=${LOWVRAM_EXTRA:-}
 SITE=${SITE:-/tmp/site}
 SITE_FP8=${SITE_FP8:-$SITE-fp8}
 mkdir -p "$OUT"
@@ -84,6 +93,42 @@ step() {  # step NAME MAX_SECONDS BENCH_ARGS...   (STEP_PATH=DIR step ... adds D
         >>"$OUT/summary.md"
 }
 
+lowvram_row() {  # lowvram_row NAME MAX_SECONDS ROW_ARGS...   (STEP_PATH=DIR: torchao's folder on the path)
+    local name=$1 max=$2 path=${STEP_PATH:+$PYTHONPATH:$STEP_PATH}
+    shift 2
+    local left=$((BUDGET - SECONDS))
+    if ((left < 60)); then
+        echo "== lowvram $name: skipped, ${left}s of the budget left"
+        return
+    fi
+    ((max > left)) && max=$left
+    echo "== lowvram $name: limit ${max}s, ${SECONDS}s elapsed"
+    PYTHONPATH=${path:-$PYTHONPATH} timeout --signal=INT --kill-after=15 "$max" "$PY" scripts/lowvram_bench.py row \
+        --name "$name" --model "$MODEL" --json "$OUT/lowvram-$name.json" "$@" $LOWVRAM_EXTRA
+    echo "== lowvram $name: exit $? at ${SECONDS}s"
+}
+
+lowvram() {
+    setup || return 1
+    lowvram_row base 90
+    lowvram_row 24g-auto 120 --budget 24GiB --offload auto
+    lowvram_row 12g-blocks 150 --budget 12GiB --offload blocks
+    lowvram_row 24g-blocks 150 --budget 24GiB --offload blocks
+    lowvram_row 24g-model 120 --budget 24GiB --offload model
+    STEP_PATH=$SITE_FP8 lowvram_row 24g-int8 150 --budget 24GiB --offload auto --quantize int8
+    STEP_PATH=$SITE_FP8 lowvram_row 12g-int8 150 --budget 12GiB --offload auto --quantize int8
+    STEP_PATH=$SITE_FP8 lowvram_row 24g-fp8 150 --budget 24GiB --offload auto --quantize fp8
+    STEP_PATH=$SITE_FP8 lowvram_row 12g-fp8-blocks 150 --budget 12GiB --offload blocks --quantize fp8
+    STEP_PATH=$SITE_FP8 lowvram_row 12g-int8-blocks 150 --budget 12GiB --offload blocks --quantize int8
+    {
+        echo "## lowvram: FLUX.1-dev-shaped random weights, 1024^2 -> 4096^2, set_per_process_memory_fraction"
+        echo
+        "$PY" scripts/lowvram_bench.py table "$OUT"/lowvram-*.json
+        echo
+    } | tee -a "$OUT/summary.md"
+    echo "== done in ${SECONDS}s"
+}
+
 main() {
     setup || return 1
     step main 150 --sizes 512,1024,4096 --repeat 3 --rows fluxsr,teacher,realesrgan,bicubic \
@@ -99,4 +144,8 @@ main() {
     echo "== done in ${SECONDS}s"
 }
 
-main 2>&1 | tee "$OUT/log.txt"
+case ${1:-speed} in
+speed) main ;;
+lowvram) lowvram ;;
+*) echo "usage: scripts/gpu_bench.sh [speed|lowvram]" ;;
+esac 2>&1 | tee "$OUT/log.txt"
