@@ -3,18 +3,31 @@
 The public face: :class:`FluxSRPipeline` and :class:`UpscaleOptions`, plus what front ends that take settings as
 text need (the ComfyUI nodes in ``comfyui/``): :data:`COLOR_FIXES` (the ``color_fix`` choices),
 :func:`is_model_dir` (is a folder something ``FluxSRPipeline.from_pretrained`` loads) and :func:`parse_bytes`
-(``"40GiB"`` -> bytes, for ``FluxSRPipeline.max_memory``). Everything else may move between releases.
+(``"40GiB"`` -> bytes, for ``FluxSRPipeline.max_memory``), and :func:`load_pipeline` with :class:`ModelChoice` (a
+pipeline from a user's choice of model, LoRA, device, dtype and memory cap). Everything else may move between
+releases.
 """
 
 __version__ = "0.1.0"
 
-__all__ = ["COLOR_FIXES", "FluxSRPipeline", "UpscaleOptions", "__version__", "is_model_dir", "parse_bytes"]
+__all__ = [
+    "COLOR_FIXES",
+    "FluxSRPipeline",
+    "ModelChoice",
+    "UpscaleOptions",
+    "__version__",
+    "is_model_dir",
+    "load_pipeline",
+    "parse_bytes",
+]
 
 _PUBLIC = {
     "COLOR_FIXES": "inference.color",
     "FluxSRPipeline": "inference.pipeline",
+    "ModelChoice": "inference.loading",
     "UpscaleOptions": "inference.pipeline",
     "is_model_dir": "model.folders",
+    "load_pipeline": "inference.loading",
     "parse_bytes": "inference.memory",
 }
 

@@ -8,7 +8,7 @@ reference weights they use.
 - quality: :mod:`.scoring` (``fluxsr eval``), :mod:`.benchmark` (``fluxsr benchmark``), :mod:`.benchmark_result`,
   :mod:`.reports` (Markdown / CSV / JSON), :mod:`.figures` (bar chart, comparison sheet);
 - speed (``fluxsr bench``): :mod:`.speed_config`, :mod:`.speed_rows`, :mod:`.speed_run`, :mod:`.speed_flops`,
-  :mod:`.speed_report`, :mod:`.speed` (its command line);
+  :mod:`.speed_report` (its command line is :mod:`fluxsr.cli.bench`);
 - :mod:`.weights`: ``fluxsr weights fetch`` (LPIPS, DISTS, NIQE, Real-ESRGAN).
 """
 

@@ -12,6 +12,8 @@ _FACE = {
     "color_fix": "color",
     "FastPath": "fastpath",
     "apply_fast_path": "fastpath",
+    "ModelChoice": "loading",
+    "load_pipeline": "loading",
     "MemoryPlan": "memory",
     "plan_for": "memory",
     "FluxSRPipeline": "pipeline",
