@@ -17,6 +17,7 @@ Real detail survives a downscale; invented or lost content does not. One definit
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import torch
 from torch import Tensor
@@ -57,10 +58,9 @@ def downscale_to_input(output: Tensor, lr_hw: tuple[int, int]) -> Tensor:
 
 
 def lr_error(output: Tensor, lr: Tensor) -> Tensor:
-    """Per-pixel squared error (h, w), averaged over channels, between the shrunk ``output`` (3, H, W) and ``lr``
-    (3, h, w); float64. ValueError (one line) for sizes that are not an integer multiple."""
-    check_lr_size(tuple(output.shape[-2:]), tuple(lr.shape[-2:]))
-    small = downscale_to_input(output.to(torch.float64), tuple(lr.shape[-2:]))
+    """Per-pixel squared error (h, w), averaged over channels, between ``output`` (3, H, W) resized to the size of
+    ``lr`` (3, h, w) and ``lr``; float64, on ``lr``'s device."""
+    small = downscale_to_input(output.to(lr.device, torch.float64), tuple(lr.shape[-2:]))
     return ((small - lr.to(torch.float64)) ** 2).mean(dim=0)
 
 
@@ -89,8 +89,14 @@ def local_psnr(error: Tensor) -> Tensor:
 
 def fidelity_map(output: Tensor, lr: Tensor) -> Tensor:
     """The heat map (3, H, W) float32 in [0, 1] at the output's size: where ``output`` disagrees with its input
-    ``lr`` after the downscale (scale and colours in the module docstring)."""
+    ``lr`` after the downscale (scale and colours in the module docstring). Any output size works (the output is
+    resized to the input's); only :func:`lr_psnr` insists on an integer scale."""
     db = local_psnr(lr_error(output, lr))
     level = ((MAP_DB_HIGH - db) / (MAP_DB_HIGH - MAP_DB_LOW)).nan_to_num(0.0, posinf=1.0, neginf=0.0)
     heat = heat_colours(level.float())
     return torch.nn.functional.interpolate(heat[None], size=tuple(output.shape[-2:]), mode="nearest")[0]
+
+
+def fidelity_path(output: Path) -> Path:
+    """Where the fidelity map of ``output`` goes: ``<stem>_fidelity.png`` in the same folder."""
+    return Path(output).with_name(f"{Path(output).stem}_fidelity.png")
