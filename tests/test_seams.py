@@ -19,16 +19,17 @@ from fluxsr.io.images import read_image, resize
 
 ROOT = Path(__file__).resolve().parents[1]
 PHOTO = ROOT / "examples" / "dped_crop00061.png"
-BUNDLED_TILES = snapped(256, 32, 16)  # the bundled model's default tiles
+BUNDLED_TILES = snapped(256, 32, 8)  # the bundled model's default tiles (its multiple: 8 px)
 
 
 def smooth(size: int) -> torch.Tensor:
-    """Smooth colour ramps with a gentle ripple of the tiles' 16 px alignment period: no edge anywhere, and a
-    gradient energy that depends on a line's phase in that period (so only same-phase lines compare fairly)."""
+    """Smooth colour ramps with a gentle ripple of the tiles' 8 px alignment period (the bundled model's): no edge
+    anywhere, and a gradient energy that depends on a line's phase in that period (only same-phase lines compare
+    fairly)."""
     y, x = torch.meshgrid(
         torch.arange(size, dtype=torch.float64), torch.arange(size, dtype=torch.float64), indexing="ij"
     )
-    ripple_x, ripple_y = (0.05 * torch.sin(2 * math.pi * (t + 3) / 16) for t in (x, y))
+    ripple_x, ripple_y = (0.01 * torch.sin(2 * math.pi * (t + 3) / 8) for t in (x, y))
     return torch.stack(
         [0.2 + x / (2 * size) + ripple_x, 0.2 + y / (2 * size) + ripple_y, 0.3 + (x + y) / (4 * size)]
     )

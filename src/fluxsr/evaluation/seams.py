@@ -6,10 +6,10 @@
   the squared step across it, averaged over the line's length and the channels. The boundary lines of two
   neighbouring tiles are the edges of their shared band: the first pixel of the later tile and the first pixel
   after the earlier one (one line when they do not overlap). Tile starts and edges are multiples of
-  ``spec.align`` (16 px for the FLUX models: the x4 pixel phase and the 2x2-latent patch grid repeat with it), so
-  the reference is every other line at a multiple of ``spec.align``: the same phase of those grids, elsewhere.
-  On one photo the content alone spreads the ratio (0.6 to 1.3 for bicubic on the example photos at the bundled
-  model's tiles, docs/performance.md): only a ratio well above that range is a visible seam.
+  ``spec.align`` (the model's multiple: 8 px for the bundled model, 16 for FLUX.1-dev; the x4 pixel phase and the
+  token grid repeat with it), so the reference is every other line at a multiple of ``spec.align``: the same phase
+  of those grids, elsewhere. On one photo the content alone spreads the ratio (0.65 to 1.2 for bicubic on the
+  example photos at the bundled model's tiles, docs/performance.md): only a ratio well above that is a seam.
 - :func:`seam_scores`: that ratio on the tiled output and, where an untiled output of the same input is given,
   the PSNR between the two (inf: tiling changes nothing).
 
