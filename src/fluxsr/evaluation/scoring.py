@@ -1,5 +1,6 @@
-"""Score SR results against ground truth and/or their LR inputs (``fluxsr eval``): pair the folders, score each image with a metric set
-(:mod:`fluxsr.evaluation.metric_set`), collect the per-image scores in an :class:`EvalReport`.
+"""Score SR results against ground truth and/or their LR inputs (``fluxsr eval``): pair the folders, score each
+image with a metric set (:mod:`fluxsr.evaluation.metric_set`), collect the per-image scores in an
+:class:`EvalReport`.
 
 Images are read with :func:`fluxsr.io.images.read_image` (EXIF orientation applied, grey as RGB, alpha dropped, 16-bit
 kept). The crop border applies to PSNR/SSIM only; LPIPS, DISTS and no-reference metrics see the whole image.
