@@ -10,32 +10,19 @@ releases.
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "COLOR_FIXES",
-    "FluxSRPipeline",
-    "ModelChoice",
-    "UpscaleOptions",
-    "__version__",
-    "is_model_dir",
-    "load_pipeline",
-    "parse_bytes",
-]
+from .lazy import lazy_face
 
-_PUBLIC = {
-    "COLOR_FIXES": "inference.color",
-    "FluxSRPipeline": "inference.pipeline",
-    "ModelChoice": "inference.loading",
-    "UpscaleOptions": "inference.pipeline",
-    "is_model_dir": "model.folders",
-    "load_pipeline": "inference.loading",
-    "parse_bytes": "inference.memory",
-}
-
-
-def __getattr__(name: str):
-    # Lazy: `import fluxsr` stays fast (torch/diffusers load on first use).
-    if name in _PUBLIC:
-        from importlib import import_module
-
-        return getattr(import_module(f".{_PUBLIC[name]}", __name__), name)
-    raise AttributeError(f"module 'fluxsr' has no attribute {name!r}")
+# Lazy: `import fluxsr` stays fast (torch and diffusers load on first use).
+__getattr__, _names = lazy_face(
+    __name__,
+    {
+        "COLOR_FIXES": "inference.color",
+        "FluxSRPipeline": "inference.pipeline",
+        "ModelChoice": "inference.loading",
+        "UpscaleOptions": "inference.pipeline",
+        "is_model_dir": "model.folders",
+        "load_pipeline": "inference.loading",
+        "parse_bytes": "inference.memory",
+    },
+)
+__all__ = ["__version__", *_names]

@@ -26,30 +26,23 @@ and a :class:`ServerOptions`; the command line (``fluxsr serve``) builds both. G
 ``fluxsr --help`` works without the ``serve`` extra.
 """
 
-from .app import (
-    DEFAULT_HOST,
-    DEFAULT_PORT,
-    ServerOptions,
-    build_app,
-    default_examples_dir,
-    launch,
-    list_examples,
-    run_server,
-)
-from .handlers import DEFAULT_MAX_PIXELS, DEFAULT_MAX_UPLOAD_MB, DEFAULT_QUEUE_SIZE, ServeLimits, Upscaler
+from ..lazy import lazy_face
 
-__all__ = [
-    "DEFAULT_HOST",
-    "DEFAULT_MAX_PIXELS",
-    "DEFAULT_MAX_UPLOAD_MB",
-    "DEFAULT_PORT",
-    "DEFAULT_QUEUE_SIZE",
-    "ServeLimits",
-    "ServerOptions",
-    "Upscaler",
-    "build_app",
-    "default_examples_dir",
-    "launch",
-    "list_examples",
-    "run_server",
-]
+__getattr__, __all__ = lazy_face(
+    __name__,
+    {
+        "DEFAULT_HOST": "app",
+        "DEFAULT_PORT": "app",
+        "ServerOptions": "app",
+        "build_app": "app",
+        "default_examples_dir": "app",
+        "launch": "app",
+        "list_examples": "app",
+        "run_server": "app",
+        "DEFAULT_MAX_PIXELS": "handlers",
+        "DEFAULT_MAX_UPLOAD_MB": "handlers",
+        "DEFAULT_QUEUE_SIZE": "handlers",
+        "ServeLimits": "handlers",
+        "Upscaler": "handlers",
+    },
+)
