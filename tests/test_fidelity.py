@@ -15,6 +15,8 @@ from PIL import Image
 
 from fluxsr.baselines.bicubic import bicubic_upscale
 from fluxsr.cli import main
+from fluxsr.data.datasets import load_dataset
+from fluxsr.evaluation.benchmark import backend_factories, run_benchmark
 from fluxsr.evaluation.scoring import evaluate_dirs
 from fluxsr.inference import fidelity as FID
 from fluxsr.io.images import read_image, resize, write_image
@@ -187,3 +189,17 @@ def test_upscale_writes_fidelity_map_next_to_each_output(tmp_path):
         "kodim23_crop.png",
         "kodim23_crop_fidelity.png",
     ]
+
+
+def test_benchmark_scores_lr_psnr_against_each_method_input(tmp_path):
+    for photo in (BUILDING, KODIM):
+        write_image(tmp_path / "lr" / photo.name, read_image(photo).rgb)
+    ds = load_dataset(tmp_path / "lr")
+    result = run_benchmark(
+        ds, backend_factories("bicubic", lambda: None), tmp_path / "out", ["lr_psnr"], sheet_images=0
+    )
+    (run,) = result.runs
+    assert not result.problems and len(run.report.images) == 2
+    for score in run.report.images:
+        expected = lr_psnr_by_hand(Path(run.outputs[score.name]), tmp_path / "lr" / f"{score.name}.png")
+        assert score.scores["lr_psnr"] == pytest.approx(expected, abs=1e-6)
