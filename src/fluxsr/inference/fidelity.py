@@ -5,7 +5,7 @@ Real detail survives a downscale; invented or lost content does not. One definit
 
 - downscale (:func:`downscale_to_input`): :func:`fluxsr.io.images.resize` with ``mode="bicubic"`` and
   ``antialias=True``, i.e. PyTorch's antialiased bicubic (Keys cubic, a = -0.5, stretched by the scale: 4 / scale
-  taps, weights cut at the image border and renormalised, as PIL's), clamped to [0, 1], in the input's float dtype;
+  taps, weights cut at the image border and renormalised, as PIL's), clamped to [0, 1], in float64;
 - compared on RGB (all three channels: a colour shift is a disagreement too), no border crop, no 8-bit rounding of
   the shrunk output; the LR input as read from its file;
 - :func:`lr_psnr`: ``10 log10(1 / MSE)`` over all pixels and channels (dB, higher = more faithful, inf = identical);
