@@ -17,7 +17,13 @@ from PIL import Image
 from safetensors.torch import load_file
 
 from fluxsr.cli import main
-from fluxsr.training.checkpoints import load_checkpoint, open_checkpoint
+from fluxsr.training.checkpoints import (
+    load_checkpoint,
+    load_trainable,
+    open_checkpoint,
+    optimizer_state,
+    trainable_state,
+)
 from fluxsr.training.loop import build_trainer, lr_lambda
 from fluxsr.training.recipe import load_recipe
 from fluxsr.training.student import build_student
@@ -68,6 +74,33 @@ def launch(kind: str, pairs: Path, out: Path, *extra: str) -> None:
 def checkpoint_layout(path: Path) -> dict[str, dict[str, tuple]]:
     """Each checkpoint file's tensor names and shapes."""
     return {f: {k: tuple(v.shape) for k, v in load_file(str(path / f)).items()} for f in CKPT_FILES}
+
+
+@pytest.mark.parametrize("lora_rank", [0, 4])
+def test_state_api_gives_a_single_process_its_own_state_dicts_and_stays_strict(lora_rank):
+    """Outside FSDP the distributed state-dict API gives what ``state_dict()`` gave (the checkpoint format), loads
+    it back, and refuses a state that lacks a tensor (as ``load_state_dict(strict=True)`` did)."""
+    model, lora = build_student(recipe(f"train.lora_rank={lora_rank}"), "cpu", torch.float32)
+    t = model.transformer
+    state = trainable_state(t, lora)
+    own = dict(t.named_parameters())
+    names = {k: k.replace(".weight", ".fluxsr.weight") if lora else k for k in state}
+    assert state.keys() == (own.keys() if not lora else {k for k in state if "lora_" in k})
+    assert all(torch.equal(v, own[names[k]]) for k, v in state.items())
+    moved = {k: v + 1 for k, v in state.items()}  # (on CPU the state's tensors are the weights themselves)
+    load_trainable(t, moved, lora)
+    assert all(torch.equal(own[names[k]], v) for k, v in moved.items())
+    with pytest.raises(ValueError, match="tensors do not match this run"):
+        load_trainable(t, dict(list(state.items())[1:]), lora)
+    opt = torch.optim.AdamW([p for p in t.parameters() if p.requires_grad])
+    for p in opt.param_groups[0]["params"]:
+        p.grad = torch.randn_like(p)
+    opt.step()
+    ours, torchs = optimizer_state(t, opt), opt.state_dict()
+    assert ours["param_groups"] == torchs["param_groups"] and ours["state"].keys() == torchs["state"].keys()
+    assert all(
+        torch.equal(v, torchs["state"][i][k]) for i, st in ours["state"].items() for k, v in st.items()
+    )
 
 
 @pytest.mark.slow

@@ -61,9 +61,11 @@ def trainable_state(net: nn.Module, lora: bool) -> dict[str, Tensor]:
     return state
 
 
-def lora_names(transformer: nn.Module) -> dict[str, str]:
-    """peft's name of each LoRA tensor (as a checkpoint stores it) -> the transformer's own state-dict name."""
+def trainable_names(transformer: nn.Module, lora: bool) -> dict[str, str]:
+    """The name of each tensor a checkpoint stores (peft's for a LoRA) -> the transformer's own state-dict name."""
     own = transformer.state_dict()
+    if not lora:
+        return {k: k for k in own}
     peft = get_peft_model_state_dict(transformer, state_dict=own, adapter_name="fluxsr")
     name_of = {id(v): k for k, v in own.items()}
     return {k: name_of[id(v)] for k, v in peft.items()}
@@ -72,20 +74,20 @@ def lora_names(transformer: nn.Module) -> dict[str, str]:
 def load_trainable(
     net: nn.Module, state: dict[str, Tensor], lora: bool, source: Path | str = "checkpoint"
 ) -> None:
-    """Load full trainable weights into ``net`` (bare, DDP or FSDP: each process keeps its shard). A full state must
-    match exactly (strict), and so must a LoRA state (a LoRA made before fluxsr adapted the attention projections
-    has fewer tensors)."""
-    if lora:
-        names = lora_names(extract_model_from_parallel(net))
-        if state.keys() != names.keys():
-            missing, extra = sorted(names.keys() - state.keys()), sorted(state.keys() - names.keys())
-            raise ValueError(
-                f"{source}: the checkpoint's LoRA tensors do not match this run ({len(missing)} missing, "
-                f"e.g. {(missing or extra)[0]}; {len(extra)} unexpected): a LoRA run from before fluxsr "
-                "adapted the attention projections cannot continue; start a new run"
-            )
-        state = {names[k]: v for k, v in state.items()}
-    set_model_state_dict(net, state, options=StateDictOptions(full_state_dict=True, strict=not lora))
+    """Load full trainable weights into ``net`` (bare, DDP or FSDP: each process keeps its shard). The tensors
+    must be exactly the run's: a LoRA made before fluxsr adapted the attention projections has fewer."""
+    names = trainable_names(extract_model_from_parallel(net), lora)
+    if state.keys() != names.keys():
+        missing, extra = sorted(names.keys() - state.keys()), sorted(state.keys() - names.keys())
+        hint = (
+            "a LoRA run from before fluxsr adapted the attention projections cannot continue; start a new run"
+        )
+        raise ValueError(
+            f"{source}: the checkpoint's {'LoRA ' if lora else ''}tensors do not match this run ({len(missing)} "
+            f"missing, e.g. {(missing or extra)[0]}; {len(extra)} unexpected)" + (f": {hint}" if lora else "")
+        )
+    state = {names[k]: v for k, v in state.items()}
+    set_model_state_dict(net, state, options=StateDictOptions(full_state_dict=True))
 
 
 def param_names(net: nn.Module, optimizer: torch.optim.Optimizer) -> list[str]:
