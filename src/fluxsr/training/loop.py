@@ -175,6 +175,7 @@ def build_trainer(recipe: Recipe, model: FluxSRModel, acc: Accelerator, t_l: flo
     trainable = [p for p in model.transformer.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=tc.lr, betas=tc.betas, weight_decay=tc.weight_decay)
     net, optimizer = acc.prepare(model.transformer, optimizer)
+    trainable = [p for p in net.parameters() if p.requires_grad]  # FSDP replaces the ones the optimiser got
     adl = ADLCollector(acc.unwrap_model(net), lc.adl_blocks, lc.adl_tap).attach() if lc.adl > 0 else None
     return Trainer(
         model=model,
@@ -183,9 +184,7 @@ def build_trainer(recipe: Recipe, model: FluxSRModel, acc: Accelerator, t_l: flo
         acc=acc,
         weights=lc,
         t_l=t_l,
-        trainable=[
-            p for p in net.parameters() if p.requires_grad
-        ],  # FSDP's replace the ones the optimiser got
+        trainable=trainable,
         model_dtype=model_dtype,
         tv_lpips=tv_lpips,
         adl=adl,
@@ -320,7 +319,8 @@ def exported_transformer(r: Run) -> nn.Module | None:
     state = trainable_state(tr.net, r.lora)
     if not acc.is_main_process:
         return None
-    transformer = build_student(r.recipe, "cpu", next(tr.model.vae.parameters()).dtype)[0].transformer
+    base_dtype = next(tr.model.vae.parameters()).dtype  # the dtype place_student gave the frozen parts
+    transformer = build_student(r.recipe, "cpu", base_dtype)[0].transformer
     load_trainable(transformer, state, r.lora)
     return transformer
 
