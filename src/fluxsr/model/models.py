@@ -31,6 +31,7 @@ from ..io.cache import (
     read_safetensors,
     safetensors_header,
 )
+from ..io.hub import base_path, hub_model_path
 
 SPEC_FILE = "fluxsr.json"
 EMBEDS_FILE = "prompt_embeds.safetensors"
@@ -357,7 +358,7 @@ def load_model_folder(
             spec,
         )
     elif spec.base:
-        base = path / Path(spec.base).expanduser()  # an absolute base stays absolute
+        base = base_path(path, spec.base)  # an absolute base stays absolute; a Hub repo id is fetched
         if is_model_folder(base):  # a LoRA on a model folder (itself possibly with a LoRA)
             model = load_model_folder(base, dtype=dtype)
             model.cond, model.spec = cond, spec
@@ -923,11 +924,13 @@ def load_model(
     - a fluxsr model folder (has ``fluxsr.json``);
     - a diffusers FLUX.1-dev folder (``transformer/``, ``vae/``) with ``prompt_embeds`` (default: the folder's
       ``prompt_embeds.safetensors``, written by ``fluxsr embed-prompt``);
-    - a BFL single file ``flux1-dev.safetensors`` with ``ae`` (default: ``ae.safetensors`` beside it).
+    - a BFL single file ``flux1-dev.safetensors`` with ``ae`` (default: ``ae.safetensors`` beside it);
+    - a Hugging Face repo id ``org/name[@revision]`` of one of these folders (:mod:`fluxsr.io.hub`).
     ``lora`` adds a FluxSR LoRA file (merged into the weights unless ``merge_lora=False``). Paths may start with
     ``~``. ``ae`` / ``prompt_embeds`` given where they would not be used, or a ``lora_scale`` with no LoRA to
     scale, are a ValueError rather than silently ignored.
     """
+    name = hub_model_path(name, PRESETS)  # a Hub repo id -> its cached snapshot; a local path wins
     ae, prompt_embeds, lora = (Path(p).expanduser() if p else None for p in (ae, prompt_embeds, lora))
     key = "bundled" if name is None else str(name)
     path = None if key in PRESETS else Path(name).expanduser()
