@@ -7,6 +7,8 @@ import math
 import sys
 from pathlib import Path
 
+from .export import add_export
+
 TORCH_DTYPES = {"bf16": "bfloat16", "fp32": "float32", "fp16": "float16"}
 
 
@@ -804,6 +806,7 @@ COMMANDS = [
     add_make_testset,
     add_benchmark,
     add_bench,
+    add_export,
 ]
 
 
