@@ -12,7 +12,9 @@ from huggingface_hub.utils import filter_repo_objects
 from fluxsr.cli import main
 from fluxsr.inference.pipeline import FluxSRPipeline, UpscaleOptions
 from fluxsr.io import hub
+from fluxsr.io.config import ConfigError
 from fluxsr.model import models as M
+from fluxsr.training.recipe import load_recipe
 
 
 @pytest.fixture(scope="module")
@@ -126,3 +128,12 @@ def test_lora_only_folder_with_its_base_on_the_hub(tiny_folder, hub_cache, tmp_p
     (local / M.SPEC_FILE).write_text(json.dumps({"base": str(tiny_folder), "name": "lora"}))
     torch.testing.assert_close(_velocity(via_hub), _velocity(M.load_model(local)), atol=0, rtol=0)
     assert not torch.allclose(_velocity(via_hub), _velocity(M.load_model(tiny_folder)), atol=1e-4)
+
+
+def test_a_recipe_refuses_a_repo_id(tmp_path, monkeypatch):
+    """Training reads local weights (gen-pairs would need the teacher's text encoders, which are not fetched)."""
+    with pytest.raises(ConfigError, match="model.teacher: 'org/flux'.*hf download org/flux --local-dir"):
+        load_recipe(None, ["model.teacher=org/flux"])
+    (tmp_path / "org" / "flux").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path)
+    assert load_recipe(None, ["model.base=org/flux"]).model.base == "org/flux"  # a local folder of that name
