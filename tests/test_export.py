@@ -151,6 +151,32 @@ def test_results_from_fluxsr_eval_go_into_the_card(tmp_path, capsys):
     assert json.loads((out / "results.json").read_text())["mean"] == mean
 
 
+def test_benchmark_results_give_one_row_per_method(tmp_path):
+    hr = torch.rand(3, 64, 64, generator=torch.Generator().manual_seed(2))
+    write_image(tmp_path / "set" / "hr" / "a.png", hr)
+    write_image(tmp_path / "set" / "lr" / "a.png", torch.nn.functional.avg_pool2d(hr[None], 4)[0])
+    bench = [
+        "benchmark",
+        "--dataset",
+        str(tmp_path / "set"),
+        "--out",
+        str(tmp_path / "b"),
+        "--metrics",
+        "psnr",
+    ]
+    assert main([*bench, "--backends", "bicubic,fluxsr", "--model", "tiny", "--sheet-images", "0", "-q"]) == 0
+    methods = json.loads((tmp_path / "b" / "benchmark.json").read_text())["methods"]
+    out = tmp_path / "out"
+    assert (
+        main(["export", str(M.BUNDLED_MODEL), str(out), "--results", str(tmp_path / "b" / "benchmark.json")])
+        == 0
+    )
+    card = (out / "README.md").read_text()
+    for method in methods:
+        assert f"| {method['label']} | {method['mean']['psnr']:.4g} |" in card
+    assert "data set set" in card
+
+
 def test_output_rules(tmp_path, capsys):
     src = M.save_model_folder(M.build_tiny(), tmp_path / "m")
     (tmp_path / "bad.json").write_text('{"images": []}')

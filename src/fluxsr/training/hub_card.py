@@ -129,7 +129,7 @@ def results_text(doc: dict) -> str:
     lower = {m.get("name"): m.get("lower_better") for m in doc.get("metrics", []) if isinstance(m, dict)}
     names = list(dict.fromkeys(k for _, mean in rows for k in mean))
     heads = [f"{n} {'(lower is better)' if lower.get(n) else '(higher is better)'}" for n in names]
-    table = "| | " + " | ".join(heads) + " |\n|---|" + "---|" * len(names) + "\n"
+    table = "| method | " + " | ".join(heads) + " |\n|---|" + "---|" * len(names) + "\n"
     table += "".join(
         f"| {label} | " + " | ".join(number(mean.get(n)) for n in names) + " |\n" for label, mean in rows
     )
@@ -137,7 +137,13 @@ def results_text(doc: dict) -> str:
     count = doc.get("count") if dataset is None else doc["dataset"].get("images")
     how = ", ".join(
         f"{k} {v}"
-        for k, v in (("data set", dataset), ("images", count), ("protocol", doc.get("protocol")))
+        for k, v in (
+            ("data set", dataset),
+            ("images", count),
+            ("scale", doc.get("scale")),
+            ("protocol", doc.get("protocol")),
+            ("crop border", doc.get("crop_border")),
+        )
         if v is not None
     )
     return f"Measured with fluxsr ({how}; full report: `results.json`).\n\n{table}"
