@@ -104,7 +104,8 @@ def _lora_only_folder(base_folder: Path, top: Path) -> Path:
     top.mkdir()
     M.save_lora(M.lora_state_dict(base.transformer), cfg, top / M.LORA_FILE)
     base.cond.save(top / M.EMBEDS_FILE)
-    (top / M.SPEC_FILE).write_text(json.dumps({"base": str(base_folder), "name": "tiny-lora"}))
+    spec = {"base": str(base_folder), "ae": str(top.parent / "ae.safetensors"), "name": "tiny-lora"}
+    (top / M.SPEC_FILE).write_text(json.dumps(spec))
     return top
 
 
@@ -116,7 +117,8 @@ def test_lora_only_export_names_its_base_on_the_hub(tmp_path, hub_cache, capsys)
     assert "--base REPO_ID" in err and "\n" not in err.strip() and not (tmp_path / "out").exists()
     assert main(["export", str(top), str(tmp_path / "out"), "--base", "me/tiny-base"]) == 0
     out = tmp_path / "out"
-    assert json.loads((out / M.SPEC_FILE).read_text())["base"] == "me/tiny-base"
+    exported = json.loads((out / M.SPEC_FILE).read_text())
+    assert (exported["base"], exported["ae"], exported["name"]) == ("me/tiny-base", "", "tiny-lora")
     assert sorted(check_sums(out)) == sorted(["README.md", M.EMBEDS_FILE, M.LORA_FILE, M.SPEC_FILE])
     meta = card_meta(out)
     assert (meta["base_model"], meta["base_model_relation"], meta["license"]) == (

@@ -67,9 +67,7 @@ def is_run_folder(path: Path) -> bool:
 def checkpoint_folder(run: Path, name: str) -> Path:
     """The finished checkpoint ``name`` (``step_0000100``, ``100`` or a path) of ``run``."""
     folder = run / "checkpoints"
-    candidates = [Path(name), folder / name]
-    if name.isdigit():
-        candidates.append(folder / f"step_{int(name):07d}")
+    candidates = [folder / name, *([folder / f"step_{int(name):07d}"] if name.isdigit() else []), Path(name)]
     for candidate in candidates:
         if (candidate / "state.json").is_file():
             return candidate
@@ -240,8 +238,8 @@ def card_facts(folder: Path, source: ExportSource, repo_id: str | None, base: st
     spec = asdict(ModelSpec.read(folder))
     derived = is_flux_dev_derived(folder, spec["base"])
     spec_base = hub_base(spec, base)
-    if spec_base is not None:
-        spec["base"] = spec_base
+    if spec_base is not None:  # a Hub id of diffusers weights: no single-file autoencoder path to keep
+        spec["base"], spec["ae"] = spec_base, ""
     return CardFacts(
         spec=spec,
         repo_id=repo_id or f"YOUR_NAME/{spec['name'] or 'fluxsr-model'}",
