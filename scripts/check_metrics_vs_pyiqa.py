@@ -1,4 +1,4 @@
-"""Cross-check fluxsr.evaluation.metrics against pyiqa and write tests/data/pyiqa_reference.json.
+"""Cross-check fluxsr.evaluation's metrics against pyiqa and write tests/data/pyiqa_reference.json.
 
 pyiqa needs torchvision, so it lives in its own venv, never in fluxsr's. Run from the repository root:
 
@@ -8,7 +8,7 @@ pyiqa needs torchvision, so it lives in its own venv, never in fluxsr's. Run fro
     PYTHONPATH=src /work/venv-pyiqa/bin/python scripts/check_metrics_vs_pyiqa.py --write [--shared ../shared/data]
 
 With pyiqa importable it computes pyiqa's numbers (``--write`` stores them); in any venv it then recomputes them with
-fluxsr.evaluation.metrics and prints the differences. pyiqa's ``niqe`` would download ``niqe_modelparameters.mat`` from the
+fluxsr.evaluation's metrics and prints the differences. pyiqa's ``niqe`` would download ``niqe_modelparameters.mat`` from the
 hub; instead the script writes that .mat (keys ``mu_prisparam``, ``cov_prisparam``) from the basicsr parameters in the
 fluxsr cache into a temporary folder and passes it as ``pretrained_model_path``.
 
@@ -46,7 +46,7 @@ CALLS = {
 
 FLIPS_NOTE = (
     "Pixels (flat index into the H*W luma, delta in levels) where the rounded luma pyiqa's niqe scored differs from "
-    "fluxsr.evaluation.metrics.rounded_luma255: pyiqa computes it with a float32 matmul whose rounding error decides exact and near "
+    "fluxsr.evaluation.metric_inputs.rounded_luma255: pyiqa computes it with a float32 matmul whose rounding error decides exact and near "
     ".5 ties, machine-dependently."
 )
 
@@ -104,7 +104,7 @@ def niqe_mat(folder: Path) -> Path:
     """Write pyiqa's ``niqe_modelparameters.mat`` layout from the fluxsr-cached basicsr parameters."""
     import scipy.io
 
-    from fluxsr.evaluation.metrics import load_niqe_params
+    from fluxsr.evaluation.niqe import load_niqe_params
 
     mu, cov = load_niqe_params()
     path = folder / "niqe_modelparameters.mat"
@@ -147,7 +147,7 @@ def pyiqa_luma_flips(pairs: list[dict]) -> dict:
     import torch
     from pyiqa.utils.color_util import to_y_channel
 
-    from fluxsr.evaluation import metrics as M
+    from fluxsr.evaluation import metric_inputs as MI
 
     out: dict = {}
     for p in pairs:
@@ -158,7 +158,7 @@ def pyiqa_luma_flips(pairs: list[dict]) -> dict:
             ("niqe_ycbcr_sr", p["sr"], "ycbcr"),
         ):
             theirs = torch.round(to_y_channel(to_pyiqa_tensor(img), 255, space)).double().flatten()
-            delta = theirs - M.rounded_luma255(M.array_to_tensor(img)[None], space).flatten()
+            delta = theirs - MI.rounded_luma255(MI.array_to_tensor(img)[None], space).flatten()
             out[p["name"]][key] = [[int(i), int(delta[i])] for i in torch.nonzero(delta).flatten()]
     return out
 
@@ -176,19 +176,21 @@ def pyiqa_imresize_probe() -> dict:
 
 
 def ours(pair: dict, params) -> dict[str, float]:
-    """The same numbers from fluxsr.evaluation.metrics (pyiqa protocol) plus the fluxsr protocol for information."""
-    from fluxsr.evaluation import metrics as M
+    """The same numbers from fluxsr.evaluation (pyiqa protocol) plus the fluxsr protocol for information."""
+    from fluxsr.evaluation import metric_inputs as MI
+    from fluxsr.evaluation import niqe as NQ
+    from fluxsr.evaluation import protocol as PR
 
-    sr, hr = M.array_to_tensor(pair["sr"]), M.array_to_tensor(pair["hr"])
+    sr, hr = MI.array_to_tensor(pair["sr"]), MI.array_to_tensor(pair["hr"])
     return {
-        "psnr": float(M.protocol_psnr(sr, hr, "pyiqa")),
-        "ssim": float(M.protocol_ssim(sr, hr, "pyiqa")),
-        "psnr_identical": float(M.protocol_psnr(hr, hr, "pyiqa")),
-        "niqe_sr": float(M.niqe(sr, params=params)),
-        "niqe_hr": float(M.niqe(hr, params=params)),
-        "niqe_ycbcr_sr": float(M.niqe(sr, color_space="ycbcr", params=params)),
-        "fluxsr_psnr": float(M.protocol_psnr(sr, hr, "fluxsr", scale=4)),
-        "fluxsr_ssim": float(M.protocol_ssim(sr, hr, "fluxsr", scale=4)),
+        "psnr": float(PR.protocol_psnr(sr, hr, "pyiqa")),
+        "ssim": float(PR.protocol_ssim(sr, hr, "pyiqa")),
+        "psnr_identical": float(PR.protocol_psnr(hr, hr, "pyiqa")),
+        "niqe_sr": float(NQ.niqe(sr, params=params)),
+        "niqe_hr": float(NQ.niqe(hr, params=params)),
+        "niqe_ycbcr_sr": float(NQ.niqe(sr, color_space="ycbcr", params=params)),
+        "fluxsr_psnr": float(PR.protocol_psnr(sr, hr, "fluxsr", scale=4)),
+        "fluxsr_ssim": float(PR.protocol_ssim(sr, hr, "fluxsr", scale=4)),
     }
 
 
@@ -197,7 +199,8 @@ def matlab_lr_agreement(pairs: list[dict]) -> dict[str, float]:
     error in grey levels (images whose HR is not exactly 4x the LR are skipped)."""
     import torch
 
-    from fluxsr.evaluation.metrics import array_to_tensor, imresize_matlab
+    from fluxsr.evaluation.imresize import imresize_matlab
+    from fluxsr.evaluation.metric_inputs import array_to_tensor
 
     equal = total = 0
     worst = 0.0
@@ -224,7 +227,7 @@ def main() -> int:
     )
     args = ap.parse_args()
     sys.path.insert(0, str(ROOT / "src"))
-    from fluxsr.evaluation.metrics import load_niqe_params
+    from fluxsr.evaluation.niqe import load_niqe_params
 
     params = load_niqe_params()
     pairs = skimage_pairs()
@@ -243,7 +246,7 @@ def main() -> int:
             "pyiqa": pyiqa.__version__,
             "torch": torch.__version__,
             "pillow": PIL.__version__,
-            "niqe_params": "basicsr==1.4.2 sdist basicsr/metrics/niqe_pris_params.npz (fluxsr.evaluation.metrics.fetch_niqe_params)",
+            "niqe_params": "basicsr==1.4.2 sdist basicsr/metrics/niqe_pris_params.npz (fluxsr.evaluation.niqe.fetch_niqe_params)",
             "recipe": RECIPE,
             "calls": CALLS,
             "inputs": {
@@ -273,9 +276,7 @@ def main() -> int:
     if shared and "shared" in ref:
         groups.append(("shared", shared, ref["shared"]["values"]))
     for label, group, values in groups:
-        print(
-            f"\n[{label}] name: pyiqa / fluxsr.evaluation.metrics (pyiqa protocol) ; fluxsr protocol psnr, ssim"
-        )
+        print(f"\n[{label}] name: pyiqa / fluxsr.evaluation (pyiqa protocol) ; fluxsr protocol psnr, ssim")
         for p in group:
             mine, theirs = ours(p, params), values[p["name"]]
             cells = []

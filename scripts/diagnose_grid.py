@@ -20,7 +20,8 @@ from pathlib import Path
 
 import torch
 
-from fluxsr.evaluation.metrics import periodic_score, protocol_psnr
+from fluxsr.evaluation.periodic import periodic_score
+from fluxsr.evaluation.protocol import protocol_psnr
 from fluxsr.inference.pipeline import FluxSRPipeline, UpscaleOptions
 from fluxsr.io.images import find_images, read_image, resize
 

@@ -16,8 +16,9 @@ from pathlib import Path
 import torch
 from diagnose_grid import shift_averaged
 
-from fluxsr.evaluation.evaluate import load_network
-from fluxsr.evaluation.metrics import periodic_score, protocol_psnr
+from fluxsr.evaluation.metric_set import load_network
+from fluxsr.evaluation.periodic import periodic_score
+from fluxsr.evaluation.protocol import protocol_psnr
 from fluxsr.inference.color import color_fix
 from fluxsr.inference.pipeline import FluxSRPipeline, UpscaleOptions
 from fluxsr.io.images import find_images, read_image, resize

@@ -7,7 +7,14 @@ import pytest
 import torch
 
 from fluxsr.evaluation import speed as B
+from fluxsr.evaluation import speed_config as SCF
+from fluxsr.evaluation import speed_flops as SF
+from fluxsr.evaluation import speed_report as SREP
+from fluxsr.evaluation import speed_rows as SR
+from fluxsr.evaluation import speed_run as SRUN
 from fluxsr.inference import memory as MEM
+from fluxsr.inference import probes as PROBES
+from fluxsr.inference.color import color_fix_tiled
 from fluxsr.inference.pipeline import FluxSRPipeline, UpscaleOptions
 from fluxsr.io.cache import cache_dir
 from fluxsr.model.models import TINY_TRANSFORMER, build_tiny, velocity
@@ -33,7 +40,7 @@ def test_flops_match_hand_count_for_tiny_config():
     final = 2 * d * 2 * d + 2 * ni * d * 64
     attention = 2 * 4 * n * n * d
     assert embed + double + single + final == 1_402_880
-    f = B.transformer_flops(TINY_TRANSFORMER, ni, nt)
+    f = SF.transformer_flops(TINY_TRANSFORMER, ni, nt)
     assert f["linear"] == 1_402_880
     assert f["attention"] == attention == 147_456
     assert f["total"] == 1_550_336
@@ -49,7 +56,7 @@ def test_flops_match_torch_flop_counter():
     z = torch.randn(1, 16, 12, 8)  # 6 x 4 = 24 image tokens
     with torch.inference_mode(), sdpa_kernel([SDPBackend.MATH]), FlopCounterMode(display=False) as counter:
         velocity(model, z, 0.25)
-    expected = B.transformer_flops(model.transformer.config, 24, model.cond.prompt_embeds.shape[1])["total"]
+    expected = SF.transformer_flops(model.transformer.config, 24, model.cond.prompt_embeds.shape[1])["total"]
     assert counter.get_total_flops() == expected
 
 
@@ -57,11 +64,11 @@ def test_flux_dev_floor_at_1024():
     """FLUX.1-dev at 1024^2 (4096 image + 512 text tokens): 74.38 TFLOP, 94 ms at 790 TFLOP/s."""
     from fluxsr.model.models import FLUX_DEV_TRANSFORMER
 
-    a = B.analytic_floor(FLUX_DEV_TRANSFORMER, (1024, 1024), 1024, 128, 512, 790.0)
+    a = SF.analytic_floor(FLUX_DEV_TRANSFORMER, (1024, 1024), 1024, 128, 512, 790.0)
     assert a["tiles"] == 1 and a["tokens_per_tile"] == 4608
     assert a["tflop"] == pytest.approx(74.3847, abs=1e-3)
     assert a["floor_ms"] == pytest.approx(74.3847e12 / 790e12 * 1e3, rel=1e-5)
-    four_k = B.analytic_floor(FLUX_DEV_TRANSFORMER, (4096, 4096), 1024, 128, 512, 790.0)
+    four_k = SF.analytic_floor(FLUX_DEV_TRANSFORMER, (4096, 4096), 1024, 128, 512, 790.0)
     assert four_k["tiles"] == 25  # starts 0, 896, 1792, 2688, 3072 on each axis
     assert four_k["tflop"] == pytest.approx(25 * a["tflop"])
 
@@ -77,7 +84,7 @@ def test_tile_tokens_follow_the_pipelines_tiling(monkeypatch):
 
     monkeypatch.setattr("fluxsr.inference.pipeline.velocity", spy)
     pipe.upscale_tensor(torch.rand(3, 20, 28), UpscaleOptions(tile=96, overlap=32))
-    assert seen == B.tile_tokens((80, 112), 96, 32)
+    assert seen == SF.tile_tokens((80, 112), 96, 32)
     assert len(seen) == 1 * 2
 
 
@@ -87,7 +94,7 @@ def test_tile_tokens_follow_the_pipelines_tiling(monkeypatch):
 
 
 def _run(tmp_path, **kw) -> dict:
-    cfg = B.BenchConfig(
+    cfg = SCF.BenchConfig(
         model="tiny",
         sizes=(32, 64),
         repeat=2,
@@ -98,7 +105,7 @@ def _run(tmp_path, **kw) -> dict:
         **kw,
     )
     written = []
-    result = B.run_bench(cfg, on_row=lambda r: written.append(len(r["rows"])), log=lambda s: None)
+    result = SRUN.run_bench(cfg, on_row=lambda r: written.append(len(r["rows"])), log=lambda s: None)
     assert written == list(range(1, len(result["rows"]) + 1))  # partial JSON after every row
     return result
 
@@ -109,10 +116,10 @@ def test_bench_rows_and_stages_without_realesrgan_weights(tmp_path, monkeypatch)
     assert result["env"]["device"] == "cpu" and result["env"]["model"] == "tiny"
     assert {"torch", "diffusers", "device_name", "dtype"} <= result["env"].keys()
     rows = {(r["row"].split(":")[0], r["size"]): r for r in result["rows"]}
-    assert set(rows) == {(n, s) for n in B.ROWS for s in (32, 64)}
+    assert set(rows) == {(n, s) for n in SCF.ROWS for s in (32, 64)}
     for size in (32, 64):
         flux = rows["fluxsr", size]
-        assert set(flux["stages_ms"]) == set(B.STAGES)
+        assert set(flux["stages_ms"]) == set(SCF.STAGES)
         assert all(v > 0 for v in flux["stages_ms"].values())
         assert flux["peak_bytes"] > 0 and flux["total_ms"] >= flux["gpu_work_ms"] > 0
         assert flux["analytic"]["tiles"] == 1 and flux["x_floor"] > 0
@@ -124,7 +131,7 @@ def test_bench_rows_and_stages_without_realesrgan_weights(tmp_path, monkeypatch)
         assert teacher["cpu_ms"] is None and teacher["run_cpu_ms"] > 0 and teacher["first_call_s"] is None
         assert teacher["analytic"]["tflop"] == pytest.approx(6 * flux["analytic"]["tflop"])
     assert any("scaled linearly to 6 steps" in n for n in result["notes"])
-    table = B.to_markdown(result)
+    table = SREP.to_markdown(result)
     assert table.count("| 8->32 |") == 4 and "not cached" in table and "x floor" in table
 
 
@@ -133,14 +140,14 @@ def test_bench_rows_and_stages_without_realesrgan_weights(tmp_path, monkeypatch)
     reason="Real-ESRGAN weights not cached (fluxsr weights fetch)",
 )
 def test_bench_realesrgan_row_when_weights_cached(tmp_path):
-    cfg = B.BenchConfig(model="tiny", sizes=(32,), repeat=1, warmup=0, device="cpu", rows=("realesrgan",))
-    (row,) = B.run_bench(cfg, log=lambda s: None)["rows"]
+    cfg = SCF.BenchConfig(model="tiny", sizes=(32,), repeat=1, warmup=0, device="cpu", rows=("realesrgan",))
+    (row,) = SRUN.run_bench(cfg, log=lambda s: None)["rows"]
     assert set(row["stages_ms"]) == {"read", "net", "write"} and row["total_ms"] > 0
 
 
 def test_realesrgan_random_weights_row(tmp_path, monkeypatch):
     monkeypatch.setenv("FLUXSR_HOME", str(tmp_path / "empty-cache"))
-    cfg = B.BenchConfig(
+    cfg = SCF.BenchConfig(
         model="tiny",
         sizes=(16,),
         repeat=1,
@@ -149,7 +156,7 @@ def test_realesrgan_random_weights_row(tmp_path, monkeypatch):
         rows=("realesrgan",),
         esrgan_weights="random",
     )
-    (row,) = B.run_bench(cfg, log=lambda s: None)["rows"]
+    (row,) = SRUN.run_bench(cfg, log=lambda s: None)["rows"]
     assert row["row"] == "realesrgan (random weights)" and set(row["stages_ms"]) == {"read", "net", "write"}
 
 
@@ -225,7 +232,7 @@ def test_cuda_device_without_cuda_is_a_clear_error(capsys):
 
 def test_teacher_note_only_with_a_teacher_row_and_baseline_gpu_work(tmp_path, monkeypatch):
     monkeypatch.setenv("FLUXSR_HOME", str(tmp_path / "empty-cache"))
-    cfg = B.BenchConfig(
+    cfg = SCF.BenchConfig(
         model="tiny",
         sizes=(16,),
         repeat=1,
@@ -236,12 +243,12 @@ def test_teacher_note_only_with_a_teacher_row_and_baseline_gpu_work(tmp_path, mo
         teacher_run_steps=2,
         teacher_steps=6,
     )
-    result = B.run_bench(cfg, log=lambda s: None)
+    result = SRUN.run_bench(cfg, log=lambda s: None)
     assert not any("teacher" in n for n in result["notes"])
     (row,) = result["rows"]
     # Real-ESRGAN's device work is its network: comparable with fluxsr's GPU work column
     assert row["gpu_work_ms"] == pytest.approx(row["stages_ms"]["net"])
-    assert "(input)" in B.to_markdown(result)
+    assert "(input)" in SREP.to_markdown(result)
 
 
 def test_random_weights_flag_names_the_flux_shaped_model():
@@ -249,7 +256,7 @@ def test_random_weights_flag_names_the_flux_shaped_model():
 
     p = argparse.ArgumentParser()
     B.add_bench_arguments(p)
-    assert B.config_from_args(p.parse_args(["--random-weights", "--device", "cpu"])).model == B.RANDOM_FLUX
+    assert B.config_from_args(p.parse_args(["--random-weights", "--device", "cpu"])).model == SCF.RANDOM_FLUX
     assert B.config_from_args(p.parse_args(["--device", "cpu"])).model is None
     with pytest.raises(ValueError, match="random-weights"):
         B.config_from_args(p.parse_args(["--random-weights", "--model", "tiny", "--device", "cpu"]))
@@ -262,11 +269,11 @@ def test_random_weights_flag_names_the_flux_shaped_model():
 
 @pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="needs Linux /proc")
 def test_cpu_peak_probe_sees_a_temporary_allocation():
-    MEM.reset_peak("cpu")
-    base = MEM.read_peak("cpu")
+    PROBES.reset_peak("cpu")
+    base = PROBES.read_peak("cpu")
     x = torch.ones(64 << 20, dtype=torch.uint8)  # 64 MiB, touched
     del x
-    assert MEM.read_peak("cpu") - base >= 60 << 20
+    assert PROBES.read_peak("cpu") - base >= 60 << 20
 
 
 def test_parse_and_format_bytes():
@@ -574,18 +581,33 @@ def test_color_fix_tiled_equals_whole_image(method):
     x, ref = torch.rand(1, 3, 70, 90, generator=g) * 1.2 - 0.1, torch.rand(1, 3, 70, 90, generator=g)
     whole = color_fix(x, ref, method).clamp(0, 1)
     for tile in (16, 33, 128):
-        torch.testing.assert_close(MEM.color_fix_tiled(x, ref, method, tile), whole, atol=2e-6, rtol=0)
+        torch.testing.assert_close(color_fix_tiled(x, ref, method, tile), whole, atol=2e-6, rtol=0)
 
 
-def test_run_with_oom_retry_reports_and_can_keep_the_tile():
-    seen = []
+def test_run_with_oom_retry_retries_while_after_oom_makes_a_smaller_plan():
+    seen, errors = [], []
 
-    def fn(tile):
-        seen.append(tile)
+    def attempt():
+        seen.append(len(seen))
         if len(seen) < 3:
             raise MemoryError
-        return tile
+        return "done"
 
-    # the first retry keeps the tile (something else changed), the second halves it
-    assert MEM.run_with_oom_retry(fn, 512, on_retry=lambda t, h, e: t if len(seen) == 1 else h) == 256
-    assert seen == [512, 512, 256]
+    assert MEM.run_with_oom_retry(attempt, lambda e: errors.append(e) or True) == "done"
+    assert seen == [0, 1, 2] and len(errors) == 2
+    with pytest.raises(MemoryError):  # after_oom gives up: the error itself comes out
+        MEM.run_with_oom_retry(lambda: (_ for _ in ()).throw(MemoryError()), lambda e: False)
+    with pytest.raises(ValueError):  # not out of memory: never retried
+        MEM.run_with_oom_retry(lambda: int("x"), lambda e: pytest.fail("retried a ValueError"))
+
+
+def test_fluxsr_row_on_cuda_adds_the_cost_model_calibration(tiny_pipe, tmp_path):
+    """The CUDA-only part of the fluxsr row (the memory plan's measured constants) runs on any machine: the row's
+    device says cuda while the tiny pipeline measures on the CPU."""
+    cfg = SCF.BenchConfig(model="tiny", sizes=(64,), repeat=1, warmup=0, device="cpu", rows=("fluxsr",))
+    run = SRUN.BenchRun(cfg, torch.device("cuda"), torch.float32, pipe=tiny_pipe)
+    img = SR.make_input(tmp_path / "in.png", 64)
+    row = SRUN.ROW_RUNNERS["fluxsr"](run, 64, img, tmp_path / "out.png")
+    assert row["row"] == "fluxsr:tiny" and row["tile"] and row["stage_peak_bytes"]
+    assert set(row["calibration"]) == {"encode_per_px", "decode_per_px", "transformer_per_token_dim"}
+    assert row["analytic"]["floor_ms"] > 0

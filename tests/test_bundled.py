@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from fluxsr.data.degrade import DegradationConfig, degrade
-from fluxsr.evaluation.metrics import psnr
+from fluxsr.evaluation.psnr_ssim import psnr
 from fluxsr.inference.pipeline import FluxSRPipeline, UpscaleOptions
 from fluxsr.io.images import read_image, resize
 from fluxsr.model.models import BUNDLED_MODEL, load_model

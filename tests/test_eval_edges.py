@@ -19,22 +19,19 @@ from PIL import Image
 
 from fluxsr.cli import main
 from fluxsr.data.datasets import detect_layout, load_dataset, make_testset
-from fluxsr.evaluation import metrics as M
-from fluxsr.evaluation.evaluate import (
-    BenchmarkResult,
-    EvalReport,
-    ImageScore,
-    MethodRun,
-    Metric,
-    backend_factories,
+from fluxsr.evaluation import niqe as NQ
+from fluxsr.evaluation import protocol as PR
+from fluxsr.evaluation.benchmark import backend_factories, run_benchmark
+from fluxsr.evaluation.benchmark_result import BenchmarkResult, MethodRun
+from fluxsr.evaluation.metric_set import Metric
+from fluxsr.evaluation.reports import (
     benchmark_json,
     benchmark_markdown,
-    evaluate_dirs,
     report_csv,
     report_json,
     report_markdown,
-    run_benchmark,
 )
+from fluxsr.evaluation.scoring import EvalReport, ImageScore, evaluate_dirs
 from fluxsr.io.cache import MissingWeightsError, cached_file
 from fluxsr.io.images import read_image
 
@@ -59,7 +56,7 @@ def shrink(a: np.ndarray, factor: int = 4) -> np.ndarray:
 
 def has_niqe() -> bool:
     try:
-        cached_file(M.NIQE_PARAMS_FILE)
+        cached_file(NQ.NIQE_PARAMS_FILE)
         return True
     except MissingWeightsError:
         return False
@@ -84,7 +81,7 @@ def test_benchmark_keeps_equal_stems_in_different_folders_apart(tmp_path):
     assert files["2023"].read_bytes() != files["2024"].read_bytes()
     scores = {s.name: s.scores["psnr"] for s in res.runs[0].report.images}
     for year, f in files.items():  # each output scored against its own ground truth
-        expected = float(M.protocol_psnr(read_image(f).rgb, read_image(hrs[year]).rgb, "fluxsr", scale=4))
+        expected = float(PR.protocol_psnr(read_image(f).rgb, read_image(hrs[year]).rgb, "fluxsr", scale=4))
         assert scores[f"{year}/IMG_0001"] == pytest.approx(expected)
         assert expected > 20
 
@@ -309,7 +306,7 @@ def test_niqe_distance_on_flat_features_raises_without_warning():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         with pytest.raises(ValueError, match=r"NIQE undefined: no textured 96x96 block \(flat image\)"):
-            M.niqe_distance(feats, torch.zeros(36, dtype=torch.float64), torch.eye(36, dtype=torch.float64))
+            NQ.niqe_distance(feats, torch.zeros(36, dtype=torch.float64), torch.eye(36, dtype=torch.float64))
 
 
 @pytest.mark.skipif(not has_niqe(), reason="NIQE parameters not fetched (fluxsr weights fetch)")
@@ -318,7 +315,7 @@ def test_niqe_on_a_flat_image(tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         with pytest.raises(ValueError, match="flat image"):
-            M.protocol_niqe(flat, "fluxsr", params=M.load_niqe_params())
+            PR.protocol_niqe(flat, "fluxsr", params=NQ.load_niqe_params())
     save(tmp_path / "p" / "flat.png", np.full((192, 192, 3), 128, np.uint8))
     report = evaluate_dirs(tmp_path / "p", None, "niqe")
     assert report.n_scored == 0 and "flat image" in report.problems[0]
@@ -378,7 +375,7 @@ def test_demo_walks_folders_as_upscale_does(tmp_path, capsys):
 
 def test_sheet_crops_line_up_at_a_non_integer_scale(tmp_path, monkeypatch):
     """At x2.5 the LR column must show the same area as the outputs (it used to be enlarged x2)."""
-    from fluxsr.evaluation import evaluate as E
+    from fluxsr.evaluation import figures as FG
     from fluxsr.inference.pipeline import UpscaleOptions
     from fluxsr.io.images import write_image
 
@@ -394,14 +391,14 @@ def test_sheet_crops_line_up_at_a_non_integer_scale(tmp_path, monkeypatch):
         sheet_images=1,
     )
     assert result.files["sheet"].is_file()
-    shapes, real_crop = [], E._crop
+    shapes, real_crop = [], FG._crop
 
     def spy(img, top, left, size):
         shapes.append(tuple(img.shape[-2:]))
         return real_crop(img, top, left, size)
 
-    monkeypatch.setattr(E, "_crop", spy)
-    E.comparison_sheet(result, tmp_path / "again.png", n_images=1)
+    monkeypatch.setattr(FG, "_crop", spy)
+    FG.comparison_sheet(result, tmp_path / "again.png", n_images=1)
     full, lr_column, bicubic = shapes
     # the LR column is enlarged to the output's size, so one crop window shows the same area in both
     assert lr_column == bicubic == (50, 50)

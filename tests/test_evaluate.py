@@ -28,17 +28,14 @@ from fluxsr.data.datasets import (
     pair_key,
     pairs_from_dirs,
 )
-from fluxsr.evaluation import metrics as M
-from fluxsr.evaluation.evaluate import (
-    build_metrics,
-    busiest_window,
-    evaluate_dirs,
-    json_number,
-    parse_metric_names,
-    report_csv,
-    report_json,
-    run_benchmark,
-)
+from fluxsr.evaluation import niqe as NQ
+from fluxsr.evaluation import periodic as PER
+from fluxsr.evaluation import protocol as PR
+from fluxsr.evaluation.benchmark import backend_factories, run_benchmark
+from fluxsr.evaluation.figures import busiest_window
+from fluxsr.evaluation.metric_set import build_metrics, parse_metric_names
+from fluxsr.evaluation.reports import json_number, report_csv, report_json
+from fluxsr.evaluation.scoring import evaluate_dirs
 from fluxsr.io.cache import MissingWeightsError, cached_file
 from fluxsr.io.images import read_image
 
@@ -54,7 +51,7 @@ def cached(name: str) -> bool:
 
 
 HAS_LPIPS = cached("lpips_alex.safetensors")
-HAS_NIQE = cached(M.NIQE_PARAMS_FILE)
+HAS_NIQE = cached(NQ.NIQE_PARAMS_FILE)
 HAS_REALESRGAN = cached("realesrgan_x4plus.safetensors")
 
 
@@ -176,7 +173,7 @@ def test_eval_cli_reports_problems_and_writes_json_csv(eval_dirs, tmp_path, caps
     assert len(report["problems"]) == 4
 
     pa, ga = read_image(pred / "astro_out.png").rgb, read_image(gt / "astro_HR.png").rgb
-    expected = float(M.protocol_psnr(pa, ga, "fluxsr", scale=4))
+    expected = float(PR.protocol_psnr(pa, ga, "fluxsr", scale=4))
     assert report["images"][0]["scores"]["psnr"] == pytest.approx(expected, abs=1e-9)
     psnrs = [i["scores"]["psnr"] for i in report["images"]]
     assert report["mean"]["psnr"] == pytest.approx(sum(psnrs) / 2)
@@ -205,7 +202,7 @@ def test_eval_periodic_metric_and_its_period(eval_dirs, tmp_path, capsys):
     report = evaluate_dirs(pred, gt, "periodic")
     assert report.metrics[0].lower_better and [i.name for i in report.images] == ["astro_out", "coffeex4"]
     pa, ga = read_image(pred / "astro_out.png").rgb, read_image(gt / "astro_HR.png").rgb
-    expected = float(M.periodic_score(pa, ga, 8, scale=4))
+    expected = float(PER.periodic_score(pa, ga, 8, scale=4))
     assert report.images[0].scores["periodic"] == pytest.approx(expected, rel=1e-9)
     wide = evaluate_dirs(pred, gt, "periodic", period=16)  # 64 px images: too small for 8 periods of 16 px
     assert not any(i.scores for i in wide.images)
@@ -448,8 +445,6 @@ def test_benchmark_cli_writes_table_chart_and_sheet(tiny_set, capsys):
 
 
 def test_benchmark_lr_only_and_unknown_backend(tiny_set, tmp_path):
-    from fluxsr.evaluation.evaluate import backend_factories
-
     with pytest.raises(ValueError, match="unknown backend"):
         backend_factories("bicubic,esrgan", lambda: None)
     ds = load_dataset(tiny_set / "set" / "lr")
@@ -461,13 +456,34 @@ def test_benchmark_lr_only_and_unknown_backend(tiny_set, tmp_path):
     assert res.runs[0].n_images == 2 and (tmp_path / "comparison.png").is_file()
 
 
+def test_benchmark_computes_each_reference_peakiness_once(tiny_set, tmp_path, monkeypatch):
+    """The periodic score's reference side (the HR's edge spectrum) is computed once per HR image, not once per
+    method: two methods on two images take 2 reference + 4 output spectra (it used to be 8), same scores."""
+    real, shapes = PER.grid_peakiness, []
+
+    def counted(y, period, scale=1):
+        shapes.append(tuple(y.shape))
+        return real(y, period, scale)
+
+    monkeypatch.setattr(PER, "grid_peakiness", counted)
+    ds = load_dataset(tiny_set / "set")
+    bicubic = backend_factories("bicubic", lambda: None)["bicubic"]
+    res = run_benchmark(ds, {"first": bicubic, "second": bicubic}, tmp_path, ["periodic"], sheet_images=0)
+    assert len(ds.pairs) == 2 and len(shapes) == 2 + 2 * 2
+    monkeypatch.setattr(PER, "grid_peakiness", real)
+    hr = {p.name: read_image(p.hr).rgb for p in ds.pairs}
+    for run in res.runs:
+        assert [s.name for s in run.report.images] == sorted(hr)
+        for s in run.report.images:
+            expected = PER.periodic_score(read_image(run.outputs[s.name]).rgb, hr[s.name], 8, scale=4)
+            assert s.scores["periodic"] == pytest.approx(float(expected), rel=1e-12)
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(
     not HAS_REALESRGAN, reason="Real-ESRGAN weights not fetched (fluxsr weights fetch): skipped"
 )
 def test_benchmark_with_realesrgan(tmp_path):
-    from fluxsr.evaluation.evaluate import backend_factories
-
     save(tmp_path / "src" / "cat.png", photo("chelsea", 48, 60, 100))
     make_testset([tmp_path / "src"], tmp_path / "set", seed=0)
     res = run_benchmark(

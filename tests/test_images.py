@@ -19,7 +19,6 @@ from fluxsr.io import images
 from fluxsr.io.images import (
     ImageError,
     find_images,
-    orient,
     output_path,
     quantize,
     read_image,
@@ -27,6 +26,8 @@ from fluxsr.io.images import (
     target_size,
     write_image,
 )
+from fluxsr.io.images.reading import orient
+from fluxsr.io.images.writing import png16_bytes
 
 SRGB = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
 LOSSLESS = ["png", "PNG", "bmp", "tif", "tiff"]
@@ -352,7 +353,7 @@ def test_all_orientations_match_pil(tmp_path: Path, orientation: int) -> None:
 
 def test_orientation_applies_to_16_bit_color(tmp_path: Path) -> None:
     pixels = noise(5, 7, 3, 65535)
-    (tmp_path / "o.png").write_bytes(images.png16_bytes(pixels, None, exif_with(6)))
+    (tmp_path / "o.png").write_bytes(png16_bytes(pixels, None, exif_with(6)))
     loaded = read_image(tmp_path / "o.png")
     assert loaded.bit_depth == 16
     np.testing.assert_array_equal(as_ints(loaded, 65535), np.rot90(pixels, -1))

@@ -67,7 +67,7 @@ def test_write_image_turns_os_errors_into_image_errors(tmp_path, monkeypatch):
     def refuse(*_):
         raise PermissionError(13, "Permission denied")
 
-    monkeypatch.setattr("fluxsr.io.images.os.replace", refuse)
+    monkeypatch.setattr("fluxsr.io.cache.os.replace", refuse)
     with pytest.raises(ImageError, match="Permission denied") as info:
         write_image(tmp_path / "a.png", torch.rand(3, 4, 4))
     assert info.value.path == tmp_path / "a.png"
@@ -571,9 +571,11 @@ def start_writer(path, how):
 def test_a_rerun_removes_the_temp_files_of_killed_runs_only(tmp_path, capsys):
     out = tmp_path / "out"
     save_rgb(tmp_path / "in" / "a.png")
+    # the concurrent writer first: every write_atomic cleans its folder once, so a later one would clean up the
+    # killed run's file before the rerun does
+    running, busy = start_writer(out / "b.png", "wait")
     killed, left = start_writer(out / "a.png", "kill")
     assert killed.wait() == -9 and left.name.startswith(".fluxsr-")
-    running, busy = start_writer(out / "b.png", "wait")
     elsewhere = (
         out / ".fluxsr-other-host-123-0a1b2c3d.tmp"
     )  # another machine's, fresh: it may still be writing
@@ -717,7 +719,20 @@ def test_eval_and_make_testset_refuse_a_scale_below_one(tmp_path, capsys):
     ):
         assert exit_code(argv) == 2
         assert "must be >= 1, got 0" in capsys.readouterr().err
-    from fluxsr.evaluation.evaluate import evaluate_dirs
+    from fluxsr.evaluation.scoring import evaluate_dirs
 
     with pytest.raises(ValueError, match="scale must be an integer >= 1"):
         evaluate_dirs(tmp_path / "sr", None, ["niqe"], scale=0)
+
+
+def test_the_first_write_into_a_folder_removes_stale_temp_files_there(tmp_path, capsys):
+    from fluxsr.io.cache import temp_name
+
+    folder = tmp_path / "out"
+    folder.mkdir()
+    stale = folder / temp_name()  # this host's name pattern, untouched for two days: a killed run left it
+    stale.write_bytes(b"half")
+    os.utime(stale, (time.time() - 2 * 86400,) * 2)
+    write_image(folder / "a.png", torch.rand(3, 4, 4))
+    assert sorted(p.name for p in folder.iterdir()) == ["a.png"]
+    assert f"note: removed {stale}, left by an interrupted run" in capsys.readouterr().err

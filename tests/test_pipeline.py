@@ -121,3 +121,52 @@ def test_t_l_changes_output(pipe):
         M.FluxSRModel(pipe.model.transformer, pipe.model.vae, pipe.model.cond, M.ModelSpec(t_l=0.6)), "cpu"
     )
     assert not torch.equal(a, other.upscale_tensor(x))
+
+
+def oom_plan(tile=256, batch=4, on_device=True):
+    """A plan as the planner makes it for a 512 x 512 output, to walk :meth:`MemoryPlan.after_oom` by hand."""
+    return MEM.MemoryPlan(
+        tile, tile, on_device, 1 << 30, "test", (512, 512), batch=batch, tiles=4, multiple=16, min_tile=64
+    )
+
+
+def steps(plan, stage, n):
+    """(tile, tiles per pass, full image on device) after each of ``n`` OOMs in ``stage``; None once it gives up."""
+    out = []
+    for _ in range(n):
+        out.append((plan.tile, plan.batch, plan.full_image_on_device) if plan.after_oom(stage) else None)
+    return out
+
+
+def test_after_oom_in_a_tiled_stage_halves_the_batch_then_the_tile_then_moves_the_image_then_gives_up():
+    plan = oom_plan()
+    assert steps(plan, "transformer", 8) == [
+        (256, 2, True),  # fewer tiles per pass first
+        (256, 1, True),
+        (128, 1, True),  # then half the tile
+        (64, 1, True),
+        (256, 1, False),  # no smaller tile: the full image leaves the device, back to the planned tile
+        (128, 1, False),
+        (64, 1, False),
+        None,  # nothing left to shrink: give up
+    ]
+    assert len(plan.retries) == 7 and plan.retries[4] == (
+        "out of memory in transformer at tile 64 x 1: retrying with tile 256 x 1, full image off the device"
+    )
+
+
+@pytest.mark.parametrize("stage", ["resize", "color_fix"])
+def test_after_oom_in_a_whole_image_stage_moves_the_image_first_at_the_same_tile_and_batch(stage):
+    plan = oom_plan(batch=2)
+    assert steps(plan, stage, 2) == [(256, 2, False), (128, 2, False)]
+
+
+def test_after_oom_gives_up_at_the_smallest_tile_with_the_image_already_off_the_device():
+    plan = oom_plan(tile=64, batch=1, on_device=False)
+    assert not plan.after_oom("decode")
+    assert (plan.tile, plan.batch, plan.retries) == (64, 1, [])
+
+
+def test_plan_overlap_is_clamped_to_half_the_tile():
+    plan = oom_plan(tile=64)
+    assert plan.overlap_for(None) is None and plan.overlap_for(16) == 16 and plan.overlap_for(48) == 32

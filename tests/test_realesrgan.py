@@ -10,19 +10,15 @@ import torch
 import torch.nn.functional as F
 
 from fluxsr.baselines import RealESRGAN, RRDBNet, bicubic_upscale
-from fluxsr.baselines.realesrgan import (
+from fluxsr.baselines.ncnn import (
     TAG_FP16,
     TAG_FP32,
-    WEIGHTS_NAME,
-    convert_ncnn,
     graph_conv_in_channels,
-    load_rrdbnet,
-    outscale_size,
     parse_param,
     read_convolutions,
     run_ncnn_graph,
-    tile_plan,
 )
+from fluxsr.baselines.realesrgan import WEIGHTS_NAME, convert_ncnn, load_rrdbnet, outscale_size, tile_plan
 from fluxsr.baselines.rrdbnet import conv_names, num_params
 from fluxsr.io.cache import cache_dir
 

@@ -1,6 +1,7 @@
 """`fluxsr upscale` end to end on files: formats, alpha, 16-bit, grey, EXIF, bad files, reruns, logs."""
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -204,3 +205,25 @@ def test_each_launched_process_binds_its_own_gpu(monkeypatch):
     assert chosen == [0, 3, 1]
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert bind_local_gpu() is None and chosen == [0, 3, 1]  # CPU processes (gloo) have nothing to bind
+
+
+def test_find_jobs_resolves_each_path_once(photos, tmp_path, monkeypatch):
+    from collections import Counter
+
+    from fluxsr.inference import upscale as U
+
+    (photos / "link.png").symlink_to(photos / "tiny.png")  # a second name for one file: decided by real paths
+    calls = Counter()
+
+    def counted(path):
+        calls[Path(path)] += 1
+        return Path(os.path.realpath(path))
+
+    monkeypatch.setattr(U, "real_path", counted)
+    jobs, _ = U.find_jobs(
+        [photos, photos / "tiny.png"], tmp_path / "out", U.BatchOptions(), note=lambda _: None
+    )
+    assert [src.name for src, _ in jobs].count("tiny.png") == 1 and "link.png" not in [
+        s.name for s, _ in jobs
+    ]
+    assert calls and max(calls.values()) == 1, calls.most_common(3)

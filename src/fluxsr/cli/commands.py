@@ -528,15 +528,8 @@ def _print_notes(notes: list[str], problems: list[str]) -> None:
 
 
 def cmd_eval(args) -> int:
-    from ..evaluation.evaluate import (
-        check_report_files,
-        evaluate_dirs,
-        report_csv,
-        report_json,
-        report_markdown,
-        write_json,
-        write_text,
-    )
+    from ..evaluation.reports import report_csv, report_json, report_markdown, write_json, write_text
+    from ..evaluation.scoring import check_report_files, evaluate_dirs
 
     check_report_files(args.pred, args.gt, {"--json": args.json, "--csv": args.csv})
     report = evaluate_dirs(
@@ -561,7 +554,7 @@ def cmd_eval(args) -> int:
 
 
 def _protocol_args(p: argparse.ArgumentParser) -> None:
-    from ..evaluation.metrics import PROTOCOLS
+    from ..evaluation.protocol import PROTOCOLS
 
     p.add_argument(
         "--metrics",
@@ -657,7 +650,8 @@ def cmd_benchmark(args) -> int:
     import torch
 
     from ..data.datasets import load_dataset
-    from ..evaluation.evaluate import backend_factories, benchmark_markdown, run_benchmark
+    from ..evaluation.benchmark import backend_factories, run_benchmark
+    from ..evaluation.reports import benchmark_markdown
     from ..inference.pipeline import UpscaleOptions
 
     # bad settings fail first
@@ -736,7 +730,7 @@ def add_bench(sub) -> None:
 
 def cmd_demo(args) -> int:
     from ..data.datasets import load_lr_only
-    from ..evaluation.evaluate import run_benchmark
+    from ..evaluation.benchmark import run_benchmark
     from ..inference.pipeline import UpscaleOptions
     from ..inference.upscale import BicubicBackend
 

@@ -398,7 +398,7 @@ def hr_crop_box(h: int, w: int, scale: int, crop: int | None) -> tuple[int, int,
 def prepare_hr(rgb: torch.Tensor, scale: int, crop: int | None) -> torch.Tensor:
     """Centre-crop an RGB (3, H, W) HR image (see :func:`hr_crop_box`) and quantise it to 8-bit levels."""
     top, left, ch, cw = hr_crop_box(rgb.shape[-2], rgb.shape[-1], scale, crop)
-    from ..evaluation.metrics import quantize_8bit
+    from ..evaluation.metric_inputs import quantize_8bit
 
     return quantize_8bit(rgb[:, top : top + ch, left : left + cw].float())
 

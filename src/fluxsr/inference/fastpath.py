@@ -9,6 +9,10 @@ import argparse
 from contextlib import nullcontext
 from dataclasses import dataclass
 
+import torch
+
+from ..model.attention import install
+
 SDPA_BACKENDS = ("auto", "flash", "efficient", "cudnn", "math")
 COMPILE_MODES = ("default", "max-autotune-no-cudagraphs", "reduce-overhead")
 
@@ -91,8 +95,6 @@ def apply_fast_path(model, fast: FastPath, static_shapes: bool = True) -> list[s
 
     ``static_shapes``: one compiled graph per tile shape (a benchmark sees a few shapes); False lets torch.compile
     turn to a dynamic-shape graph once a second shape shows up (a folder of images of many sizes)."""
-    import torch
-
     notes = []
     vae, transformer = model.vae, model.transformer
     device = next(transformer.parameters()).device
@@ -120,8 +122,6 @@ def apply_fast_path(model, fast: FastPath, static_shapes: bool = True) -> list[s
         vae.encoder.compile()
         vae.decoder.compile()
     if fast.compile:
-        from ..model.attention import install
-
         install(transformer)  # before compiling: swapping processors later would recompile every block
         mode = {} if fast.compile_mode == "default" else {"mode": fast.compile_mode}
         if fast.compile == "regional":

@@ -1,31 +1,33 @@
-"""Memory planning for the tiled pipeline: probes, a calibrated cost model, the tile planner, OOM retry.
+"""Memory planning for the tiled pipeline: a calibrated cost model, the tile planner and the out-of-memory policy.
 
-- Probes: :func:`reset_peak` / :func:`read_peak` give the peak memory of a stretch of code, on CUDA
-  (``torch.cuda.max_memory_allocated``) and on the CPU (the process's peak RSS, ``VmHWM``, reset through
-  ``/proc/self/clear_refs``; no psutil).
 - Cost model (:class:`CostModel`): bytes each stage needs for one tile, as constants per pixel / per token
   calibrated on the FLUX VAE and FLUX.1-dev blocks (docs/performance.md says how), plus what the whole image costs
   while it lives on the device (the resized reference, latents, blend accumulators, the colour fix temporaries).
 - Planner (:func:`plan_memory`): the largest tile (at most the one asked for, halving down) whose stages fit the
   budget (free device memory from ``torch.cuda.mem_get_info``, or ``MemAvailable`` on the CPU, or a cap given as
   ``max_memory``); when the full-size image tensors do not fit beside it, the plan moves them off the device
-  (resize on the CPU, decoded tiles blended on the CPU, colour fix tile by tile: :func:`color_fix_tiled`).
-- :func:`run_with_oom_retry`: call a function with a tile size, halving the tile after a
-  ``torch.cuda.OutOfMemoryError`` or ``MemoryError`` instead of crashing.
+  (resize on the CPU, decoded tiles blended on the CPU, colour fix tile by tile:
+  :func:`fluxsr.inference.color.color_fix_tiled`).
+- Out of memory (:meth:`MemoryPlan.after_oom`, the whole policy): after a ``torch.cuda.OutOfMemoryError``, a
+  ``MemoryError`` or the CPU allocator's failure, the next smaller plan (fewer tiles per pass, then half the tile,
+  the full image off the device) or giving up; :func:`run_with_oom_retry` runs an attempt until it fits.
+
+Measuring memory (peaks, RSS, what is free) lives in :mod:`fluxsr.inference.probes`.
 """
 
 from __future__ import annotations
 
+import gc
 import math
 import re
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TypeVar
 
 import torch
-from torch import Tensor
+
+from .probes import cpu_available, cpu_rss
+from .tiling import snapped, tile_count
 
 GiB = 1 << 30
 AUTO_TILE_BATCH = (
@@ -44,71 +46,6 @@ def is_oom(error: BaseException) -> bool:
 
 
 T = TypeVar("T")
-
-# ----------------------------------------------------------------------------------------------------------------
-# Probes
-# ----------------------------------------------------------------------------------------------------------------
-
-_PROC = Path("/proc/self")
-
-
-def _status_kib(key: str) -> int | None:
-    """A ``kB`` field of ``/proc/self/status`` (``VmHWM``, ``VmRSS``) in KiB, or None off Linux."""
-    try:
-        text = (_PROC / "status").read_text()
-    except OSError:
-        return None
-    m = re.search(rf"^{key}:\s+(\d+)\s+kB", text, re.M)
-    return int(m.group(1)) if m else None
-
-
-def cpu_rss() -> int:
-    """Current resident set size of this process in bytes (0 where /proc is missing)."""
-    return (_status_kib("VmRSS") or 0) * 1024
-
-
-def reset_peak(device: torch.device | str) -> None:
-    """Start a new peak-memory window on ``device`` (CUDA allocator stats, or the process's RSS high-water mark)."""
-    device = torch.device(device)
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-        return
-    try:
-        (_PROC / "clear_refs").write_text("5")  # Linux >= 4.0: reset VmHWM to the current RSS
-    except OSError:
-        pass  # the peak then covers the whole process lifetime (resource.getrusage semantics)
-
-
-def read_peak(device: torch.device | str) -> int:
-    """Peak bytes since :func:`reset_peak`: CUDA ``max_memory_allocated``, or the CPU process's peak RSS."""
-    device = torch.device(device)
-    if device.type == "cuda":
-        return int(torch.cuda.max_memory_allocated(device))
-    hwm = _status_kib("VmHWM")
-    if hwm is not None:
-        return hwm * 1024
-    import resource
-
-    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * (1 if sys.platform == "darwin" else 1024)
-
-
-def current_bytes(device: torch.device | str) -> int:
-    """Bytes in use now: CUDA ``memory_allocated``, or the CPU process's RSS."""
-    device = torch.device(device)
-    return int(torch.cuda.memory_allocated(device)) if device.type == "cuda" else cpu_rss()
-
-
-def cpu_available() -> int:
-    """Bytes the CPU can still give this process: ``MemAvailable`` from /proc/meminfo (else total physical)."""
-    try:
-        m = re.search(r"^MemAvailable:\s+(\d+)\s+kB", Path("/proc/meminfo").read_text(), re.M)
-        if m:
-            return int(m.group(1)) * 1024
-    except OSError:
-        pass
-    import os
-
-    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
 def device_budget(device: torch.device | str, max_memory: int | None = None) -> tuple[int, str]:
@@ -290,6 +227,12 @@ DEFAULT_COST = CostModel()
 # ----------------------------------------------------------------------------------------------------------------
 
 
+TILED_STAGES = ("encode", "transformer", "decode")
+"""Pipeline stages that run tile by tile: their memory shrinks with the tile and the tiles per pass."""
+WHOLE_IMAGE_STAGES = ("resize", "color_fix")
+"""Pipeline stages on the full-size image: their memory shrinks only when the image leaves the device."""
+
+
 @dataclass
 class MemoryPlan:
     """What the planner chose for one image, and why.
@@ -299,6 +242,8 @@ class MemoryPlan:
     full_image_on_device: False moves resize, blending of decoded tiles and the colour fix off the accelerator
         (resize on the CPU, colour fix tile by tile); on the CPU it means the colour fix runs tile by tile.
     fits: False when even the smallest tile is estimated not to fit (the OOM retry is then the last resort).
+    multiple, min_tile: tiles are multiples of ``multiple`` and :meth:`after_oom` never goes below ``min_tile``.
+    planned_tile: the tile the planner chose (0: ``tile``); a move of the full image off the device goes back to it.
     """
 
     tile: int
@@ -316,6 +261,12 @@ class MemoryPlan:
     requested_batch: int = 1
     tiles: int = 1
     safety: float = DEFAULT_COST.safety
+    multiple: int = 16
+    min_tile: int = 64
+    planned_tile: int = 0
+
+    def __post_init__(self) -> None:
+        self.planned_tile = self.planned_tile or self.tile
 
     @property
     def peak(self) -> int:
@@ -355,6 +306,37 @@ class MemoryPlan:
         """The part of the budget plans are fitted into (``CostModel.safety`` of it)."""
         return int(self.budget * self.safety)
 
+    def overlap_for(self, overlap: int | None) -> int | None:
+        """The asked tile overlap at this plan's tile: at most half the tile (None: the model's, clamped later)."""
+        return None if overlap is None else min(overlap, self.tile // 2)
+
+    def after_oom(self, stage: str) -> bool:
+        """Turn this plan into the next, smaller one after running out of memory in ``stage``; False: give up.
+
+        A tiled stage (:data:`TILED_STAGES`) with several tiles per pass first halves the tiles per pass; else the
+        tile is halved (multiples of ``multiple``, not below ``min_tile``). The full-size tensors (reference, blend
+        buffers) do not shrink with the tile: they move off the device when a whole-image stage
+        (:data:`WHOLE_IMAGE_STAGES`) failed (same tile), or as the last resort when no smaller tile is left (back
+        to the planned tile: the tile was not what ran out). Nothing left to shrink: give up. Each retry is noted
+        in ``retries``.
+        """
+        tile, batch = self.tile, self.batch
+        halved = halve(tile, self.multiple, self.min_tile)
+        fewer = stage in TILED_STAGES and batch > 1
+        whole = stage in WHOLE_IMAGE_STAGES
+        moved = self.full_image_on_device and (whole or not (fewer or halved))
+        nxt = (tile if whole else self.planned_tile) if moved else tile if fewer else halved
+        if not nxt:
+            return False
+        self.full_image_on_device &= not moved
+        self.batch = batch // 2 if fewer else batch
+        self.tile = nxt
+        self.retries.append(
+            f"out of memory in {stage} at tile {tile} x {batch}: retrying with tile {nxt} x {self.batch}"
+            + (", full image off the device" if moved else "")
+        )
+        return True
+
 
 def tile_candidates(requested: int, multiple: int, min_tile: int) -> list[int]:
     """Tile edges to try: ``requested`` rounded down to ``multiple``, then halved until below ``min_tile``."""
@@ -368,6 +350,17 @@ def halve(tile: int, multiple: int, min_tile: int) -> int:
     """Half of ``tile`` rounded down to ``multiple``, or 0 when that is below ``min_tile`` (or ``multiple``)."""
     half = tile // 2 // multiple * multiple
     return half if half >= max(min_tile, multiple) else 0
+
+
+def image_tile_candidates(
+    padded_hw: tuple[int, int], requested: int, multiple: int, min_tile: int
+) -> list[int]:
+    """:func:`tile_candidates` for an image of ``padded_hw``: tiles at least as large as the image are all the same
+    one tile, so the list starts at the smallest of them (an OOM retry's first halving then shrinks something)."""
+    candidates = tile_candidates(requested, multiple, min_tile)
+    while len(candidates) > 1 and candidates[1] >= max(padded_hw):
+        candidates.pop(0)
+    return candidates
 
 
 def min_tile_for(multiple: int) -> int:
@@ -398,15 +391,9 @@ def plan_memory(
     largest tile first, then on-device, then the largest batch. Tiles never exceed the (padded) image, so small
     images cost what they are.
     """
-    from .tiling import snapped, tile_count
-
     h, w = (-(-s // multiple) * multiple for s in image_hw)
     usable = int(budget * cost.safety)
-    candidates = tile_candidates(requested_tile, multiple, min_tile)
-    # tiles at least as large as the padded image are all the same one tile: start at the smallest of them, so
-    # that an OOM retry's first halving shrinks something real
-    while len(candidates) > 1 and candidates[1] >= max(h, w):
-        candidates.pop(0)
+    candidates = image_tile_candidates((h, w), requested_tile, multiple, min_tile)
     want = requested_batch if requested_batch > 0 else AUTO_TILE_BATCH
     last = None
     for tile in candidates:
@@ -431,6 +418,8 @@ def plan_memory(
                     requested_batch=requested_batch,
                     tiles=tiles,
                     safety=cost.safety,
+                    multiple=multiple,
+                    min_tile=min_tile,
                 )
                 if last.peak <= usable:
                     return last
@@ -481,88 +470,20 @@ def plan_for(
 
 def free_cached(device: torch.device | str) -> None:
     """Give PyTorch's cached, unused device blocks back after an OOM (a no-op on the CPU)."""
-    import gc
-
     gc.collect()
     if torch.device(device).type == "cuda":
         torch.cuda.empty_cache()
 
 
 def run_with_oom_retry(
-    fn: Callable[[int], T],
-    tile: int,
-    *,
-    multiple: int = 16,
-    min_tile: int = 64,
-    on_retry: Callable[[int, int, BaseException], int] | None = None,
-    device: torch.device | str = "cpu",
+    attempt: Callable[[], T], after_oom: Callable[[BaseException], bool], device: torch.device | str = "cpu"
 ) -> T:
-    """``fn(tile)``; on an out-of-memory error (:func:`is_oom`) retry with half the tile.
-
-    Tiles are multiples of ``multiple`` and never below ``min_tile``: past that the error is re-raised.
-    ``on_retry(tile, halved, error)`` is called first and returns the tile to retry with: ``halved`` (0 when no
-    smaller tile is allowed: give up), or ``tile`` again after it changed something else (e.g. moved the whole
-    image off the device).
-    """
+    """``attempt()``, again after each out-of-memory error (:func:`is_oom`) for which ``after_oom(error)`` made a
+    smaller plan (typically :meth:`MemoryPlan.after_oom`); re-raised when it returns False."""
     while True:
         try:
-            return fn(tile)
+            return attempt()
         except Exception as error:
-            if not is_oom(error):
+            if not is_oom(error) or not after_oom(error):
                 raise
-            nxt = halve(tile, multiple, min_tile)
-            if on_retry is not None:
-                nxt = on_retry(tile, nxt, error)
-            if nxt <= 0:
-                raise
-            tile = nxt
         free_cached(device)  # outside the except block: the traceback no longer pins the failed tensors
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Whole-image stages without the whole image on the device
-# ----------------------------------------------------------------------------------------------------------------
-
-
-def wavelet_halo(levels: int = 5) -> int:
-    """Pixels a ``levels``-level a-trous low-pass reaches (dilations 1, 2, ..., 2^(levels-1)): ``2^levels - 1``."""
-    return 2**levels - 1
-
-
-def _spans(length: int, tile: int) -> list[tuple[int, int]]:
-    return [(s, min(s + tile, length)) for s in range(0, length, tile)]
-
-
-def color_fix_tiled(
-    x: Tensor, ref: Tensor, method: str, tile: int = 1024, device: torch.device | str | None = None
-) -> Tensor:
-    """``color_fix(x, ref, method).clamp(0, 1)`` computed tile by tile, into a tensor on ``x``'s device.
-
-    Only one tile (plus a halo of :func:`wavelet_halo` pixels) is on ``device`` at a time, so a huge image can stay
-    in CPU RAM while the arithmetic runs on the accelerator. ``wavelet`` is exact: every output pixel sees the same
-    neighbourhood as in the global computation (the halo covers the blur's reach; at the image border the window
-    border is the image border). ``adain`` uses global statistics, computed first.
-    """
-    from .color import COLOR_FIXES, adain_affine, color_fix
-
-    if method not in COLOR_FIXES:
-        raise ValueError(f"unknown colour fix {method!r}; choose one of {COLOR_FIXES}")
-    if method == "none":
-        return x.clamp(0, 1)
-    device = torch.device(device) if device is not None else x.device
-    out = torch.empty_like(x)
-    _, _, h, w = x.shape
-    halo = wavelet_halo() if method == "wavelet" else 0
-    if method == "adain":
-        gain, bias = (t.to(device) for t in adain_affine(x, ref))
-    for y0, y1 in _spans(h, tile):
-        for x0, x1 in _spans(w, tile):
-            wy0, wy1, wx0, wx1 = max(0, y0 - halo), min(h, y1 + halo), max(0, x0 - halo), min(w, x1 + halo)
-            xt = x[:, :, wy0:wy1, wx0:wx1].to(device)
-            if method == "adain":
-                res = xt * gain + bias
-            else:
-                res = color_fix(xt, ref[:, :, wy0:wy1, wx0:wx1].to(device), method)
-            core = res[:, :, y0 - wy0 : y1 - wy0, x0 - wx0 : x1 - wx0].clamp(0, 1)
-            out[:, :, y0:y1, x0:x1] = core.to(out.device)
-    return out

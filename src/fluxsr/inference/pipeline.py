@@ -17,13 +17,14 @@ from fractions import Fraction
 
 import torch
 import torch.nn.functional as F
+from PIL import Image
 from torch import Tensor
 
-from ..io.images import MAX_PIXELS, check_output_pixels, resize, target_size
+from ..io.images import MAX_PIXELS, check_output_pixels, pil_to_tensor, resize, target_size, tensor_to_pil
 from ..model.flow import one_step
 from ..model.models import FluxSRModel, load_model, to_device, velocity
-from . import memory
-from .color import color_fix
+from . import memory, probes
+from .color import color_fix, color_fix_tiled
 from .tiling import TileSpec, check_tile_overlap, latent_tiles, snapped, tiled_map
 
 
@@ -216,10 +217,10 @@ class FluxSRPipeline:
     @contextmanager
     def _timed(self, stage: str):
         self._stage = stage
-        memory.reset_peak(self.device)
+        probes.reset_peak(self.device)
         with timed(self.timings, stage, self.device):
             yield
-        self.peaks[stage] = max(self.peaks.get(stage, 0), memory.read_peak(self.device))
+        self.peaks[stage] = max(self.peaks.get(stage, 0), probes.read_peak(self.device))
 
     def _pixel_tiles(self, opts: UpscaleOptions) -> TileSpec:
         spec = self.model.spec
@@ -280,9 +281,8 @@ class FluxSRPipeline:
         Tiles come from the memory planner (:mod:`fluxsr.inference.memory`): ``opts.tile`` unless the estimate does not fit
         the free memory (or ``self.max_memory``); tiles per pass likewise (``opts.tile_batch``, chosen when 0). An
         ``opts.overlap`` over half the model's tile (no ``opts.tile``) and an output over ``opts.max_pixels`` are
-        ValueErrors before any work. Out of memory, the run is retried with half the tiles per
-        pass, then halved tiles; with the full image off the device when resize or colour fix failed, or when no
-        smaller tile is left.
+        ValueErrors before any work. Out of memory, the run is retried with the plan's next, smaller
+        plan (:meth:`fluxsr.inference.memory.MemoryPlan.after_oom`).
         """
         opts = opts or UpscaleOptions()
         check_tile_overlap(opts.tile or self.model.spec.tile, opts.overlap)
@@ -294,47 +294,19 @@ class FluxSRPipeline:
         if plan.changed:
             print(f"fluxsr: {plan.describe()}", file=sys.stderr)
 
-        first_tile = plan.tile
-
-        def on_retry(tile: int, halved: int, error: BaseException) -> int:
-            fewer = self._stage in ("encode", "transformer", "decode") and plan.batch > 1
-            # full-size tensors (reference, blend buffers) do not shrink with the tile: move them off the device
-            # when a whole-image stage failed (same tile), or as the last resort when no smaller tile is left
-            # (back to the planned tile: the tile was not what ran out)
-            whole = self._stage in ("resize", "color_fix")
-            moved = plan.full_image_on_device and (whole or not (fewer or halved))
-            plan.full_image_on_device &= not moved
-            batch = plan.batch
-            plan.batch = batch // 2 if fewer else batch
-            nxt = (tile if whole else first_tile) if moved else tile if fewer else halved
-            if nxt:
-                plan.retries.append(
-                    f"out of memory in {self._stage} at tile {tile} x {batch}: retrying with tile "
-                    f"{nxt} x {plan.batch}" + (", full image off the device" if moved else "")
-                )
-                print(f"fluxsr: {plan.retries[-1]}", file=sys.stderr)
-            return nxt
-
-        def attempt(tile: int) -> Tensor:
-            plan.tile = tile
-            # a tile smaller than asked keeps at most half of it as overlap (what snapped() does anyway)
-            overlap = None if opts.overlap is None else min(opts.overlap, tile // 2)
-            return self._upscale(
-                rgb,
-                replace(opts, tile=tile, overlap=overlap, tile_batch=plan.batch),
-                out_hw,
-                plan.full_image_on_device,
+        def attempt() -> Tensor:
+            tiles = replace(
+                opts, tile=plan.tile, overlap=plan.overlap_for(opts.overlap), tile_batch=plan.batch
             )
+            return self._upscale(rgb, tiles, out_hw, plan.full_image_on_device)
 
-        m = self.model.multiple
-        return memory.run_with_oom_retry(
-            attempt,
-            plan.tile,
-            multiple=m,
-            min_tile=memory.min_tile_for(m),
-            on_retry=on_retry,
-            device=self.device,
-        )
+        def after_oom(_error: BaseException) -> bool:
+            retry = plan.after_oom(self._stage)
+            if retry:
+                print(f"fluxsr: {plan.retries[-1]}", file=sys.stderr)
+            return retry
+
+        return memory.run_with_oom_retry(attempt, after_oom, self.device)
 
     def _upscale(self, rgb: Tensor, opts: UpscaleOptions, out_hw: tuple[int, int], on_device: bool) -> Tensor:
         """One attempt at :meth:`upscale_tensor` with fixed tiles; ``on_device=False`` keeps the full-size image
@@ -357,7 +329,7 @@ class FluxSRPipeline:
             if on_device:
                 y = color_fix(y, ref, opts.color_fix).clamp(0, 1)
             else:
-                y = memory.color_fix_tiled(y, ref, opts.color_fix, opts.tile, self.device)
+                y = color_fix_tiled(y, ref, opts.color_fix, opts.tile, self.device)
         if not torch.isfinite(y).all():
             raise NonFiniteOutputError(
                 f"the model produced NaN/Inf (dtype {self.dtype}); try --dtype bf16 or fp32"
@@ -378,10 +350,6 @@ class FluxSRPipeline:
         """Upscale a PIL image (returns PIL, same mode family) or a tensor (3, h, w) in [0, 1] or uint8 (returns a
         float tensor in [0, 1]); anything else raises ``TypeError`` (see :func:`as_rgb`). Settings are those of
         :class:`UpscaleOptions` (bad ones raise ``ValueError`` before any work)."""
-        from PIL import Image
-
-        from ..io.images import pil_to_tensor, tensor_to_pil
-
         opts = UpscaleOptions(scale, long_side, color_fix, tile, overlap, tile_batch, max_pixels)
         if not isinstance(image, Image.Image):
             return self.upscale_tensor(image, opts)

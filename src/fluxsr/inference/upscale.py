@@ -20,7 +20,7 @@ from typing import Protocol
 import torch
 from torch import Tensor
 
-from ..io.cache import remove_stale_temp_files
+from ..baselines.realesrgan import RealESRGAN
 from ..io.guards import real_path
 from ..io.images import (
     IMAGE_EXTENSIONS,
@@ -40,7 +40,7 @@ from ..io.images import (
     write_image,
 )
 from . import memory
-from .pipeline import NonFiniteOutputError, UpscaleOptions
+from .pipeline import FluxSRPipeline, NonFiniteOutputError, UpscaleOptions, resolve_device
 
 
 class Backend(Protocol):
@@ -71,8 +71,6 @@ class RealESRGANBackend:
     name: str = "realesrgan"
 
     def __post_init__(self):
-        from ..baselines.realesrgan import RealESRGAN
-
         self.net = RealESRGAN(device=self.device, tile=self.tile)
 
     def upscale_tensor(self, rgb: Tensor, opts: UpscaleOptions) -> Tensor:
@@ -85,16 +83,12 @@ class RealESRGANBackend:
 def make_backend(backend: str, **fluxsr_kwargs) -> Backend:
     """``fluxsr`` (kwargs go to :meth:`FluxSRPipeline.from_pretrained`), ``bicubic`` or ``realesrgan``."""
     if backend == "fluxsr":
-        from .pipeline import FluxSRPipeline
-
         pipe = FluxSRPipeline.from_pretrained(**fluxsr_kwargs)
         pipe.name = f"fluxsr:{pipe.model.spec.name}"
         return pipe
     if backend == "bicubic":
         return BicubicBackend()
     if backend == "realesrgan":
-        from .pipeline import resolve_device
-
         return RealESRGANBackend(device=str(resolve_device(fluxsr_kwargs.get("device"))))
     raise ValueError(f"unknown backend {backend!r}: choose fluxsr, bicubic or realesrgan")
 
@@ -266,9 +260,10 @@ def find_jobs(
                 f"images are {' '.join(IMAGE_EXTENSIONS)}"
             )
         jobs += [(src, destination(src, root, out_dir, batch)) for src in scan.images]
-    jobs, clashes = _outputs_that_are_inputs(jobs)
+    real = resolved({path for job in jobs for path in job})
+    jobs, clashes = _outputs_that_are_inputs(jobs, real)
     results += clashes
-    jobs, clashes = _one_job_per_output(jobs)
+    jobs, clashes = _one_job_per_output(jobs, real)
     results += clashes
     if not jobs and not results:
         names = ", ".join(map(str, inputs))
@@ -276,18 +271,23 @@ def find_jobs(
     return jobs, results
 
 
+def resolved(paths: set[Path]) -> dict[Path, Path]:
+    """Each path with its links resolved (:func:`fluxsr.io.guards.real_path`), each resolved once."""
+    return {path: real_path(path) for path in paths}
+
+
 def _outputs_that_are_inputs(
-    jobs: list[tuple[Path, Path]],
+    jobs: list[tuple[Path, Path]], real: dict[Path, Path]
 ) -> tuple[list[tuple[Path, Path]], list[FileResult]]:
     """Jobs without those whose output is another job's source (``-o`` = the input folder with ``--ext png`` and
     ``a.jpg``, ``a.png``; or ``--suffix _x4`` and ``a.png``, ``a_x4.png``), and a failure for both files of each
     such clash, naming the other: the output would replace an input photo, and the input may be an earlier output
-    (fluxsr cannot tell which), so neither runs."""
-    sources = {real_path(src): src for src, _ in jobs}
+    (fluxsr cannot tell which), so neither runs. ``real``: each path with its links resolved."""
+    sources = {real[src]: src for src, _ in jobs}
     refused: dict[Path, FileResult] = {}
     for src, dst in jobs:
-        other = sources.get(real_path(dst))
-        if other is None or real_path(dst) == real_path(src):
+        other = sources.get(real[dst])
+        if other is None or real[dst] == real[src]:
             continue  # output = input itself is check_job's "would overwrite the input"
         hint = "write to another folder with -o (or another --suffix/--ext)"
         reasons = {
@@ -295,21 +295,23 @@ def _outputs_that_are_inputs(
             other: f"not upscaled: it is also the output name of {src} (an earlier output?); {hint}",
         }
         for path, reason in reasons.items():
-            refused.setdefault(real_path(path), failure(path, ImageError(path, reason)))
-    kept = [(src, dst) for src, dst in jobs if real_path(src) not in refused]
+            refused.setdefault(real[path], failure(path, ImageError(path, reason)))
+    kept = [(src, dst) for src, dst in jobs if real[src] not in refused]
     return kept, list(refused.values())
 
 
-def _one_job_per_output(jobs: list[tuple[Path, Path]]) -> tuple[list[tuple[Path, Path]], list[FileResult]]:
+def _one_job_per_output(
+    jobs: list[tuple[Path, Path]], real: dict[Path, Path]
+) -> tuple[list[tuple[Path, Path]], list[FileResult]]:
     """Each output written by one job and each source read by one: a file met twice (given twice, under two given
     folders, or beside a link to it) runs once, at its first place that is not a link; a second source for an
     output that an earlier one writes (``a.jpg`` and ``a.png`` with ``--ext png``) is a failure naming both.
     Decided here, before the jobs are split across processes, so every run makes the same choice."""
-    place = _reading_places(jobs)
+    place = _reading_places(jobs, real)
     kept, clashes, writer = [], [], {}
     for index, (src, dst) in enumerate(jobs):
-        key = real_path(dst)
-        if place[real_path(src)] != index:
+        key = real[dst]
+        if place[real[src]] != index:
             continue
         if key not in writer:
             writer[key] = src
@@ -325,14 +327,14 @@ def _one_job_per_output(jobs: list[tuple[Path, Path]]) -> tuple[list[tuple[Path,
     return kept, clashes
 
 
-def _reading_places(jobs: list[tuple[Path, Path]]) -> dict[Path, int]:
+def _reading_places(jobs: list[tuple[Path, Path]], real: dict[Path, Path]) -> dict[Path, int]:
     """For each source file (by its real path), the index of the job that reads it: its first place in ``jobs``
     that is not a link to it, or its first place when all are links."""
     place: dict[Path, int] = {}
     for index, (src, _) in enumerate(jobs):
-        first = place.setdefault(real_path(src), index)
+        first = place.setdefault(real[src], index)
         if jobs[first][0].is_symlink() and not src.is_symlink():
-            place[real_path(src)] = index
+            place[real[src]] = index
     return place
 
 
@@ -396,11 +398,8 @@ def run_jobs(
 ) -> list[FileResult]:
     """Run (source, destination) jobs in order, one result each: :func:`check_job`, then :func:`upscale_one`;
     failures and notes are printed as they happen, with a progress bar on a terminal (``progress="always"``:
-    anywhere). First, temporary files that killed runs left in the output folders are removed
-    (:func:`fluxsr.io.cache.remove_stale_temp_files`)."""
-    for folder in sorted({dst.parent for _, dst in jobs}):
-        for temp in remove_stale_temp_files(folder):
-            print(f"note: removed {temp}, left by an interrupted run", file=sys.stderr)
+    anywhere). Temporary files that killed runs left in an output folder are removed on the first write there
+    (:func:`fluxsr.io.cache.write_atomic`)."""
     results: list[FileResult] = []
     bar = None
     if progress:

@@ -162,14 +162,30 @@ def remove_stale_temp_files(folder: Path) -> list[Path]:
     return removed
 
 
+CLEANED_FOLDERS: set[Path] = set()
+"""Folders (links resolved) whose stale temporary files this process has removed (:func:`clean_folder_once`)."""
+
+
+def clean_folder_once(folder: Path) -> None:
+    """:func:`remove_stale_temp_files` in ``folder`` the first time this process writes there, with a note on
+    stderr per file removed (a rerun after a killed run cleans what it left)."""
+    key = Path(os.path.realpath(folder))
+    if key in CLEANED_FOLDERS:
+        return
+    CLEANED_FOLDERS.add(key)
+    for temp in remove_stale_temp_files(folder):
+        print(f"note: removed {temp}, left by an interrupted run", file=sys.stderr)
+
+
 def write_atomic(path: Path, write: Callable[[BinaryIO], None]) -> None:
     """Run ``write`` on a hidden temporary file beside ``path``, then rename it over ``path`` (never a half file).
 
     The temporary file is made like ``open()`` makes files (the umask applies), with a short name
-    (:func:`temp_name`) so that any name that fits, fits with it; one left by a killed process is removed by
-    :func:`remove_stale_temp_files`. ``OSError`` is left to the caller.
+    (:func:`temp_name`) so that any name that fits, fits with it; those left in the folder by killed processes
+    are removed on the first write there (:func:`clean_folder_once`). ``OSError`` is left to the caller.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
+    clean_folder_once(path.parent)
     temp = path.with_name(temp_name())
     try:
         with open(temp, "xb") as handle:

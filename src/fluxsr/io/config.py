@@ -91,40 +91,67 @@ def parse_yaml(text: str | bytes, source: str) -> Any:
 
 
 def _convert(value: Any, tp: Any, where: str) -> Any:
-    origin = typing.get_origin(tp)
-    args = typing.get_args(tp)
+    """``value`` read from YAML as type ``tp`` (a dataclass, union, list, tuple, dict, literal or scalar), or a
+    one-line :class:`ConfigError` naming ``where``."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
     if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        errors = []
-        for arg in (a for a in args if a is not type(None)):
-            try:
-                return _convert(value, arg, where)
-            except ConfigError as e:
-                errors.append(str(e))
-        raise ConfigError(errors[0] if errors else f"{where}: bad value {value!r}")
+        return _convert_union(value, args, where)
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
             raise ConfigError(f"{where}: expected a mapping, got {value!r}")
         return from_dict(tp, value, where)
     if origin in (list, tuple):
-        if not isinstance(value, list | tuple):
-            raise ConfigError(f"{where}: expected a list, got {value!r}")
-        if origin is tuple and args and args[-1] is not Ellipsis:
-            if len(value) != len(args):
-                raise ConfigError(f"{where}: expected {len(args)} values, got {len(value)}")
-            return tuple(
-                _convert(v, a, f"{where}[{i}]") for i, (v, a) in enumerate(zip(value, args, strict=True))
-            )
-        item = args[0] if args else Any
-        out = [_convert(v, item, f"{where}[{i}]") for i, v in enumerate(value)]
-        return tuple(out) if origin is tuple else out
+        return _convert_sequence(value, origin, args, where)
     if origin is dict:
         if not isinstance(value, dict):
             raise ConfigError(f"{where}: expected a mapping, got {value!r}")
         return dict(value)
-    if tp is Any:
+    if origin is typing.Literal:
+        if value not in args:
+            raise ConfigError(f"{where}: expected one of {list(args)}, got {value!r}")
         return value
+    return _convert_scalar(value, tp, where)
+
+
+def _convert_union(value: Any, args: tuple, where: str) -> Any:
+    """``value`` as the first member of an ``X | Y | None`` union it converts to (None stays None when allowed)."""
+    if value is None and type(None) in args:
+        return None
+    errors = []
+    for arg in (a for a in args if a is not type(None)):
+        try:
+            return _convert(value, arg, where)
+        except ConfigError as e:
+            errors.append(str(e))
+    raise ConfigError(errors[0] if errors else f"{where}: bad value {value!r}")
+
+
+def _convert_sequence(value: Any, origin: type, args: tuple, where: str) -> list | tuple:
+    """``value`` as ``list[X]``, ``tuple[X, ...]`` or a fixed-length ``tuple[X, Y]``, item by item."""
+    if not isinstance(value, list | tuple):
+        raise ConfigError(f"{where}: expected a list, got {value!r}")
+    if origin is tuple and args and args[-1] is not Ellipsis:
+        if len(value) != len(args):
+            raise ConfigError(f"{where}: expected {len(args)} values, got {len(value)}")
+        return tuple(
+            _convert(v, a, f"{where}[{i}]") for i, (v, a) in enumerate(zip(value, args, strict=True))
+        )
+    item = args[0] if args else Any
+    out = [_convert(v, item, f"{where}[{i}]") for i, v in enumerate(value)]
+    return tuple(out) if origin is tuple else out
+
+
+_SCALARS: dict[Any, tuple[Any, str]] = {
+    int: (int, "int"),
+    bool: (bool, "true/false"),
+    str: (str, "a string"),
+    Path: (str | Path, "a path"),
+}
+"""Scalar types a config field may have (besides float): the Python types a YAML value may be, and their name."""
+
+
+def _convert_scalar(value: Any, tp: Any, where: str) -> Any:
+    """``value`` as a float, int (not bool), bool, str or Path; other types (``Any``) take it as it is."""
     if tp is float:
         if isinstance(value, str):  # YAML 1.1 reads 1e-4 (no dot) as a string
             try:
@@ -134,27 +161,12 @@ def _convert(value: Any, tp: Any, where: str) -> Any:
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise ConfigError(f"{where}: expected float, got {value!r}")
         return float(value)
-    if tp is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{where}: expected int, got {value!r}")
+    if tp not in _SCALARS:
         return value
-    if tp is bool:
-        if not isinstance(value, bool):
-            raise ConfigError(f"{where}: expected true/false, got {value!r}")
-        return value
-    if tp is str:
-        if not isinstance(value, str):
-            raise ConfigError(f"{where}: expected a string, got {value!r}")
-        return value
-    if tp is Path:
-        if not isinstance(value, str | Path):
-            raise ConfigError(f"{where}: expected a path, got {value!r}")
-        return Path(value)
-    if typing.get_origin(tp) is typing.Literal:
-        if value not in args:
-            raise ConfigError(f"{where}: expected one of {list(args)}, got {value!r}")
-        return value
-    return value
+    kinds, name = _SCALARS[tp]
+    if not isinstance(value, kinds) or (tp is int and isinstance(value, bool)):
+        raise ConfigError(f"{where}: expected {name}, got {value!r}")
+    return Path(value) if tp is Path else value
 
 
 def from_dict(cls: type[T], data: dict, where: str = "") -> T:

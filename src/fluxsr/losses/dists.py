@@ -21,10 +21,12 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from fluxsr.evaluation.weights import DISTS_FILE
 from fluxsr.io.cache import cached_file
 from fluxsr.losses.lpips import freeze, load_state_file
 from fluxsr.losses.vgg import VGG16Features
+
+DISTS_FILE = "dists.safetensors"
+"""Cache file of the DISTS weights (written by ``fluxsr weights fetch dists``)."""
 
 DISTS_CHANNELS = (3, 64, 128, 256, 512, 512)
 IMAGENET_MEAN = (0.485, 0.456, 0.406)

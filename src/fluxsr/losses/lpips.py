@@ -20,9 +20,11 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
-from fluxsr.evaluation.weights import LPIPS_FILES
 from fluxsr.io.cache import cached_file, read_safetensors
 from fluxsr.losses.vgg import ALEXNET_CHANNELS, VGG16_CHANNELS, AlexNetFeatures, VGG16Features
+
+LPIPS_FILES = {"vgg": "lpips_vgg.safetensors", "alex": "lpips_alex.safetensors"}
+"""Cache file of each LPIPS backbone (written by ``fluxsr weights fetch lpips``)."""
 
 Net = Literal["vgg", "alex"]
 

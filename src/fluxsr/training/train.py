@@ -716,7 +716,7 @@ def validate(
 
     Returns PSNR (dB) per pair input against its x0, written to ``out/metrics.json``.
     """
-    from ..evaluation.metrics import psnr
+    from ..evaluation.psnr_ssim import psnr
     from ..io.images import find_images, read_image, resize, write_image
 
     out.mkdir(parents=True, exist_ok=True)
