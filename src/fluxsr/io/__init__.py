@@ -1,5 +1,5 @@
 """Files in and out: images (read/write with alpha, ICC, EXIF, 16-bit), typed YAML configs, the cache and atomic
-writes, and the guards that keep outputs off inputs."""
+writes, the guards that keep outputs off inputs, and Hugging Face repo ids as model names."""
 
 from .cache import (
     DamagedFileError,
@@ -11,6 +11,7 @@ from .cache import (
 )
 from .config import ConfigError, from_dict, load_config, to_dict
 from .guards import check_inputs_apart, real_path
+from .hub import RepoRef, hub_model_path, parse_repo_ref
 from .images import ImageError, find_images, read_image, resize, write_image
 
 __all__ = [
@@ -18,12 +19,15 @@ __all__ = [
     "DamagedFileError",
     "ImageError",
     "MissingWeightsError",
+    "RepoRef",
     "cache_dir",
     "cached_file",
     "check_inputs_apart",
     "find_images",
     "from_dict",
+    "hub_model_path",
     "load_config",
+    "parse_repo_ref",
     "read_image",
     "read_safetensors",
     "real_path",
