@@ -137,3 +137,17 @@ def test_a_recipe_refuses_a_repo_id(tmp_path, monkeypatch):
     (tmp_path / "org" / "flux").mkdir(parents=True)
     monkeypatch.chdir(tmp_path)
     assert load_recipe(None, ["model.base=org/flux"]).model.base == "org/flux"  # a local folder of that name
+
+
+def test_a_diffusers_flux_repo_loads_with_its_prompt_embeddings(hub_cache, tmp_path):
+    """A repo without fluxsr.json is a diffusers FLUX folder (as black-forest-labs/FLUX.1-dev is)."""
+    tiny = M.build_tiny(seed=8)
+    folder = tmp_path / "flux"
+    tiny.transformer.save_pretrained(folder / "transformer")
+    tiny.vae.save_pretrained(folder / "vae")
+    tiny.cond.save(folder / M.EMBEDS_FILE)
+    (folder / "model_index.json").write_text(json.dumps({"_class_name": "FluxPipeline"}))
+    put_in_hub_cache(hub_cache, "someone/flux-diffusers", folder)
+    torch.testing.assert_close(
+        _velocity(M.load_model("someone/flux-diffusers")), _velocity(M.load_model(folder)), atol=0, rtol=0
+    )

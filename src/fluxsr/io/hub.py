@@ -39,6 +39,8 @@ WEIGHT_FILES = (
     "vae/*.safetensors",
 )
 """A diffusers transformer and VAE as fluxsr loads them: configs and safetensors (never pickles)."""
+HEAD_FILES = (SPEC_FILE, "model_index.json")
+"""Fetched first, alone: they tell a fluxsr folder (and its kind) from a diffusers one (``model_index.json``)."""
 LORA_FOLDER_FILES = (SPEC_FILE, "prompt_embeds.safetensors", "lora.safetensors")
 MODEL_FOLDER_FILES = LORA_FOLDER_FILES + WEIGHT_FILES
 FLUX_FOLDER_FILES = WEIGHT_FILES + ("prompt_embeds.safetensors",)
@@ -129,10 +131,10 @@ def snapshot(ref: RepoRef, patterns: tuple[str, ...]) -> Path:
 
 
 def fetch_model_folder(name: str, ref: RepoRef) -> Path:
-    """The snapshot of ``ref`` with the files its kind of folder needs: first the spec file alone, which tells
-    the kind, then those files at the same commit. Errors are one FileNotFoundError line (:func:`hub_error`)."""
+    """The snapshot of ``ref`` with the files its kind of folder needs: first :data:`HEAD_FILES` alone, which
+    tell the kind, then those files at the same commit. Errors are one FileNotFoundError line (:func:`hub_error`)."""
     try:
-        head = snapshot(ref, (SPEC_FILE,))
+        head = snapshot(ref, HEAD_FILES)
         return snapshot(RepoRef(ref.repo_id, head.name), folder_files(head))
     except (LocalEntryNotFoundError, HfHubHTTPError, OSError) as error:
         raise hub_error(name, ref, error) from None
