@@ -27,7 +27,8 @@ def checkpoint_model(base: Path, checkpoint: Path, out: Path) -> Path:
     """A fluxsr model folder: ``base`` with the transformer weights of ``checkpoint`` (a full fine-tuning run, as the
     bundled recipes are; a LoRA run's model is its exported final/ folder)."""
     from fluxsr.io.cache import read_safetensors
-    from fluxsr.model.models import load_model, save_model_folder
+    from fluxsr.model.folders import save_model_folder
+    from fluxsr.model.loader import load_model
     from fluxsr.training.train import load_trainable
 
     if not (out / "fluxsr.json").is_file():

@@ -36,15 +36,8 @@ def make(out: Path) -> None:
     import torch
     from safetensors.torch import save_file
 
-    from fluxsr.model.models import (
-        FLUX_DEV_TRANSFORMER,
-        FLUX_VAE,
-        build_transformer,
-        build_vae,
-        diffusers_to_bfl,
-        random_cond,
-        vae_to_ldm,
-    )
+    from fluxsr.model.bfl_keys import diffusers_to_bfl, vae_to_ldm
+    from fluxsr.model.presets import FLUX_DEV_TRANSFORMER, FLUX_VAE, build_transformer, build_vae, random_cond
 
     torch.manual_seed(0)
     transformer = build_transformer(dict(FLUX_DEV_TRANSFORMER, num_layers=1, num_single_layers=2)).to(

@@ -17,7 +17,8 @@ from fluxsr.inference import probes as PROBES
 from fluxsr.inference.color import color_fix_tiled
 from fluxsr.inference.pipeline import FluxSRPipeline, UpscaleOptions
 from fluxsr.io.cache import cache_dir
-from fluxsr.model.models import TINY_TRANSFORMER, build_tiny, velocity
+from fluxsr.model.model import velocity
+from fluxsr.model.presets import TINY_TRANSFORMER, build_tiny
 
 # ----------------------------------------------------------------------------------------------------------------
 # FLOP counter
@@ -62,7 +63,7 @@ def test_flops_match_torch_flop_counter():
 
 def test_flux_dev_floor_at_1024():
     """FLUX.1-dev at 1024^2 (4096 image + 512 text tokens): 74.38 TFLOP, 94 ms at 790 TFLOP/s."""
-    from fluxsr.model.models import FLUX_DEV_TRANSFORMER
+    from fluxsr.model.presets import FLUX_DEV_TRANSFORMER
 
     a = SF.analytic_floor(FLUX_DEV_TRANSFORMER, (1024, 1024), 1024, 128, 512, 790.0)
     assert a["tiles"] == 1 and a["tokens_per_tile"] == 4608

@@ -9,7 +9,8 @@ from fluxsr.data.degrade import DegradationConfig, degrade
 from fluxsr.evaluation.psnr_ssim import psnr
 from fluxsr.inference.pipeline import FluxSRPipeline, UpscaleOptions
 from fluxsr.io.images import read_image, resize
-from fluxsr.model.models import BUNDLED_MODEL, load_model
+from fluxsr.model.loader import load_model
+from fluxsr.model.presets import BUNDLED_MODEL
 
 HELD_OUT = Path(__file__).parent / "data" / "kodim23_crop.png"  # Kodak24 kodim23 crop: never used in training
 # Measured with this test's recipe (degradation seed 0, x4, Y-channel PSNR, border 4) on torch 2.13.0 CPU fp32.

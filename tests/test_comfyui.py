@@ -16,7 +16,9 @@ import torch
 from PIL import Image
 
 from fluxsr.cli import main
-from fluxsr.model.models import BUNDLED_MODEL, add_lora, load_model, lora_state_dict, save_lora
+from fluxsr.model.loader import load_model
+from fluxsr.model.lora import add_lora, lora_state_dict, save_lora
+from fluxsr.model.presets import BUNDLED_MODEL
 
 ROOT = Path(__file__).parents[1]
 NODE_DIR = ROOT / "comfyui"

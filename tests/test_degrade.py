@@ -10,25 +10,17 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from fluxsr.data.degrade import (
-    DegradationConfig,
+from fluxsr.data.degradation_config import DegradationConfig
+from fluxsr.data.degrade import apply_degradation, degrade, degrade_file, degrade_to_input, sample_params
+from fluxsr.data.degrade_ops import (
     add_gaussian_noise,
     add_poisson_noise,
     apply_blur,
-    apply_degradation,
-    bivariate_kernel,
-    degrade,
-    degrade_file,
-    degrade_to_input,
     draw_resize,
-    final_sinc_kernel,
     jpeg_compress,
-    pulse_kernel,
-    random_kernel,
-    random_resize,
-    sample_params,
-    sinc_kernel,
+    resize,
 )
+from fluxsr.data.kernels import bivariate_kernel, final_sinc_kernel, pulse_kernel, random_kernel, sinc_kernel
 
 CONFIG_YAML = Path(__file__).resolve().parents[1] / "configs" / "degradation.yaml"
 
@@ -240,7 +232,7 @@ def test_drawn_qualities_respect_jpeg_range():
         assert bool(((q >= 30) & (q <= 95)).all())
 
 
-def test_random_resize_respects_range_and_modes():
+def test_draw_resize_respects_range_and_modes():
     x = torch.rand(1, 3, 100, 100, generator=gen(9))
     g = gen(10)
     draws = [draw_resize((0.2, 0.7, 0.1), (0.15, 1.5), g) for _ in range(300)]
@@ -249,10 +241,11 @@ def test_random_resize_respects_range_and_modes():
     assert {m for _, m in draws} == {"area", "bilinear", "bicubic"}
     assert 0.55 < sum(s < 1 for s in scales) / 300 < 0.85  # ~70% down
     for _ in range(10):
-        h = random_resize(x, (0.2, 0.7, 0.1), (0.15, 1.5), g).shape[-1]
+        scale, mode = draw_resize((0.2, 0.7, 0.1), (0.15, 1.5), g)
+        h = resize(x, (int(100 * scale), int(100 * scale)), mode).shape[-1]
         assert 15 <= h <= 150
-    assert random_resize(x, (0, 0, 1), (0.5, 2), g).shape == x.shape
-    assert random_resize(x, (1, 0, 0), (0.5, 1.0), g, base_size=(25, 30)).shape[-2:] == (25, 30)
+    assert draw_resize((0, 0, 1), (0.5, 2), g)[0] == 1.0  # keep
+    assert draw_resize((1, 0, 0), (0.5, 1.0), g)[0] == 1.0  # up to at most 1.0
 
 
 # ----------------------------------------------------------------------------- pipeline

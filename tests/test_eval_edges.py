@@ -18,7 +18,8 @@ import torch
 from PIL import Image
 
 from fluxsr.cli import main
-from fluxsr.data.datasets import detect_layout, load_dataset, make_testset
+from fluxsr.data.datasets import detect_layout, load_dataset
+from fluxsr.data.testset import make_testset
 from fluxsr.evaluation import niqe as NQ
 from fluxsr.evaluation import protocol as PR
 from fluxsr.evaluation.benchmark import backend_factories, run_benchmark
@@ -506,7 +507,7 @@ def test_make_testset_overwrite_removes_temp_files_of_a_killed_run(tmp_path):
 
 def test_make_testset_manifest_lists_the_pairs_before_they_are_written(tmp_path, monkeypatch):
     """A killed run leaves a manifest naming its pairs, so that --overwrite may delete them (and only them)."""
-    import fluxsr.data.datasets as D
+    import fluxsr.data.testset as D
 
     src = tmp_path / "src"
     for i, name in enumerate("ab"):

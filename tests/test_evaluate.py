@@ -18,16 +18,8 @@ import torch
 from PIL import Image
 
 from fluxsr.cli import main
-from fluxsr.data.datasets import (
-    detect_layout,
-    hr_crop_box,
-    image_seed,
-    load_dataset,
-    make_testset,
-    match_files,
-    pair_key,
-    pairs_from_dirs,
-)
+from fluxsr.data.datasets import detect_layout, load_dataset, match_files, pair_key, pairs_from_dirs
+from fluxsr.data.testset import hr_crop_box, image_seed, make_testset
 from fluxsr.evaluation import niqe as NQ
 from fluxsr.evaluation import periodic as PER
 from fluxsr.evaluation import protocol as PR

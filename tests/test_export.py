@@ -14,7 +14,11 @@ from safetensors.torch import load_file
 from fluxsr.cli import main
 from fluxsr.inference.pipeline import FluxSRPipeline, UpscaleOptions
 from fluxsr.io.images import write_image
-from fluxsr.model import models as M
+from fluxsr.model.folders import LORA_FILE, save_model_folder
+from fluxsr.model.loader import load_model
+from fluxsr.model.lora import add_lora, lora_state_dict, save_lora
+from fluxsr.model.model import EMBEDS_FILE, SPEC_FILE, velocity
+from fluxsr.model.presets import BUNDLED_MODEL, FLUX_DEV_TRANSFORMER, build_tiny
 from fluxsr.training.hub_card import FLUX_DEV_LICENSE, FLUX_DEV_REPO
 from fluxsr.training.recipe import load_recipe
 from fluxsr.training.train import train
@@ -57,9 +61,9 @@ def check_sums(folder: Path) -> list[str]:
 
 def test_bundled_export_loads_by_repo_id_offline_like_the_folder(tmp_path, hub_cache, capsys):
     out = tmp_path / "export"
-    before = tree_digest(M.BUNDLED_MODEL)
-    assert main(["export", str(M.BUNDLED_MODEL), str(out), "--repo-id", "me/fluxsr-small"]) == 0
-    assert tree_digest(M.BUNDLED_MODEL) == before  # the source is only read
+    before = tree_digest(BUNDLED_MODEL)
+    assert main(["export", str(BUNDLED_MODEL), str(out), "--repo-id", "me/fluxsr-small"]) == 0
+    assert tree_digest(BUNDLED_MODEL) == before  # the source is only read
     exported = tree_digest(out)
     for name, digest in before.items():  # weights and configs copied byte for byte
         assert exported[name] == digest, name
@@ -71,7 +75,7 @@ def test_bundled_export_loads_by_repo_id_offline_like_the_folder(tmp_path, hub_c
     put_in_hub_cache(hub_cache, "me/fluxsr-small", out)
     lr = torch.rand(3, 20, 28, generator=torch.Generator().manual_seed(0))
     by_id = FluxSRPipeline.from_pretrained("me/fluxsr-small", device="cpu")
-    by_folder = FluxSRPipeline.from_pretrained(M.BUNDLED_MODEL, device="cpu")
+    by_folder = FluxSRPipeline.from_pretrained(BUNDLED_MODEL, device="cpu")
     assert torch.equal(
         by_id.upscale_tensor(lr, UpscaleOptions()), by_folder.upscale_tensor(lr, UpscaleOptions())
     )
@@ -80,12 +84,10 @@ def test_bundled_export_loads_by_repo_id_offline_like_the_folder(tmp_path, hub_c
 def test_flux_dev_sized_weights_carry_the_flux_licence(tmp_path):
     """A transformer of FLUX.1-dev's size is FLUX.1-dev-derived (only its config is read: 12 B random weights
     would not fit a test)."""
-    folder = M.save_model_folder(M.build_tiny(), tmp_path / "m")
+    folder = save_model_folder(build_tiny(), tmp_path / "m")
     config = json.loads((folder / "transformer" / "config.json").read_text())
-    config |= {
-        k: M.FLUX_DEV_TRANSFORMER[k] for k in ("num_layers", "num_single_layers", "num_attention_heads")
-    }
-    config["attention_head_dim"] = M.FLUX_DEV_TRANSFORMER["attention_head_dim"]
+    config |= {k: FLUX_DEV_TRANSFORMER[k] for k in ("num_layers", "num_single_layers", "num_attention_heads")}
+    config["attention_head_dim"] = FLUX_DEV_TRANSFORMER["attention_head_dim"]
     (folder / "transformer" / "config.json").write_text(json.dumps(config))
     assert main(["export", str(folder), str(tmp_path / "out")]) == 0
     meta = card_meta(tmp_path / "out")
@@ -96,30 +98,30 @@ def test_flux_dev_sized_weights_carry_the_flux_licence(tmp_path):
 
 
 def _lora_only_folder(base_folder: Path, top: Path) -> Path:
-    base = M.load_model(base_folder)
-    cfg = M.add_lora(base.transformer, rank=2, alpha=2)
+    base = load_model(base_folder)
+    cfg = add_lora(base.transformer, rank=2, alpha=2)
     for n, p in base.transformer.named_parameters():
         if "lora_B" in n:
             torch.nn.init.normal_(p, std=0.05, generator=torch.Generator().manual_seed(4))
     top.mkdir()
-    M.save_lora(M.lora_state_dict(base.transformer), cfg, top / M.LORA_FILE)
-    base.cond.save(top / M.EMBEDS_FILE)
+    save_lora(lora_state_dict(base.transformer), cfg, top / LORA_FILE)
+    base.cond.save(top / EMBEDS_FILE)
     spec = {"base": str(base_folder), "ae": str(top.parent / "ae.safetensors"), "name": "tiny-lora"}
-    (top / M.SPEC_FILE).write_text(json.dumps(spec))
+    (top / SPEC_FILE).write_text(json.dumps(spec))
     return top
 
 
 def test_lora_only_export_names_its_base_on_the_hub(tmp_path, hub_cache, capsys):
-    base = M.save_model_folder(M.build_tiny(seed=6), tmp_path / "base")
+    base = save_model_folder(build_tiny(seed=6), tmp_path / "base")
     top = _lora_only_folder(base, tmp_path / "top")
     assert main(["export", str(top), str(tmp_path / "out")]) == 2  # its base is a local path: refused
     err = capsys.readouterr().err
     assert "--base REPO_ID" in err and "\n" not in err.strip() and not (tmp_path / "out").exists()
     assert main(["export", str(top), str(tmp_path / "out"), "--base", "me/tiny-base"]) == 0
     out = tmp_path / "out"
-    exported = json.loads((out / M.SPEC_FILE).read_text())
+    exported = json.loads((out / SPEC_FILE).read_text())
     assert (exported["base"], exported["ae"], exported["name"]) == ("me/tiny-base", "", "tiny-lora")
-    assert sorted(check_sums(out)) == sorted(["README.md", M.EMBEDS_FILE, M.LORA_FILE, M.SPEC_FILE])
+    assert sorted(check_sums(out)) == sorted(["README.md", EMBEDS_FILE, LORA_FILE, SPEC_FILE])
     meta = card_meta(out)
     assert (meta["base_model"], meta["base_model_relation"], meta["license"]) == (
         "me/tiny-base",
@@ -130,8 +132,8 @@ def test_lora_only_export_names_its_base_on_the_hub(tmp_path, hub_cache, capsys)
     put_in_hub_cache(hub_cache, "me/tiny-lora", out)
     z = torch.randn(1, 16, 4, 4, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
-        by_id = M.velocity(M.load_model("me/tiny-lora"), z, 0.25)
-        local = M.velocity(M.load_model(top), z, 0.25)
+        by_id = velocity(load_model("me/tiny-lora"), z, 0.25)
+        local = velocity(load_model(top), z, 0.25)
     torch.testing.assert_close(by_id, local, atol=0, rtol=0)
 
 
@@ -145,7 +147,7 @@ def test_results_from_fluxsr_eval_go_into_the_card(tmp_path, capsys):
     assert main(["eval", *args, "--device", "cpu", "--json", str(report)]) == 0
     mean = json.loads(report.read_text())["mean"]
     out = tmp_path / "out"
-    assert main(["export", str(M.BUNDLED_MODEL), str(out), "--results", str(report)]) == 0
+    assert main(["export", str(BUNDLED_MODEL), str(out), "--results", str(report)]) == 0
     card = (out / "README.md").read_text()
     assert "## Results" in card and f"{mean['psnr']:.4g}" in card and "protocol fluxsr" in card
     assert "psnr (higher is better)" in card
@@ -170,7 +172,7 @@ def test_benchmark_results_give_one_row_per_method(tmp_path):
     methods = json.loads((tmp_path / "b" / "benchmark.json").read_text())["methods"]
     out = tmp_path / "out"
     assert (
-        main(["export", str(M.BUNDLED_MODEL), str(out), "--results", str(tmp_path / "b" / "benchmark.json")])
+        main(["export", str(BUNDLED_MODEL), str(out), "--results", str(tmp_path / "b" / "benchmark.json")])
         == 0
     )
     card = (out / "README.md").read_text()
@@ -180,7 +182,7 @@ def test_benchmark_results_give_one_row_per_method(tmp_path):
 
 
 def test_output_rules(tmp_path, capsys):
-    src = M.save_model_folder(M.build_tiny(), tmp_path / "m")
+    src = save_model_folder(build_tiny(), tmp_path / "m")
     (tmp_path / "bad.json").write_text('{"images": []}')
     cases = [
         ([str(src), str(src)], "is "),
@@ -223,8 +225,8 @@ def test_a_run_exports_its_final_model_or_a_checkpoint(pairs, tmp_path, capsys):
     # the last checkpoint becomes the model train exported at that step: same weights, same T_L (shifted)
     last, want = load_file(tmp_path / "last" / weights), load_file(final / weights)
     assert last.keys() == want.keys() and all(torch.equal(last[k], want[k]) for k in want)
-    assert json.loads((tmp_path / "last" / M.SPEC_FILE).read_text()) == json.loads(
-        (final / M.SPEC_FILE).read_text()
+    assert json.loads((tmp_path / "last" / SPEC_FILE).read_text()) == json.loads(
+        (final / SPEC_FILE).read_text()
     )
     first = load_file(tmp_path / "first" / weights)
     assert not all(torch.equal(first[k], want[k]) for k in want)

@@ -9,7 +9,8 @@ import torch
 
 from fluxsr.inference.fastpath import FastPath, apply_fast_path, sdpa_context
 from fluxsr.inference.pipeline import FluxSRPipeline, UpscaleOptions
-from fluxsr.model import models as M
+from fluxsr.model.loader import load_model
+from fluxsr.model.presets import build_tiny
 
 
 def test_labels():
@@ -26,8 +27,8 @@ def test_compiled_transformer_equals_eager(how):
     """fullgraph=True for the regional compile: any graph break in the blocks (our attention processor included)
     fails here rather than on a GPU."""
     x = torch.rand(3, 16, 24, generator=torch.Generator().manual_seed(0))  # -> 64 x 96: 2 tiles of 64
-    eager = FluxSRPipeline(M.build_tiny(seed=5), "cpu")
-    fast = FluxSRPipeline(M.build_tiny(seed=5), "cpu")
+    eager = FluxSRPipeline(build_tiny(seed=5), "cpu")
+    fast = FluxSRPipeline(build_tiny(seed=5), "cpu")
     with torch._dynamo.config.patch(automatic_dynamic_shapes=True):  # apply_fast_path turns it off: restore
         assert apply_fast_path(fast.model, FastPath(compile=how)) == []
         try:
@@ -76,7 +77,7 @@ def test_sdpa_context_selects_a_backend():
 def test_fp8_without_torchao_is_skipped_with_a_note(monkeypatch):
     monkeypatch.setitem(sys.modules, "torchao", None)  # import fails as if not installed
     fast = FastPath(fp8=True)
-    notes = apply_fast_path(M.build_tiny(), fast)
+    notes = apply_fast_path(build_tiny(), fast)
     assert not fast.fp8 and "fp8 skipped" in notes[0]
 
 
@@ -92,7 +93,7 @@ def test_fp8_refused_by_the_hardware_is_skipped_with_a_note(monkeypatch):
     monkeypatch.setitem(sys.modules, "torchao", types.ModuleType("torchao"))
     monkeypatch.setitem(sys.modules, "torchao.quantization", fake)
     fast = FastPath(fp8=True)
-    notes = apply_fast_path(M.build_tiny(), fast)
+    notes = apply_fast_path(build_tiny(), fast)
     assert not fast.fp8 and notes == [
         "fp8 skipped: Float8 dynamic quantization requires CUDA compute capability >= 8.9"
     ]
@@ -134,6 +135,6 @@ def test_upscale_command_takes_the_speed_flags(tmp_path):
 
 @pytest.mark.parametrize("sdpa", ["efficient", "cudnn"])
 def test_cuda_only_attention_kernels_are_refused_on_the_cpu(sdpa):
-    model = M.load_model("tiny")
+    model = load_model("tiny")
     with pytest.raises(ValueError, match=f"--sdpa {sdpa} needs a CUDA device"):
         apply_fast_path(model, FastPath(sdpa=sdpa))

@@ -13,19 +13,23 @@ from fluxsr.cli import main
 from fluxsr.inference.pipeline import FluxSRPipeline, UpscaleOptions
 from fluxsr.io import hub
 from fluxsr.io.config import ConfigError
-from fluxsr.model import models as M
+from fluxsr.model.folders import LORA_FILE, save_model_folder
+from fluxsr.model.loader import load_model
+from fluxsr.model.lora import add_lora, lora_state_dict, save_lora
+from fluxsr.model.model import EMBEDS_FILE, SPEC_FILE, velocity
+from fluxsr.model.presets import build_tiny
 from fluxsr.training.recipe import load_recipe
 
 
 @pytest.fixture(scope="module")
 def tiny_folder(tmp_path_factory):
-    return M.save_model_folder(M.build_tiny(seed=2), tmp_path_factory.mktemp("tiny") / "model")
+    return save_model_folder(build_tiny(seed=2), tmp_path_factory.mktemp("tiny") / "model")
 
 
 def _velocity(model):
     z = torch.randn(1, 16, 4, 4, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
-        return M.velocity(model, z, 0.25)
+        return velocity(model, z, 0.25)
 
 
 @pytest.mark.parametrize(
@@ -49,7 +53,7 @@ def test_repo_ref_shapes(text, expected):
 
 
 def test_file_patterns_take_what_fluxsr_loads_and_nothing_else(tiny_folder, tmp_path):
-    assert (hub.SPEC_FILE, hub.LORA_FOLDER_FILES[1:]) == (M.SPEC_FILE, (M.EMBEDS_FILE, M.LORA_FILE))
+    assert (hub.SPEC_FILE, hub.LORA_FOLDER_FILES[1:]) == (SPEC_FILE, (EMBEDS_FILE, LORA_FILE))
     files = [str(p.relative_to(tiny_folder)) for p in tiny_folder.rglob("*") if p.is_file()]
     assert sorted(filter_repo_objects(files, allow_patterns=list(hub.MODEL_FOLDER_FILES))) == sorted(files)
     unwanted = [
@@ -80,23 +84,23 @@ def test_repo_id_loads_offline_like_the_folder(tiny_folder, hub_cache):
 
 def test_revision_and_commit(tiny_folder, hub_cache, tmp_path):
     main_commit = put_in_hub_cache(hub_cache, "someone/sr", tiny_folder)
-    other = M.build_tiny(seed=5)
+    other = build_tiny(seed=5)
     other.spec = replace(other.spec, name="v2")
-    put_in_hub_cache(hub_cache, "someone/sr", M.save_model_folder(other, tmp_path / "v2"), revision="v2")
-    assert M.load_model("someone/sr").spec.name == "tiny"
-    assert M.load_model("someone/sr@v2").spec.name == "v2"
-    assert M.load_model(f"someone/sr@{main_commit}").spec.name == "tiny"
+    put_in_hub_cache(hub_cache, "someone/sr", save_model_folder(other, tmp_path / "v2"), revision="v2")
+    assert load_model("someone/sr").spec.name == "tiny"
+    assert load_model("someone/sr@v2").spec.name == "v2"
+    assert load_model(f"someone/sr@{main_commit}").spec.name == "tiny"
     with pytest.raises(FileNotFoundError, match="someone/sr@v3.*not in the local cache"):
-        M.load_model("someone/sr@v3")
+        load_model("someone/sr@v3")
 
 
 def test_a_local_path_wins_over_a_repo_id(tiny_folder, hub_cache, tmp_path, monkeypatch):
     put_in_hub_cache(hub_cache, "someone/sr", tiny_folder)
-    local = M.build_tiny(seed=7)
+    local = build_tiny(seed=7)
     local.spec = replace(local.spec, name="local")
-    M.save_model_folder(local, tmp_path / "someone" / "sr")
+    save_model_folder(local, tmp_path / "someone" / "sr")
     monkeypatch.chdir(tmp_path)
-    assert M.load_model("someone/sr").spec.name == "local"
+    assert load_model("someone/sr").spec.name == "local"
 
 
 def test_unknown_id_offline_is_one_line_naming_both_readings(hub_cache, tmp_path, capsys):
@@ -110,24 +114,24 @@ def test_unknown_id_offline_is_one_line_naming_both_readings(hub_cache, tmp_path
 def test_lora_only_folder_with_its_base_on_the_hub(tiny_folder, hub_cache, tmp_path):
     """A LoRA-only folder whose spec names its base by repo id: both come from the cache, and the result is the
     same model as the LoRA on the local base."""
-    base = M.load_model(tiny_folder)
-    cfg = M.add_lora(base.transformer, rank=2, alpha=2)
+    base = load_model(tiny_folder)
+    cfg = add_lora(base.transformer, rank=2, alpha=2)
     for n, p in base.transformer.named_parameters():
         if "lora_B" in n:
             torch.nn.init.normal_(p, std=0.05, generator=torch.Generator().manual_seed(3))
     top = tmp_path / "lora-only"
     top.mkdir()
-    M.save_lora(M.lora_state_dict(base.transformer), cfg, top / M.LORA_FILE)
-    base.cond.save(top / M.EMBEDS_FILE)
-    (top / M.SPEC_FILE).write_text(json.dumps({"base": "someone/base", "name": "lora"}))
+    save_lora(lora_state_dict(base.transformer), cfg, top / LORA_FILE)
+    base.cond.save(top / EMBEDS_FILE)
+    (top / SPEC_FILE).write_text(json.dumps({"base": "someone/base", "name": "lora"}))
     put_in_hub_cache(hub_cache, "someone/base", tiny_folder)
     put_in_hub_cache(hub_cache, "someone/lora", top)
-    via_hub = M.load_model("someone/lora")
+    via_hub = load_model("someone/lora")
     local = tmp_path / "local-lora"
     shutil.copytree(top, local)
-    (local / M.SPEC_FILE).write_text(json.dumps({"base": str(tiny_folder), "name": "lora"}))
-    torch.testing.assert_close(_velocity(via_hub), _velocity(M.load_model(local)), atol=0, rtol=0)
-    assert not torch.allclose(_velocity(via_hub), _velocity(M.load_model(tiny_folder)), atol=1e-4)
+    (local / SPEC_FILE).write_text(json.dumps({"base": str(tiny_folder), "name": "lora"}))
+    torch.testing.assert_close(_velocity(via_hub), _velocity(load_model(local)), atol=0, rtol=0)
+    assert not torch.allclose(_velocity(via_hub), _velocity(load_model(tiny_folder)), atol=1e-4)
 
 
 def test_a_recipe_refuses_a_repo_id(tmp_path, monkeypatch):
@@ -141,13 +145,13 @@ def test_a_recipe_refuses_a_repo_id(tmp_path, monkeypatch):
 
 def test_a_diffusers_flux_repo_loads_with_its_prompt_embeddings(hub_cache, tmp_path):
     """A repo without fluxsr.json is a diffusers FLUX folder (as black-forest-labs/FLUX.1-dev is)."""
-    tiny = M.build_tiny(seed=8)
+    tiny = build_tiny(seed=8)
     folder = tmp_path / "flux"
     tiny.transformer.save_pretrained(folder / "transformer")
     tiny.vae.save_pretrained(folder / "vae")
-    tiny.cond.save(folder / M.EMBEDS_FILE)
+    tiny.cond.save(folder / EMBEDS_FILE)
     (folder / "model_index.json").write_text(json.dumps({"_class_name": "FluxPipeline"}))
     put_in_hub_cache(hub_cache, "someone/flux-diffusers", folder)
     torch.testing.assert_close(
-        _velocity(M.load_model("someone/flux-diffusers")), _velocity(M.load_model(folder)), atol=0, rtol=0
+        _velocity(load_model("someone/flux-diffusers")), _velocity(load_model(folder)), atol=0, rtol=0
     )

@@ -6,7 +6,8 @@ from PIL import Image
 
 from fluxsr.inference import memory as MEM
 from fluxsr.inference.pipeline import FluxSRPipeline, NonFiniteOutputError, UpscaleOptions
-from fluxsr.model import models as M
+from fluxsr.model.model import FluxSRModel, ModelSpec, velocity
+from fluxsr.model.presets import build_tiny
 
 
 @pytest.fixture(scope="module")
@@ -65,7 +66,7 @@ def test_tiled_close_to_untiled(pipe):
 
 def test_tiles_get_global_position_ids(pipe, monkeypatch):
     seen = []
-    real = M.velocity
+    real = velocity
 
     def spy(model, z, t, offsets=(0, 0), guidance=None):
         seen.extend(offsets)
@@ -82,7 +83,7 @@ def test_tiles_get_global_position_ids(pipe, monkeypatch):
 @pytest.mark.parametrize("tile_batch", [2, 5, 0])
 def test_tiles_per_pass_do_not_change_the_image(tile_batch):
     """Every stage with several tiles per forward pass (0: the planner's choice) equals one tile at a time."""
-    pipe = FluxSRPipeline(M.build_tiny(seed=2), "cpu")
+    pipe = FluxSRPipeline(build_tiny(seed=2), "cpu")
     x = torch.rand(3, 40, 56, generator=torch.Generator().manual_seed(0))
     one = pipe.upscale_tensor(x, UpscaleOptions(tile=96, overlap=32))
     assert pipe.plan.batch == 1
@@ -102,12 +103,12 @@ def test_pil_api_keeps_mode(pipe):
 
 def test_fp16_refused_unless_forced():
     with pytest.raises(ValueError, match="fp16"):
-        FluxSRPipeline(M.build_tiny(), "cpu", torch.float16)
-    FluxSRPipeline(M.build_tiny(), "cpu", torch.float16, allow_fp16=True)
+        FluxSRPipeline(build_tiny(), "cpu", torch.float16)
+    FluxSRPipeline(build_tiny(), "cpu", torch.float16, allow_fp16=True)
 
 
 def test_non_finite_output_is_an_error():
-    pipe = FluxSRPipeline(M.build_tiny(), "cpu")
+    pipe = FluxSRPipeline(build_tiny(), "cpu")
     with torch.no_grad():
         pipe.model.vae.decoder.conv_out.bias.fill_(float("nan"))
     with pytest.raises(NonFiniteOutputError):
@@ -118,7 +119,7 @@ def test_t_l_changes_output(pipe):
     x = torch.rand(3, 8, 8)
     a = pipe.upscale_tensor(x)
     other = FluxSRPipeline(
-        M.FluxSRModel(pipe.model.transformer, pipe.model.vae, pipe.model.cond, M.ModelSpec(t_l=0.6)), "cpu"
+        FluxSRModel(pipe.model.transformer, pipe.model.vae, pipe.model.cond, ModelSpec(t_l=0.6)), "cpu"
     )
     assert not torch.equal(a, other.upscale_tensor(x))
 

@@ -11,7 +11,8 @@ import torch.nn.functional as F
 from fluxsr.cli import main
 from fluxsr.io.images import read_image
 from fluxsr.model import flow
-from fluxsr.model.models import load_model, velocity
+from fluxsr.model.loader import load_model
+from fluxsr.model.model import velocity
 from fluxsr.training.pretrain import random_crops
 
 DATA = Path(__file__).parent / "data"

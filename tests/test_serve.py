@@ -31,7 +31,7 @@ gr = pytest.importorskip("gradio", reason="the serve extra (gradio) is not insta
 from fluxsr import webapp as serve  # noqa: E402
 from fluxsr.inference.pipeline import FluxSRPipeline  # noqa: E402
 from fluxsr.inference.upscale import BicubicBackend  # noqa: E402
-from fluxsr.model.models import ModelSpec  # noqa: E402
+from fluxsr.model.model import ModelSpec  # noqa: E402  # noqa: E402
 from fluxsr.webapp import ServeLimits, Upscaler  # noqa: E402
 
 CHROMIUM = os.environ.get("FLUXSR_CHROMIUM", "/usr/bin/chromium")

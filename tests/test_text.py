@@ -5,9 +5,11 @@ import shutil
 
 import pytest
 import torch
+from builders import write_tiny_text_encoders
 
-from fluxsr.model import models as M
 from fluxsr.model import text as T
+from fluxsr.model.model import EMBEDS_FILE, TextCond, velocity
+from fluxsr.model.presets import TINY_TEXT_LEN, build_tiny
 
 PROMPT = "a sharp photo of the cat"
 
@@ -15,7 +17,7 @@ PROMPT = "a sharp photo of the cat"
 @pytest.fixture(scope="module")
 def flux_dir(tmp_path_factory):
     """A FLUX.1-dev-layout folder holding only tiny random text encoders and tokenizers."""
-    return T.write_tiny_text_encoders(tmp_path_factory.mktemp("flux"), seed=1)
+    return write_tiny_text_encoders(tmp_path_factory.mktemp("flux"), seed=1)
 
 
 @pytest.fixture(scope="module")
@@ -71,8 +73,8 @@ def test_bfloat16(flux_dir, cond):
 
 
 def test_save_and_load_roundtrip(flux_dir, cond, tmp_path):
-    path = T.save_prompt_embeds(cond, tmp_path / "sub" / M.EMBEDS_FILE)
-    back = M.TextCond.load(path)
+    path = T.save_prompt_embeds(cond, tmp_path / "sub" / EMBEDS_FILE)
+    back = TextCond.load(path)
     assert torch.equal(back.prompt_embeds, cond.prompt_embeds)
     assert torch.equal(back.pooled_embeds, cond.pooled_embeds)
     assert back.prompt == PROMPT
@@ -82,12 +84,12 @@ def test_save_and_load_roundtrip(flux_dir, cond, tmp_path):
 def test_short_length_warns_and_conditions_the_tiny_transformer(flux_dir, caplog):
     """A prompt cut to TINY_TEXT_LEN T5 tokens warns, and its embeddings drive models.TINY_TRANSFORMER."""
     with caplog.at_level(logging.WARNING, logger="fluxsr.model.text"):
-        short = T.embed_prompt(flux_dir, "the cat " * 20, max_length=M.TINY_TEXT_LEN)
-    assert any(f"T5 kept {M.TINY_TEXT_LEN}" in r.getMessage() for r in caplog.records)
-    assert short.prompt_embeds.shape == (1, M.TINY_TEXT_LEN, 32)
-    model = M.build_tiny(seed=0)
+        short = T.embed_prompt(flux_dir, "the cat " * 20, max_length=TINY_TEXT_LEN)
+    assert any(f"T5 kept {TINY_TEXT_LEN}" in r.getMessage() for r in caplog.records)
+    assert short.prompt_embeds.shape == (1, TINY_TEXT_LEN, 32)
+    model = build_tiny(seed=0)
     model.cond = short
-    v = M.velocity(model, torch.randn(1, 16, 4, 4), 0.25)
+    v = velocity(model, torch.randn(1, 16, 4, 4), 0.25)
     assert v.shape == (1, 16, 4, 4) and torch.isfinite(v).all()
 
 
@@ -108,7 +110,7 @@ def test_missing_folder_and_bad_length(tmp_path, flux_dir):
 
 
 def test_text_encoders_kept_loaded_match_embed_prompt(tmp_path):
-    from fluxsr.model.text import TextEncoders, embed_prompt, write_tiny_text_encoders
+    from fluxsr.model.text import TextEncoders, embed_prompt
 
     write_tiny_text_encoders(tmp_path)
     enc = TextEncoders(tmp_path, max_length=8)

@@ -14,7 +14,7 @@ _PUBLIC = {
     "COLOR_FIXES": "inference.color",
     "FluxSRPipeline": "inference.pipeline",
     "UpscaleOptions": "inference.pipeline",
-    "is_model_dir": "model.models",
+    "is_model_dir": "model.folders",
     "parse_bytes": "inference.memory",
 }
 

@@ -114,7 +114,7 @@ def _load_model(args, dtype=None):
     """The model that --model/--flux and the LoRA options name, read straight into ``dtype``."""
     from dataclasses import replace
 
-    from ..model.models import load_model
+    from ..model.loader import load_model
 
     if args.flux is not None and args.model is not None:
         raise ValueError("give --model or --flux, not both")
@@ -604,8 +604,8 @@ def add_eval(sub) -> None:
 
 
 def cmd_make_testset(args) -> int:
-    from ..data.datasets import make_testset
-    from ..data.degrade import DegradationConfig
+    from ..data.degradation_config import DegradationConfig
+    from ..data.testset import make_testset
 
     cfg = DegradationConfig.from_yaml(args.degradation) if args.degradation else None
     result = make_testset(args.hr, args.out, args.seed, args.scale, args.crop, cfg, overwrite=args.overwrite)

@@ -21,7 +21,7 @@ from ..inference.pipeline import timed as stage
 from ..inference.tiling import tiled_map
 from ..io.images import read_image, resize, write_image
 from ..model.flow import denoise
-from ..model.models import velocity
+from ..model.model import velocity
 from .speed_config import GPU_STAGES, BenchConfig
 
 

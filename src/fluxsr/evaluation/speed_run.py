@@ -2,7 +2,7 @@
 environment the numbers belong to, the FLOP floor of the FluxSR and teacher rows and, on CUDA, the measured
 constants of the memory plan's cost model. A failing row is recorded and never stops the run.
 
-Models: ``tiny``, the bundled model (``None``), a path (see :func:`fluxsr.model.models.load_model`) or
+Models: ``tiny``, the bundled model (``None``), a path (see :func:`fluxsr.model.loader.load_model`) or
 ``flux-dev-random``: the FLUX.1-dev transformer and FLUX VAE shapes with random weights made directly on the device
 (meta init, ``to_empty``, in-place random init), with random text conditioning of ``text_len`` tokens. Dense bf16
 cost does not depend on the values.
@@ -26,7 +26,8 @@ from ..inference import memory
 from ..inference.fastpath import apply_fast_path, sdpa_context
 from ..inference.pipeline import FluxSRPipeline, default_dtype, resolve_device
 from ..io.cache import MissingWeightsError
-from ..model.models import FluxSRModel, load_model
+from ..model.loader import load_model
+from ..model.model import FluxSRModel
 from .speed_config import RANDOM_FLUX, BenchConfig, config_dict
 from .speed_flops import analytic_floor
 from .speed_report import format_row

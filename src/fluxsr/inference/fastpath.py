@@ -90,7 +90,7 @@ def sdpa_context(name: str):
 
 
 def apply_fast_path(model, fast: FastPath, static_shapes: bool = True) -> list[str]:
-    """Apply the switches of ``fast`` to a :class:`~fluxsr.model.models.FluxSRModel`'s modules in place (after it was
+    """Apply the switches of ``fast`` to a :class:`~fluxsr.model.model.FluxSRModel`'s modules in place (after it was
     moved to its device and dtype); returns notes (what was skipped and why).
 
     ``static_shapes``: one compiled graph per tile shape (a benchmark sees a few shapes); False lets torch.compile

@@ -150,7 +150,7 @@ class ModelDims:
 
     @classmethod
     def from_model(cls, model) -> ModelDims:
-        """Read the dimensions off a :class:`~fluxsr.model.models.FluxSRModel`."""
+        """Read the dimensions off a :class:`~fluxsr.model.model.FluxSRModel`."""
         cfg = model.transformer.config
         return cls(
             cfg.num_attention_heads * cfg.attention_head_dim,

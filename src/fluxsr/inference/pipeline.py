@@ -22,7 +22,8 @@ from torch import Tensor
 
 from ..io.images import MAX_PIXELS, check_output_pixels, pil_to_tensor, resize, target_size, tensor_to_pil
 from ..model.flow import one_step
-from ..model.models import FluxSRModel, load_model, to_device, velocity
+from ..model.loader import load_model
+from ..model.model import FluxSRModel, to_device, velocity
 from . import memory, probes
 from .color import color_fix, color_fix_tiled
 from .tiling import TileSpec, check_tile_overlap, latent_tiles, snapped, tiled_map
@@ -197,7 +198,7 @@ class FluxSRPipeline:
     def from_pretrained(
         cls, name=None, device=None, dtype=None, *, allow_fp16: bool = False, **load_kwargs
     ) -> FluxSRPipeline:
-        """Load a model by name or path (see :func:`fluxsr.model.models.load_model`) and build the pipeline; the device
+        """Load a model by name or path (see :func:`fluxsr.model.loader.load_model`) and build the pipeline; the device
         and dtype are checked before the (possibly minutes-long) load, and the weights are read straight into the
         dtype (no float32 host copy of a bf16 model)."""
         device, dtype = cls.settings(device, dtype, allow_fp16)

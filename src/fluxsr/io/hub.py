@@ -30,7 +30,7 @@ from huggingface_hub.utils import validate_repo_id
 from .cache import read_json
 
 SPEC_FILE = "fluxsr.json"
-"""The spec file of a fluxsr model folder (``fluxsr.model.models.SPEC_FILE``); its presence makes a fluxsr folder."""
+"""The spec file of a fluxsr model folder (``fluxsr.model.model.SPEC_FILE``); its presence makes a fluxsr folder."""
 WEIGHT_FILES = (
     "transformer/config.json",
     "transformer/*.safetensors",

@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from .models import EMBEDS_FILE, TextCond
+from .model import EMBEDS_FILE, TextCond
 
 log = logging.getLogger(__name__)
 
@@ -229,105 +229,3 @@ def save_prompt_embeds(cond: TextCond, out_path: Path) -> Path:
     out_path.parent.mkdir(parents=True, exist_ok=True)
     cond.save(out_path)
     return out_path
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Tiny random text encoders (tests, CLI smoke runs): no download, sized for models.TINY_TRANSFORMER
-# ----------------------------------------------------------------------------------------------------------------
-
-TINY_WORDS = ("a", "photo", "of", "the", "cat", "dog", "house", "tree", "sharp", "blurry", "high", "quality")
-
-
-def _write_tiny_clip_tokenizer(folder: Path) -> int:
-    """A byte-level BPE CLIP tokenizer (vocab.json + merges.txt) over lowercase letters; returns its size."""
-    import json
-
-    letters = "abcdefghijklmnopqrstuvwxyz"
-    vocab = {c: i for i, c in enumerate(letters)}
-    vocab.update({c + "</w>": len(letters) + i for i, c in enumerate(letters)})
-    merges = ["t h", "th e</w>"]
-    for token in ("th", "the</w>", "<|startoftext|>", "<|endoftext|>"):  # specials last, as in CLIP
-        vocab[token] = len(vocab)
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "vocab.json").write_text(json.dumps(vocab))
-    (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n")
-    (folder / "tokenizer_config.json").write_text(
-        json.dumps({"tokenizer_class": "CLIPTokenizer", "model_max_length": CLIP_MAX_LENGTH})
-    )
-    return len(vocab)
-
-
-def _write_tiny_t5_tokenizer(folder: Path) -> int:
-    """A Unigram T5 tokenizer (tokenizer.json, built with ``tokenizers``) over a few words + letters; returns size."""
-    import json
-
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
-
-    pieces = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("\u2581", -2.0)]
-    pieces += [("\u2581" + w, -3.0 - 0.1 * i) for i, w in enumerate(TINY_WORDS)]
-    pieces += [(c, -8.0) for c in "abcdefghijklmnopqrstuvwxyz"]
-    tok = Tokenizer(models.Unigram(pieces, unk_id=2, byte_fallback=False))
-    tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="\u2581", prepend_scheme="always")
-    tok.decoder = decoders.Metaspace(replacement="\u2581", prepend_scheme="always")
-    tok.post_processor = processors.TemplateProcessing(
-        single="$A </s>", pair="$A </s> $B </s>", special_tokens=[("</s>", 1)]
-    )
-    folder.mkdir(parents=True, exist_ok=True)
-    tok.save(str(folder / "tokenizer.json"))
-    (folder / "tokenizer_config.json").write_text(
-        json.dumps(
-            {
-                "tokenizer_class": "T5Tokenizer",
-                "model_max_length": T5_MAX_LENGTH,
-                "extra_ids": 0,
-                "pad_token": "<pad>",
-                "eos_token": "</s>",
-                "unk_token": "<unk>",
-            }
-        )
-    )
-    return len(pieces)
-
-
-def write_tiny_text_encoders(flux_dir: Path, *, t5_dim: int = 32, clip_dim: int = 32, seed: int = 0) -> Path:
-    """Write random tiny CLIP/T5 encoders and tokenizers in the FLUX.1-dev diffusers layout under ``flux_dir``.
-
-    The defaults match ``models.TINY_TRANSFORMER`` (joint_attention_dim / pooled_projection_dim 32).
-    """
-    from transformers import CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel
-
-    flux_dir = Path(flux_dir)
-    clip_vocab = _write_tiny_clip_tokenizer(flux_dir / CLIP_TOKENIZER_DIR)
-    t5_vocab = _write_tiny_t5_tokenizer(flux_dir / T5_TOKENIZER_DIR)
-    torch.manual_seed(seed)
-    clip = CLIPTextModel(
-        CLIPTextConfig(
-            vocab_size=clip_vocab,
-            hidden_size=clip_dim,
-            intermediate_size=2 * clip_dim,
-            projection_dim=clip_dim,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            max_position_embeddings=CLIP_MAX_LENGTH,
-            bos_token_id=clip_vocab - 2,
-            eos_token_id=2,
-            pad_token_id=1,
-        )
-    )  # eos 2: legacy argmax pooling, as FLUX's
-    t5 = T5EncoderModel(
-        T5Config(
-            vocab_size=t5_vocab,
-            d_model=t5_dim,
-            d_kv=8,
-            d_ff=2 * t5_dim,
-            num_layers=2,
-            num_heads=4,
-            relative_attention_num_buckets=8,
-            feed_forward_proj="gated-gelu",
-            pad_token_id=0,
-            eos_token_id=1,
-        )
-    )
-    clip.save_pretrained(flux_dir / CLIP_DIR)
-    t5.save_pretrained(flux_dir / T5_DIR)
-    return flux_dir

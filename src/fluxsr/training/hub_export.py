@@ -26,7 +26,9 @@ from huggingface_hub.utils import filter_repo_objects
 from ..io.cache import atomic_write_bytes, read_json, read_safetensors
 from ..io.guards import check_inputs_apart
 from ..io.hub import MODEL_FOLDER_FILES, parse_repo_ref
-from ..model.models import FLUX_DEV_TRANSFORMER, SPEC_FILE, ModelSpec, is_model_folder
+from ..model.folders import is_model_folder
+from ..model.model import SPEC_FILE, ModelSpec
+from ..model.presets import FLUX_DEV_TRANSFORMER
 from .hub_card import FLUX_DEV_REPO, CardFacts, render_card, results_rows
 from .recipe import Recipe, load_recipe
 from .train import build_student, effective_t_l, export, finished_checkpoints, load_trainable

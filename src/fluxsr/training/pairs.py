@@ -27,6 +27,7 @@ from pathlib import Path
 
 import torch
 from torch import Tensor
+from tqdm import tqdm
 
 from ..inference.pipeline import default_dtype, resolve_device
 from ..io.cache import (
@@ -41,9 +42,11 @@ from ..io.config import config_hash
 from ..io.guards import check_inputs_apart
 from ..io.images import ImageError, find_images, read_image, resize, write_image
 from ..model.flow import denoise, get_noise, get_schedule, invert
-from ..model.models import FluxSRModel, TextCond, load_model, to_device, velocity
+from ..model.loader import load_model
+from ..model.model import FluxSRModel, TextCond, to_device, velocity
+from ..model.text import TextEncoders
 from .prompts import hashed_cond, prompt_for, read_prompts
-from .recipe import Recipe, input_paths
+from .recipe import PairsSection, Recipe, input_paths
 
 MANIFEST = "manifest.jsonl"
 LATENTS = ("eps", "z0")
@@ -190,8 +193,6 @@ class PromptEncoder:
         self.model, self.text_len, self.encoder = model, text_len, None
         folder = Path(teacher_path)
         if folder.is_dir() and (folder / "text_encoder_2").is_dir():
-            from ..model.text import TextEncoders
-
             self.encoder = TextEncoders(folder, max_length=text_len)
         self.cache: dict[str, TextCond] = {}
 
@@ -242,9 +243,46 @@ def generate_pairs(
 ) -> list[int]:
     """Make this process's share of the pairs in ``out``; returns the indices it wrote (finished ones skipped).
     A recipe input (photos, prompts, model) inside ``out`` is a ValueError: pairs could be written over it."""
-    cfg = recipe.pairs
-    out = Path(out)
-    if cfg.source == "photos" and not cfg.photos:
+    cfg, out = recipe.pairs, Path(out)
+    chash = check_pairs_output(recipe, out)
+    todo = pairs_to_do(out, cfg.count, rank, world)
+    if not todo:
+        return []
+    device = resolve_device(device)
+    teacher_path = recipe.model.teacher or recipe.model.base
+    teacher = load_teacher(recipe, teacher_path, device)
+    encoder = PromptEncoder(teacher_path, teacher, cfg.text_len)
+    prompts = read_prompts(Path(cfg.prompts)) if cfg.prompts else None
+    photos = pair_photos(cfg)
+    check_resolution(cfg.resolution, teacher)
+    written, skipped = [], []
+    for i in tqdm(todo, desc=f"pairs[{rank}]", disable=not progress, file=sys.stderr):
+        prompt = "" if cfg.source == "photos" else prompt_for(i, prompts, cfg.seed)
+        try:
+            eps, z0, image = make_pair(teacher, encoder(prompt), cfg, i, photos, device)
+        except ImageError as e:
+            print(f"warning: pair {i} skipped, unreadable photo {e}", file=sys.stderr)
+            skipped.append(i)
+            continue
+        meta = {
+            "index": i,
+            "prompt": prompt,
+            "seed": cfg.seed + i,
+            "source": cfg.source,
+            "config_hash": chash,
+            "photo": str(photos[i]) if photos else None,
+        }
+        write_pair(out, i, eps, z0, image, meta)
+        written.append(i)
+    if skipped:
+        print(f"warning: {len(skipped)} pair(s) skipped for unreadable photos: {skipped}", file=sys.stderr)
+    return written
+
+
+def check_pairs_output(recipe: Recipe, out: Path) -> str:
+    """The recipe's pairs config hash, after refusing (ValueError) a photos source without photos, a recipe input
+    inside ``out``, or pairs in ``out`` made with another recipe; creates ``out``."""
+    if recipe.pairs.source == "photos" and not recipe.pairs.photos:
         raise ValueError("pairs.photos: required when pairs.source is 'photos'")
     check_inputs_apart(
         input_paths(recipe),
@@ -254,70 +292,72 @@ def generate_pairs(
     chash = pairs_config_hash(recipe)
     check_one_config(out, chash)
     out.mkdir(parents=True, exist_ok=True)
+    return chash
+
+
+def pairs_to_do(out: Path, count: int, rank: int, world: int) -> list[int]:
+    """The indices process ``rank`` of ``world`` still has to make: those not finished, damaged ones included (their
+    markers are removed first, with a warning, so a killed redo is not trusted)."""
     damaged = damaged_pairs(out)
     done = set(marked_indices(out)) - set(damaged)
-    todo = [i for i in range(cfg.count) if i % world == rank and i not in done]
+    todo = [i for i in range(count) if i % world == rank and i not in done]
     for i in (i for i in todo if i in damaged):
         print(f"warning: redoing pair {i}: {damaged[i]}", file=sys.stderr)
         pair_stem(out, i).with_suffix(".json").unlink()  # the marker goes first and comes back last
-    if not todo:
+    return todo
+
+
+def load_teacher(recipe: Recipe, teacher_path: str, device: torch.device) -> FluxSRModel:
+    """The teacher on ``device`` in its default dtype (bf16 on CUDA, fp32 elsewhere; the weights are read straight
+    into it); ``model.ae`` applies only when the teacher is the base file it belongs to."""
+    ae = recipe.model.ae if teacher_path == recipe.model.base else None
+    dtype = default_dtype(device)
+    teacher = load_model(teacher_path, ae=ae, device=device, dtype=dtype, text_len=recipe.pairs.text_len)
+    return to_device(teacher, device, dtype)
+
+
+def pair_photos(cfg: PairsSection) -> list[Path]:
+    """The photos of a ``photos`` source, sorted (empty for ``teacher``); ValueError when fewer than ``count``."""
+    if cfg.source != "photos":
         return []
-    teacher_path = recipe.model.teacher or recipe.model.base
-    ae = recipe.model.ae if teacher_path == recipe.model.base else None  # model.ae belongs to the base file
-    device = resolve_device(device)
-    dtype = default_dtype(device)  # bf16 on CUDA, fp32 elsewhere; the weights are read straight into it
-    teacher = load_model(teacher_path, ae=ae, device=device, dtype=dtype, text_len=cfg.text_len)
-    teacher = to_device(teacher, device, dtype)
-    encoder = PromptEncoder(teacher_path, teacher, cfg.text_len)
-    prompts = read_prompts(Path(cfg.prompts)) if cfg.prompts else None
-    photos = sorted(find_images(Path(cfg.photos))) if cfg.source == "photos" else []
-    if cfg.source == "photos" and len(photos) < cfg.count:
+    photos = sorted(find_images(Path(cfg.photos)))
+    if len(photos) < cfg.count:
         raise ValueError(
             f"pairs.photos: {len(photos)} photos in {cfg.photos}, pairs.count asks for {cfg.count}"
         )
-    if cfg.resolution % teacher.multiple:
+    return photos
+
+
+def check_resolution(resolution: int, teacher: FluxSRModel) -> None:
+    """ValueError unless ``resolution`` is a multiple of the teacher's image size multiple."""
+    if resolution % teacher.multiple:
         raise ValueError(
-            f"pairs.resolution: {cfg.resolution} is not a multiple of {teacher.multiple} "
+            f"pairs.resolution: {resolution} is not a multiple of {teacher.multiple} "
             f"(the model's image size multiple)"
         )
-    lat = cfg.resolution // teacher.vae_scale
-    channels = teacher.vae.config.latent_channels
-    from tqdm import tqdm
 
-    written, skipped = [], []
-    for i in tqdm(todo, desc=f"pairs[{rank}]", disable=not progress, file=sys.stderr):
-        prompt = "" if cfg.source == "photos" else prompt_for(i, prompts, cfg.seed)
-        cond = encoder(prompt)
-        with torch.inference_mode():
-            if cfg.source == "teacher":
-                eps = get_noise((1, channels, lat, lat), cfg.seed + i, device)
-                z0 = teacher_sample(teacher, cond, eps, cfg.steps, cfg.guidance, cfg.shift)
-                image = teacher.decode(z0).float().clamp(0, 1)[0].cpu()
-            else:
-                try:
-                    rgb = read_image(photos[i]).rgb
-                except ImageError as e:
-                    print(f"warning: pair {i} skipped, unreadable photo {e}", file=sys.stderr)
-                    skipped.append(i)
-                    continue
-                image = center_crop_resize(rgb, cfg.resolution)
-                z0 = teacher.encode(image[None]).float()
-                eps = teacher_invert(teacher, cond, z0, cfg.steps, cfg.guidance, cfg.shift)
-        stem = pair_stem(out, i)
-        atomic_save_safetensors(
-            {"eps": eps.float().cpu(), "z0": z0.float().cpu()}, stem.with_suffix(".safetensors")
-        )
-        write_image(stem.with_suffix(".png"), image)
-        meta = {
-            "index": i,
-            "prompt": prompt,
-            "seed": cfg.seed + i,
-            "source": cfg.source,
-            "config_hash": chash,
-            "photo": str(photos[i]) if photos else None,
-        }
-        atomic_write_bytes(stem.with_suffix(".json"), (json.dumps(meta) + "\n").encode())
-        written.append(i)
-    if skipped:
-        print(f"warning: {len(skipped)} pair(s) skipped for unreadable photos: {skipped}", file=sys.stderr)
-    return written
+
+@torch.inference_mode()
+def make_pair(
+    teacher: FluxSRModel, cond: TextCond, cfg: PairsSection, index: int, photos: list[Path], device
+) -> tuple[Tensor, Tensor, Tensor]:
+    """``(eps, z0, image)`` of pair ``index``: the teacher samples ``z0`` from seeded noise and decodes it, or a
+    photo is cropped, encoded to ``z0`` and inverted to its noise. ImageError for an unreadable photo."""
+    if cfg.source == "teacher":
+        lat = cfg.resolution // teacher.vae_scale
+        eps = get_noise((1, teacher.vae.config.latent_channels, lat, lat), cfg.seed + index, device)
+        z0 = teacher_sample(teacher, cond, eps, cfg.steps, cfg.guidance, cfg.shift)
+        return eps, z0, teacher.decode(z0).float().clamp(0, 1)[0].cpu()
+    image = center_crop_resize(read_image(photos[index]).rgb, cfg.resolution)
+    z0 = teacher.encode(image[None]).float()
+    return teacher_invert(teacher, cond, z0, cfg.steps, cfg.guidance, cfg.shift), z0, image
+
+
+def write_pair(out: Path, index: int, eps: Tensor, z0: Tensor, image: Tensor, meta: dict) -> None:
+    """Write pair ``index``: latents, then image, then the ``.json`` marker last (it marks the pair complete)."""
+    stem = pair_stem(out, index)
+    atomic_save_safetensors(
+        {"eps": eps.float().cpu(), "z0": z0.float().cpu()}, stem.with_suffix(".safetensors")
+    )
+    write_image(stem.with_suffix(".png"), image)
+    atomic_write_bytes(stem.with_suffix(".json"), (json.dumps(meta) + "\n").encode())

@@ -21,16 +21,11 @@ from torch import Tensor
 
 from ..io.config import ConfigError, check_range
 from ..io.images import ImageError, find_images, read_image, resize
+from ..losses.lpips import load_lpips
 from ..model.flow import interpolate, logit_normal_t, pair_velocity
-from ..model.models import (
-    FluxSRModel,
-    ModelSpec,
-    TextCond,
-    build_transformer,
-    build_vae,
-    save_model_folder,
-    setup_cuda_training,
-)
+from ..model.folders import save_model_folder
+from ..model.model import FluxSRModel, ModelSpec, TextCond, setup_cuda_training, velocity
+from ..model.presets import build_transformer, build_vae
 
 
 @dataclass
@@ -239,8 +234,6 @@ def vae_config(cfg: VAESection) -> dict:
 def train_vae(pre: PretrainSection, out: Path, *, device="cpu", progress: bool = True):
     """Train the VAE on random photo crops: L1 + lpips * LPIPS-VGG + kl * KL; then set FLUX-style latent
     normalisation (``shift_factor`` = latent mean, ``scaling_factor`` = 1 / latent std over training crops)."""
-    from ..losses.lpips import load_lpips
-
     cfg = pre.vae
     setup_cuda_training()
     torch.manual_seed(cfg.seed)
@@ -308,8 +301,6 @@ def train_teacher(
     with it. Writes a fluxsr model folder (the teacher, and the student's starting point) to ``out``.
     """
     from diffusers import AutoencoderKL
-
-    from ..model.models import velocity
 
     cfg = pre.teacher
     setup_cuda_training()

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import torch
 
+from ..model.model import TextCond
+
 SUBJECTS = [
     "an old man with a grey beard",
     "a young woman laughing",
@@ -147,8 +149,6 @@ def prompt_for(index: int, prompts: list[str] | None, seed: int) -> str:
 def hashed_cond(prompt: str, text_len: int, dim: int, pooled_dim: int):
     """Deterministic pseudo-embeddings for a model without text encoders (tiny/bundled teachers): a seeded normal
     draw keyed by the prompt's SHA-256, so equal prompts give equal conditioning."""
-    from ..model.models import TextCond
-
     seed = int.from_bytes(hashlib.sha256(prompt.encode()).digest()[:8], "little")
     g = torch.Generator().manual_seed(seed)
     return TextCond(

@@ -9,10 +9,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..data.degrade import DegradationConfig
+from ..data.degradation_config import DegradationConfig
 from ..io.config import ConfigError, check_range, load_config
 from ..io.hub import parse_repo_ref
-from ..model.models import DEFAULT_LORA_TARGETS
+from ..model.lora import DEFAULT_LORA_TARGETS
 from .pretrain import PretrainSection
 
 

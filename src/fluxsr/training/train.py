@@ -44,19 +44,10 @@ from ..io.cache import (
 from ..io.config import ConfigError, to_dict
 from ..io.guards import check_inputs_apart
 from ..model.flow import ftd_loss, ftd_point, one_step, sample_ftd_t, shift_mu, time_shift
-from ..model.models import (
-    FluxSRModel,
-    ModelSpec,
-    add_lora,
-    load_model,
-    lora_state_dict,
-    model_time,
-    move,
-    save_lora,
-    save_model_folder,
-    setup_cuda_training,
-    velocity,
-)
+from ..model.folders import save_model_folder
+from ..model.loader import load_model
+from ..model.lora import add_lora, lora_state_dict, save_lora
+from ..model.model import FluxSRModel, ModelSpec, model_time, move, setup_cuda_training, velocity
 from .pairs import check_intact, check_one_config, complete_indices, load_pair, pair_stem
 from .recipe import Recipe, input_paths
 
