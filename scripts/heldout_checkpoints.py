@@ -18,7 +18,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from fluxsr.training.train import finished_checkpoints
+from fluxsr.training.checkpoints import finished_checkpoints
 
 METRICS = ("psnr", "ssim", "lpips", "periodic")
 
@@ -29,7 +29,7 @@ def checkpoint_model(base: Path, checkpoint: Path, out: Path) -> Path:
     from fluxsr.io.cache import read_safetensors
     from fluxsr.model.folders import save_model_folder
     from fluxsr.model.loader import load_model
-    from fluxsr.training.train import load_trainable
+    from fluxsr.training.checkpoints import load_trainable
 
     if not (out / "fluxsr.json").is_file():
         model = load_model(str(base))

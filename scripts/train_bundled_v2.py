@@ -19,7 +19,7 @@ from pathlib import Path
 
 from train_bundled import ROOT, link_photos, training_photos
 
-from fluxsr.training.train import finished_checkpoints
+from fluxsr.training.checkpoints import finished_checkpoints
 
 V1 = ROOT / "src" / "fluxsr" / "assets" / "model"
 

@@ -5,7 +5,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from fluxsr.data.degrade import DegradationConfig, degrade
+from fluxsr.data.degradation_config import DegradationConfig
+from fluxsr.data.degrade import degrade
 from fluxsr.evaluation.psnr_ssim import psnr
 from fluxsr.inference.pipeline import FluxSRPipeline, UpscaleOptions
 from fluxsr.io.images import read_image, resize

@@ -20,8 +20,8 @@ from fluxsr.model.lora import add_lora, lora_state_dict, save_lora
 from fluxsr.model.model import EMBEDS_FILE, SPEC_FILE, velocity
 from fluxsr.model.presets import BUNDLED_MODEL, FLUX_DEV_TRANSFORMER, build_tiny
 from fluxsr.training.hub_card import FLUX_DEV_LICENSE, FLUX_DEV_REPO
+from fluxsr.training.loop import train
 from fluxsr.training.recipe import load_recipe
-from fluxsr.training.train import train
 
 ROOT = Path(__file__).resolve().parents[1]
 REQUIRED = {"license", "pipeline_tag", "library_name", "tags"}

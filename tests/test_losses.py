@@ -20,6 +20,7 @@ from fluxsr.losses import (
     AlexNetFeatures,
     VGG16Features,
     adl_loss,
+    centred_adl_loss,
     load_dists,
     load_lpips,
     parse_block_spec,
@@ -357,6 +358,50 @@ def test_adl_minimisation_lowers_token_similarity():
             model(**inputs)
             after = float(adl.loss())
     assert after < before - 0.05, (before, after)
+
+
+def test_centred_adl_values_and_offset_invariance():
+    line = torch.randn(1, 1, 8) * torch.tensor([-2.0, -1.0, 1.0, 2.0])[None, :, None]  # on one line through 0
+    assert torch.isclose(centred_adl_loss(line + 3.0), torch.tensor(1.0))
+    e = torch.eye(4)[None]  # centred: cos(c_i, c_j) = -1/3 for i != j
+    assert torch.isclose(centred_adl_loss(e), torch.tensor(1 / 9))
+    h = torch.randn(2, 16, 32, generator=torch.Generator().manual_seed(0))
+    offset = 50.0 * torch.randn(2, 1, 32, generator=torch.Generator().manual_seed(1))  # shared by all tokens
+    torch.testing.assert_close(centred_adl_loss(h + offset), centred_adl_loss(h), rtol=1e-4, atol=1e-6)
+    assert adl_loss(h + offset) > adl_loss(h) + 0.5  # the block tap's cosine is dominated by the offset
+    with pytest.raises(ValueError):
+        centred_adl_loss(torch.randn(1, 1, 8))
+
+
+def test_each_adl_tap_runs_and_reads_its_own_tensor():
+    model = _tiny_flux()
+    inputs = _flux_inputs()
+    values = {}
+    for tap in ("block", "attention", "centred"):
+        with ADLCollector(model, "double:0;single:-1", tap) as adl:
+            model(**inputs)
+            loss = adl.loss()
+            loss.backward()
+            values[tap] = float(loss.detach())
+    assert len(set(values.values())) == 3, values
+    assert all(0 <= v <= 1 for v in values.values())
+    captured = {}
+    hooks = [
+        model.transformer_blocks[0].attn.register_forward_hook(
+            lambda m, a, out: captured.update(double=out[0])
+        ),
+        model.single_transformer_blocks[1].attn.register_forward_hook(
+            lambda m, a, out: captured.update(single=out[:, 3:])  # 3 text tokens first
+        ),
+    ]
+    with ADLCollector(model, "double:0;single:-1", "attention") as adl, torch.no_grad():
+        model(**inputs)
+        assert torch.equal(adl.hidden["double:0"], captured["double"])
+        assert torch.equal(adl.hidden["single:1"], captured["single"])
+    for hook in hooks:
+        hook.remove()
+    with pytest.raises(ValueError, match="ADL tap"):
+        ADLCollector(model, "single:-1", "mlp")
 
 
 def test_metrics_accept_lower_precision_inputs():

@@ -1,6 +1,7 @@
 """Training chain on the tiny model: recipes, gen-pairs (reproducible, resumable, sharded), train, resume, export."""
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -12,9 +13,11 @@ from safetensors.torch import load_file
 
 from fluxsr.cli import main
 from fluxsr.io.config import ConfigError
+from fluxsr.training.loop import build_trainer, lr_lambda, train
 from fluxsr.training.pairs import complete_indices, generate_pairs, is_complete, load_pair, pair_stem
 from fluxsr.training.recipe import load_recipe
-from fluxsr.training.train import batch_indices, lr_lambda, train
+from fluxsr.training.step import Batch, batch_indices, training_step
+from fluxsr.training.student import build_student
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "configs" / "tiny.yaml"
@@ -99,6 +102,54 @@ def test_lr_schedule():
         lr_lambda(5, 0, 10, "linear")
 
 
+def tiny_trainer(*extra):
+    """The tiny student and its trainer on the CPU, as a run prepares them."""
+    from accelerate import Accelerator
+
+    r = recipe(*extra)
+    torch.manual_seed(0)
+    model, _ = build_student(r, "cpu", torch.float32)
+    return build_trainer(r, model, Accelerator(cpu=True), r.model.t_l, torch.float32)
+
+
+def hand_made_batch(seed: int = 0) -> Batch:
+    g = torch.Generator().manual_seed(seed)
+    x0 = torch.rand(1, 3, 32, 32, generator=g)
+    lr_up = torch.nn.functional.avg_pool2d(x0, 4).repeat_interleave(4, -1).repeat_interleave(4, -2)
+    latents = torch.randn(2, 1, 16, 4, 4, generator=g)
+    return Batch(x0=x0, lr_up=lr_up, eps=latents[0], z0=latents[1], t=torch.tensor([0.6]))
+
+
+def test_training_step_alone_returns_the_terms_and_moves_only_trainable_weights():
+    tr = tiny_trainer()
+    before = {k: v.clone() for k, v in tr.model.transformer.state_dict().items()}
+    vae_before = {k: v.clone() for k, v in tr.model.vae.state_dict().items()}
+    trainable = {n for n, p in tr.model.transformer.named_parameters() if p.requires_grad}
+    terms = training_step(tr, hand_made_batch())
+    assert set(terms) == {"loss", "ftd", "mse", "lpips", "adl"}
+    assert all(torch.isfinite(torch.tensor(v)) for v in terms.values())
+    assert terms["ftd"] > 0 and terms["mse"] > 0 and terms["lpips"] > 0 and 0 < terms["adl"] <= 1
+    w = tr.weights
+    weighted = w.ftd * terms["ftd"] + w.mse * terms["mse"] + w.lpips * terms["lpips"] + w.adl * terms["adl"]
+    assert terms["loss"] == pytest.approx(weighted, rel=1e-5)
+    after = tr.model.transformer.state_dict()
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert changed and changed <= trainable
+    assert any("lora_B" in k for k in changed)
+    assert all(torch.equal(v, tr.model.vae.state_dict()[k]) for k, v in vae_before.items())
+
+
+def test_grad_norms_leave_the_step_unchanged_and_report_zero_weight_terms():
+    plain, measured = tiny_trainer("loss.lpips=0"), tiny_trainer("loss.lpips=0")
+    terms = training_step(plain, hand_made_batch())
+    with_norms = training_step(measured, hand_made_batch(), grad_norms=True)
+    assert {k: with_norms[k] for k in terms} == terms  # the extra backward passes change no loss term
+    assert with_norms["gn_lpips"] == 0.0  # weight 0: reported as 0, no backward spent
+    assert all(math.isfinite(with_norms[k]) and with_norms[k] > 0 for k in ("gn_ftd", "gn_mse", "gn_adl"))
+    a, b = plain.model.transformer.state_dict(), measured.model.transformer.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)  # ... nor any weight
+
+
 def test_loss_falls_when_overfitting_one_pair(pairs, tmp_path):
     r = recipe(
         "pairs.count=1",
@@ -126,7 +177,7 @@ def test_resume_matches_uninterrupted_run(pairs, tmp_path):
     train(r, pairs, tmp_path / "straight", progress=False)
     train(r, pairs, tmp_path / "split", max_steps=3, progress=False)
     assert (tmp_path / "split" / "checkpoints" / "step_0000003").is_dir()
-    train(r, pairs, tmp_path / "split", resume=True, progress=False)
+    train(r, pairs, tmp_path / "split", resume="latest", progress=False)
     a = load_file(str(tmp_path / "straight" / "checkpoints" / "step_0000006" / "trainable.safetensors"))
     b = load_file(str(tmp_path / "split" / "checkpoints" / "step_0000006" / "trainable.safetensors"))
     assert a.keys() == b.keys() and any("lora" in k for k in a)

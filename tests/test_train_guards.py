@@ -1,7 +1,9 @@
 """Guards of the training chain: bad recipes, reused folders, changed configs and unreadable images fail at start
 with one line naming the cause; logs, exported T_L and file modes are right."""
 
+import csv
 import json
+import math
 import os
 import re
 import stat
@@ -15,10 +17,10 @@ from PIL import Image
 from fluxsr.cli import main
 from fluxsr.io.cache import atomic_write_bytes
 from fluxsr.io.config import ConfigError
+from fluxsr.training.loop import effective_t_l, train, usable_pairs
 from fluxsr.training.pairs import generate_pairs, load_pair, pair_stem
 from fluxsr.training.pretrain import load_photos
 from fluxsr.training.recipe import load_recipe
-from fluxsr.training.train import effective_t_l, train
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "configs" / "tiny.yaml"
@@ -101,16 +103,16 @@ def test_resume_refuses_changed_recipe_and_logs_the_lr_used(pairs, tmp_path):
     assert [(r[0], float(r[6])) for r in log_rows(run)] == [("1", 5e-4), ("2", 1e-3)]
     saved_recipe = (run / "recipe.yaml").read_text()
     with pytest.raises(ValueError, match=r"train\.lora_rank: 4 -> 8; train\.lr: 0\.001 -> 0\.002"):
-        train(recipe("train.lr=2e-3", "train.lora_rank=8"), pairs, run, resume=True, progress=False)
+        train(recipe("train.lr=2e-3", "train.lora_rank=8"), pairs, run, resume="latest", progress=False)
     with pytest.raises(ValueError, match="at step 2, beyond the 1 steps"):
-        train(recipe("train.steps=1"), pairs, run, resume=True, progress=False)
+        train(recipe("train.steps=1"), pairs, run, resume="latest", progress=False)
     assert (run / "recipe.yaml").read_text() == saved_recipe  # not rewritten by a refused resume
     # more steps, other intervals and a time limit may change
     train(
         recipe("train.steps=3", "train.checkpoint_every=5", "train.time_limit=1000"),
         pairs,
         run,
-        resume=True,
+        resume="latest",
         progress=False,
     )
     assert [r[0] for r in log_rows(run)] == ["1", "2", "3"]
@@ -128,7 +130,7 @@ def test_resume_refuses_a_checkpoint_with_other_trainable_tensors(pairs, tmp_pat
     assert len(old) < len(state)
     save_file(old, str(ckpt / "trainable.safetensors"))
     with pytest.raises(ValueError, match="start a new run"):
-        train(recipe("train.steps=3"), pairs, run, resume=True, progress=False)
+        train(recipe("train.steps=3"), pairs, run, resume="latest", progress=False)
 
 
 def test_time_limit_logs_the_last_step_once(pairs, tmp_path):
@@ -137,11 +139,46 @@ def test_time_limit_logs_the_last_step_once(pairs, tmp_path):
     assert [r[0] for r in log_rows(run)] == ["1"]
 
 
+def test_grad_norm_columns_and_the_step_0_report(pairs, tmp_path, capsys):
+    run = tmp_path / "run"
+    train(recipe("train.steps=3", "train.grad_norm_every=2"), pairs, run, progress=False)
+    rows = list(csv.DictReader((run / "log.csv").open()))
+    assert [r["step"] for r in rows] == ["1", "2", "3"]
+    measured = [r for r in rows if r["gn_ftd"]]
+    assert [r["step"] for r in measured] == ["1", "2"]  # the first step, then every 2nd
+    for r in measured:
+        assert all(math.isfinite(float(r[k])) and float(r[k]) > 0 for k in ("gn_ftd", "gn_mse", "gn_adl"))
+        assert float(r["gn_lpips"]) == 0.0  # loss.lpips is 0 here
+    assert rows[2]["gn_ftd"] == rows[2]["gn_adl"] == ""
+    out = capsys.readouterr().out
+    assert (
+        "step 0: ADL " in out and "(block tap, single:-1); gradient norms of the weighted terms: ftd " in out
+    )
+
+
+def test_resume_accepts_a_checkpoint_from_before_the_diagnostic_fields(pairs, tmp_path):
+    """A checkpoint's recipe without loss.adl_tap / train.grad_norm_every (older fluxsr) resumes as their defaults;
+    its log.csv gets the gradient-norm columns."""
+    run = tmp_path / "run"
+    train(recipe(), pairs, run, progress=False)
+    state_file = run / "checkpoints" / "step_0000002" / "state.json"
+    state = json.loads(state_file.read_text())
+    del state["recipe"]["loss"]["adl_tap"], state["recipe"]["train"]["grad_norm_every"]
+    state_file.write_text(json.dumps(state))
+    log = run / "log.csv"
+    log.write_text("\n".join(",".join(r.split(",")[:9]) for r in log.read_text().splitlines()) + "\n")
+    train(recipe("train.steps=3"), pairs, run, resume="latest", progress=False)
+    rows = list(csv.DictReader(log.open()))
+    assert (
+        [r["step"] for r in rows] == ["1", "2", "3"] and rows[0]["gn_ftd"] is None and rows[2]["gn_ftd"] == ""
+    )
+
+
 # -- 4. shifted T_L ---------------------------------------------------------------------------------------------------
 
 
 def test_shifted_t_l_is_exported_and_validated(pairs, tmp_path, monkeypatch):
-    import fluxsr.training.train as tr
+    import fluxsr.training.loop as tr
 
     seen = []
     monkeypatch.setattr(tr, "validate", lambda *a, t_l=None, **k: seen.append(t_l))
@@ -173,6 +210,16 @@ def test_pairs_with_a_changed_config_are_refused(tmp_path):
     marker.write_text(json.dumps({**json.loads(marker.read_text()), "config_hash": "0123456789ab"}))
     with pytest.raises(ValueError, match="2 different gen-pairs configs"):
         train(recipe(), out, tmp_path / "run", progress=False)
+
+
+def test_train_start_checks_each_pair_once(pairs, monkeypatch):
+    """The pairs were checked three times at start (complete_indices, check_intact, check_one_config)."""
+    import fluxsr.training.pairs as pairs_module
+
+    checked, original = [], pairs_module.pair_problem
+    monkeypatch.setattr(pairs_module, "pair_problem", lambda out, i: checked.append(i) or original(out, i))
+    assert usable_pairs(pairs) == [0, 1]
+    assert sorted(checked) == [0, 1]
 
 
 # -- 6. unreadable images ---------------------------------------------------------------------------------------------
@@ -368,17 +415,17 @@ def test_resume_names_a_damaged_checkpoint_and_intact_falls_back(pairs, tmp_path
         original = (step2 / name).read_bytes()
         damage(step2 / name)
         with pytest.raises(ValueError, match=f"{re.escape(str(step2))}/{message}") as caught:
-            train(recipe("train.steps=3"), pairs, run, resume=True, progress=False)
+            train(recipe("train.steps=3"), pairs, run, resume="latest", progress=False)
         assert "`--resume intact` resumes from step_0000001" in str(caught.value)
         (step2 / name).write_bytes(original)
     for typed in ({"step": "two"}, [], {**json.loads(state), "optimizer": {"param_groups": 3}}):
         (step2 / "state.json").write_text(json.dumps(typed))
         with pytest.raises(ValueError, match=r"step_0000002/state\.json: damaged, "):
-            train(recipe("train.steps=3"), pairs, run, resume=True, progress=False)
+            train(recipe("train.steps=3"), pairs, run, resume="latest", progress=False)
     # a state.json whose fields have the right types but do not fit the optimiser: named at load
     (step2 / "state.json").write_text(json.dumps({**json.loads(state), "scheduler": {"last_epoch": "x"}}))
     with pytest.raises(ValueError, match=r"step_0000002: damaged checkpoint.*delete"):
-        train(recipe("train.steps=3"), pairs, run, resume=True, progress=False)
+        train(recipe("train.steps=3"), pairs, run, resume="latest", progress=False)
     (step2 / "state.json").write_text(state)
     cut_short(step2 / "optimizer.safetensors")
     fast = [arg for s in [*FAST, "train.steps=3"] for arg in ("--set", s)]

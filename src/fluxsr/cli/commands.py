@@ -351,14 +351,13 @@ def cmd_gen_pairs(args) -> int:
 
 
 def cmd_train(args) -> int:
-    from ..training.train import train
+    from ..training import train
 
     final = train(
         _recipe(args),
         args.pairs,
         args.out,
-        resume=args.resume is not None,
-        skip_damaged=args.resume == "intact",
+        resume=args.resume,
         max_steps=args.max_steps,
         progress=not args.quiet,
     )

@@ -8,9 +8,20 @@ For the image-token hidden states h of one block, shape (B, N, C),
 and over a set L of chosen blocks L_ADL = (1/|L|) sum_{l in L} ADL(h^l). Minimising it spreads tokens away from
 their mean direction (less token similarity -> fewer periodic high-frequency artifacts).
 
-Decisions (not published): the tensor is the block OUTPUT for the image tokens (not the attention output); the
-similarity is to the mean token (O(N C), unlike pairwise O(N^2 C)); the default blocks are the last two single
-blocks, ``"single:-2,-1"``.
+The tap (``loss.adl_tap``) says which tensor h is:
+
+- ``block``: the block OUTPUT's image tokens, with the mean-token cosine above (the default);
+- ``attention``: the block's attention output (before its gate and residual), same cosine;
+- ``centred``: the block output with every channel centred over the image's tokens, c_i = h_i - h_bar. The mean
+  token of centred tokens is 0, so the similarity is the mean squared pairwise cosine instead,
+  ``mean_{i != j} cos^2(c_i, c_j)`` (1 when all tokens lie on one line, ~1/C for C-dim isotropic tokens; computed
+  from the smaller of the two Gram matrices, O(N C min(N, C))). A shared per-channel offset, e.g. the few very large
+  channels that every FLUX token carries (they make the ``block`` cosine ~0.9 even with random weights), drops out.
+
+Decisions (not published): the default tap is ``block`` (``centred`` is the one that diversifies the tokens
+themselves when its weight matters: docs/training.md has the measured comparison); ``block`` and ``attention``
+compare with the mean token (O(N C), unlike pairwise O(N^2 C)); the default blocks are the last two single blocks,
+``"single:-2,-1"``.
 
 diffusers (0.35+, checked on 0.42) ``FluxTransformerBlock`` and ``FluxSingleTransformerBlock`` both take
 (hidden_states, encoder_hidden_states) separately and return the tuple (encoder_hidden_states, hidden_states):
@@ -30,6 +41,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 KINDS = {"double": "transformer_blocks", "single": "single_transformer_blocks"}
+TAPS = ("block", "attention", "centred")
 
 
 def adl_loss(hidden: Tensor, eps: float = 1e-8) -> Tensor:
@@ -38,6 +50,20 @@ def adl_loss(hidden: Tensor, eps: float = 1e-8) -> Tensor:
         raise ValueError(f"expected (B, N, C) hidden states, got shape {tuple(hidden.shape)}")
     h = hidden.float()
     return F.cosine_similarity(h, h.mean(dim=1, keepdim=True), dim=-1, eps=eps).mean()
+
+
+def centred_adl_loss(hidden: Tensor, eps: float = 1e-8) -> Tensor:
+    """mean_{b, i != j} cos^2(c_{b,i}, c_{b,j}) of the tokens centred per channel, c = h - mean_j h_j, for hidden
+    states (B, N, C); a scalar in [0, 1], unchanged by adding one per-channel offset to every token."""
+    if hidden.ndim != 3 or hidden.shape[1] < 2:
+        raise ValueError(f"expected (B, N >= 2, C) hidden states, got shape {tuple(hidden.shape)}")
+    h = hidden.float()
+    c = h - h.mean(dim=1, keepdim=True)
+    u = c / c.norm(dim=-1, keepdim=True).clamp_min(eps)
+    n = u.shape[1]
+    gram = u @ u.transpose(1, 2) if n <= u.shape[2] else u.transpose(1, 2) @ u  # same Frobenius norm
+    diagonal = u.pow(2).sum(-1).pow(2).sum(-1)  # cos^2(c_i, c_i): 1 (0 for a token equal to the mean)
+    return ((gram.pow(2).sum((1, 2)) - diagonal) / (n * (n - 1))).mean()
 
 
 def parse_block_spec(spec: str | Sequence[str]) -> list[tuple[str, int | None]]:
@@ -109,6 +135,14 @@ def image_tokens(output: Any, text_len: int | None) -> Tensor:
     raise TypeError(f"unexpected block output type {type(output).__name__}")
 
 
+def attention_image_tokens(output: Any, text_len: int | None) -> Tensor:
+    """Image-token attention output of a FLUX block's ``attn``: a double block's attention returns (image, text),
+    a single block's one tensor of concatenated [text, image] tokens."""
+    if isinstance(output, tuple | list):
+        return output[0]
+    return image_tokens(output, text_len)
+
+
 class ADLCollector:
     """Collect image-token hidden states of chosen FLUX blocks with forward hooks and compute L_ADL.
 
@@ -118,16 +152,23 @@ class ADLCollector:
             pred = transformer(...)
             loss = loss_main + w_adl * adl.loss()
 
-    Each top-level forward of the model clears what the previous one stored, so :meth:`loss` always refers to
-    the most recent forward (set ``enabled = False`` around forwards that must not count, e.g. an FTD branch).
+    ``tap``: ``block`` (block outputs), ``attention`` (the blocks' attention outputs) or ``centred`` (block outputs
+    centred per channel, :func:`centred_adl_loss`). Each top-level forward of the model clears what the previous
+    one stored, so :meth:`loss` always refers to the most recent forward (set ``enabled = False`` around forwards
+    that must not count, e.g. an FTD branch).
     Hooks also fire when gradient checkpointing recomputes a block during backward; that only refreshes the
     stored tensors after the loss was taken.
     """
 
-    def __init__(self, model: nn.Module, blocks: str | Sequence[str] = "single:-2,-1") -> None:
+    def __init__(
+        self, model: nn.Module, blocks: str | Sequence[str] = "single:-2,-1", tap: str = "block"
+    ) -> None:
+        if tap not in TAPS:
+            raise ValueError(f"ADL tap: expected one of {', '.join(TAPS)}, got {tap!r}")
         self.model = model
         self.core = find_flux_core(model)
         self.blocks = resolve_blocks(model, blocks)
+        self.tap = tap
         self.enabled = True
         self.hidden: dict[str, Tensor] = {}
         self._text_len: int | None = None
@@ -148,7 +189,8 @@ class ADLCollector:
     def _make_hook(self, label: str):
         def hook(module: nn.Module, args: tuple, output: Any) -> None:
             if self.enabled:
-                self.hidden[label] = image_tokens(output, self._text_len)
+                tokens = attention_image_tokens if self.tap == "attention" else image_tokens
+                self.hidden[label] = tokens(output, self._text_len)
 
         return hook
 
@@ -158,7 +200,8 @@ class ADLCollector:
             return self
         self._handles.append(self.core.register_forward_pre_hook(self._pre_forward, with_kwargs=True))
         for label, block in self.blocks:
-            self._handles.append(block.register_forward_hook(self._make_hook(label)))
+            tapped = block.attn if self.tap == "attention" else block
+            self._handles.append(tapped.register_forward_hook(self._make_hook(label)))
         return self
 
     def remove(self) -> None:
@@ -188,7 +231,9 @@ class ADLCollector:
             self.enabled = previous
 
     def loss(self) -> Tensor:
-        """L_ADL = mean over the collected blocks of :func:`adl_loss`; raises if nothing was collected."""
+        """L_ADL = mean over the collected blocks of :func:`adl_loss` (:func:`centred_adl_loss` for the
+        ``centred`` tap); raises if nothing was collected."""
         if not self.hidden:
             raise RuntimeError("no hidden states collected: run a forward pass inside the collector first")
-        return torch.stack([adl_loss(h) for h in self.hidden.values()]).mean()
+        loss = centred_adl_loss if self.tap == "centred" else adl_loss
+        return torch.stack([loss(h) for h in self.hidden.values()]).mean()

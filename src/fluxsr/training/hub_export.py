@@ -29,9 +29,11 @@ from ..io.hub import MODEL_FOLDER_FILES, parse_repo_ref
 from ..model.folders import is_model_folder
 from ..model.model import SPEC_FILE, ModelSpec
 from ..model.presets import FLUX_DEV_TRANSFORMER
+from .checkpoints import finished_checkpoints, load_trainable
 from .hub_card import FLUX_DEV_REPO, CardFacts, render_card, results_rows
+from .loop import effective_t_l
 from .recipe import Recipe, load_recipe
-from .train import build_student, effective_t_l, export, finished_checkpoints, load_trainable
+from .student import build_student, export
 
 SUMS_FILE = "SHA256SUMS"
 CARD_FILE = "README.md"

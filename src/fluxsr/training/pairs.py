@@ -157,19 +157,19 @@ def pairs_config_hash(recipe: Recipe) -> str:
     return config_hash({"model": asdict(recipe.model), "pairs": pairs})
 
 
-def config_hashes(out: Path) -> dict[str, list[int]]:
-    """``{config_hash: [indices]}`` of the complete pairs in ``out``."""
+def config_hashes(out: Path, indices: list[int] | None = None) -> dict[str, list[int]]:
+    """``{config_hash: [indices]}`` of the complete pairs in ``out`` (``indices``: already known to be complete)."""
     found: dict[str, list[int]] = {}
-    for i in complete_indices(out):
+    for i in complete_indices(out) if indices is None else indices:
         meta = read_marker(out, i)
         found.setdefault(str(meta.get("config_hash")), []).append(i)
     return found
 
 
-def check_one_config(out: Path, expect: str | None = None) -> None:
+def check_one_config(out: Path, expect: str | None = None, indices: list[int] | None = None) -> None:
     """Raise ValueError when ``out`` holds pairs made with different recipes (they cannot be batched together),
     or, given ``expect``, any pair made with another recipe than the one hashing to ``expect``."""
-    found = config_hashes(out)
+    found = config_hashes(out, indices)
     if expect is not None:
         other = {h: v for h, v in found.items() if h != expect}
         if other:

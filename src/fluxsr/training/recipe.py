@@ -12,6 +12,7 @@ from pathlib import Path
 from ..data.degradation_config import DegradationConfig
 from ..io.config import ConfigError, check_range, load_config
 from ..io.hub import parse_repo_ref
+from ..losses.adl import TAPS
 from ..model.lora import DEFAULT_LORA_TARGETS
 from .pretrain import PretrainSection
 
@@ -99,6 +100,9 @@ class LossSection:
     tv_gamma: weight of the TV branch inside TV-LPIPS.
     adl_blocks: blocks whose image tokens ADL diversifies, e.g. 'single:-2,-1' (the last two single blocks, as the
         method figure taps the last blocks).
+    adl_tap: which tensor of those blocks ADL reads: 'block' (the block output, mean-token cosine), 'attention'
+        (the block's attention output, same cosine) or 'centred' (block output centred per channel, mean squared
+        pairwise cosine; :mod:`fluxsr.losses.adl`). Default 'block': docs/training.md has the measured comparison.
     """
 
     ftd: float = 1.0
@@ -108,6 +112,10 @@ class LossSection:
     lpips_net: str = "vgg"
     tv_gamma: float = 1.0
     adl_blocks: str = "single:-2,-1"
+    adl_tap: str = "block"
+
+    def __post_init__(self) -> None:
+        check_range("loss", self, adl_tap=("in", TAPS))
 
 
 @dataclass
@@ -121,6 +129,8 @@ class TrainSection:
     gradient_checkpointing / vae_checkpointing: trade compute for memory (transformer blocks / VAE decoder).
     crop: training crop edge in pixels taken from each pair's image (0: the whole image).
     time_limit: stop (checkpoint and export as at the last step) after this many seconds; 0: run all steps.
+    grad_norm_every: every this many steps (and at the first step of a run), log the gradient norm of each weighted
+        loss term on the trainable weights (one extra backward pass per term with a non-zero weight); 0: never.
     """
 
     steps: int = 24000
@@ -146,6 +156,7 @@ class TrainSection:
     log_every: int = 10
     validation_images: str | None = None
     time_limit: float = 0.0
+    grad_norm_every: int = 100
 
     def __post_init__(self) -> None:
         check_range(
@@ -168,6 +179,7 @@ class TrainSection:
             validate_every=(">=", 0),
             log_every=(">=", 1),
             time_limit=(">=", 0.0),
+            grad_norm_every=(">=", 0),
         )
 
 
