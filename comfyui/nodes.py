@@ -22,7 +22,15 @@ from pathlib import Path
 
 import torch
 
-from fluxsr import COLOR_FIXES, FluxSRPipeline, UpscaleOptions, is_model_dir, parse_bytes
+from fluxsr import (
+    COLOR_FIXES,
+    FluxSRPipeline,
+    ModelChoice,
+    UpscaleOptions,
+    is_model_dir,
+    load_pipeline,
+    parse_bytes,
+)
 
 try:
     import folder_paths
@@ -225,18 +233,17 @@ class FluxSRModelLoader:
             return None if name == unset else locate(name, roots)
 
         cap = parse_bytes(max_memory) if max_memory.strip() else None  # a typo fails before the load
-        pipe = FluxSRPipeline.from_pretrained(
-            path(model, BUNDLED) or BUNDLED,
-            device=pick_device(device),
-            dtype=None if dtype == AUTO else getattr(torch, dtype),
-            lora=path(lora, NONE),
-            lora_scale=lora_scale,
+        choice = ModelChoice(
+            model=path(model, BUNDLED) or BUNDLED,
             ae=path(ae, AUTO),
             prompt_embeds=path(prompt_embeds, AUTO),
+            lora=path(lora, NONE),
+            lora_scale=lora_scale,
+            device=pick_device(device),
+            dtype=None if dtype == AUTO else getattr(torch, dtype),
+            max_memory=cap,
         )
-        pipe.max_memory = cap
-        if pipe.model.spec.note:
-            print(f"fluxsr: note: {pipe.model.spec.note}", file=sys.stderr)
+        pipe = load_pipeline(choice, note=lambda line: print(f"fluxsr: note: {line}", file=sys.stderr))
         return (pipe,)
 
 

@@ -30,11 +30,7 @@ echo "fluxtrain exit $?" | tee -a "$OUT/gpu.txt"
 cp $F/run/log.csv "$OUT/fluxtrain.csv" 2>/dev/null
 
 # 3. fluxsr bench with FLUX.1-dev shapes (teacher: 2 steps run, scaled to 28)
-timeout ${T_BENCH:-130} python3 -c "
-import argparse, sys
-from fluxsr.evaluation import speed as bench
-p = argparse.ArgumentParser(); bench.add_bench_arguments(p)
-sys.exit(bench.cmd_bench(p.parse_args(sys.argv[1:])))" --model flux-dev-random --sizes 512,1024,2048,4096 \
+timeout ${T_BENCH:-130} python3 -m fluxsr.cli bench --model flux-dev-random --sizes 512,1024,2048,4096 \
   --repeat 3 --rows fluxsr,teacher,bicubic --teacher-run-steps 2 --teacher-max-size 1024 \
   --json "$OUT/bench.json" --markdown "$OUT/bench.md" > "$OUT/bench.log" 2>&1
 echo "bench exit $?" | tee -a "$OUT/gpu.txt"

@@ -6,7 +6,6 @@ from pathlib import Path
 import pytest
 import torch
 
-from fluxsr.evaluation import speed as B
 from fluxsr.evaluation import speed_config as SCF
 from fluxsr.evaluation import speed_flops as SF
 from fluxsr.evaluation import speed_report as SREP
@@ -253,14 +252,16 @@ def test_teacher_note_only_with_a_teacher_row_and_baseline_gpu_work(tmp_path, mo
 
 
 def test_random_weights_flag_names_the_flux_shaped_model():
-    import argparse
+    from fluxsr.cli import build_parser
+    from fluxsr.cli.bench import config_from_args
 
-    p = argparse.ArgumentParser()
-    B.add_bench_arguments(p)
-    assert B.config_from_args(p.parse_args(["--random-weights", "--device", "cpu"])).model == SCF.RANDOM_FLUX
-    assert B.config_from_args(p.parse_args(["--device", "cpu"])).model is None
+    def config(*flags):
+        return config_from_args(build_parser().parse_args(["bench", *flags, "--device", "cpu"]))
+
+    assert config("--random-weights").model == SCF.RANDOM_FLUX
+    assert config().model is None
     with pytest.raises(ValueError, match="random-weights"):
-        B.config_from_args(p.parse_args(["--random-weights", "--model", "tiny", "--device", "cpu"]))
+        config("--random-weights", "--model", "tiny")
 
 
 # ----------------------------------------------------------------------------------------------------------------

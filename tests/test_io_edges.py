@@ -13,7 +13,8 @@ import pytest
 import torch
 from PIL import Image
 
-from fluxsr.cli import commands as cli
+from fluxsr import cli
+from fluxsr.cli import options as cli_options
 from fluxsr.inference.pipeline import FluxSRPipeline, UpscaleOptions, as_rgb
 from fluxsr.inference.upscale import BatchOptions, BicubicBackend, upscale_paths
 from fluxsr.io.images import ImageError, pil_to_tensor, read_image, write_image
@@ -192,7 +193,7 @@ def test_bad_sizes_are_refused_by_the_options(kwargs):
 
 def test_long_side_zero_fails_before_the_model_loads(tmp_path, monkeypatch, capsys):
     save_rgb(tmp_path / "a.png")
-    monkeypatch.setattr(cli, "_pipeline", lambda args: pytest.fail("model loaded"))
+    monkeypatch.setattr(cli_options, "load_pipeline", lambda *a: pytest.fail("model loaded"))
     assert (
         cli.main(["upscale", "-q", str(tmp_path / "a.png"), "-o", str(tmp_path / "o"), "--long-side", "0"])
         == 2
@@ -618,7 +619,7 @@ def test_tile_and_overlap_out_of_range_are_refused_before_any_work(
 ):
     """They used to be accepted silently (exit 0): a negative overlap, an overlap as large as the tile."""
     save_rgb(tmp_path / "a.png")
-    monkeypatch.setattr(cli, "_pipeline", lambda args: pytest.fail("model loaded"))
+    monkeypatch.setattr(cli_options, "load_pipeline", lambda *a: pytest.fail("model loaded"))
     data = tmp_path / "set" / "lr"
     save_rgb(data / "a.png")
     for argv in (
@@ -656,7 +657,7 @@ def test_a_tile_lowered_by_the_planner_keeps_a_valid_overlap(pipe):
 def test_absurd_scales_are_one_line_before_any_work(tmp_path, monkeypatch, capsys, backend, scale):
     """--scale 1e9 used to grow to GBs of RAM (fluxsr) or end in a traceback (bicubic, and 1e300 everywhere)."""
     save_rgb(tmp_path / "a.png", size=(24, 32))
-    monkeypatch.setattr(cli, "_pipeline", lambda args: pytest.fail("model loaded"))
+    monkeypatch.setattr(cli_options, "load_pipeline", lambda *a: pytest.fail("model loaded"))
     argv = ["upscale", "--backend", backend, "-q", str(tmp_path / "a.png"), "-o", str(tmp_path / "o")]
     assert exit_code([*argv, "--scale", scale]) == 2
     err = capsys.readouterr().err

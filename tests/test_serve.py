@@ -7,7 +7,6 @@ there (how docs/serve.png is made).
 
 from __future__ import annotations
 
-import argparse
 import io
 import math
 import os
@@ -29,10 +28,12 @@ from PIL import Image
 gr = pytest.importorskip("gradio", reason="the serve extra (gradio) is not installed")
 
 from fluxsr import webapp as serve  # noqa: E402
+from fluxsr.cli import build_parser, main  # noqa: E402
+from fluxsr.cli import options as cli_options  # noqa: E402
 from fluxsr.inference.pipeline import FluxSRPipeline  # noqa: E402
 from fluxsr.inference.upscale import BicubicBackend  # noqa: E402
-from fluxsr.model.model import ModelSpec  # noqa: E402  # noqa: E402
-from fluxsr.webapp import ServeLimits, Upscaler  # noqa: E402
+from fluxsr.model.model import ModelSpec  # noqa: E402
+from fluxsr.webapp import ServeLimits, Upscaler, checks  # noqa: E402
 
 CHROMIUM = os.environ.get("FLUXSR_CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -190,8 +191,8 @@ def test_the_suggested_largest_scale_fits_after_rounding():
         (37 + 3 * i, 61 + 7 * i) for i in range(60)
     ]:
         image = SimpleNamespace(height=h, width=w)
-        s = serve.largest_scale(image, budget)
-        assert np.prod(serve.output_size(image, s)) <= budget, (h, w, s)
+        s = checks.largest_scale(image, budget)
+        assert np.prod(checks.output_size(image, s)) <= budget, (h, w, s)
         assert (
             s >= math.floor(math.sqrt(budget / (h * w)) * 100) / 100 - 0.05
         )  # lowered by a step or two at most
@@ -209,9 +210,9 @@ def test_info_names_the_tile_the_planner_used(tiny, tmp_path):
 
 def test_overlap_follows_the_model_like_the_cli():
     assert (
-        serve.overlap_for(256, 32) == 32
-        and serve.overlap_for(1024, 128) == 128
-        and serve.overlap_for(256, 128) == 64
+        checks.overlap_for(256, 32) == 32
+        and checks.overlap_for(1024, 128) == 128
+        and checks.overlap_for(256, 128) == 64
     )
 
 
@@ -293,8 +294,8 @@ def test_describe_names_model_device_and_limits(tiny, tmp_path):
 
 
 def test_safe_stem():
-    assert serve.safe_stem(Path("my photo (1).JPG")) == "my_photo_1"
-    assert serve.safe_stem(Path("../..png")) == "image"
+    assert checks.safe_stem(Path("my photo (1).JPG")) == "my_photo_1"
+    assert checks.safe_stem(Path("../..png")) == "image"
 
 
 # ----------------------------------------------------------------------------------------------------- the app
@@ -335,13 +336,41 @@ def test_build_app_queues_one_job_at_a_time(fake, tmp_path):
     assert (tmp_path / "w" / "results").is_dir()
 
 
-def test_parser_defaults_and_checks():
-    args = serve.build_parser().parse_args(["--model", "tiny"])
+def test_serve_options_defaults():
+    args = build_parser().parse_args(["serve", "--model", "tiny"])
     assert (args.host, args.port, args.max_pixels, args.queue_size) == ("127.0.0.1", 7860, 2048 * 2048, 16)
     assert args.model == "tiny"
-    for bad in (["--max-pixels", "0"], ["--max-upload-mb", "0"], ["--queue-size", "0"], ["--port", "70000"]):
-        with pytest.raises(ValueError):
-            serve.check_server_args(serve.build_parser().parse_args(bad))
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--max-pixels", "0"], "argument --max-pixels: must be >= 1, got 0"),
+        (["--max-upload-mb", "0"], "argument --max-upload-mb: must be a finite number > 0, got 0"),
+        (["--max-upload-mb", "inf"], "argument --max-upload-mb: must be a finite number > 0, got inf"),
+        (["--queue-size", "0"], "argument --queue-size: must be >= 1, got 0"),
+        (["--port", "70000"], "argument --port: must be in 0..65535, got 70000"),
+    ],
+)
+def test_bad_server_limits_are_one_line_before_the_model_loads(monkeypatch, capsys, flags, message):
+    """--max-upload-mb inf used to pass the check and end in an OverflowError traceback after the model loaded."""
+    monkeypatch.setattr(cli_options, "load_pipeline", lambda *a, **k: pytest.fail("model loaded"))
+    with pytest.raises(SystemExit) as exited:
+        main(["serve", "--model", "tiny", *flags])
+    err = capsys.readouterr().err
+    assert exited.value.code == 2 and message in err and "Traceback" not in err
+
+
+def test_serve_hands_the_web_app_a_loaded_pipeline_and_its_options(monkeypatch, tmp_path):
+    """The command line loads the model; the web app gets the pipeline and a plain options object."""
+    seen = {}
+    monkeypatch.setattr(
+        "fluxsr.cli.serve.run_server", lambda pipe, options: seen.update(pipe=pipe, o=options) or 0
+    )
+    argv = ["serve", "--model", "tiny", "--device", "cpu", "--port", "0", "--max-upload-mb", "2.5"]
+    assert main([*argv, "--queue-size", "3", "--examples", str(tmp_path)]) == 0
+    assert isinstance(seen["pipe"], FluxSRPipeline) and seen["pipe"].model.spec.name == "tiny"
+    assert seen["o"] == serve.ServerOptions("127.0.0.1", 0, tmp_path, ServeLimits(2048 * 2048, 2.5, 3))
 
 
 # ----------------------------------------------------------------------------------------------------- live server
@@ -354,12 +383,8 @@ def free_port() -> int:
 
 
 def server_command(port: int, *options: str) -> list[str]:
-    """``python -m fluxsr.cli serve ...`` once the CLI has the command, ``python -m fluxsr.webapp ...`` until then."""
-    from fluxsr.cli import commands as cli
-
-    commands = next(a for a in cli.build_parser()._actions if isinstance(a, argparse._SubParsersAction))
-    module = ["fluxsr.cli", "serve"] if "serve" in commands.choices else ["fluxsr.webapp"]
-    return [sys.executable, "-m", *module, "--model", "tiny", "--port", str(port), *options]
+    """``python -m fluxsr.cli serve --model tiny --port PORT ...``."""
+    return [sys.executable, "-m", "fluxsr.cli", "serve", "--model", "tiny", "--port", str(port), *options]
 
 
 def http_status(url: str, data: bytes | None = None, headers: dict | None = None) -> int:

@@ -1,7 +1,14 @@
 """Baseline upscalers run side by side with FluxSR: bicubic and Real-ESRGAN x4plus."""
 
-from .bicubic import bicubic_upscale
-from .realesrgan import RealESRGAN, fetch_realesrgan, load_rrdbnet
-from .rrdbnet import RRDBNet
+from ..lazy import lazy_face
 
-__all__ = ["RRDBNet", "RealESRGAN", "bicubic_upscale", "fetch_realesrgan", "load_rrdbnet"]
+__getattr__, __all__ = lazy_face(
+    __name__,
+    {
+        "bicubic_upscale": "bicubic",
+        "RealESRGAN": "realesrgan",
+        "fetch_realesrgan": "realesrgan",
+        "load_rrdbnet": "realesrgan",
+        "RRDBNet": "rrdbnet",
+    },
+)

@@ -1,22 +1,21 @@
 """Data: the Real-ESRGAN degradation (training inputs) and evaluation data sets (layouts, pairing, make-testset)."""
 
-from .datasets import LAYOUTS, Dataset, ImagePair, detect_layout, load_dataset, match_files, pair_key
-from .degradation_config import DegradationConfig
-from .degrade import degrade, degrade_file, degrade_to_input
-from .testset import TestsetResult, make_testset
+from ..lazy import lazy_face
 
-__all__ = [
-    "LAYOUTS",
-    "Dataset",
-    "DegradationConfig",
-    "ImagePair",
-    "TestsetResult",
-    "degrade",
-    "degrade_file",
-    "degrade_to_input",
-    "detect_layout",
-    "load_dataset",
-    "make_testset",
-    "match_files",
-    "pair_key",
-]
+__getattr__, __all__ = lazy_face(
+    __name__,
+    {
+        "Dataset": "datasets",
+        "ImagePair": "datasets",
+        "LAYOUTS": "datasets",
+        "detect_layout": "datasets",
+        "load_dataset": "datasets",
+        "match_files": "datasets",
+        "pair_key": "datasets",
+        "DegradationConfig": "degradation_config",
+        "degrade_file": "degrade",
+        "degrade_to_input": "degrade",
+        "TestsetResult": "testset",
+        "make_testset": "testset",
+    },
+)

@@ -8,65 +8,48 @@ reference weights they use.
 - quality: :mod:`.scoring` (``fluxsr eval``), :mod:`.benchmark` (``fluxsr benchmark``), :mod:`.benchmark_result`,
   :mod:`.reports` (Markdown / CSV / JSON), :mod:`.figures` (bar chart, comparison sheet);
 - speed (``fluxsr bench``): :mod:`.speed_config`, :mod:`.speed_rows`, :mod:`.speed_run`, :mod:`.speed_flops`,
-  :mod:`.speed_report`, :mod:`.speed` (its command line);
+  :mod:`.speed_report` (its command line is :mod:`fluxsr.cli.bench`);
 - :mod:`.weights`: ``fluxsr weights fetch`` (LPIPS, DISTS, NIQE, Real-ESRGAN).
 """
 
-from .benchmark import backend_factories, run_benchmark, write_benchmark
-from .benchmark_result import BenchmarkResult, MethodRun
-from .imresize import imresize_matlab
-from .metric_set import ALL_METRICS, DEFAULT_METRICS, Metric, build_metrics, parse_metric_names
-from .niqe import load_niqe_params
-from .periodic import periodic_score
-from .protocol import (
-    PROTOCOLS,
-    Protocol,
-    full_reference,
-    get_protocol,
-    protocol_niqe,
-    protocol_psnr,
-    protocol_ssim,
-)
-from .psnr_ssim import psnr, pyiqa_psnr, pyiqa_ssim, ssim
-from .reports import report_csv, report_json, report_markdown
-from .scoring import EvalReport, ImageScore, evaluate_dirs
-from .speed_config import BenchConfig
-from .speed_run import run_bench
-from .weights import FETCHERS, fetch_all
+from ..lazy import lazy_face
 
-__all__ = [
-    "ALL_METRICS",
-    "DEFAULT_METRICS",
-    "FETCHERS",
-    "PROTOCOLS",
-    "BenchConfig",
-    "BenchmarkResult",
-    "EvalReport",
-    "ImageScore",
-    "MethodRun",
-    "Metric",
-    "Protocol",
-    "backend_factories",
-    "build_metrics",
-    "evaluate_dirs",
-    "fetch_all",
-    "full_reference",
-    "get_protocol",
-    "imresize_matlab",
-    "load_niqe_params",
-    "parse_metric_names",
-    "periodic_score",
-    "protocol_niqe",
-    "protocol_psnr",
-    "protocol_ssim",
-    "psnr",
-    "pyiqa_psnr",
-    "pyiqa_ssim",
-    "report_csv",
-    "report_json",
-    "report_markdown",
-    "run_bench",
-    "run_benchmark",
-    "ssim",
-    "write_benchmark",
-]
+__getattr__, __all__ = lazy_face(
+    __name__,
+    {
+        "backend_factories": "benchmark",
+        "run_benchmark": "benchmark",
+        "write_benchmark": "benchmark",
+        "BenchmarkResult": "benchmark_result",
+        "MethodRun": "benchmark_result",
+        "imresize_matlab": "imresize",
+        "ALL_METRICS": "metric_set",
+        "DEFAULT_METRICS": "metric_set",
+        "Metric": "metric_set",
+        "build_metrics": "metric_set",
+        "parse_metric_names": "metric_set",
+        "load_niqe_params": "niqe",
+        "periodic_score": "periodic",
+        "PROTOCOLS": "protocol",
+        "Protocol": "protocol",
+        "full_reference": "protocol",
+        "get_protocol": "protocol",
+        "protocol_niqe": "protocol",
+        "protocol_psnr": "protocol",
+        "protocol_ssim": "protocol",
+        "psnr": "psnr_ssim",
+        "pyiqa_psnr": "psnr_ssim",
+        "pyiqa_ssim": "psnr_ssim",
+        "ssim": "psnr_ssim",
+        "report_csv": "reports",
+        "report_json": "reports",
+        "report_markdown": "reports",
+        "EvalReport": "scoring",
+        "ImageScore": "scoring",
+        "evaluate_dirs": "scoring",
+        "BenchConfig": "speed_config",
+        "run_bench": "speed_run",
+        "FETCHERS": "weights",
+        "fetch_all": "weights",
+    },
+)

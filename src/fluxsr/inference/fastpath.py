@@ -5,7 +5,6 @@ gave); ``fluxsr upscale`` takes the same flags. All default to off: eager bf16 w
 
 from __future__ import annotations
 
-import argparse
 from contextlib import nullcontext
 from dataclasses import dataclass
 
@@ -129,46 +128,3 @@ def apply_fast_path(model, fast: FastPath, static_shapes: bool = True) -> list[s
         else:
             transformer.compile(**mode)
     return notes
-
-
-def add_fast_path_arguments(p: argparse.ArgumentParser) -> None:
-    """The speed flags, one argument group (``fluxsr bench`` and ``fluxsr upscale``)."""
-    g = p.add_argument_group("speed (GPU)")
-    g.add_argument("--sdpa", choices=SDPA_BACKENDS, default="auto", help="attention kernel")
-    how = g.add_mutually_exclusive_group()
-    how.add_argument(
-        "--compile",
-        dest="compile",
-        action="store_const",
-        const="regional",
-        default="",
-        help="regional torch.compile: the transformer's repeated blocks (first image takes minutes)",
-    )
-    how.add_argument(
-        "--compile-full",
-        dest="compile",
-        action="store_const",
-        const="full",
-        help="torch.compile the whole transformer instead",
-    )
-    g.add_argument(
-        "--compile-mode",
-        choices=COMPILE_MODES,
-        default="default",
-        help="torch.compile mode of the transformer (reduce-overhead: CUDA graphs); --compile-vae always "
-        "uses the default mode",
-    )
-    g.add_argument("--compile-vae", action="store_true", help="torch.compile the VAE encoder and decoder")
-    g.add_argument("--channels-last-vae", action="store_true", help="VAE in channels-last layout")
-    g.add_argument(
-        "--fp8", action="store_true", help="float8 transformer linears via torchao (if importable)"
-    )
-
-
-def fast_path_from_args(args: argparse.Namespace) -> FastPath:
-    """The switches from parsed flags; ``--compile-mode`` without ``--compile``/``--compile-full`` is an error."""
-    if args.compile_mode != "default" and not args.compile:
-        raise SystemExit("--compile-mode needs --compile or --compile-full")
-    return FastPath(
-        args.sdpa, args.compile, args.compile_vae, args.channels_last_vae, args.fp8, args.compile_mode
-    )

@@ -114,16 +114,6 @@ def parse_bytes(text: str | int) -> int:
     return int(value)
 
 
-def memory_size(text: str) -> int:
-    """argparse ``type`` for ``--max-memory``: :func:`parse_bytes`, refused before anything loads."""
-    import argparse
-
-    try:
-        return parse_bytes(text)
-    except ValueError as e:
-        raise argparse.ArgumentTypeError(str(e)) from None
-
-
 def format_bytes(n: float) -> str:
     """Bytes in GiB/MiB with two decimals (``1.50 GiB``)."""
     return f"{n / GiB:.2f} GiB" if abs(n) >= GiB else f"{n / (1 << 20):.1f} MiB"

@@ -44,30 +44,6 @@ def check_tile_overlap(tile: int | None, overlap: int | None) -> None:
         )
 
 
-def tile_edge(text: str) -> int:
-    """argparse ``type`` for ``--tile``: an integer >= 1 (:func:`check_tile_overlap`)."""
-    return _checked_int(text, lambda v: check_tile_overlap(v, None))
-
-
-def tile_overlap(text: str) -> int:
-    """argparse ``type`` for ``--overlap``: an integer >= 0 (at most half the tile: checked with the tile)."""
-    return _checked_int(text, lambda v: check_tile_overlap(None, v))
-
-
-def _checked_int(text: str, check: Callable[[int], None]) -> int:
-    import argparse
-
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    try:
-        check(value)
-    except ValueError as e:
-        raise argparse.ArgumentTypeError(str(e)) from None
-    return value
-
-
 def snapped(tile: int, overlap: int, multiple: int) -> TileSpec:
     """The spec for a tile and overlap asked in pixels, both snapped down to ``multiple``.
 

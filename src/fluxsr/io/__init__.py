@@ -1,38 +1,30 @@
 """Files in and out: images (read/write with alpha, ICC, EXIF, 16-bit), typed YAML configs, the cache and atomic
 writes, the guards that keep outputs off inputs, and Hugging Face repo ids as model names."""
 
-from .cache import (
-    DamagedFileError,
-    MissingWeightsError,
-    cache_dir,
-    cached_file,
-    read_safetensors,
-    write_atomic,
-)
-from .config import ConfigError, from_dict, load_config, to_dict
-from .guards import check_inputs_apart, real_path
-from .hub import RepoRef, hub_model_path, parse_repo_ref
-from .images import ImageError, find_images, read_image, resize, write_image
+from ..lazy import lazy_face
 
-__all__ = [
-    "ConfigError",
-    "DamagedFileError",
-    "ImageError",
-    "MissingWeightsError",
-    "RepoRef",
-    "cache_dir",
-    "cached_file",
-    "check_inputs_apart",
-    "find_images",
-    "from_dict",
-    "hub_model_path",
-    "load_config",
-    "parse_repo_ref",
-    "read_image",
-    "read_safetensors",
-    "real_path",
-    "resize",
-    "to_dict",
-    "write_atomic",
-    "write_image",
-]
+__getattr__, __all__ = lazy_face(
+    __name__,
+    {
+        "DamagedFileError": "cache",
+        "MissingWeightsError": "cache",
+        "cache_dir": "cache",
+        "cached_file": "cache",
+        "read_safetensors": "cache",
+        "write_atomic": "cache",
+        "ConfigError": "config",
+        "from_dict": "config",
+        "load_config": "config",
+        "to_dict": "config",
+        "check_inputs_apart": "guards",
+        "real_path": "guards",
+        "RepoRef": "hub",
+        "hub_model_path": "hub",
+        "parse_repo_ref": "hub",
+        "ImageError": "images",
+        "find_images": "images",
+        "read_image": "images",
+        "resize": "images",
+        "write_image": "images",
+    },
+)

@@ -1,23 +1,22 @@
 """Losses and reference metrics: LPIPS, DISTS, TV-LPIPS and the Attention Diversification Loss."""
 
-from fluxsr.losses.adl import TAPS, ADLCollector, adl_loss, centred_adl_loss, parse_block_spec
-from fluxsr.losses.dists import DISTS, load_dists
-from fluxsr.losses.lpips import LPIPS, load_lpips
-from fluxsr.losses.tv_lpips import TVLPIPS, tv_map
-from fluxsr.losses.vgg import AlexNetFeatures, VGG16Features
+from ..lazy import lazy_face
 
-__all__ = [
-    "ADLCollector",
-    "AlexNetFeatures",
-    "DISTS",
-    "TAPS",
-    "LPIPS",
-    "TVLPIPS",
-    "VGG16Features",
-    "adl_loss",
-    "centred_adl_loss",
-    "load_dists",
-    "load_lpips",
-    "parse_block_spec",
-    "tv_map",
-]
+__getattr__, __all__ = lazy_face(
+    __name__,
+    {
+        "ADLCollector": "adl",
+        "TAPS": "adl",
+        "adl_loss": "adl",
+        "centred_adl_loss": "adl",
+        "parse_block_spec": "adl",
+        "DISTS": "dists",
+        "load_dists": "dists",
+        "LPIPS": "lpips",
+        "load_lpips": "lpips",
+        "TVLPIPS": "tv_lpips",
+        "tv_map": "tv_lpips",
+        "AlexNetFeatures": "vgg",
+        "VGG16Features": "vgg",
+    },
+)

@@ -1,43 +1,58 @@
-"""The command-line side of the speed bench (``fluxsr bench``): its options and the command body. The bench itself
-lives in the ``speed_*`` modules (:mod:`fluxsr.evaluation.speed_run` runs it); it times upscalers, while the quality
-benchmark (``fluxsr benchmark``, :mod:`fluxsr.evaluation.benchmark`) scores their outputs. These functions move to
-``cli/`` with the rest of the command line (issue #12).
-"""
+"""``fluxsr bench``: speed (per-stage latency and peak memory of one-step FluxSR, Real-ESRGAN and the multi-step
+teacher; :mod:`fluxsr.evaluation.speed_run`). Quality is ``fluxsr benchmark`` (:mod:`fluxsr.cli.evaluate`)."""
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
 
-import torch
-
-from ..inference import memory
-from ..inference.fastpath import add_fast_path_arguments, fast_path_from_args
+from ..evaluation.speed_config import RANDOM_FLUX, ROWS, BenchConfig
+from ..evaluation.speed_report import to_markdown, write_json
+from ..evaluation.speed_run import run_bench
+from ..inference.color import COLOR_FIXES
 from ..inference.pipeline import resolve_device
-from ..inference.tiling import tile_edge, tile_overlap
-from .speed_config import RANDOM_FLUX, ROWS, BenchConfig
-from .speed_report import to_markdown, write_json
-from .speed_run import run_bench
+from .options import (
+    TORCH_DTYPES,
+    add_fast_path_arguments,
+    fast_path_from_args,
+    memory_size,
+    tile_edge,
+    tile_overlap,
+    torch_dtype,
+)
 
 
-def _csv(text: str) -> list[str]:
+def comma_list(text: str) -> list[str]:
+    """``"a, b,,c"`` -> ``["a", "b", "c"]``."""
     return [t.strip() for t in text.split(",") if t.strip()]
 
 
-def _sizes(text: str) -> tuple[int, ...]:
+def sizes(text: str) -> tuple[int, ...]:
+    """``--sizes``: whole numbers separated by commas."""
     try:
-        return tuple(int(s) for s in _csv(text))
+        return tuple(int(s) for s in comma_list(text))
     except ValueError:
         raise ValueError(f"--sizes {text!r}: give whole numbers separated by commas, e.g. 512,1024") from None
 
 
-def add_bench_arguments(p) -> None:
-    """``fluxsr bench`` options."""
+def add_bench_arguments(p: argparse.ArgumentParser) -> None:
+    """``fluxsr bench`` options, in the order of its help."""
+    add_grid_arguments(p)
+    add_row_arguments(p)
+    add_pipeline_arguments(p)
+    add_fast_path_arguments(p)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", type=Path, default=None, help="write results here (updated after every row)")
+    p.add_argument("--markdown", type=Path, default=None, help="write the table here (also printed)")
+
+
+def add_grid_arguments(p: argparse.ArgumentParser) -> None:
+    """The model, the sizes, repeats and rows, the device and dtype."""
     p.add_argument(
         "--model",
         default=None,
         help=f"'bundled' (default), 'tiny', '{RANDOM_FLUX}' (FLUX.1-dev shapes, random weights, made on "
-        "the device) or a model folder / FLUX.1-dev path",
+        "the device), a model folder / FLUX.1-dev path or a Hugging Face repo id org/name[@revision]",
     )
     p.add_argument("--random-weights", action="store_true", help=f"same as --model {RANDOM_FLUX}")
     p.add_argument(
@@ -49,12 +64,14 @@ def add_bench_arguments(p) -> None:
     p.add_argument("--warmup", type=int, default=1, help="untimed runs first (compilation, cuDNN autotune)")
     p.add_argument("--rows", default=",".join(ROWS), help=f"rows to run (default: all of {','.join(ROWS)})")
     p.add_argument("--device", default=None)
-    p.add_argument(
-        "--dtype", choices=("bf16", "fp32", "fp16"), default=None, help="default: bf16 CUDA, fp32 CPU"
-    )
+    p.add_argument("--dtype", choices=tuple(TORCH_DTYPES), default=None, help="default: bf16 CUDA, fp32 CPU")
     p.add_argument(
         "--text-len", type=int, default=512, help=f"T5 tokens of {RANDOM_FLUX}'s cached embeddings"
     )
+
+
+def add_row_arguments(p: argparse.ArgumentParser) -> None:
+    """What the teacher and Real-ESRGAN rows run."""
     p.add_argument("--teacher-steps", type=int, default=28, help="teacher Euler steps to report")
     p.add_argument(
         "--teacher-run-steps",
@@ -81,6 +98,10 @@ def add_bench_arguments(p) -> None:
         help=f"Real-ESRGAN weights: cached (row skipped without them), random (same cost), auto (cached, "
         f"else random with --model {RANDOM_FLUX}, else skipped)",
     )
+
+
+def add_pipeline_arguments(p: argparse.ArgumentParser) -> None:
+    """Tiles, colour fix, output format, memory cap and the FLOP floor."""
     p.add_argument(
         "--tile", type=tile_edge, default=None, help="tile in output pixels, >= 1 (default: the model's)"
     )
@@ -93,7 +114,7 @@ def add_bench_arguments(p) -> None:
     p.add_argument(
         "--tile-batch", type=int, default=1, help="tiles per forward pass, >= 0 (0: as many as memory allows)"
     )
-    p.add_argument("--color-fix", choices=("wavelet", "adain", "none"), default="wavelet")
+    p.add_argument("--color-fix", choices=COLOR_FIXES, default="wavelet")
     p.add_argument(
         "--write-ext",
         choices=("png", "jpg", "webp", "tif", "bmp"),
@@ -102,7 +123,7 @@ def add_bench_arguments(p) -> None:
     )
     p.add_argument(
         "--max-memory",
-        type=memory.memory_size,
+        type=memory_size,
         default=None,
         help="memory cap for the planner, e.g. 40GiB (weights included)",
     )
@@ -119,37 +140,35 @@ def add_bench_arguments(p) -> None:
         help="FLOP floor columns at --peak-tflops (default: on for CUDA, off on the CPU, where a GPU's "
         "peak means nothing)",
     )
-    add_fast_path_arguments(p)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--json", type=Path, default=None, help="write results here (updated after every row)")
-    p.add_argument("--markdown", type=Path, default=None, help="write the table here (also printed)")
 
 
-def config_from_args(args) -> BenchConfig:
-    """A :class:`BenchConfig` from parsed ``fluxsr bench`` arguments."""
-    dtypes = {"bf16": torch.bfloat16, "fp32": torch.float32, "fp16": torch.float16}
+def bench_model(args: argparse.Namespace) -> str | None:
+    """``--model``, with ``--random-weights`` as another name for the FLUX-shaped random model."""
+    if not args.random_weights:
+        return args.model
+    if args.model not in (None, RANDOM_FLUX):
+        raise ValueError(f"--random-weights means --model {RANDOM_FLUX}, not {args.model}")
+    return RANDOM_FLUX
+
+
+def config_from_args(args: argparse.Namespace) -> BenchConfig:
+    """A :class:`~fluxsr.evaluation.speed_config.BenchConfig` from parsed ``fluxsr bench`` arguments."""
     device = resolve_device(args.device)
     for path, flag in ((args.json, "--json"), (args.markdown, "--markdown")):
         if path is not None and Path(path).is_dir():
             raise ValueError(f"{flag} {path}: is a folder; give a file name")
-    model = args.model
-    if args.random_weights:
-        if model not in (None, RANDOM_FLUX):
-            raise ValueError(f"--random-weights means --model {RANDOM_FLUX}, not {model}")
-        model = RANDOM_FLUX
-    baseline_max = (
-        args.baseline_max_size
-        if args.baseline_max_size is not None
-        else (None if device.type == "cuda" else 1024)
-    )
+    model = bench_model(args)
+    baseline_max = args.baseline_max_size
+    if baseline_max is None:
+        baseline_max = None if device.type == "cuda" else 1024
     return BenchConfig(
         model=model,
-        sizes=_sizes(args.sizes),
+        sizes=sizes(args.sizes),
         repeat=args.repeat,
         warmup=args.warmup,
         device=str(device),
-        dtype=dtypes[args.dtype] if args.dtype else None,
-        rows=tuple(_csv(args.rows)),
+        dtype=torch_dtype(args.dtype),
+        rows=tuple(comma_list(args.rows)),
         text_len=args.text_len,
         teacher_steps=args.teacher_steps,
         teacher_run_steps=args.teacher_run_steps,
@@ -170,7 +189,7 @@ def config_from_args(args) -> BenchConfig:
     )
 
 
-def cmd_bench(args) -> int:
+def cmd_bench(args: argparse.Namespace) -> int:
     """Run the benchmark, print the Markdown table, write JSON/Markdown files if asked."""
     cfg = config_from_args(args)
     result = run_bench(cfg, on_row=(lambda r: write_json(r, args.json)) if args.json else None)
@@ -182,3 +201,12 @@ def cmd_bench(args) -> int:
         args.markdown.parent.mkdir(parents=True, exist_ok=True)
         args.markdown.write_text(table)
     return 1 if any("error" in r for r in result["rows"]) else 0
+
+
+def add_bench(sub) -> None:
+    """``fluxsr bench``."""
+    p = sub.add_parser(
+        "bench", help="per-stage latency and peak memory vs Real-ESRGAN and the multi-step teacher"
+    )
+    add_bench_arguments(p)
+    p.set_defaults(func=cmd_bench)
