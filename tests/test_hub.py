@@ -4,9 +4,11 @@ import json
 import shutil
 from dataclasses import replace
 
+import huggingface_hub
 import pytest
 import torch
 from conftest import put_in_hub_cache
+from huggingface_hub.errors import LocalEntryNotFoundError
 from huggingface_hub.utils import filter_repo_objects
 
 from fluxsr.cli import main
@@ -155,3 +157,19 @@ def test_a_diffusers_flux_repo_loads_with_its_prompt_embeddings(hub_cache, tmp_p
     torch.testing.assert_close(
         _velocity(load_model("someone/flux-diffusers")), _velocity(load_model(folder)), atol=0, rtol=0
     )
+
+
+def test_online_errors_are_one_line(monkeypatch):
+    """Online, a repo that cannot be reached or fetched is one line naming both readings and the cause."""
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    ref = hub.RepoRef("org/name", "v1")
+    for error, cause in (
+        (LocalEntryNotFoundError("Connection refused\nmore"), "Connection refused"),
+        (OSError(), "OSError"),
+        (LocalEntryNotFoundError(""), "LocalEntryNotFoundError"),
+    ):
+        message = str(hub.hub_error("org/name@v1", ref, error))
+        assert message.startswith(
+            "model 'org/name@v1': no such file or folder, and Hugging Face repo org/name@v1"
+        )
+        assert message.endswith(f"could not be fetched: {cause}") and "\n" not in message

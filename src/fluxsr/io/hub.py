@@ -94,14 +94,20 @@ def not_cached_message(name: str, ref: RepoRef) -> str:
     )
 
 
+def first_line(error: Exception) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
 def hub_error(name: str, ref: RepoRef, error: Exception) -> FileNotFoundError:
     """The one-line error for a repo that could not be resolved, naming the local-path reading too."""
     neither = f"model {name!r}: no such file or folder, and"
     if isinstance(error, LocalEntryNotFoundError):
         if is_offline():
             return FileNotFoundError(not_cached_message(name, ref))
-        first = str(error).splitlines()[0]
-        return FileNotFoundError(f"{neither} Hugging Face repo {ref} could not be fetched: {first}")
+        return FileNotFoundError(
+            f"{neither} Hugging Face repo {ref} could not be fetched: {first_line(error)}"
+        )
     if isinstance(error, RevisionNotFoundError):
         return FileNotFoundError(f"Hugging Face repo {ref.repo_id} has no revision {ref.revision!r}")
     if isinstance(error, GatedRepoError):
@@ -113,8 +119,7 @@ def hub_error(name: str, ref: RepoRef, error: Exception) -> FileNotFoundError:
         return FileNotFoundError(
             f"{neither} no Hugging Face repo {ref.repo_id} (a private one needs `hf auth login`)"
         )
-    first = str(error).splitlines()[0] if str(error) else type(error).__name__
-    return FileNotFoundError(f"{neither} Hugging Face repo {ref} could not be fetched: {first}")
+    return FileNotFoundError(f"{neither} Hugging Face repo {ref} could not be fetched: {first_line(error)}")
 
 
 def snapshot(ref: RepoRef, patterns: tuple[str, ...]) -> Path:
