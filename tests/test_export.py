@@ -194,6 +194,7 @@ def test_output_rules(tmp_path, capsys):
         ),
         ([str(src), str(tmp_path / "o"), "--checkpoint", "3"], "applies to a training run"),
         ([str(src), str(tmp_path / "o"), "--repo-id", "not an id"], "not a Hugging Face repo id"),
+        ([str(src), str(tmp_path / "o"), "--repo-id", "me/x@v2"], "not a Hugging Face repo id"),
     ]
     for args, message in cases:
         assert main(["export", *args]) == 2, args
@@ -211,6 +212,7 @@ def test_output_rules(tmp_path, capsys):
     assert main(["export", str(src), str(out), "--overwrite"]) == 0  # the earlier export's results.json goes
     assert not (out / "results.json").exists() and (out / ".gitattributes").is_file()
     assert "results.json" not in check_sums(out)
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no staging folder made
 
 
 def test_a_run_exports_its_final_model_or_a_checkpoint(pairs, tmp_path, capsys):

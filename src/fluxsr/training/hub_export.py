@@ -17,6 +17,7 @@ import hashlib
 import json
 import shutil
 import tempfile
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -25,7 +26,7 @@ from huggingface_hub.utils import filter_repo_objects
 
 from ..io.cache import atomic_write_bytes, read_json, read_safetensors
 from ..io.guards import check_inputs_apart
-from ..io.hub import MODEL_FOLDER_FILES, parse_repo_ref
+from ..io.hub import MODEL_FOLDER_FILES, RepoRef, parse_repo_ref
 from ..model.folders import is_model_folder
 from ..model.model import SPEC_FILE, ModelSpec
 from ..model.presets import FLUX_DEV_TRANSFORMER
@@ -269,16 +270,21 @@ def export_for_hub(
     results: a ``fluxsr eval --json`` report or ``benchmark.json`` for the card. base: the Hub repo id of a
     LoRA-only model's base weights. repo_id: where the folder will be uploaded (the card's usage lines).
     Every check runs before ``out`` is touched; returns ``out``."""
-    if repo_id is not None and parse_repo_ref(repo_id) is None:
+    if repo_id is not None and parse_repo_ref(repo_id) != RepoRef(repo_id):
         raise ValueError(f"--repo-id {repo_id!r}: not a Hugging Face repo id (org/name)")
     src, out = Path(src).expanduser(), Path(out).expanduser()
     source = find_source(src, checkpoint)
     doc = read_results(results) if results is not None else None
     check_output(out, src, overwrite)
     out.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.name}.export-") as tmp:
+    staging = (  # made only for a checkpoint: its model folder, beside the output
+        tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.name}.export-")
+        if source.model is None
+        else nullcontext()
+    )
+    with staging as tmp:
         folder = source.model
-        if folder is None:  # a checkpoint: its model folder, beside the output
+        if folder is None:
             folder = materialise_checkpoint(
                 source.checkpoint, load_recipe(source.recipe), Path(tmp) / "model"
             )
