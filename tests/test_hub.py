@@ -140,6 +140,8 @@ def test_a_recipe_refuses_a_repo_id(tmp_path, monkeypatch):
     """Training reads local weights (gen-pairs would need the teacher's text encoders, which are not fetched)."""
     with pytest.raises(ConfigError, match="model.teacher: 'org/flux'.*hf download org/flux --local-dir"):
         load_recipe(None, ["model.teacher=org/flux"])
+    with pytest.raises(ConfigError, match="model.base: .*hf download org/flux --revision v2 --local-dir"):
+        load_recipe(None, ["model.base=org/flux@v2"])
     (tmp_path / "org" / "flux").mkdir(parents=True)
     monkeypatch.chdir(tmp_path)
     assert load_recipe(None, ["model.base=org/flux"]).model.base == "org/flux"  # a local folder of that name

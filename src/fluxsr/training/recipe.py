@@ -45,10 +45,12 @@ class ModelSection:
             raise ConfigError(f"model.t_l: must lie in (0, 1), got {self.t_l!r}")
         for name in ("base", "teacher"):  # not read from the Hub: pairs need the teacher's text encoders
             value = getattr(self, name)
-            if value and parse_repo_ref(value) is not None and not Path(value).expanduser().exists():
+            ref = parse_repo_ref(value) if value else None
+            if ref is not None and not Path(value).expanduser().exists():
+                revision = f" --revision {ref.revision}" if ref.revision else ""
                 raise ConfigError(
                     f"model.{name}: {value!r} is not on disk; training reads local weights only (Hub repo ids "
-                    f"are for --model): `hf download {value} --local-dir DIR`, then give DIR"
+                    f"are for --model): `hf download {ref.repo_id}{revision} --local-dir DIR`, then give DIR"
                 )
 
 
