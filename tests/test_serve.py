@@ -30,8 +30,10 @@ gr = pytest.importorskip("gradio", reason="the serve extra (gradio) is not insta
 from fluxsr import webapp as serve  # noqa: E402
 from fluxsr.cli import build_parser, main  # noqa: E402
 from fluxsr.cli import options as cli_options  # noqa: E402
+from fluxsr.inference.fidelity import fidelity_map  # noqa: E402
 from fluxsr.inference.pipeline import FluxSRPipeline  # noqa: E402
 from fluxsr.inference.upscale import BicubicBackend  # noqa: E402
+from fluxsr.io.images import read_image  # noqa: E402
 from fluxsr.model.model import ModelSpec  # noqa: E402
 from fluxsr.webapp import ServeLimits, Upscaler, checks  # noqa: E402
 
@@ -122,7 +124,7 @@ def error_of(call, *args) -> str:
 @pytest.mark.parametrize("size,scale,expected", [((24, 16), 4.0, (96, 64)), ((20, 14), 2.5, (50, 35))])
 def test_upscale_gives_input_times_scale(tiny, tmp_path, size, scale, expected):
     app = upscaler_for(tiny, tmp_path)
-    (bicubic, result), download, info = app.upscale(
+    (bicubic, result), download, info, fidelity = app.upscale(
         str(write_png(tmp_path / "in.png", *size)), scale, "wavelet", 512
     )
     assert download == result and Path(result).parent.parent == tmp_path / "work" / "results"
@@ -131,12 +133,25 @@ def test_upscale_gives_input_times_scale(tiny, tmp_path, size, scale, expected):
             assert im.format == "PNG" and im.size == expected and im.mode == "RGB"
     assert Path(result).name == f"in_x{scale:g}_fluxsr.png"
     assert "**tiny** on **cpu** (float32)" in info and f"→ {expected[0]}x{expected[1]}" in info
-    assert "Time" in info and "transformer" in info
+    assert "Time" in info and "transformer" in info and fidelity is None  # the map only when asked
+
+
+def test_upscale_shows_the_fidelity_map_when_asked(fake, tmp_path):
+    photo = Path(__file__).resolve().parents[1] / "examples" / "building.png"
+    app = upscaler_for(fake, tmp_path)
+    (_, result), _, _, fidelity = app.upscale(str(photo), 2, "none", 1024, True)
+    assert Path(fidelity).parent == Path(result).parent and Path(fidelity).name == "building_x2_fidelity.png"
+    output, lr = read_image(result), read_image(photo)
+    expected = fidelity_map(output.rgb, lr.rgb)  # from the written result: within 8-bit rounding of it
+    heat = read_image(fidelity)
+    assert (heat.height, heat.width) == (320, 320) and float((heat.rgb - expected).abs().mean()) < 0.02
 
 
 def test_upscale_keeps_alpha(fake, tmp_path):
     app = upscaler_for(fake, tmp_path)
-    (bicubic, result), _, _ = app.upscale(str(write_png(tmp_path / "a.png", 10, 8, "RGBA")), 2, "none", 1024)
+    (bicubic, result), _, _, _ = app.upscale(
+        str(write_png(tmp_path / "a.png", 10, 8, "RGBA")), 2, "none", 1024
+    )
     for path in (bicubic, result):
         with Image.open(path) as im:
             assert im.mode == "RGBA" and im.size == (20, 16)
@@ -171,7 +186,7 @@ def test_over_budget_output_is_refused_before_the_model_runs(fake, tmp_path):
     assert fake.calls == 0
     _, text = app.inspect(str(path), 4)
     assert "Over this server's budget" in text
-    (_, result), _, _ = app.upscale(str(path), 2.75, "wavelet", 1024)  # 110x83 = 9130 px fits
+    (_, result), _, _, _ = app.upscale(str(path), 2.75, "wavelet", 1024)  # 110x83 = 9130 px fits
     assert Image.open(result).size == (110, 83)
 
 
@@ -202,7 +217,7 @@ def test_info_names_the_tile_the_planner_used(tiny, tmp_path):
     app = upscaler_for(tiny, tmp_path)
     tiny.max_memory = 1  # nothing fits: the planner goes down to its smallest tile
     try:
-        _, _, info = app.upscale(str(write_png(tmp_path / "in.png", 40, 32)), 4, "none", 512)
+        _, _, info, _ = app.upscale(str(write_png(tmp_path / "in.png", 40, 32)), 4, "none", 512)
     finally:
         tiny.max_memory = None
     assert f"tile {tiny.plan.tile} (asked 512; lowered to fit memory)" in info and tiny.plan.tile < 512

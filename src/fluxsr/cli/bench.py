@@ -41,9 +41,26 @@ def add_bench_arguments(p: argparse.ArgumentParser) -> None:
     add_row_arguments(p)
     add_pipeline_arguments(p)
     add_fast_path_arguments(p)
+    add_seam_arguments(p)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", type=Path, default=None, help="write results here (updated after every row)")
     p.add_argument("--markdown", type=Path, default=None, help="write the table here (also printed)")
+
+
+def add_seam_arguments(p: argparse.ArgumentParser) -> None:
+    """``--seams`` and ``--photo``."""
+    p.add_argument(
+        "--seams",
+        action="store_true",
+        help="also score how visible the tile boundaries are (seam ratio, 1.0 = invisible; tiled vs untiled "
+        "PSNR) on each fluxsr, teacher and bicubic output, at the model's tiles (docs/performance.md)",
+    )
+    p.add_argument(
+        "--photo",
+        type=Path,
+        default=None,
+        help="a real photo as every row's input (its centre square at size/4) instead of a smooth random image",
+    )
 
 
 def add_grid_arguments(p: argparse.ArgumentParser) -> None:
@@ -184,6 +201,8 @@ def config_from_args(args: argparse.Namespace) -> BenchConfig:
         max_memory=args.max_memory,
         peak_tflops=args.peak_tflops,
         seed=args.seed,
+        seams=args.seams,
+        photo=args.photo,
         analytic=args.analytic if args.analytic is not None else device.type == "cuda",
         fast=fast_path_from_args(args),
     )

@@ -50,7 +50,7 @@ def print_notes(notes: list[str], problems: list[str]) -> None:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     """Score, print the table, write the report files asked for."""
-    check_report_files(args.pred, args.gt, {"--json": args.json, "--csv": args.csv})
+    check_report_files(args.pred, args.gt, {"--json": args.json, "--csv": args.csv}, args.lr)
     report = evaluate_dirs(
         args.pred,
         args.gt,
@@ -61,6 +61,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         device=device_from_args(args),
         progress=not args.quiet,
         period=args.period,
+        lr_dir=args.lr,
     )
     print(report_markdown(report))
     if args.json:
@@ -77,9 +78,9 @@ def add_protocol_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--metrics",
         default=None,
-        help="comma-separated: psnr,ssim,lpips,lpips-vgg,dists,periodic,niqe and (with pyiqa installed) musiq,"
-        "maniqa-koniq,maniqa-pipal,topiq-nr,clipiqa,qalign (default: psnr,ssim,lpips,dists,niqe; "
-        "niqe only without ground truth)",
+        help="comma-separated: psnr,ssim,lpips,lpips-vgg,dists,periodic,niqe, lr_psnr (with --lr) and (with pyiqa "
+        "installed) musiq,maniqa-koniq,maniqa-pipal,topiq-nr,clipiqa,qalign (default: psnr,ssim,lpips,dists,niqe; "
+        "niqe only without ground truth; plus lr_psnr with --lr)",
     )
     p.add_argument(
         "--protocol",
@@ -110,6 +111,13 @@ def add_eval(sub) -> None:
     p.add_argument("--pred", type=Path, required=True, help="folder of results (searched recursively)")
     p.add_argument(
         "--gt", type=Path, default=None, help="folder of ground truth; paired by name (docs/evaluation.md)"
+    )
+    p.add_argument(
+        "--lr",
+        type=Path,
+        default=None,
+        help="folder of the LR inputs, paired by name: lr_psnr = PSNR of each result shrunk to its input's size "
+        "(antialiased bicubic) against that input (docs/evaluation.md)",
     )
     add_protocol_arguments(p)
     p.add_argument(

@@ -51,7 +51,7 @@ def upscale_settings(args: argparse.Namespace) -> tuple[UpscaleOptions, BatchOpt
     opts = UpscaleOptions(
         args.scale, args.long_side, args.color_fix, args.tile, args.overlap, args.tile_batch, args.max_pixels
     )
-    batch = BatchOptions(args.suffix, args.ext, args.overwrite, args.max_pixels)
+    batch = BatchOptions(args.suffix, args.ext, args.overwrite, args.max_pixels, args.fidelity_map)
     given = [f"--{k.replace('_', '-')}" for k in MODEL_FLAGS if getattr(args, k) is not None]
     if args.backend != "fluxsr" and given:
         raise ValueError(f"{', '.join(given)}: model options apply to --backend fluxsr, not {args.backend}")
@@ -151,6 +151,12 @@ def add_output_arguments(p: argparse.ArgumentParser) -> None:
         "--ext", default="auto", help="output format: auto (same as input), png, jpg, webp, tif, bmp"
     )
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs (default: skip them)")
+    p.add_argument(
+        "--fidelity-map",
+        action="store_true",
+        help="also write <output>_fidelity.png: where the output, shrunk to the input's size, disagrees with "
+        "the input (black >= 50 dB local PSNR, white <= 20 dB; README)",
+    )
     p.add_argument(
         "--max-pixels",
         type=positive_int,

@@ -4,11 +4,12 @@ reference weights they use.
 
 - metrics: :mod:`.metric_inputs` (shapes, 8-bit, crop, luma), :mod:`.psnr_ssim`, :mod:`.niqe` (the module; the
   function is ``niqe.niqe``), :mod:`.imresize` (MATLAB bicubic), :mod:`.periodic` (token-grid artefacts),
-  :mod:`.protocol` (how a published number is computed), :mod:`.metric_set` (metrics by command-line name);
+  :mod:`.protocol` (how a published number is computed), :mod:`.metric_set` (metrics by command-line name; ``lr_psnr``
+  is :func:`fluxsr.inference.fidelity.lr_psnr`), :mod:`.seams` (how visible tile boundaries are);
 - quality: :mod:`.scoring` (``fluxsr eval``), :mod:`.benchmark` (``fluxsr benchmark``), :mod:`.benchmark_result`,
   :mod:`.reports` (Markdown / CSV / JSON), :mod:`.figures` (bar chart, comparison sheet);
 - speed (``fluxsr bench``): :mod:`.speed_config`, :mod:`.speed_rows`, :mod:`.speed_run`, :mod:`.speed_flops`,
-  :mod:`.speed_report` (its command line is :mod:`fluxsr.cli.bench`);
+  :mod:`.speed_report`, :mod:`.speed_seams` (``--seams``) (its command line is :mod:`fluxsr.cli.bench`);
 - :mod:`.weights`: ``fluxsr weights fetch`` (LPIPS, DISTS, NIQE, Real-ESRGAN).
 """
 
@@ -44,6 +45,8 @@ __getattr__, __all__ = lazy_face(
         "report_csv": "reports",
         "report_json": "reports",
         "report_markdown": "reports",
+        "seam_ratio": "seams",
+        "seam_scores": "seams",
         "EvalReport": "scoring",
         "ImageScore": "scoring",
         "evaluate_dirs": "scoring",

@@ -229,7 +229,7 @@ def score_run(
     progress: bool = False,
 ) -> EvalReport:
     """Score one method's outputs against the pairs' HR images (no-reference metrics only where there is none)."""
-    items = [(p.name, run.outputs[p.name], p.hr) for p in pairs if p.name in run.outputs]
+    items = [(p.name, run.outputs[p.name], p.hr, p.lr) for p in pairs if p.name in run.outputs]
     images, errors = evaluate_items(items, metrics, progress)
     return EvalReport(list(metrics), images, errors, [], proto.name, proto.border(scale), scale)
 

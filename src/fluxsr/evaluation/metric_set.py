@@ -5,6 +5,8 @@
   the real weights from ``fluxsr weights fetch``; ``periodic`` down (:func:`fluxsr.evaluation.periodic.periodic_score`:
   a token grid's spectral peaks relative to the reference's, ~1 when none; ``period`` px, default the bundled
   model's 8);
+- against the LR input (``fluxsr eval --lr``): ``lr_psnr`` up (:func:`fluxsr.inference.fidelity.lr_psnr`: the
+  prediction shrunk to the input's size with antialiased bicubic, RGB PSNR against the input);
 - no reference: ``niqe`` down (pyiqa's algorithm, built in); ``musiq``, ``maniqa-koniq``, ``maniqa-pipal``,
   ``topiq-nr``, ``clipiqa``, ``qalign`` (all up) through pyiqa when it is importable -- an optional extra; without it
   they are skipped with one note.
@@ -21,6 +23,7 @@ from dataclasses import dataclass, replace
 import torch
 from torch import Tensor
 
+from ..inference.fidelity import lr_psnr
 from ..losses.dists import load_dists
 from ..losses.lpips import load_lpips
 from .metric_inputs import check_pair
@@ -29,6 +32,9 @@ from .periodic import DEFAULT_PERIOD, periodic_peakiness, periodic_score
 from .protocol import Protocol, get_protocol, protocol_niqe, protocol_psnr, protocol_ssim
 
 FULL_REFERENCE = ("psnr", "ssim", "lpips", "lpips-vgg", "dists", "periodic")
+
+LR_REFERENCE = ("lr_psnr",)
+"""Metrics scored against the low-resolution input instead of ground truth."""
 
 BUILTIN_NO_REFERENCE = ("niqe",)
 
@@ -42,7 +48,7 @@ PYIQA_NAMES = {
 }
 """Our metric name -> pyiqa's ``create_metric`` name (pyiqa's ``maniqa`` is the KonIQ-trained model)."""
 
-ALL_METRICS = FULL_REFERENCE + BUILTIN_NO_REFERENCE + tuple(PYIQA_NAMES)
+ALL_METRICS = FULL_REFERENCE + LR_REFERENCE + BUILTIN_NO_REFERENCE + tuple(PYIQA_NAMES)
 
 LOWER_IS_BETTER = frozenset({"lpips", "lpips-vgg", "dists", "niqe", "periodic"})
 
@@ -51,12 +57,14 @@ DEFAULT_METRICS = ("psnr", "ssim", "lpips", "dists", "niqe")
 
 @dataclass(frozen=True)
 class Metric:
-    """A named score ``score(pred, gt)`` of (3, H, W) float images in [0, 1]; ``gt`` is None for no-reference."""
+    """A named score ``score(pred, gt)`` of (3, H, W) float images in [0, 1]; ``gt`` is None for no-reference,
+    and the LR input (3, h, w) for a metric ``against_lr``."""
 
     name: str
     reference: bool
     lower_better: bool
     score: Callable[[Tensor, Tensor | None], float]
+    against_lr: bool = False
 
     @property
     def arrow(self) -> str:
@@ -82,9 +90,16 @@ def needs_reference(name: str) -> bool:
     return name in FULL_REFERENCE
 
 
-def default_metric_names(has_hr: bool) -> list[str]:
-    """:data:`DEFAULT_METRICS` with ground truth, else the no-reference ones among them."""
-    return [n for n in DEFAULT_METRICS if has_hr or not needs_reference(n)]
+def needs_lr(name: str) -> bool:
+    """True for metrics scored against the LR input (they need ``--lr``)."""
+    return name in LR_REFERENCE
+
+
+def default_metric_names(has_hr: bool, has_lr: bool = False) -> list[str]:
+    """:data:`DEFAULT_METRICS` with ground truth, else the no-reference ones among them; ``lr_psnr`` too when the
+    LR inputs are given."""
+    names = [n for n in DEFAULT_METRICS if has_hr or not needs_reference(n)]
+    return names + list(LR_REFERENCE) if has_lr else names
 
 
 def effective_protocol(protocol: str, crop_border: int | None) -> Protocol:
@@ -139,7 +154,7 @@ def periodic_metric(period: int, scale: int) -> Metric:
 
 
 def _builtin_metric(name: str, protocol, scale: int, device: str, period: int) -> Metric:
-    """One of psnr, ssim, lpips, lpips-vgg, dists, periodic, niqe (network weights from the cache)."""
+    """One of psnr, ssim, lpips, lpips-vgg, dists, periodic, lr_psnr, niqe (network weights from the cache)."""
     if name == "psnr":
         return Metric(name, True, False, lambda p, g: float(protocol_psnr(p, g, protocol, scale=scale)))
     if name == "ssim":
@@ -148,6 +163,8 @@ def _builtin_metric(name: str, protocol, scale: int, device: str, period: int) -
         return _network_metric(name, load_network(name, device), device)
     if name == "periodic":
         return periodic_metric(period, scale)
+    if name == "lr_psnr":
+        return Metric(name, False, False, lambda p, lr: lr_psnr(p, lr, scale), against_lr=True)
     if name == "niqe":
         params = load_niqe_params()
         return Metric(name, False, True, lambda p, _g: float(protocol_niqe(p, protocol, params=params)))

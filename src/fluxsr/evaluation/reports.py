@@ -81,6 +81,7 @@ def report_json(report: EvalReport) -> dict:
                 "name": s.name,
                 "pred": s.pred,
                 "gt": s.gt,
+                "lr": s.lr,
                 "scores": {k: json_number(v) for k, v in s.scores.items()},
             }
             for s in report.images

@@ -1,5 +1,6 @@
-"""Score SR results against ground truth (``fluxsr eval``): pair two folders, score each image with a metric set
-(:mod:`fluxsr.evaluation.metric_set`), collect the per-image scores in an :class:`EvalReport`.
+"""Score SR results against ground truth and/or their LR inputs (``fluxsr eval``): pair the folders, score each
+image with a metric set (:mod:`fluxsr.evaluation.metric_set`), collect the per-image scores in an
+:class:`EvalReport`.
 
 Images are read with :func:`fluxsr.io.images.read_image` (EXIF orientation applied, grey as RGB, alpha dropped, 16-bit
 kept). The crop border applies to PSNR/SSIM only; LPIPS, DISTS and no-reference metrics see the whole image.
@@ -25,6 +26,7 @@ from .metric_set import (
     build_metrics,
     default_metric_names,
     effective_protocol,
+    needs_lr,
     needs_reference,
     parse_metric_names,
 )
@@ -32,12 +34,13 @@ from .metric_set import (
 
 @dataclass
 class ImageScore:
-    """Scores of one prediction (``gt`` None for no-reference only)."""
+    """Scores of one prediction (``gt`` None for no-reference only; ``lr`` the LR input when given)."""
 
     name: str
     pred: str
     gt: str | None
     scores: dict[str, float] = field(default_factory=dict)
+    lr: str | None = None
 
 
 @dataclass
@@ -86,45 +89,54 @@ def _size(x: Tensor) -> str:
 
 
 def score_images(
-    pred: Tensor, gt: Tensor | None, metrics: Sequence[Metric], name: str
+    pred: Tensor, gt: Tensor | None, metrics: Sequence[Metric], name: str, lr: Tensor | None = None
 ) -> tuple[dict, list[str]]:
-    """{metric: value} for one image (full-reference metrics only when ``gt`` is given) and per-metric errors."""
+    """{metric: value} for one image (full-reference metrics only when ``gt`` is given, LR metrics only when ``lr``
+    is) and per-metric errors."""
     scores, problems = {}, []
     for m in metrics:
-        if m.reference and gt is None:
+        if (m.reference and gt is None) or (m.against_lr and lr is None):
             continue
         try:
-            scores[m.name] = m.score(pred, gt)
+            scores[m.name] = m.score(pred, lr if m.against_lr else gt)
         except (ValueError, RuntimeError) as e:
             problems.append(f"{name}: {m.name} failed: {e}")
     return scores, problems
 
 
 def evaluate_items(
-    items: Sequence[tuple[str, Path, Path | None]], metrics: Sequence[Metric], progress: bool = False
+    items: Sequence[tuple[str, Path, Path | None, Path | None]],
+    metrics: Sequence[Metric],
+    progress: bool = False,
 ) -> tuple[list[ImageScore], list[str]]:
-    """Score (name, prediction, ground truth or None) items; unreadable files and size mismatches become problems
-    (one line naming the files) and the item is skipped, the others are still scored."""
+    """Score (name, prediction, ground truth or None, LR input or None) items; unreadable files and size mismatches
+    with the ground truth become problems (one line naming the files) and the item is skipped, the others are still
+    scored; a prediction that is not ``scale`` times its LR input is one problem line of its LR metrics."""
     images, problems = [], []
     bar = _progress(len(items), "scoring", progress)
-    for name, pred_path, gt_path in items:
+    for name, pred_path, gt_path, lr_path in items:
         if bar is not None:
             bar.update(1)
         try:
             pred = load_rgb(pred_path)
             gt = load_rgb(gt_path) if gt_path is not None else None
+            lr = load_rgb(lr_path) if lr_path is not None else None
         except ImageError as e:
             problems.append(f"unreadable: {e}")
             continue
         if gt is not None and pred.shape != gt.shape:
             problems.append(f"size mismatch: {pred_path} is {_size(pred)} but {gt_path} is {_size(gt)}")
             continue
-        scores, errors = score_images(pred, gt, metrics, str(pred_path))
+        scores, errors = score_images(pred, gt, metrics, str(pred_path), lr)
         problems += errors
-        images.append(ImageScore(name, str(pred_path), None if gt_path is None else str(gt_path), scores))
+        images.append(ImageScore(name, str(pred_path), _text(gt_path), scores, _text(lr_path)))
     if bar is not None:
         bar.close()
     return images, problems
+
+
+def _text(path: Path | None) -> str | None:
+    return None if path is None else str(path)
 
 
 def _progress(total: int, desc: str, enabled: bool):
@@ -136,7 +148,9 @@ def _progress(total: int, desc: str, enabled: bool):
     return tqdm(total=total, desc=desc, unit="img", file=sys.stderr, disable=not sys.stderr.isatty())
 
 
-def check_report_files(pred_dir: Path, gt_dir: Path | None, files: dict[str, Path | None]) -> None:
+def check_report_files(
+    pred_dir: Path, gt_dir: Path | None, files: dict[str, Path | None], lr_dir: Path | None = None
+) -> None:
     """Refuse (ValueError) a report file (``{"--json": path, ...}``) that is one of the images to be scored; only an
     existing file can be one, so the folders are walked only when a report file exists already."""
     existing = [
@@ -144,8 +158,44 @@ def check_report_files(pred_dir: Path, gt_dir: Path | None, files: dict[str, Pat
     ]
     if not existing:
         return
-    images = [p for d in (pred_dir, gt_dir) if d is not None for p in scan_images(Path(d)).images]
+    images = [p for d in (pred_dir, gt_dir, lr_dir) if d is not None for p in scan_images(Path(d)).images]
     check_inputs_apart([("image", p) for p in images], existing, "give the report a new file name")
+
+
+def partners(preds: list[Path], pred_dir: Path, other_dir: Path | None, role: str) -> tuple[dict, list[str]]:
+    """{prediction: its partner under ``other_dir``} paired by name (:func:`fluxsr.data.datasets.match_files`) and
+    one problem line per file left over; ({}, []) without ``other_dir``."""
+    if other_dir is None:
+        return {}, []
+    m = match_files(preds, find_images(Path(other_dir)), pred_dir, Path(other_dir))
+    return dict(m.pairs), m.problems("prediction", role)
+
+
+def eval_items(
+    pred_dir: Path, gt_dir: Path | None, lr_dir: Path | None
+) -> tuple[list[tuple[str, Path, Path | None, Path | None]], list[str]]:
+    """(name, prediction, ground truth, LR input) for each prediction that has every partner asked for, and one
+    problem line per file without one."""
+    preds = find_images(pred_dir)
+    problems: list[str] = [] if preds else [f"no images found under {pred_dir}"]
+    gts, gt_problems = partners(preds, pred_dir, gt_dir, "ground truth")
+    lrs, lr_problems = partners(preds, pred_dir, lr_dir, "LR input")
+    items = [
+        (relative_name(p, pred_dir), p, gts.get(p), lrs.get(p))
+        for p in preds
+        if (gt_dir is None or p in gts) and (lr_dir is None or p in lrs)
+    ]
+    return items, problems + gt_problems + lr_problems
+
+
+def check_metric_inputs(names: Sequence[str], has_gt: bool, has_lr: bool) -> None:
+    """ValueError (one line) for full-reference metrics without ground truth or LR metrics without LR inputs."""
+    if not has_gt and (fr := [n for n in names if needs_reference(n)]):
+        raise ValueError(
+            f"{', '.join(fr)} need ground truth (--gt); without it use no-reference metrics (niqe, ...)"
+        )
+    if not has_lr and (lr := [n for n in names if needs_lr(n)]):
+        raise ValueError(f"{', '.join(lr)} need the LR inputs (--lr)")
 
 
 def evaluate_dirs(
@@ -159,25 +209,16 @@ def evaluate_dirs(
     device: str = "cpu",
     progress: bool = False,
     period: int | None = None,
+    lr_dir: Path | None = None,
 ) -> EvalReport:
-    """Pair the images under ``pred_dir`` with those under ``gt_dir`` (see :func:`fluxsr.data.datasets.match_files`)
-    and score them. Without ``gt_dir`` only no-reference metrics are allowed (ValueError otherwise); the default
-    metrics are :data:`DEFAULT_METRICS` (their no-reference part without ``gt_dir``)."""
-    names = parse_metric_names(metric_names) if metric_names else default_metric_names(gt_dir is not None)
-    if gt_dir is None and (fr := [n for n in names if needs_reference(n)]):
-        raise ValueError(
-            f"{', '.join(fr)} need ground truth (--gt); without it use no-reference metrics (niqe, ...)"
-        )
-    pred_dir = Path(pred_dir)
-    preds = find_images(pred_dir)
-    problems: list[str] = [] if preds else [f"no images found under {pred_dir}"]
-    if gt_dir is None:
-        items = [(relative_name(p, pred_dir), p, None) for p in preds]
-    else:
-        gt_dir = Path(gt_dir)
-        m = match_files(preds, find_images(gt_dir), pred_dir, gt_dir)
-        items = [(relative_name(a, pred_dir), a, b) for a, b in m.pairs]
-        problems += m.problems("prediction", "ground truth")
+    """Pair the images under ``pred_dir`` with those under ``gt_dir`` and/or ``lr_dir`` (see
+    :func:`fluxsr.data.datasets.match_files`) and score them. Without ``gt_dir`` only no-reference and LR metrics are
+    allowed, without ``lr_dir`` no LR metric (ValueError otherwise); the default metrics are :data:`DEFAULT_METRICS`
+    (their no-reference part without ``gt_dir``), plus ``lr_psnr`` with ``lr_dir``."""
+    has_gt, has_lr = gt_dir is not None, lr_dir is not None
+    names = parse_metric_names(metric_names) if metric_names else default_metric_names(has_gt, has_lr)
+    check_metric_inputs(names, has_gt, has_lr)
+    items, problems = eval_items(Path(pred_dir), gt_dir, lr_dir)
     metrics, notes = build_metrics(
         names, protocol, scale=scale, crop_border=crop_border, device=device, period=period
     )

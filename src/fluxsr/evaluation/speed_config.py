@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -50,6 +51,8 @@ class BenchConfig:
     analytic: bool = True
     fast: FastPath = field(default_factory=FastPath)
     seed: int = 0
+    seams: bool = False
+    photo: Path | None = None
 
     def __post_init__(self) -> None:
         bad = [s for s in self.sizes if s < 16 or s % 4]
@@ -92,4 +95,5 @@ class BenchConfig:
 def config_dict(cfg: BenchConfig) -> dict[str, Any]:
     d = asdict(cfg)
     d["dtype"] = str(cfg.dtype).removeprefix("torch.") if cfg.dtype else None
+    d["photo"] = str(cfg.photo) if cfg.photo else None
     return d

@@ -22,7 +22,34 @@ def format_row(row: dict) -> str:
     if "skipped" in row or "error" in row:
         return f"{head}: {row.get('skipped') or row.get('error')}"
     st = " ".join(f"{k} {_ms(v)}" for k, v in row["stages_ms"].items())
-    return f"{head}: {st} | total {_ms(row['total_ms'])} ms, peak {memory.format_bytes(row['peak_bytes'])}"
+    line = f"{head}: {st} | total {_ms(row['total_ms'])} ms, peak {memory.format_bytes(row['peak_bytes'])}"
+    if "seam_ratio" in row:
+        line += f" | seam ratio {_number(row['seam_ratio'])}, tiled PSNR {_number(row['tiled_psnr'])} dB"
+    return line
+
+
+def _number(v: float | None, digits: int = 3) -> str:
+    return "–" if v is None else f"{v:.{digits}f}"
+
+
+def seam_markdown(rows: list[dict]) -> str:
+    """The seam columns (``fluxsr bench --seams``) of the rows that have them, as a table after the timing table;
+    empty when no row has them."""
+    rows = [r for r in rows if "seam_ratio" in r]
+    if not rows:
+        return ""
+    lines = [
+        "| size | row | tiles (overlap) | seam ratio | tiled vs untiled PSNR (dB) |",
+        "|---|---|---|---:|---:|",
+    ]
+    for r in rows:
+        tiles = f"{r['seam_tile']} ({r['seam_overlap']})" if r.get("seam_tile") else ""
+        lines.append(
+            f"| {r['in_size']}->{r['size']} | {r['row']} | {tiles} | {_number(r['seam_ratio'])} | "
+            f"{_number(r['tiled_psnr'], 2)} |"
+        )
+    head = ["", "Seams (seam ratio: 1.0 = tile boundaries invisible; docs/performance.md):", ""]
+    return "\n".join([*head, *lines]) + "\n"
 
 
 def to_markdown(result: dict[str, Any]) -> str:
@@ -84,7 +111,7 @@ def to_markdown(result: dict[str, Any]) -> str:
             f"{row['x_floor']:.3g}" if row.get("x_floor") else "",
         ]
         lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines) + "\n" + seam_markdown(result["rows"])
 
 
 def write_json(result: dict[str, Any], path: Path) -> None:

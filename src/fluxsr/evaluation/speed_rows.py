@@ -97,6 +97,17 @@ def make_input(path: Path, size: int, seed: int = 0) -> Path:
     return write_image(path, rgb)
 
 
+def photo_input(photo: Path, path: Path, size: int) -> Path:
+    """The x4 input for an output of ``size`` from a real photo: its centre square, resized to ``size``/4 pixels
+    (antialiased bicubic when shrinking; an exact crop when the photo's shorter side is ``size``/4)."""
+    rgb = read_image(photo).rgb
+    h, w = rgb.shape[-2:]
+    side = min(h, w)
+    top, left = (h - side) // 2, (w - side) // 2
+    square = rgb[:, top : top + side, left : left + side]
+    return write_image(path, square if side == size // 4 else resize(square, (size // 4, size // 4)))
+
+
 def row_result(name: str, size: int, result: dict[str, Any], **extra) -> dict[str, Any]:
     """A row of the result: its name, output and input size, what :func:`measure` returned and ``extra``."""
     return {"row": name, "size": size, "in_size": size // 4, **result, **extra}

@@ -31,7 +31,15 @@ from ..model.model import FluxSRModel
 from .speed_config import RANDOM_FLUX, BenchConfig, config_dict
 from .speed_flops import analytic_floor
 from .speed_report import format_row
-from .speed_rows import TeacherPipeline, bench_bicubic, bench_pipeline, bench_realesrgan, make_input
+from .speed_rows import (
+    TeacherPipeline,
+    bench_bicubic,
+    bench_pipeline,
+    bench_realesrgan,
+    make_input,
+    photo_input,
+)
+from .speed_seams import bicubic_seams, pipeline_seams
 
 
 def device_name(device: torch.device) -> str:
@@ -194,13 +202,13 @@ def run_bench(
         "notes": [],
     }
     run = BenchRun(cfg, device, dtype)
-    if {"fluxsr", "teacher"} & set(cfg.rows):
+    if {"fluxsr", "teacher"} & set(cfg.rows) or cfg.seams:  # --seams: the model's tiles for every row
         run.pipe = load_pipeline(cfg, device, dtype, result["env"], result["notes"])
     if "teacher" in cfg.rows:
         run.teacher = make_teacher(run.pipe, cfg, result["notes"])
     with tempfile.TemporaryDirectory(prefix="fluxsr-bench-") as tmp:
         for size in cfg.sizes:
-            img_path = make_input(Path(tmp) / f"in_{size}.png", size, cfg.seed)
+            img_path = bench_input(cfg, Path(tmp) / f"in_{size}.png", size)
             out_path = Path(tmp) / f"out_{size}.{cfg.write_ext}"
             for name in cfg.rows:
                 row = _run_row(run, name, size, img_path, out_path, log)
@@ -209,6 +217,22 @@ def run_bench(
                 if on_row is not None:
                     on_row(result)
     return result
+
+
+def bench_input(cfg: BenchConfig, path: Path, size: int) -> Path:
+    """The input of every row at ``size``: the ``photo``'s centre (:func:`photo_input`) or a smooth random image."""
+    return photo_input(cfg.photo, path, size) if cfg.photo else make_input(path, size, cfg.seed)
+
+
+def seam_columns(run: BenchRun, name: str, size: int, img_path: Path) -> dict[str, Any]:
+    """The seam columns of a row (:mod:`fluxsr.evaluation.speed_seams`); none for Real-ESRGAN (its own tiles)."""
+    if name == "fluxsr":
+        return pipeline_seams(run.pipe, run.cfg, img_path, run.ctx)
+    if name == "teacher":
+        return pipeline_seams(run.teacher, run.cfg, img_path, run.ctx)
+    if name == "bicubic":
+        return bicubic_seams(run.pipe, run.cfg, img_path, size)
+    return {}
 
 
 def _skip(name: str, size: int, why: str) -> dict[str, Any]:
@@ -288,7 +312,10 @@ def _run_row(
 ) -> dict[str, Any]:
     """One row, or a ``skipped``/``error`` entry: a failing row never stops the benchmark."""
     try:
-        return ROW_RUNNERS[name](run, size, img_path, out_path)  # rows are checked by BenchConfig
+        row = ROW_RUNNERS[name](run, size, img_path, out_path)  # rows are checked by BenchConfig
+        if run.cfg.seams and "skipped" not in row:
+            row.update(seam_columns(run, name, size, img_path))
+        return row
     except (RuntimeError, MemoryError, ValueError, NotImplementedError) as e:
         log(f"{name} @ {size}: {type(e).__name__}: {e}")
         memory.free_cached(run.device)

@@ -40,6 +40,7 @@ from ..io.images import (
     write_image,
 )
 from . import memory
+from .fidelity import fidelity_map, fidelity_path
 from .pipeline import FluxSRPipeline, NonFiniteOutputError, UpscaleOptions, resolve_device
 
 
@@ -102,12 +103,14 @@ class BatchOptions:
     overwrite: replace existing outputs; otherwise existing outputs are skipped (a rerun resumes).
     max_pixels: inputs with more pixels are refused before decoding (decompression bombs); outputs are capped by
         ``UpscaleOptions.max_pixels`` (the CLI gives both ``--max-pixels``).
+    fidelity_map: also write ``<output stem>_fidelity.png`` next to each output (:mod:`fluxsr.inference.fidelity`).
     """
 
     suffix: str = ""
     ext: str = "auto"
     overwrite: bool = False
     max_pixels: int = MAX_PIXELS
+    fidelity_map: bool = False
 
     def __post_init__(self):
         if any(sep and sep in self.suffix for sep in ("/", os.sep, os.altsep)):
@@ -199,6 +202,8 @@ def upscale_one(
             icc_profile=img.icc_profile,
             exif=img.exif,
         )
+        if batch.fidelity_map:
+            write_image(fidelity_path(dst), fidelity_map(rgb, img.rgb))
     except (ImageError, NonFiniteOutputError, ValueError, OSError) as e:
         return failure(src, e, time.perf_counter() - start)
     except Exception as e:  # out of memory even at the smallest tile: this file fails, the batch goes on

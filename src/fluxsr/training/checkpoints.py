@@ -5,6 +5,11 @@ position, the torch RNG state, the step and the recipe. ``--resume`` (:data:`Res
 one (``latest``: a damaged one is refused in one line naming its file) or from the newest intact one (``intact``).
 A checkpoint is checked without decoding a tensor (safetensors headers against file sizes, ``state.json``'s fields)
 and its ``state.json`` is read once: :class:`Checkpoint` carries it to the recipe check and to the load.
+
+One format for every run: single-process, DDP and FSDP (whose parameters and AdamW moments are sharded) checkpoints
+hold the same full tensors under the same names. torch's distributed state-dict API
+(``torch.distributed.checkpoint.state_dict``) gathers them onto the main process when saving and gives each process
+its shard when loading; it is a collective under FSDP, so every process saves and loads, and the main one writes.
 """
 
 from __future__ import annotations
@@ -17,8 +22,16 @@ from pathlib import Path
 from typing import Literal
 
 import torch
-from peft import get_peft_model_state_dict, set_peft_model_state_dict
-from torch import Tensor
+from accelerate.utils import extract_model_from_parallel
+from peft import get_peft_model_state_dict
+from torch import Tensor, nn
+from torch.distributed.checkpoint.state_dict import (
+    StateDictOptions,
+    get_model_state_dict,
+    get_optimizer_state_dict,
+    set_model_state_dict,
+    set_optimizer_state_dict,
+)
 
 from ..io.cache import (
     DamagedFileError,
@@ -29,37 +42,79 @@ from ..io.cache import (
     safetensors_header,
 )
 from ..io.config import to_dict
-from ..model.lora import lora_state_dict
 from .recipe import Recipe
 
 ResumeFrom = Literal["latest", "intact"]
 """``--resume`` (``latest``: the latest checkpoint, refused when damaged) and ``--resume intact``."""
 
 
-def trainable_state(transformer, lora: bool) -> dict[str, Tensor]:
-    """The tensors a checkpoint keeps: the LoRA's, or every transformer weight (full fine-tuning)."""
-    if lora:
-        return lora_state_dict(transformer)
-    return {k: v.detach().cpu() for k, v in transformer.state_dict().items()}
+def trainable_state(net: nn.Module, lora: bool) -> dict[str, Tensor]:
+    """The tensors a checkpoint keeps, in full on the main process's CPU: the LoRA's (peft's names), or every
+    transformer weight (full fine-tuning). ``net``: the transformer, bare or as accelerate prepared it (DDP, FSDP).
+    Under FSDP this gathers the shards, so every process calls it; the others get ``{}``."""
+    options = StateDictOptions(full_state_dict=True, cpu_offload=True, ignore_frozen_params=lora)
+    state = get_model_state_dict(net, options=options)
+    if lora and state:
+        state = get_peft_model_state_dict(
+            extract_model_from_parallel(net), state_dict=state, adapter_name="fluxsr"
+        )
+    return state
+
+
+def trainable_names(transformer: nn.Module, lora: bool) -> dict[str, str]:
+    """The name of each tensor a checkpoint stores (peft's for a LoRA) -> the transformer's own state-dict name."""
+    own = transformer.state_dict()
+    if not lora:
+        return {k: k for k in own}
+    peft = get_peft_model_state_dict(transformer, state_dict=own, adapter_name="fluxsr")
+    name_of = {id(v): k for k, v in own.items()}
+    return {k: name_of[id(v)] for k, v in peft.items()}
 
 
 def load_trainable(
-    transformer, state: dict[str, Tensor], lora: bool, source: Path | str = "checkpoint"
+    net: nn.Module, state: dict[str, Tensor], lora: bool, source: Path | str = "checkpoint"
 ) -> None:
-    """Load trainable weights; a full state must match exactly (strict), and so must a LoRA state, which peft would
-    otherwise load leniently (a LoRA made before fluxsr adapted the attention projections has fewer tensors)."""
-    if lora:
-        expected = get_peft_model_state_dict(transformer, adapter_name="fluxsr").keys()
-        if state.keys() != expected:
-            missing, extra = sorted(expected - state.keys()), sorted(state.keys() - expected)
-            raise ValueError(
-                f"{source}: the checkpoint's LoRA tensors do not match this run ({len(missing)} missing, "
-                f"e.g. {(missing or extra)[0]}; {len(extra)} unexpected): a LoRA run from before fluxsr "
-                "adapted the attention projections cannot continue; start a new run"
-            )
-        set_peft_model_state_dict(transformer, state, adapter_name="fluxsr")
-    else:
-        transformer.load_state_dict(state, strict=True)
+    """Load full trainable weights into ``net`` (bare, DDP or FSDP: each process keeps its shard). The tensors
+    must be exactly the run's: a LoRA made before fluxsr adapted the attention projections has fewer."""
+    names = trainable_names(extract_model_from_parallel(net), lora)
+    if state.keys() != names.keys():
+        missing, extra = sorted(names.keys() - state.keys()), sorted(state.keys() - names.keys())
+        hint = (
+            "a LoRA run from before fluxsr adapted the attention projections cannot continue; start a new run"
+        )
+        raise ValueError(
+            f"{source}: the checkpoint's {'LoRA ' if lora else ''}tensors do not match this run ({len(missing)} "
+            f"missing, e.g. {(missing or extra)[0]}; {len(extra)} unexpected)" + (f": {hint}" if lora else "")
+        )
+    state = {names[k]: v for k, v in state.items()}
+    set_model_state_dict(net, state, options=StateDictOptions(full_state_dict=True))
+
+
+def param_names(net: nn.Module, optimizer: torch.optim.Optimizer) -> list[str]:
+    """The state-dict name of each parameter the optimiser updates, in torch's numbering (param-group order)."""
+    name_of = {p: n for n, p in extract_model_from_parallel(net).named_parameters()}
+    return [name_of[p] for group in optimizer.param_groups for p in group["params"]]
+
+
+def numbered(named: dict) -> dict:
+    """An optimiser state dict keyed by parameter name (the distributed API's) in torch's numbered layout."""
+    number = {n: i for i, n in enumerate(n for group in named["param_groups"] for n in group["params"])}
+    groups = [{**g, "params": [number[n] for n in g["params"]]} for g in named["param_groups"]]
+    return {"state": {number[n]: st for n, st in named["state"].items()}, "param_groups": groups}
+
+
+def by_name(state: dict, names: list[str]) -> dict:
+    """The numbered optimiser state dict ``state`` keyed by the parameter ``names`` (:func:`param_names`)."""
+    groups = [{**g, "params": [names[i] for i in g["params"]]} for g in state["param_groups"]]
+    return {"state": {names[i]: st for i, st in state["state"].items()}, "param_groups": groups}
+
+
+def optimizer_state(net: nn.Module, optimizer: torch.optim.Optimizer) -> dict:
+    """The optimiser's ``state_dict`` (torch's numbered layout), in full on the main process's CPU; a collective
+    under FSDP (the other processes get ``{}``)."""
+    options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+    named = get_optimizer_state_dict(net, optimizer, options=options)
+    return numbered(named) if named else {}
 
 
 def optimizer_to_tensors(opt_state: dict) -> tuple[dict[str, Tensor], dict]:
@@ -84,17 +139,29 @@ def optimizer_from_tensors(tensors: dict[str, Tensor], meta: dict) -> dict:
 
 
 def save_checkpoint(
-    folder: Path, step: int, transformer, optimizer, scheduler, lora: bool, recipe: Recipe | None = None
+    folder: Path,
+    step: int,
+    net: nn.Module,
+    optimizer,
+    scheduler,
+    lora: bool,
+    recipe: Recipe | None = None,
+    *,
+    write: bool = True,
 ) -> Path:
-    """Write ``folder/step_NNNNNN`` atomically (a temporary folder renamed when complete).
+    """Write ``folder/step_NNNNNN`` atomically (a temporary folder renamed when complete). Every process calls it
+    (under FSDP the state is gathered from all); only the one with ``write`` (the main process) writes.
 
     ``state.json`` also keeps the recipe, so ``--resume`` can refuse a changed one (:func:`resume_conflicts`)."""
+    weights, opt_state = trainable_state(net, lora), optimizer_state(net, optimizer)
     final = folder / f"step_{step:07d}"
+    if not write:
+        return final
     tmp = folder / f".tmp_step_{step:07d}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    atomic_save_safetensors(trainable_state(transformer, lora), tmp / "trainable.safetensors")
-    tensors, meta = optimizer_to_tensors(optimizer.state_dict())
+    atomic_save_safetensors(weights, tmp / "trainable.safetensors")
+    tensors, meta = optimizer_to_tensors(opt_state)
     atomic_save_safetensors(tensors, tmp / "optimizer.safetensors")
     atomic_save_safetensors({"torch_rng": torch.get_rng_state()}, tmp / "rng.safetensors")
     state = {"step": step, "optimizer": meta, "scheduler": scheduler.state_dict()}
@@ -204,16 +271,18 @@ def resume_checkpoint(folder: Path, resume: ResumeFrom = "latest") -> Checkpoint
     return intact
 
 
-def load_checkpoint(ckpt: Checkpoint, transformer, optimizer, scheduler, lora: bool) -> int:
-    """Restore weights, optimiser, schedule and RNG from a checkpoint; returns its step. A file that does not read
-    or load is a DamagedFileError naming it."""
+def load_checkpoint(ckpt: Checkpoint, net: nn.Module, optimizer, scheduler, lora: bool) -> int:
+    """Restore weights, optimiser, schedule and RNG from a checkpoint into ``net`` (bare, DDP or FSDP; every process
+    calls it) and its optimiser; returns its step. A file that does not read or load is a DamagedFileError naming
+    it."""
     path = ckpt.path
     weights, _ = read_safetensors(path / "trainable.safetensors")
-    load_trainable(transformer, weights, lora, path)
+    load_trainable(net, weights, lora, path)
     opt, _ = read_safetensors(path / "optimizer.safetensors")
     rng, _ = read_safetensors(path / "rng.safetensors", CHECKPOINT_TENSORS["rng.safetensors"])
     try:
-        optimizer.load_state_dict(optimizer_from_tensors(opt, ckpt.state["optimizer"]))
+        named = by_name(optimizer_from_tensors(opt, ckpt.state["optimizer"]), param_names(net, optimizer))
+        set_optimizer_state_dict(net, optimizer, named, options=StateDictOptions(full_state_dict=True))
         scheduler.load_state_dict(ckpt.state["scheduler"])
         torch.set_rng_state(rng["torch_rng"])
     except (ValueError, KeyError, TypeError, IndexError, RuntimeError) as e:

@@ -20,6 +20,7 @@ import yaml
 from accelerate import Accelerator
 from accelerate.utils import DistributedType
 from PIL import Image
+from torch import nn
 from tqdm import tqdm
 
 from ..io.config import ConfigError, to_dict
@@ -32,9 +33,11 @@ from .checkpoints import (
     ResumeFrom,
     check_resume,
     load_checkpoint,
+    load_trainable,
     prune_checkpoints,
     resume_checkpoint,
     save_checkpoint,
+    trainable_state,
 )
 from .pairs import check_intact, check_one_config, marked_indices, pair_stem
 from .recipe import Recipe, input_paths
@@ -119,6 +122,11 @@ def make_accelerator(recipe: Recipe, run: Path) -> Accelerator:
         gradient_accumulation_steps=tc.grad_accum,
         cpu=not cuda,
     )
+    if acc.distributed_type == DistributedType.FSDP and tc.validate_every > 0:
+        raise ConfigError(
+            "train.validate_every: validation runs on the main process alone, which FSDP's sharded transformer "
+            "cannot; set 0 under FSDP (the checkpoints and RUN/final can be evaluated afterwards)"
+        )
     if acc.is_main_process:
         run.mkdir(parents=True, exist_ok=True)
         (run / "recipe.yaml").write_text(yaml.safe_dump(to_dict(recipe), sort_keys=False))
@@ -167,6 +175,7 @@ def build_trainer(recipe: Recipe, model: FluxSRModel, acc: Accelerator, t_l: flo
     trainable = [p for p in model.transformer.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=tc.lr, betas=tc.betas, weight_decay=tc.weight_decay)
     net, optimizer = acc.prepare(model.transformer, optimizer)
+    trainable = [p for p in net.parameters() if p.requires_grad]  # FSDP replaces the ones the optimiser got
     adl = ADLCollector(acc.unwrap_model(net), lc.adl_blocks, lc.adl_tap).attach() if lc.adl > 0 else None
     return Trainer(
         model=model,
@@ -223,7 +232,7 @@ def prepare_run(
     )
     start = 0
     if found is not None:
-        start = load_checkpoint(found, acc.unwrap_model(trainer.net), trainer.optimizer, scheduler, lora)
+        start = load_checkpoint(found, trainer.net, trainer.optimizer, scheduler, lora)
         acc.print(f"resumed from {found.path} (step {start})")
     data = BatchSource(
         pairs_dir, indices, tc.batch_size, tc.crop, model.multiple, model.vae_scale, recipe.degradation,
@@ -287,14 +296,33 @@ def after_step(r: Run, done: int, totals: dict[str, float], lr: float, its: floa
         acc.print(first_step_report(r.recipe, totals))
     if stop:
         acc.print(f"time limit reached after step {done}")
-    if acc.is_main_process and (done % tc.checkpoint_every == 0 or last):
+    if done % tc.checkpoint_every == 0 or last:
         ckpt_dir = r.folder / "checkpoints"
-        save_checkpoint(ckpt_dir, done, acc.unwrap_model(tr.net), tr.optimizer, r.scheduler, r.lora, r.recipe)
-        prune_checkpoints(ckpt_dir, tc.keep_checkpoints)
-        r.log.plot()
+        save_checkpoint(
+            ckpt_dir, done, tr.net, tr.optimizer, r.scheduler, r.lora, r.recipe, write=acc.is_main_process
+        )
+        if acc.is_main_process:
+            prune_checkpoints(ckpt_dir, tc.keep_checkpoints)
+            r.log.plot()
     if acc.is_main_process and tc.validate_every > 0 and done % tc.validate_every == 0:
         out = r.folder / "val" / f"step_{done:07d}"
         validate(tr.model, acc.unwrap_model(tr.net), r.recipe, r.pairs_dir, r.data.indices, out, t_l=tr.t_l)
+
+
+def exported_transformer(r: Run) -> nn.Module | None:
+    """The transformer :func:`finish_run` exports, on the main process (None on the others): the trained one, or
+    under FSDP, whose weights are sharded across the processes, a fresh student's with the trained weights gathered
+    into it (every process takes part in the gathering)."""
+    acc, tr = r.trainer.acc, r.trainer
+    if acc.distributed_type != DistributedType.FSDP:
+        return acc.unwrap_model(tr.net) if acc.is_main_process else None
+    state = trainable_state(tr.net, r.lora)
+    if not acc.is_main_process:
+        return None
+    base_dtype = next(tr.model.vae.parameters()).dtype  # the dtype place_student gave the frozen parts
+    transformer = build_student(r.recipe, "cpu", base_dtype)[0].transformer
+    load_trainable(transformer, state, r.lora)
+    return transformer
 
 
 def finish_run(r: Run) -> Path:
@@ -302,10 +330,11 @@ def finish_run(r: Run) -> Path:
     acc, tr = r.trainer.acc, r.trainer
     acc.wait_for_everyone()
     final = r.folder / "final"
+    transformer = exported_transformer(r)
     if acc.is_main_process:
         if tr.adl is not None:
             tr.adl.remove()
-        export(tr.model, acc.unwrap_model(tr.net), r.recipe, r.lora, final, t_l=tr.t_l)
+        export(tr.model, transformer, r.recipe, r.lora, final, t_l=tr.t_l)
         r.log.plot()
     r.log.close()
     acc.wait_for_everyone()

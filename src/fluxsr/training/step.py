@@ -129,8 +129,9 @@ def load_batch(src: BatchSource, micro: int, step: int, t_l: float, device) -> B
 @dataclass
 class Trainer:
     """What a training step works with. ``net`` is the transformer as the accelerator prepared it (the model's own
-    transformer when not prepared); ``trainable`` its parameters that train; ``model_dtype`` the dtype the
-    transformer runs in; ``tv_lpips`` / ``adl`` are None when their weight is 0."""
+    transformer when not prepared); ``trainable`` its parameters that train (the prepared ones: FSDP replaces
+    them); ``model_dtype`` the dtype the transformer runs in; ``tv_lpips`` / ``adl`` are None when their weight
+    is 0."""
 
     model: FluxSRModel
     net: nn.Module
@@ -208,7 +209,7 @@ def training_step(tr: Trainer, batch: Batch, *, grad_norms: bool = False) -> dic
         norms = term_grad_norms(parts, tr.weights, tr.trainable) if grad_norms else {}
         tr.acc.backward(loss)
         if tr.acc.sync_gradients and tr.max_grad_norm > 0:
-            tr.acc.clip_grad_norm_(tr.trainable, tr.max_grad_norm)
+            tr.acc.clip_grad_norm_(tr.net.parameters(), tr.max_grad_norm)  # FSDP clips only the whole net's
         tr.optimizer.step()
         tr.optimizer.zero_grad(set_to_none=True)
     return {"loss": loss.item(), **{name: val.item() for name, val in parts.items()}, **norms}

@@ -27,6 +27,7 @@ MAX_EXAMPLES = 12
 REMOTE_FILE = re.compile(r"/file=\s*[a-z][a-z0-9+.-]*:", re.IGNORECASE)
 PACKAGE_DIR = Path(__file__).resolve().parents[1]
 """``src/fluxsr`` (or the installed package): ``assets/`` lives there."""
+FIDELITY_LABEL = "Fidelity map: black agrees with the input, purple-red-yellow-white disagrees (50 to 20 dB)"
 
 
 # ----------------------------------------------------------------------------------------------------- examples
@@ -85,6 +86,7 @@ class Controls:
     scale: Any
     color_fix: Any
     tile: Any
+    fidelity: Any
     run: Any
 
 
@@ -95,6 +97,7 @@ class Results:
     slider: Any
     download: Any
     info: Any
+    fidelity: Any
 
 
 def input_column(gr: Any, upscaler: Upscaler) -> Controls:
@@ -127,8 +130,9 @@ def input_column(gr: Any, upscaler: Upscaler) -> Controls:
             label="Tile size (output pixels)",
             elem_id="tile",
         )  # the model's default tile
+        fidelity = gr.Checkbox(False, label="Fidelity map (where the result disagrees with the input)")
         run = gr.Button("Upscale", variant="primary", elem_id="run")
-    return Controls(upload, preview, plan, scale, color_fix, tile, run)
+    return Controls(upload, preview, plan, scale, color_fix, tile, fidelity, run)
 
 
 def output_column(gr: Any) -> Results:
@@ -143,11 +147,15 @@ def output_column(gr: Any) -> Results:
         )
         download = gr.File(label="Full-resolution PNG", interactive=False, elem_id="download")
         info = gr.Markdown(elem_id="info")
-    return Results(slider, download, info)
+        fidelity = gr.Image(
+            label=FIDELITY_LABEL, type="filepath", interactive=False, visible=False, elem_id="fidelity"
+        )
+    return Results(slider, download, info, fidelity)
 
 
 def connect(controls: Controls, results: Results, upscaler: Upscaler) -> None:
-    """The events: a preview on upload or scale change (cheap, two at a time), the job on click (one at a time)."""
+    """The events: a preview on upload or scale change (cheap, two at a time), the fidelity view shown when its box
+    is ticked, the job on click (one at a time)."""
     look = {
         "fn": upscaler.inspect,
         "inputs": [controls.upload, controls.scale],
@@ -159,10 +167,18 @@ def connect(controls: Controls, results: Results, upscaler: Upscaler) -> None:
     }
     controls.upload.change(**look)
     controls.scale.release(**look)
+    gr = import_gradio()
+    controls.fidelity.change(
+        lambda on: gr.update(visible=bool(on)),
+        controls.fidelity,
+        results.fidelity,
+        show_progress="hidden",
+        api_visibility="private",
+    )
     controls.run.click(
         upscaler.upscale,
-        [controls.upload, controls.scale, controls.color_fix, controls.tile],
-        [results.slider, results.download, results.info],
+        [controls.upload, controls.scale, controls.color_fix, controls.tile, controls.fidelity],
+        [results.slider, results.download, results.info, results.fidelity],
         concurrency_limit=1,
         concurrency_id="upscale",
         api_name="upscale",

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ..inference.fidelity import fidelity_map
 from ..inference.memory import is_oom
 from ..inference.pipeline import FluxSRPipeline, NonFiniteOutputError, UpscaleOptions
 from ..inference.upscale import BicubicBackend
@@ -127,15 +128,18 @@ class Upscaler:
 
     # -- the job ------------------------------------------------------------------------------------------------
 
-    def upscale(self, file: Any, scale: Any, color_fix: Any, tile: Any) -> tuple[tuple[str, str], str, str]:
-        """Upscale one upload: ((bicubic PNG, fluxsr PNG) for the slider, fluxsr PNG to download, info markdown).
+    def upscale(
+        self, file: Any, scale: Any, color_fix: Any, tile: Any, fidelity: Any = False
+    ) -> tuple[tuple[str, str], str, str, str | None]:
+        """Upscale one upload: ((bicubic PNG, fluxsr PNG) for the slider, fluxsr PNG to download, info markdown,
+        and with ``fidelity`` the fidelity map PNG (:func:`fluxsr.inference.fidelity.fidelity_map`), else None).
 
         Raises ``gr.Error`` with a one-line message for anything that goes wrong; unexpected errors are logged
         with their traceback on the server and reported in one line.
         """
         gr = import_gradio()
         try:
-            return self._upscale(file, scale, color_fix, tile)
+            return self._upscale(file, scale, color_fix, tile, bool(fidelity))
         except gr.Error:
             raise
         except Exception as error:
@@ -144,7 +148,9 @@ class Upscaler:
             traceback.print_exc()
             fail(f"Internal error ({type(error).__name__}): {error}")
 
-    def _upscale(self, file: Any, scale: Any, color_fix: Any, tile: Any) -> tuple[tuple[str, str], str, str]:
+    def _upscale(
+        self, file: Any, scale: Any, color_fix: Any, tile: Any, fidelity: bool
+    ) -> tuple[tuple[str, str], str, str, str | None]:
         """:meth:`upscale` without the last-resort error handling."""
         path = upload_path(file)
         scale, tile, color_fix = (
@@ -171,9 +177,12 @@ class Upscaler:
         name = f"{safe_stem(path)}_x{scale:g}"
         result = self.write(folder / f"{name}_fluxsr.png", rgb, image)
         bicubic = self.write(folder / f"{name}_bicubic.png", bicubic_upscale(image, opts), image)
+        heat = (
+            write_image(folder / f"{name}_fidelity.png", fidelity_map(rgb, image.rgb)) if fidelity else None
+        )
         total_s = time.perf_counter() - start
         info = self.report(image, (out_h, out_w), opts, model_s, total_s)
-        return (str(bicubic), str(result)), str(result), info
+        return (str(bicubic), str(result)), str(result), info, None if heat is None else str(heat)
 
     def report(
         self, image: LoadedImage, out_hw: tuple[int, int], opts: Any, model_s: float, total_s: float
