@@ -33,6 +33,7 @@ COMMANDS = [
     "make-testset",
     "benchmark",
     "bench",
+    "export",
 ]
 
 

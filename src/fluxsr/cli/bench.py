@@ -69,7 +69,7 @@ def add_grid_arguments(p: argparse.ArgumentParser) -> None:
         "--model",
         default=None,
         help=f"'bundled' (default), 'tiny', '{RANDOM_FLUX}' (FLUX.1-dev shapes, random weights, made on "
-        "the device) or a model folder / FLUX.1-dev path",
+        "the device), a model folder / FLUX.1-dev path or a Hugging Face repo id org/name[@revision]",
     )
     p.add_argument("--random-weights", action="store_true", help=f"same as --model {RANDOM_FLUX}")
     p.add_argument(

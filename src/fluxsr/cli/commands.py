@@ -1,6 +1,6 @@
 """The ``fluxsr`` command: the table of sub-commands, the parser, and one-line errors. Each command group lives in
-its own module (``upscale``, ``train``, ``evaluate``, ``bench``, ``serve``, ``weights``); what they share is in
-``options``."""
+its own module (``upscale``, ``train``, ``evaluate``, ``bench``, ``serve``, ``weights``, ``export``); what they
+share is in ``options``."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from .. import __version__
 from ..io.images import ImageError
 from .bench import add_bench
 from .evaluate import add_benchmark, add_eval, add_make_testset
+from .export import add_export
 from .serve import add_serve
 from .train import add_degrade, add_embed_prompt, add_gen_pairs, add_pretrain, add_train
 from .upscale import add_demo, add_upscale
@@ -30,6 +31,7 @@ COMMANDS = [
     add_make_testset,
     add_benchmark,
     add_bench,
+    add_export,
 ]
 """Each adds its sub-command(s) to the parser, in the order ``fluxsr --help`` lists them."""
 

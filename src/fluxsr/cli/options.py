@@ -127,8 +127,8 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--model",
         default=None,
-        help="'bundled' (default), 'tiny', a fluxsr model folder, a diffusers FLUX.1-dev folder or a "
-        "flux1-dev.safetensors file",
+        help="'bundled' (default), 'tiny', a fluxsr model folder, a diffusers FLUX.1-dev folder, a "
+        "flux1-dev.safetensors file, or a Hugging Face repo id org/name[@revision] of such a folder",
     )
     g.add_argument(
         "--flux",

@@ -1,5 +1,5 @@
 """Files in and out: images (read/write with alpha, ICC, EXIF, 16-bit), typed YAML configs, the cache and atomic
-writes, and the guards that keep outputs off inputs."""
+writes, the guards that keep outputs off inputs, and Hugging Face repo ids as model names."""
 
 from ..lazy import lazy_face
 
@@ -18,6 +18,9 @@ __getattr__, __all__ = lazy_face(
         "to_dict": "config",
         "check_inputs_apart": "guards",
         "real_path": "guards",
+        "RepoRef": "hub",
+        "hub_model_path": "hub",
+        "parse_repo_ref": "hub",
         "ImageError": "images",
         "find_images": "images",
         "read_image": "images",

@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 from diffusers import AutoencoderKL, FluxTransformer2DModel
 
+from ..io.hub import base_path
 from .flux_dev import check_flux, check_flux_folder, load_flux, pretrained
 from .lora import apply_lora, save_lora
 from .model import EMBEDS_FILE, SPEC_FILE, FluxSRModel, ModelSpec, TextCond
@@ -74,7 +75,7 @@ def load_model_folder(
             spec,
         )
     elif spec.base:
-        base = path / Path(spec.base).expanduser()  # an absolute base stays absolute
+        base = base_path(path, spec.base)  # an absolute base stays absolute; a Hub repo id is fetched
         if is_model_folder(base):  # a LoRA on a model folder (itself possibly with a LoRA)
             model = load_model_folder(base, dtype=dtype)
             model.cond, model.spec = cond, spec

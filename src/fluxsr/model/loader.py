@@ -7,6 +7,7 @@ from pathlib import Path
 
 import torch
 
+from ..io.hub import hub_model_path
 from .flux_dev import check_flux, load_flux
 from .folders import LORA_FILE, is_model_folder, load_model_folder
 from .lora import apply_lora
@@ -37,11 +38,13 @@ def load_model(
     - a fluxsr model folder (has ``fluxsr.json``);
     - a diffusers FLUX.1-dev folder (``transformer/``, ``vae/``) with ``prompt_embeds`` (default: the folder's
       ``prompt_embeds.safetensors``, written by ``fluxsr embed-prompt``);
-    - a BFL single file ``flux1-dev.safetensors`` with ``ae`` (default: ``ae.safetensors`` beside it).
+    - a BFL single file ``flux1-dev.safetensors`` with ``ae`` (default: ``ae.safetensors`` beside it);
+    - a Hugging Face repo id ``org/name[@revision]`` of one of these folders (:mod:`fluxsr.io.hub`).
     ``lora`` adds a FluxSR LoRA file (merged into the weights unless ``merge_lora=False``). Paths may start with
     ``~``. ``ae`` / ``prompt_embeds`` given where they would not be used, or a ``lora_scale`` with no LoRA to
     scale, are a ValueError rather than silently ignored.
     """
+    name = hub_model_path(name, PRESETS)  # a Hub repo id -> its cached snapshot; a local path wins
     ae, prompt_embeds, lora = (Path(p).expanduser() if p else None for p in (ae, prompt_embeds, lora))
     key = "bundled" if name is None else str(name)
     path = None if key in PRESETS else Path(name).expanduser()

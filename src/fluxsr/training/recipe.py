@@ -11,6 +11,7 @@ from pathlib import Path
 
 from ..data.degradation_config import DegradationConfig
 from ..io.config import ConfigError, check_range, load_config
+from ..io.hub import parse_repo_ref
 from ..losses.adl import TAPS
 from ..model.lora import DEFAULT_LORA_TARGETS
 from .pretrain import PretrainSection
@@ -42,6 +43,15 @@ class ModelSection:
     def __post_init__(self) -> None:
         if not 0.0 < self.t_l < 1.0:
             raise ConfigError(f"model.t_l: must lie in (0, 1), got {self.t_l!r}")
+        for name in ("base", "teacher"):  # not read from the Hub: pairs need the teacher's text encoders
+            value = getattr(self, name)
+            ref = parse_repo_ref(value) if value else None
+            if ref is not None and not Path(value).expanduser().exists():
+                revision = f" --revision {ref.revision}" if ref.revision else ""
+                raise ConfigError(
+                    f"model.{name}: {value!r} is not on disk; training reads local weights only (Hub repo ids "
+                    f"are for --model): `hf download {ref.repo_id}{revision} --local-dir DIR`, then give DIR"
+                )
 
 
 @dataclass
