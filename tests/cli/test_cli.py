@@ -16,8 +16,9 @@ from fluxsr.cli import build_parser, main
 from fluxsr.cli import options as cli_options
 from fluxsr.inference.fastpath import FastPath
 from fluxsr.inference.loading import ModelChoice, load_pipeline
+from tests.paths import ROOT
 
-PACKAGE = Path(__file__).resolve().parents[1] / "src" / "fluxsr"
+PACKAGE = ROOT / "src" / "fluxsr"
 COMMANDS = [
     "upscale",
     "demo",

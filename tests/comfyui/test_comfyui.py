@@ -19,8 +19,8 @@ from fluxsr.cli import main
 from fluxsr.model.loader import load_model
 from fluxsr.model.lora import add_lora, lora_state_dict, save_lora
 from fluxsr.model.presets import BUNDLED_MODEL
+from tests.paths import ROOT
 
-ROOT = Path(__file__).parents[1]
 NODE_DIR = ROOT / "comfyui"
 WORKFLOW = NODE_DIR / "example_workflows" / "fluxsr_upscale.json"
 WIDGET_TYPES = ("INT", "FLOAT", "STRING", "BOOLEAN")

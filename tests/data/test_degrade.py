@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -21,8 +20,9 @@ from fluxsr.data.degrade_ops import (
     resize,
 )
 from fluxsr.data.kernels import bivariate_kernel, final_sinc_kernel, pulse_kernel, random_kernel, sinc_kernel
+from tests.paths import ROOT
 
-CONFIG_YAML = Path(__file__).resolve().parents[1] / "configs" / "degradation.yaml"
+CONFIG_YAML = ROOT / "configs" / "degradation.yaml"
 
 
 def gen(seed: int = 0) -> torch.Generator:

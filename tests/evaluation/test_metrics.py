@@ -1,5 +1,5 @@
 """Tests for fluxsr.evaluation's metrics: PSNR/SSIM against scikit-image, pyiqa-protocol values and NIQE against stored pyiqa
-numbers (tests/data/pyiqa_reference.json, made by scripts/check_metrics_vs_pyiqa.py), MATLAB imresize, 16-bit input,
+numbers (tests/assets/pyiqa_reference.json, made by scripts/check_metrics_vs_pyiqa.py), MATLAB imresize, 16-bit input,
 border cropping, NIQE parameter conversion. Needs scikit-image; never downloads."""
 
 from __future__ import annotations
@@ -10,7 +10,6 @@ import json
 import math
 import tarfile
 import zipfile
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -23,11 +22,11 @@ from fluxsr.evaluation import periodic as PER
 from fluxsr.evaluation import protocol as PR
 from fluxsr.evaluation import psnr_ssim as PS
 from fluxsr.io.cache import MissingWeightsError
+from tests.paths import ASSETS, ROOT
 
 skimage_metrics = pytest.importorskip("skimage.metrics")
 
-ROOT = Path(__file__).resolve().parents[1]
-REFERENCE = json.loads((ROOT / "tests" / "data" / "pyiqa_reference.json").read_text())
+REFERENCE = json.loads((ASSETS / "pyiqa_reference.json").read_text())
 
 
 def _load_script():

@@ -1,7 +1,5 @@
 """The bundled small model: it loads with no option, keeps its measured quality on a held-out photo, tiles well."""
 
-from pathlib import Path
-
 import pytest
 import torch
 
@@ -12,8 +10,9 @@ from fluxsr.inference.pipeline import FluxSRPipeline, UpscaleOptions
 from fluxsr.io.images import read_image, resize
 from fluxsr.model.loader import load_model
 from fluxsr.model.presets import BUNDLED_MODEL
+from tests.paths import ASSETS, ROOT
 
-HELD_OUT = Path(__file__).parent / "data" / "kodim23_crop.png"  # Kodak24 kodim23 crop: never used in training
+HELD_OUT = ASSETS / "kodim23_crop.png"  # Kodak24 kodim23 crop: never used in training
 # Measured with this test's recipe (degradation seed 0, x4, Y-channel PSNR, border 4) on torch 2.13.0 CPU fp32.
 EXPECTED_PSNR_Y = 25.975
 BICUBIC_PSNR_Y = 26.211
@@ -36,7 +35,7 @@ def test_bundled_model_is_small_and_documented():
     assert size <= 40e6
     model = load_model()
     assert model.spec.name == "fluxsr-small" and "FLUX.1-dev" in model.spec.note
-    assert (Path(__file__).parents[1] / "docs" / "bundled-model.md").is_file()
+    assert (ROOT / "docs" / "bundled-model.md").is_file()
 
 
 def test_held_out_psnr_matches_the_stored_value(pipe, lr_hr):

@@ -5,11 +5,11 @@ import shutil
 
 import pytest
 import torch
-from builders import write_tiny_text_encoders
 
 from fluxsr.model import text as T
 from fluxsr.model.model import EMBEDS_FILE, TextCond, velocity
 from fluxsr.model.presets import TINY_TEXT_LEN, build_tiny
+from tests.builders import write_tiny_text_encoders
 
 PROMPT = "a sharp photo of the cat"
 

@@ -14,9 +14,9 @@ from fluxsr.model import flow
 from fluxsr.model.loader import load_model
 from fluxsr.model.model import velocity
 from fluxsr.training.pretrain import random_crops
+from tests.paths import ASSETS, ROOT
 
-DATA = Path(__file__).parent / "data"
-CONFIG = Path(__file__).parents[1] / "configs" / "bundled.yaml"
+CONFIG = ROOT / "configs" / "bundled.yaml"
 TINY = [
     "pretrain.max_side=96",
     "pretrain.vae.block_out_channels=[8,16]",
@@ -63,7 +63,7 @@ def chain(tmp_path_factory):
     root = tmp_path_factory.mktemp("pretrain")
     photos = root / "photos"
     photos.mkdir()
-    shutil.copy(DATA / "kodim23_crop.png", photos / "a.png")
+    shutil.copy(ASSETS / "kodim23_crop.png", photos / "a.png")
     (photos / "skip.png").write_bytes(b"not a png")  # an unreadable photo is skipped, not fatal
     torch.manual_seed(0)
     run("train-vae", photos, "--out", str(root / "vae"), steps=120)
@@ -80,7 +80,7 @@ def test_vae_learns_and_sets_latent_normalisation(chain):
 
     vae = AutoencoderKL.from_pretrained(root / "vae" / "vae", local_files_only=True).eval()
     assert vae.config.block_out_channels == [8, 16] and vae.config.latent_channels == 4
-    x = random_crops([read_image(DATA / "kodim23_crop.png").rgb], 4, 32, torch.Generator().manual_seed(1))
+    x = random_crops([read_image(ASSETS / "kodim23_crop.png").rgb], 4, 32, torch.Generator().manual_seed(1))
     with torch.no_grad():
         lat = vae.encode(x * 2 - 1).latent_dist.mode()
         rec = (vae.decode(lat).sample + 1) / 2
@@ -97,7 +97,7 @@ def test_teacher_is_a_loadable_model_that_learned_the_flow(chain):
     model = load_model(root / "teacher")
     assert model.transformer.config.num_layers == 1 and model.cond.prompt_embeds.shape == (1, 2, 16)
     # flow-matching loss on held-fixed samples: the trained teacher beats the untrained one of the same recipe
-    x = random_crops([read_image(DATA / "kodim23_crop.png").rgb], 16, 32, torch.Generator().manual_seed(2))
+    x = random_crops([read_image(ASSETS / "kodim23_crop.png").rgb], 16, 32, torch.Generator().manual_seed(2))
     g = torch.Generator().manual_seed(3)
     vae = model.vae
     with torch.no_grad():

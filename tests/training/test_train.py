@@ -5,7 +5,6 @@ import math
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -18,8 +17,8 @@ from fluxsr.training.pairs import complete_indices, generate_pairs, is_complete,
 from fluxsr.training.recipe import load_recipe
 from fluxsr.training.step import Batch, batch_indices, training_step
 from fluxsr.training.student import build_student
+from tests.paths import ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "configs" / "tiny.yaml"
 FAST = [
     "pairs.count=4",

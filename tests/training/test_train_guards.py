@@ -21,8 +21,8 @@ from fluxsr.training.loop import effective_t_l, train, usable_pairs
 from fluxsr.training.pairs import generate_pairs, load_pair, pair_stem
 from fluxsr.training.pretrain import load_photos
 from fluxsr.training.recipe import load_recipe
+from tests.paths import ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "configs" / "tiny.yaml"
 FAST = [
     "pairs.count=2",
