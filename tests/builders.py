@@ -1,12 +1,14 @@
-"""Builders only tests need: tiny random CLIP / T5 text encoders and tokenizers in the FLUX.1-dev diffusers
-layout (no download), sized for ``fluxsr.model.presets.TINY_TRANSFORMER``."""
+"""Builders only tests need: image files from arrays, and tiny random CLIP / T5 text encoders and tokenizers in the
+FLUX.1-dev diffusers layout (no download), sized for ``fluxsr.model.presets.TINY_TRANSFORMER``."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
+import numpy as np
 import torch
+from PIL import Image
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
 from transformers import CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel
 
@@ -18,6 +20,14 @@ from fluxsr.model.text import (
     T5_MAX_LENGTH,
     T5_TOKENIZER_DIR,
 )
+
+
+def save(path: Path, array: np.ndarray) -> Path:
+    """Write a uint8 H x W (x C) array as the image file ``path`` (format from its suffix), making its folder."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(array).save(path)
+    return path
+
 
 TINY_WORDS = ("a", "photo", "of", "the", "cat", "dog", "house", "tree", "sharp", "blurry", "high", "quality")
 

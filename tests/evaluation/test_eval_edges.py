@@ -35,12 +35,7 @@ from fluxsr.evaluation.reports import (
 from fluxsr.evaluation.scoring import EvalReport, ImageScore, evaluate_dirs
 from fluxsr.io.cache import MissingWeightsError, cached_file
 from fluxsr.io.images import read_image
-
-
-def save(path: Path, array: np.ndarray) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(array).save(path)
-    return path
+from tests.builders import save
 
 
 def texture(size: int, seed: int) -> np.ndarray:

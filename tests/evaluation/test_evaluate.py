@@ -30,6 +30,7 @@ from fluxsr.evaluation.reports import json_number, report_csv, report_json
 from fluxsr.evaluation.scoring import evaluate_dirs
 from fluxsr.io.cache import MissingWeightsError, cached_file
 from fluxsr.io.images import read_image
+from tests.builders import save
 
 data = pytest.importorskip("skimage.data")
 
@@ -45,12 +46,6 @@ def cached(name: str) -> bool:
 HAS_LPIPS = cached("lpips_alex.safetensors")
 HAS_NIQE = cached(NQ.NIQE_PARAMS_FILE)
 HAS_REALESRGAN = cached("realesrgan_x4plus.safetensors")
-
-
-def save(path: Path, array: np.ndarray) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(array).save(path)
-    return path
 
 
 def photo(name: str, size: int, top: int = 0, left: int = 0) -> np.ndarray:

@@ -10,11 +10,6 @@ from fluxsr.model.model import FluxSRModel, ModelSpec, velocity
 from fluxsr.model.presets import build_tiny
 
 
-@pytest.fixture(scope="module")
-def pipe():
-    return FluxSRPipeline.from_pretrained("tiny", device="cpu")
-
-
 def psnr(a, b):
     return (-10 * torch.log10(((a - b) ** 2).mean())).item()
 
@@ -28,43 +23,43 @@ def psnr(a, b):
         ((9, 9), 1.0, (9, 9)),
     ],
 )
-def test_output_sizes(pipe, hw, scale, expected):
-    out = pipe.upscale_tensor(torch.rand(3, *hw), UpscaleOptions(scale=scale))
+def test_output_sizes(tiny_pipe, hw, scale, expected):
+    out = tiny_pipe.upscale_tensor(torch.rand(3, *hw), UpscaleOptions(scale=scale))
     assert out.shape == (3, *expected)
     assert out.dtype == torch.float32 and 0 <= out.min() and out.max() <= 1
 
 
-def test_long_side(pipe):
-    out = pipe.upscale_tensor(torch.rand(3, 10, 20), UpscaleOptions(long_side=64))
+def test_long_side(tiny_pipe):
+    out = tiny_pipe.upscale_tensor(torch.rand(3, 10, 20), UpscaleOptions(long_side=64))
     assert out.shape == (3, 32, 64)
 
 
-def test_bit_identical_on_cpu(pipe):
+def test_bit_identical_on_cpu(tiny_pipe):
     x = torch.rand(3, 12, 16, generator=torch.Generator().manual_seed(1))
-    a = pipe.upscale_tensor(x)
+    a = tiny_pipe.upscale_tensor(x)
     b = FluxSRPipeline.from_pretrained("tiny", device="cpu").upscale_tensor(x)
     assert torch.equal(a, b)
 
 
-def test_tiled_equals_untiled_when_one_tile_covers(pipe):
+def test_tiled_equals_untiled_when_one_tile_covers(tiny_pipe):
     x = torch.rand(3, 12, 16)
     assert torch.equal(
-        pipe.upscale_tensor(x, UpscaleOptions(tile=1024)),
-        pipe.upscale_tensor(x, UpscaleOptions(tile=64, overlap=16)),
+        tiny_pipe.upscale_tensor(x, UpscaleOptions(tile=1024)),
+        tiny_pipe.upscale_tensor(x, UpscaleOptions(tile=64, overlap=16)),
     )
 
 
-def test_tiled_close_to_untiled(pipe):
+def test_tiled_close_to_untiled(tiny_pipe):
     """Tiles (every stage) vs one pass on a 40x56 -> 160x224 image. The tiny model has random weights, whose
     attention and GroupNorm statistics are global, so the tolerance is loose here; the bundled model's test is tight."""
     x = torch.rand(3, 40, 56, generator=torch.Generator().manual_seed(0))
-    whole = pipe.upscale_tensor(x, UpscaleOptions(color_fix="none"))
-    tiled = pipe.upscale_tensor(x, UpscaleOptions(color_fix="none", tile=96, overlap=48))
+    whole = tiny_pipe.upscale_tensor(x, UpscaleOptions(color_fix="none"))
+    tiled = tiny_pipe.upscale_tensor(x, UpscaleOptions(color_fix="none", tile=96, overlap=48))
     assert psnr(whole, tiled) > 18
-    assert pipe.timings.keys() >= {"encode", "transformer", "decode", "color_fix"}
+    assert tiny_pipe.timings.keys() >= {"encode", "transformer", "decode", "color_fix"}
 
 
-def test_tiles_get_global_position_ids(pipe, monkeypatch):
+def test_tiles_get_global_position_ids(tiny_pipe, monkeypatch):
     seen = []
     real = velocity
 
@@ -73,7 +68,7 @@ def test_tiles_get_global_position_ids(pipe, monkeypatch):
         return real(model, z, t, offsets, guidance)
 
     monkeypatch.setattr("fluxsr.inference.pipeline.velocity", spy)
-    pipe.upscale_tensor(
+    tiny_pipe.upscale_tensor(
         torch.rand(3, 16, 40), UpscaleOptions(tile=64, overlap=32)
     )  # 64x160 px -> 8x20 latents
     assert seen[0] == (0, 0) and len(seen) > 1
@@ -92,12 +87,12 @@ def test_tiles_per_pass_do_not_change_the_image(tile_batch):
     assert torch.allclose(one, many, atol=1e-5), (one - many).abs().max()
 
 
-def test_pil_api_keeps_mode(pipe):
+def test_pil_api_keeps_mode(tiny_pipe):
     rgba = Image.new("RGBA", (7, 5), (200, 100, 50, 128))
-    out = pipe(rgba, scale=2)
+    out = tiny_pipe(rgba, scale=2)
     assert out.size == (14, 10) and out.mode == "RGBA"
     assert abs(int(out.getpixel((3, 3))[3]) - 128) <= 1
-    gray = pipe(Image.new("L", (8, 8), 90), scale=2)
+    gray = tiny_pipe(Image.new("L", (8, 8), 90), scale=2)
     assert gray.mode == "L" and gray.size == (16, 16)
 
 
@@ -115,11 +110,14 @@ def test_non_finite_output_is_an_error():
         pipe.upscale_tensor(torch.rand(3, 8, 8))
 
 
-def test_t_l_changes_output(pipe):
+def test_t_l_changes_output(tiny_pipe):
     x = torch.rand(3, 8, 8)
-    a = pipe.upscale_tensor(x)
+    a = tiny_pipe.upscale_tensor(x)
     other = FluxSRPipeline(
-        FluxSRModel(pipe.model.transformer, pipe.model.vae, pipe.model.cond, ModelSpec(t_l=0.6)), "cpu"
+        FluxSRModel(
+            tiny_pipe.model.transformer, tiny_pipe.model.vae, tiny_pipe.model.cond, ModelSpec(t_l=0.6)
+        ),
+        "cpu",
     )
     assert not torch.equal(a, other.upscale_tensor(x))
 

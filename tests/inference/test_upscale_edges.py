@@ -103,31 +103,26 @@ def test_pil_to_tensor_matches_the_file_reader(tmp_path):
 # -- 3. tensors given to the pipeline -----------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def pipe():
-    return FluxSRPipeline.from_pretrained("tiny", device="cpu")
-
-
-def test_uint8_tensor_is_scaled(pipe):
+def test_uint8_tensor_is_scaled(tiny_pipe):
     x = torch.randint(0, 256, (3, 6, 8), dtype=torch.uint8)
-    assert torch.equal(pipe(x, scale=2), pipe(x.float() / 255, scale=2))
+    assert torch.equal(tiny_pipe(x, scale=2), tiny_pipe(x.float() / 255, scale=2))
 
 
 @pytest.mark.parametrize("shape", [(6, 8, 3), (1, 6, 8), (4, 6, 8), (6, 8), (1, 3, 6, 8), (3, 0, 8)])
-def test_wrong_shapes_are_refused(pipe, shape):
+def test_wrong_shapes_are_refused(tiny_pipe, shape):
     with pytest.raises(ValueError, match=r"\(3, H, W\)"):
-        pipe(torch.rand(shape))
+        tiny_pipe(torch.rand(shape))
 
 
-def test_bad_values_and_types_are_refused(pipe):
+def test_bad_values_and_types_are_refused(tiny_pipe):
     x = torch.rand(3, 6, 8)
     x[0, 0, 0] = math.nan
     with pytest.raises(ValueError, match="NaN"):
-        pipe(x)
+        tiny_pipe(x)
     with pytest.raises(ValueError, match="divide by 255"):
-        pipe(torch.rand(3, 6, 8) * 255)
+        tiny_pipe(torch.rand(3, 6, 8) * 255)
     with pytest.raises(TypeError, match="numpy"):
-        pipe(np.zeros((6, 8, 3), np.uint8))
+        tiny_pipe(np.zeros((6, 8, 3), np.uint8))
     with pytest.raises(ValueError, match="dtype"):
         as_rgb(torch.zeros(3, 6, 8, dtype=torch.int64))
 
@@ -634,22 +629,22 @@ def test_tile_and_overlap_out_of_range_are_refused_before_any_work(
     assert not (tmp_path / "o").exists() and not (tmp_path / "b").exists()
 
 
-def test_tile_and_overlap_ranges_in_the_python_api(pipe):
+def test_tile_and_overlap_ranges_in_the_python_api(tiny_pipe):
     for kwargs in ({"tile": 0}, {"tile": -5}, {"overlap": -8}, {"tile": 64, "overlap": 33}):
         with pytest.raises(ValueError, match="tile|overlap"):
             UpscaleOptions(**kwargs)
     UpscaleOptions(tile=64, overlap=32)  # half the tile is the largest overlap
     x = torch.rand(3, 8, 8)
-    with pytest.raises(ValueError, match=f"more than half the tile {pipe.model.spec.tile}"):
-        pipe(x, overlap=pipe.model.spec.tile // 2 + 1)  # no tile given: the model's
+    with pytest.raises(ValueError, match=f"more than half the tile {tiny_pipe.model.spec.tile}"):
+        tiny_pipe(x, overlap=tiny_pipe.model.spec.tile // 2 + 1)  # no tile given: the model's
 
 
-def test_a_tile_lowered_by_the_planner_keeps_a_valid_overlap(pipe):
+def test_a_tile_lowered_by_the_planner_keeps_a_valid_overlap(tiny_pipe):
     """An image smaller than the tile runs at a smaller tile; the asked overlap (valid for the asked tile) is then
     cut to half of it instead of failing the range check."""
     x = torch.rand(3, 10, 12, generator=torch.Generator().manual_seed(0))
-    out = pipe.upscale_tensor(x, UpscaleOptions(tile=256, overlap=128))
-    assert pipe.plan.tile < 256 and out.shape == (3, 40, 48)
+    out = tiny_pipe.upscale_tensor(x, UpscaleOptions(tile=256, overlap=128))
+    assert tiny_pipe.plan.tile < 256 and out.shape == (3, 40, 48)
 
 
 @pytest.mark.parametrize("backend", ["bicubic", "realesrgan", "fluxsr"])
@@ -683,14 +678,14 @@ def test_an_output_over_max_pixels_fails_per_file_before_upscaling(tmp_path, mon
     assert tree(tmp_path / "o") == ["b.png"]
 
 
-def test_output_size_cap_in_the_python_api(pipe):
+def test_output_size_cap_in_the_python_api(tiny_pipe):
     from fluxsr.io.images import target_size
 
     for scale in (1e9, 1e300):
         with pytest.raises(ValueError, match="too large"):
             UpscaleOptions(scale=scale)
         with pytest.raises(ValueError, match="too large"):
-            pipe(torch.rand(3, 24, 32), scale=scale)
+            tiny_pipe(torch.rand(3, 24, 32), scale=scale)
     with pytest.raises(ValueError, match="over the limit of 268435456"):
         UpscaleOptions(scale=1000).size_for(24, 32)
     with pytest.raises(ValueError, match="over the limit of 100"):

@@ -93,11 +93,6 @@ class FakePipeline:
         return BicubicBackend().upscale_tensor(rgb, opts)
 
 
-@pytest.fixture(scope="module")
-def tiny():
-    return FluxSRPipeline.from_pretrained("tiny", device="cpu")
-
-
 @pytest.fixture
 def fake():
     return FakePipeline()
@@ -120,8 +115,8 @@ def error_of(call, *args) -> str:
 
 
 @pytest.mark.parametrize("size,scale,expected", [((24, 16), 4.0, (96, 64)), ((20, 14), 2.5, (50, 35))])
-def test_upscale_gives_input_times_scale(tiny, tmp_path, size, scale, expected):
-    app = upscaler_for(tiny, tmp_path)
+def test_upscale_gives_input_times_scale(tiny_pipe, tmp_path, size, scale, expected):
+    app = upscaler_for(tiny_pipe, tmp_path)
     (bicubic, result), download, info = app.upscale(
         str(write_png(tmp_path / "in.png", *size)), scale, "wavelet", 512
     )
@@ -198,14 +193,16 @@ def test_the_suggested_largest_scale_fits_after_rounding():
         )  # lowered by a step or two at most
 
 
-def test_info_names_the_tile_the_planner_used(tiny, tmp_path):
-    app = upscaler_for(tiny, tmp_path)
-    tiny.max_memory = 1  # nothing fits: the planner goes down to its smallest tile
+def test_info_names_the_tile_the_planner_used(tiny_pipe, tmp_path):
+    app = upscaler_for(tiny_pipe, tmp_path)
+    tiny_pipe.max_memory = 1  # nothing fits: the planner goes down to its smallest tile
     try:
         _, _, info = app.upscale(str(write_png(tmp_path / "in.png", 40, 32)), 4, "none", 512)
     finally:
-        tiny.max_memory = None
-    assert f"tile {tiny.plan.tile} (asked 512; lowered to fit memory)" in info and tiny.plan.tile < 512
+        tiny_pipe.max_memory = None
+    assert (
+        f"tile {tiny_pipe.plan.tile} (asked 512; lowered to fit memory)" in info and tiny_pipe.plan.tile < 512
+    )
 
 
 def test_overlap_follows_the_model_like_the_cli():
@@ -287,8 +284,8 @@ def test_inspect_shows_sizes_and_a_small_preview(fake, tmp_path):
     )
 
 
-def test_describe_names_model_device_and_limits(tiny, tmp_path):
-    text = upscaler_for(tiny, tmp_path, max_pixels=1_000_000, max_upload_mb=5).describe()
+def test_describe_names_model_device_and_limits(tiny_pipe, tmp_path):
+    text = upscaler_for(tiny_pipe, tmp_path, max_pixels=1_000_000, max_upload_mb=5).describe()
     assert "**tiny** on **cpu**" in text and "random or briefly trained weights" in text
     assert "1.00 MP per request" in text and "5 MB" in text and "one job at a time" in text
 
