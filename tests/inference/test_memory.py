@@ -84,17 +84,17 @@ def test_plan_picks_largest_fitting_tile_and_offloads_when_needed():
     dec = lambda t: 200 * t * t * 2  # noqa: E731  decode dominates: 400 B per tile pixel
     full_on = 100 * 1024 * 1024
     # everything fits at the asked tile
-    p = MEM.plan_memory(image, dec(1024) + full_on, DIMS, 2, 1024, cost=COST)
+    p = MEM.plan_memory(image, dec(1024) + full_on, DIMS, 2, MEM.TileRequest(1024), cost=COST)
     assert (p.tile, p.full_image_on_device, p.fits, p.changed) == (1024, True, True, False)
     assert p.peak == dec(1024) + full_on
     # one byte less: same tile, but the whole image moves off the device
-    p = MEM.plan_memory(image, dec(1024) + full_on - 1, DIMS, 2, 1024, cost=COST)
+    p = MEM.plan_memory(image, dec(1024) + full_on - 1, DIMS, 2, MEM.TileRequest(1024), cost=COST)
     assert (p.tile, p.full_image_on_device, p.changed) == (1024, False, True)
     # less than a 1024 tile even off device: 512 with the image on device
-    p = MEM.plan_memory(image, dec(512) + full_on, DIMS, 2, 1024, cost=COST)
+    p = MEM.plan_memory(image, dec(512) + full_on, DIMS, 2, MEM.TileRequest(1024), cost=COST)
     assert (p.tile, p.full_image_on_device) == (512, True)
     # nothing fits: smallest tile, flagged
-    p = MEM.plan_memory(image, 1000, DIMS, 2, 1024, cost=COST, min_tile=256)
+    p = MEM.plan_memory(image, 1000, DIMS, 2, MEM.TileRequest(1024, min_tile=256), cost=COST)
     assert (p.tile, p.fits, p.full_image_on_device) == (256, False, False)
     assert "DOES NOT FIT" in p.describe()
 
@@ -105,39 +105,50 @@ def test_plan_tiles_per_pass():
     dec = lambda t, n: 200 * t * t * 2 * n  # noqa: E731
     full_on = 100 * 1024 * 1024
     # 512 tiles with overlap 64 on 1024: starts 0, 448, 512 per side -> 9 tiles
-    p = MEM.plan_memory(image, dec(512, 3) + full_on, DIMS, 2, 512, cost=COST, overlap=64, requested_batch=4)
+    p = MEM.plan_memory(
+        image, dec(512, 3) + full_on, DIMS, 2, MEM.TileRequest(512, overlap=64, batch=4), cost=COST
+    )
     assert (p.tile, p.batch, p.full_image_on_device, p.changed) == (512, 3, True, True)
     assert p.estimates["decode"] == dec(512, 3) and "3 tile(s) per pass (asked 4)" in p.describe()
     # auto (0): up to AUTO_TILE_BATCH, and lowering it is not a change
-    p = MEM.plan_memory(image, 10**12, DIMS, 2, 512, cost=COST, overlap=64, requested_batch=0)
+    p = MEM.plan_memory(image, 10**12, DIMS, 2, MEM.TileRequest(512, overlap=64, batch=0), cost=COST)
     assert (p.batch, p.changed) == (MEM.AUTO_TILE_BATCH, False)
-    p = MEM.plan_memory(image, dec(512, 2) + full_on, DIMS, 2, 512, cost=COST, overlap=64, requested_batch=0)
+    p = MEM.plan_memory(
+        image, dec(512, 2) + full_on, DIMS, 2, MEM.TileRequest(512, overlap=64, batch=0), cost=COST
+    )
     assert (p.tile, p.batch, p.changed) == (512, 2, False)
     # never more than the number of tiles, and that cap is not a change worth printing
-    p = MEM.plan_memory(image, 10**12, DIMS, 2, 1024, cost=COST, requested_batch=8)
+    p = MEM.plan_memory(image, 10**12, DIMS, 2, MEM.TileRequest(1024, batch=8), cost=COST)
     assert (p.batch, p.tiles, p.changed) == (1, 1, False)
     # a larger tile wins over more tiles per pass; when one 512 tile does not fit even with the image off the
     # device (latents 4 B/px), the 256 tiles take as many per pass as fit
     off = 4 * 1024 * 1024
-    p = MEM.plan_memory(image, dec(512, 1) + off - 1, DIMS, 2, 512, cost=COST, overlap=64, requested_batch=4)
+    p = MEM.plan_memory(
+        image, dec(512, 1) + off - 1, DIMS, 2, MEM.TileRequest(512, overlap=64, batch=4), cost=COST
+    )
     assert (p.tile, p.batch, p.full_image_on_device) == (256, 3, False)
 
 
 def test_plan_rounds_the_asked_tile_without_calling_it_a_change():
-    p = MEM.plan_memory((2048, 2048), 10**12, DIMS, 2, 1000, cost=COST)
+    p = MEM.plan_memory((2048, 2048), 10**12, DIMS, 2, MEM.TileRequest(1000), cost=COST)
     assert (p.tile, p.requested_tile, p.changed) == (992, 992, False)
 
 
 def test_plan_never_charges_more_than_the_image():
-    p = MEM.plan_memory((100, 60), 10**12, DIMS, 2, 1024, cost=COST)
+    p = MEM.plan_memory((100, 60), 10**12, DIMS, 2, MEM.TileRequest(1024), cost=COST)
     assert p.estimates["decode"] == 200 * 112 * 64 * 2  # padded to 16: 112 x 64 pixels in the one tile
 
 
 def test_safety_margin_applies():
     cost = MEM.CostModel(**{**COST.__dict__, "safety": 0.5})
     need = 200 * 1024 * 1024 * 2 + 100 * 1024 * 1024
-    assert MEM.plan_memory((1024, 1024), 2 * need, DIMS, 2, 1024, cost=cost).tile == 1024
-    assert MEM.plan_memory((1024, 1024), 2 * need - 2, DIMS, 2, 1024, cost=cost).full_image_on_device is False
+    assert MEM.plan_memory((1024, 1024), 2 * need, DIMS, 2, MEM.TileRequest(1024), cost=cost).tile == 1024
+    assert (
+        MEM.plan_memory(
+            (1024, 1024), 2 * need - 2, DIMS, 2, MEM.TileRequest(1024), cost=cost
+        ).full_image_on_device
+        is False
+    )
 
 
 def test_device_budget_honours_max_memory():
@@ -276,7 +287,7 @@ def test_cpu_allocator_failure_is_an_out_of_memory_error(tiny_pipe, monkeypatch)
 
 def test_tiles_larger_than_the_image_are_one_tile_and_not_a_change():
     # 64 x 160 asked at 1024: 1024, 512 and 256 would all be the same single tile; retries start at 256 -> 128
-    p = MEM.plan_memory((64, 160), 10**12, DIMS, 2, 1024, cost=COST, min_tile=64)
+    p = MEM.plan_memory((64, 160), 10**12, DIMS, 2, MEM.TileRequest(1024, min_tile=64), cost=COST)
     assert (p.tile, p.tiles, p.changed) == (256, 1, False)
 
 
@@ -288,14 +299,18 @@ def test_cpu_plan_counts_the_full_image_that_stays_in_ram():
     )
     image = (1024, 1024)
     dec = 200 * 512 * 512 * 2
-    p_gpu = MEM.plan_memory(image, dec + 4 * 2**20, DIMS, 2, 512, cost=COST, device_type="cuda")
-    p_cpu = MEM.plan_memory(image, dec + 4 * 2**20, DIMS, 2, 512, cost=COST, device_type="cpu")
+    p_gpu = MEM.plan_memory(
+        image, dec + 4 * 2**20, DIMS, 2, MEM.TileRequest(512), cost=COST, device_type="cuda"
+    )
+    p_cpu = MEM.plan_memory(
+        image, dec + 4 * 2**20, DIMS, 2, MEM.TileRequest(512), cost=COST, device_type="cpu"
+    )
     assert (p_gpu.tile, p_gpu.full_image_on_device) == (512, False)
     assert p_cpu.tile < 512  # the 512 tile does not fit next to 44 B/px of resident image
 
 
 def test_plan_line_shows_the_usable_part_of_the_budget():
-    p = MEM.plan_memory((1024, 1024), 1000 << 20, DIMS, 2, 512, cost=MEM.CostModel())
+    p = MEM.plan_memory((1024, 1024), 1000 << 20, DIMS, 2, MEM.TileRequest(512), cost=MEM.CostModel())
     assert "of 850.0 MiB usable (85% of 1000.0 MiB" in p.describe()
 
 

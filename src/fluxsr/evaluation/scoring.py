@@ -148,7 +148,7 @@ def check_report_files(pred_dir: Path, gt_dir: Path | None, files: dict[str, Pat
     check_inputs_apart([("image", p) for p in images], existing, "give the report a new file name")
 
 
-def evaluate_dirs(
+def evaluate_dirs(  # noqa: PLR0913 (public Python API, docs/architecture.md)
     pred_dir: Path,
     gt_dir: Path | None,
     metric_names: str | Sequence[str] | None = None,

@@ -358,37 +358,46 @@ def min_tile_for(multiple: int) -> int:
     return max(64, 4 * multiple)
 
 
+@dataclass(frozen=True)
+class TileRequest:
+    """The tiling asked of :func:`plan_memory`: the largest ``tile`` (px), the ``overlap``, the tiles per pass
+    ``batch`` (0: up to :data:`AUTO_TILE_BATCH`), and the model's size ``multiple`` and smallest tile."""
+
+    tile: int
+    overlap: int = 0
+    batch: int = 1
+    multiple: int = 16
+    min_tile: int = 128
+
+
 def plan_memory(
     image_hw: tuple[int, int],
     budget: int,
     dims: ModelDims,
     dtype_bytes: int,
-    requested_tile: int,
+    request: TileRequest,
     *,
-    multiple: int = 16,
-    min_tile: int = 128,
     cost: CostModel = DEFAULT_COST,
     source: str = "given",
-    overlap: int = 0,
-    requested_batch: int = 1,
     device_type: str = "cuda",
 ) -> MemoryPlan:
     """Choose the tile, tiles per pass and where the whole image lives so that the estimated peak fits ``budget``.
 
-    Tries tiles from ``requested_tile`` down by halving; for each, first with the full image on the device, then
-    off it; for each, the most tiles per pass up to ``requested_batch`` (0: up to :data:`AUTO_TILE_BATCH`) and the
+    Tries tiles from ``request.tile`` down by halving; for each, first with the full image on the device, then
+    off it; for each, the most tiles per pass up to ``request.batch`` (0: up to :data:`AUTO_TILE_BATCH`) and the
     number of tiles, down to one. Stage costs grow linearly with the tiles in a pass. The first that fits wins:
     largest tile first, then on-device, then the largest batch. Tiles never exceed the (padded) image, so small
     images cost what they are.
     """
+    multiple, min_tile = request.multiple, request.min_tile
     h, w = (-(-s // multiple) * multiple for s in image_hw)
     usable = int(budget * cost.safety)
-    candidates = image_tile_candidates((h, w), requested_tile, multiple, min_tile)
-    want = requested_batch if requested_batch > 0 else AUTO_TILE_BATCH
+    candidates = image_tile_candidates((h, w), request.tile, multiple, min_tile)
+    want = request.batch if request.batch > 0 else AUTO_TILE_BATCH
     last = None
     for tile in candidates:
         tile_px = min(tile, h) * min(tile, w)
-        tiles = tile_count((h, w), snapped(tile, overlap, multiple))
+        tiles = tile_count((h, w), snapped(tile, request.overlap, multiple))
         stages = cost.stages(tile_px, dims, dtype_bytes)
         for on_device in (True, False):
             for batch in range(min(want, tiles), 0, -1):
@@ -405,7 +414,7 @@ def plan_memory(
                     tuple(image_hw),
                     est,
                     batch=batch,
-                    requested_batch=requested_batch,
+                    requested_batch=request.batch,
                     tiles=tiles,
                     safety=cost.safety,
                     multiple=multiple,
@@ -437,18 +446,21 @@ def plan_for(
     m, spec = pipe.model.multiple, pipe.model.spec
     if not requested_tile or requested_tile <= 0:
         requested_tile = spec.tile
+    request = TileRequest(
+        requested_tile,
+        overlap=spec.overlap if overlap is None else overlap,
+        batch=requested_batch or 0,
+        multiple=m,
+        min_tile=min_tile_for(m),
+    )
     return plan_memory(
         image_hw,
         budget,
         ModelDims.from_model(pipe.model),
         dtype_bytes,
-        requested_tile,
-        multiple=m,
-        min_tile=min_tile_for(m),
+        request,
         cost=cost,
         source=source,
-        overlap=spec.overlap if overlap is None else overlap,
-        requested_batch=requested_batch or 0,
         device_type=torch.device(pipe.device).type,
     )
 
