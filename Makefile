@@ -33,9 +33,12 @@ test: install weights
 demo: install
 	$(BIN)/fluxsr demo examples --out outputs/demo
 
+# ruff (style, C901 complexity and PLR0913 argument-count limits in pyproject.toml) and the layout limits of
+# docs/architecture.md (module and function length, import cycles, private names, lazy imports, argparse).
 lint: install
 	$(BIN)/ruff check src tests scripts comfyui
 	$(BIN)/ruff format --check src tests scripts comfyui
+	$(BIN)/python scripts/check_layout.py --strict
 
 # Re-resolve the newest versions pyproject.toml allows in a throw-away venv and write them to constraints.txt;
 # then run `make test` (and commit constraints.txt when it passes).

@@ -234,7 +234,7 @@ class FluxSRModelLoader:
             }
         }
 
-    def load(
+    def load(  # noqa: PLR0913 (ComfyUI passes each of the node's widgets as one keyword argument)
         self,
         model: str,
         lora: str,

@@ -81,6 +81,13 @@ def imported(mods: dict[str, Module], mod: Module):
             stack.append((child, inner))
 
 
+def pop_component(stack: list[str], root: str) -> list[str]:
+    """Pop Tarjan's stack down to ``root`` (included): one strongly connected component."""
+    comp = stack[stack.index(root) :]
+    del stack[stack.index(root) :]
+    return comp
+
+
 def find_cycles(mods: dict[str, Module]) -> list[list[str]]:
     """Strongly connected components with more than one module (Tarjan), each sorted."""
     index: dict[str, int] = {}
@@ -100,12 +107,7 @@ def find_cycles(mods: dict[str, Module]) -> list[list[str]]:
             elif w in stack:
                 low[v] = min(low[v], index[w])
         if low[v] == index[v]:
-            comp = []
-            while True:
-                w = stack.pop()
-                comp.append(w)
-                if w == v:
-                    break
+            comp = pop_component(stack, v)
             if len(comp) > 1:
                 cycles.append(sorted(comp))
 
@@ -122,17 +124,31 @@ def parents(name: str) -> set[str]:
     return {".".join(parts[:i]) for i in range(1, len(parts))}
 
 
+def long_functions(mod: Module, rel: Path) -> list[str]:
+    """The functions of ``mod`` over MAX_FUNCTION_LINES, as ``path:line name: n lines``."""
+    found = []
+    for node in ast.walk(mod.tree):
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+            n = node.end_lineno - node.lineno + 1
+            if n > MAX_FUNCTION_LINES:
+                found.append(f"{rel}:{node.lineno} {node.name}: {n} lines")
+    return found
+
+
+def uses_argparse(mod: Module) -> bool:
+    """Whether ``mod`` imports argparse anywhere."""
+    return any(
+        isinstance(n, ast.Import) and any(a.name == "argparse" for a in n.names) for n in ast.walk(mod.tree)
+    )
+
+
 def check(mods: dict[str, Module]) -> dict[str, list[str]]:
     found: dict[str, list[str]] = {k: [] for k in ("modules", "functions", "private", "lazy", "argparse")}
     for mod in mods.values():
         rel = mod.path.relative_to(ROOT)
         if mod.lines > MAX_MODULE_LINES:
             found["modules"].append(f"{rel}: {mod.lines} lines")
-        for node in ast.walk(mod.tree):
-            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
-                n = node.end_lineno - node.lineno + 1
-                if n > MAX_FUNCTION_LINES:
-                    found["functions"].append(f"{rel}:{node.lineno} {node.name}: {n} lines")
+        found["functions"] += long_functions(mod, rel)
         for node, target, name, lazy in imported(mods, mod):
             if target != mod.name and target not in parents(mod.name):
                 mod.imports.add(target)
@@ -141,11 +157,7 @@ def check(mods: dict[str, Module]) -> dict[str, list[str]]:
             line = f"{rel}:{node.lineno} {target}"
             if lazy and not is_cli(mod.name) and line not in found["lazy"]:
                 found["lazy"].append(line)
-        uses_argparse = any(
-            isinstance(n, ast.Import) and any(a.name == "argparse" for a in n.names)
-            for n in ast.walk(mod.tree)
-        )
-        if uses_argparse and not is_cli(mod.name):
+        if uses_argparse(mod) and not is_cli(mod.name):
             found["argparse"].append(str(rel))
     found["cycles"] = [" <-> ".join(c) for c in find_cycles(mods)]
     return found

@@ -1,4 +1,4 @@
-"""Cross-check fluxsr.evaluation's metrics against pyiqa and write tests/data/pyiqa_reference.json.
+"""Cross-check fluxsr.evaluation's metrics against pyiqa and write tests/assets/pyiqa_reference.json.
 
 pyiqa needs torchvision, so it lives in its own venv, never in fluxsr's. Run from the repository root:
 
@@ -29,7 +29,7 @@ import numpy as np
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
-REFERENCE_JSON = ROOT / "tests" / "data" / "pyiqa_reference.json"
+REFERENCE_JSON = ROOT / "tests" / "assets" / "pyiqa_reference.json"
 SKIMAGE_IMAGES = ("astronaut", "chelsea", "coffee")
 RECIPE = (
     "hr = skimage.data.<name>() (uint8 RGB) cropped top-left to H, W multiples of 4; "
@@ -143,7 +143,7 @@ def pyiqa_values(pairs: list[dict]) -> dict[str, dict[str, float]]:
 def pyiqa_luma_flips(pairs: list[dict]) -> dict:
     """Where the rounded luma pyiqa's niqe scores (``round(to_y_channel(img, 255, color_space))``, float32) differs
     from fluxsr's machine-independent ``rounded_luma255``: {name: {key: [[flat index, delta], ...]}} (see the
-    ``niqe_luma_flips`` note in the JSON and tests/test_metrics.py)."""
+    ``niqe_luma_flips`` note in the JSON and tests/evaluation/test_metrics.py)."""
     import torch
     from pyiqa.utils.color_util import to_y_channel
 

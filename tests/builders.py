@@ -1,12 +1,16 @@
-"""Builders only tests need: tiny random CLIP / T5 text encoders and tokenizers in the FLUX.1-dev diffusers
-layout (no download), sized for ``fluxsr.model.presets.TINY_TRANSFORMER``."""
+"""Builders only tests need: image files from arrays, and tiny random CLIP / T5 text encoders and tokenizers in the
+FLUX.1-dev diffusers layout (no download), sized for ``fluxsr.model.presets.TINY_TRANSFORMER``."""
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 from pathlib import Path
 
+import numpy as np
 import torch
+from PIL import Image
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
 from transformers import CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel
 
@@ -18,6 +22,14 @@ from fluxsr.model.text import (
     T5_MAX_LENGTH,
     T5_TOKENIZER_DIR,
 )
+
+
+def save(path: Path, array: np.ndarray) -> Path:
+    """Write a uint8 H x W (x C) array as the image file ``path`` (format from its suffix), making its folder."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(array).save(path)
+    return path
+
 
 TINY_WORDS = ("a", "photo", "of", "the", "cat", "dog", "house", "tree", "sharp", "blurry", "high", "quality")
 
@@ -107,3 +119,26 @@ def write_tiny_text_encoders(flux_dir: Path, *, t5_dim: int = 32, clip_dim: int 
     clip.save_pretrained(flux_dir / CLIP_DIR)
     t5.save_pretrained(flux_dir / T5_DIR)
     return flux_dir
+
+
+def put_in_hub_cache(cache, repo_id: str, folder, revision: str = "main") -> str:
+    """Lay ``folder`` out in ``cache`` as huggingface_hub's own cache does after a download (``models--org--name``:
+    content-addressed ``blobs/``, ``snapshots/<commit>/`` of relative links to them, ``refs/<revision>``);
+    returns the (made-up, 40 hex digits) commit."""
+    folder, repo = Path(folder), Path(cache) / ("models--" + repo_id.replace("/", "--"))
+    files = sorted(p for p in folder.rglob("*") if p.is_file())
+    digest = hashlib.sha1(revision.encode())
+    for f in files:
+        digest.update(str(f.relative_to(folder)).encode() + f.read_bytes())
+    commit = digest.hexdigest()
+    for f in files:
+        data = f.read_bytes()
+        blob = repo / "blobs" / hashlib.sha256(data).hexdigest()
+        blob.parent.mkdir(parents=True, exist_ok=True)
+        blob.write_bytes(data)
+        link = repo / "snapshots" / commit / f.relative_to(folder)
+        link.parent.mkdir(parents=True, exist_ok=True)
+        link.symlink_to(os.path.relpath(blob, link.parent))
+    (repo / "refs").mkdir(exist_ok=True)
+    (repo / "refs" / revision).write_text(commit)
+    return commit

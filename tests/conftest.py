@@ -1,9 +1,22 @@
+"""Fixtures shared by every test folder: the tiny random-weight pipeline and the teacher pairs of a module's
+recipe. Test-only builders (tiny text encoders, image files) live in tests/builders.py, folder paths in
+tests/paths.py."""
+
 import os
 
 import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+
+@pytest.fixture(scope="module")
+def tiny_pipe():
+    """The random-weight tiny FLUX pipeline on the CPU, one per test module (tests change its plan and
+    ``max_memory``, so modules never share one). fluxsr is imported here, after the offline switches above."""
+    from fluxsr.inference.pipeline import FluxSRPipeline
+
+    return FluxSRPipeline.from_pretrained("tiny", device="cpu")
 
 
 @pytest.fixture(scope="module")
@@ -16,36 +29,10 @@ def pairs(request, tmp_path_factory):
     return out
 
 
-def put_in_hub_cache(cache, repo_id: str, folder, revision: str = "main") -> str:
-    """Lay ``folder`` out in ``cache`` as huggingface_hub's own cache does after a download (``models--org--name``:
-    content-addressed ``blobs/``, ``snapshots/<commit>/`` of relative links to them, ``refs/<revision>``);
-    returns the (made-up, 40 hex digits) commit."""
-    import hashlib
-    from pathlib import Path
-
-    folder, repo = Path(folder), Path(cache) / ("models--" + repo_id.replace("/", "--"))
-    files = sorted(p for p in folder.rglob("*") if p.is_file())
-    digest = hashlib.sha1(revision.encode())
-    for f in files:
-        digest.update(str(f.relative_to(folder)).encode() + f.read_bytes())
-    commit = digest.hexdigest()
-    for f in files:
-        data = f.read_bytes()
-        blob = repo / "blobs" / hashlib.sha256(data).hexdigest()
-        blob.parent.mkdir(parents=True, exist_ok=True)
-        blob.write_bytes(data)
-        link = repo / "snapshots" / commit / f.relative_to(folder)
-        link.parent.mkdir(parents=True, exist_ok=True)
-        link.symlink_to(os.path.relpath(blob, link.parent))
-    (repo / "refs").mkdir(exist_ok=True)
-    (repo / "refs" / revision).write_text(commit)
-    return commit
-
-
 @pytest.fixture
 def hub_cache(tmp_path, monkeypatch):
     """An empty Hugging Face cache in ``tmp_path`` (HF_HOME / HF_HUB_CACHE, for this process and its children),
-    offline: fill it with :func:`put_in_hub_cache`."""
+    offline: fill it with ``tests.builders.put_in_hub_cache``."""
     import huggingface_hub
 
     home = tmp_path / "hf_home"

@@ -220,34 +220,42 @@ def _activation(x: torch.Tensor, kind: int, params: Sequence[float]) -> torch.Te
     raise NotImplementedError(f"ncnn activation type {kind}")
 
 
+def _run_convolution(layer: NcnnLayer, x: torch.Tensor, conv: NcnnConv) -> torch.Tensor:
+    """An ncnn Convolution layer (symmetric explicit padding only) with its fused activation."""
+    pad_l = int(layer.get(4, 0))
+    pad_t = int(layer.get(14, pad_l))
+    if min(pad_l, pad_t) < 0 or int(layer.get(15, pad_l)) != pad_l or int(layer.get(16, pad_t)) != pad_t:
+        raise NotImplementedError(f"{layer.name}: only symmetric explicit padding is supported")
+    stride = (int(layer.get(13, layer.get(3, 1))), int(layer.get(3, 1)))
+    dilation = (int(layer.get(12, layer.get(2, 1))), int(layer.get(2, 1)))
+    w = conv.weight.to(x.dtype)
+    b = None if conv.bias is None else conv.bias.to(x.dtype)
+    y = F.conv2d(x, w, b, stride=stride, padding=(pad_t, pad_l), dilation=dilation)
+    act_params = layer.get(10, [])
+    return _activation(y, int(layer.get(9, 0)), act_params if isinstance(act_params, list) else [act_params])
+
+
+def _run_eltwise(layer: NcnnLayer, ins: list[torch.Tensor]) -> torch.Tensor:
+    """An ncnn Eltwise layer: only the (weighted) sum."""
+    op = int(layer.get(0, 1))
+    coeffs = layer.get(1, [])
+    coeffs = coeffs if isinstance(coeffs, list) and coeffs else [1.0] * len(ins)
+    if op != 1:
+        raise NotImplementedError(f"{layer.name}: Eltwise op {op}")
+    return sum(float(c) * x for c, x in zip(coeffs, ins, strict=True))
+
+
 def _run_layer(layer: NcnnLayer, ins: list[torch.Tensor], conv: NcnnConv | None) -> torch.Tensor:
     """Apply one ncnn layer to batched NCHW tensors (the ncnn channel axis is torch dim 1)."""
     if layer.type == "Convolution":
         assert conv is not None
-        pad_l = int(layer.get(4, 0))
-        pad_t = int(layer.get(14, pad_l))
-        if min(pad_l, pad_t) < 0 or int(layer.get(15, pad_l)) != pad_l or int(layer.get(16, pad_t)) != pad_t:
-            raise NotImplementedError(f"{layer.name}: only symmetric explicit padding is supported")
-        stride = (int(layer.get(13, layer.get(3, 1))), int(layer.get(3, 1)))
-        dilation = (int(layer.get(12, layer.get(2, 1))), int(layer.get(2, 1)))
-        w = conv.weight.to(ins[0].dtype)
-        b = None if conv.bias is None else conv.bias.to(ins[0].dtype)
-        y = F.conv2d(ins[0], w, b, stride=stride, padding=(pad_t, pad_l), dilation=dilation)
-        act_params = layer.get(10, [])
-        return _activation(
-            y, int(layer.get(9, 0)), act_params if isinstance(act_params, list) else [act_params]
-        )
+        return _run_convolution(layer, ins[0], conv)
     if layer.type == "Concat":
         if int(layer.get(0, 0)) != 0:
             raise NotImplementedError(f"{layer.name}: Concat only along channels")
         return torch.cat(ins, 1)
     if layer.type == "Eltwise":
-        op = int(layer.get(0, 1))
-        coeffs = layer.get(1, [])
-        coeffs = coeffs if isinstance(coeffs, list) and coeffs else [1.0] * len(ins)
-        if op != 1:
-            raise NotImplementedError(f"{layer.name}: Eltwise op {op}")
-        return sum(float(c) * x for c, x in zip(coeffs, ins, strict=True))
+        return _run_eltwise(layer, ins)
     if layer.type == "BinaryOp":
         if int(layer.get(0, 0)) != 0 or int(layer.get(1, 0)) != 0:
             raise NotImplementedError(f"{layer.name}: only tensor+tensor BinaryOp add")

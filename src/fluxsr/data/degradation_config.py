@@ -14,6 +14,44 @@ KERNEL_TYPES = ("iso", "aniso", "generalized_iso", "generalized_aniso", "plateau
 RESIZE_MODES = ("area", "bilinear", "bicubic")
 
 
+PROBABILITY_FIELDS = (
+    "gaussian_noise_prob",
+    "gray_noise_prob",
+    "second_blur_prob",
+    "gaussian_noise_prob2",
+    "gray_noise_prob2",
+    "sinc_prob",
+    "sinc_prob2",
+    "final_sinc_prob",
+)
+"""Fields of :class:`DegradationConfig` that are single probabilities."""
+RANGE_FIELDS = (
+    "resize_range",
+    "resize_range2",
+    "noise_range",
+    "noise_range2",
+    "poisson_scale_range",
+    "poisson_scale_range2",
+    "jpeg_range",
+    "jpeg_range2",
+    "blur_sigma",
+    "blur_sigma2",
+    "betag_range",
+    "betap_range",
+    "betag_range2",
+    "betap_range2",
+)
+"""Fields of :class:`DegradationConfig` that are (low, high) ranges."""
+
+
+def _check_bounds(name: str, lo: float, hi: float) -> None:
+    """JPEG qualities lie in [1, 100]; resize factors, blur sigmas and kernel exponents are positive."""
+    if name.startswith("jpeg") and not 1 <= lo <= hi <= 100:
+        raise ValueError(f"{name}={(lo, hi)} must lie in [1, 100]")
+    if name.startswith(("resize", "blur", "beta")) and lo <= 0:
+        raise ValueError(f"{name}={(lo, hi)} must be positive")
+
+
 @dataclass
 class DegradationConfig:
     """Parameters of the degradation; defaults are Real-ESRGAN's ``train_realesrgan_x4plus.yml``.
@@ -98,46 +136,14 @@ class DegradationConfig:
                 setattr(self, f.name, tuple(value))
         for name in ("resize_prob", "resize_prob2"):
             _check_probs(name, getattr(self, name), 3)
-        for name in (
-            "gaussian_noise_prob",
-            "gray_noise_prob",
-            "second_blur_prob",
-            "gaussian_noise_prob2",
-            "gray_noise_prob2",
-            "sinc_prob",
-            "sinc_prob2",
-            "final_sinc_prob",
-        ):
+        for name in PROBABILITY_FIELDS:
             p = getattr(self, name)
             if not 0.0 <= p <= 1.0:
                 raise ValueError(f"{name}={p} is not a probability")
-        for name in (
-            "resize_range",
-            "resize_range2",
-            "noise_range",
-            "noise_range2",
-            "poisson_scale_range",
-            "poisson_scale_range2",
-            "jpeg_range",
-            "jpeg_range2",
-            "blur_sigma",
-            "blur_sigma2",
-            "betag_range",
-            "betap_range",
-            "betag_range2",
-            "betap_range2",
-        ):
-            lo, hi = _check_range(name, getattr(self, name))
-            if name.startswith("jpeg") and not 1 <= lo <= hi <= 100:
-                raise ValueError(f"{name}={(lo, hi)} must lie in [1, 100]")
-            if (name.startswith("resize") or name.startswith("blur") or name.startswith("beta")) and lo <= 0:
-                raise ValueError(f"{name}={(lo, hi)} must be positive")
+        for name in RANGE_FIELDS:
+            _check_bounds(name, *_check_range(name, getattr(self, name)))
         for lst, prob in (("kernel_list", "kernel_prob"), ("kernel_list2", "kernel_prob2")):
-            names = getattr(self, lst)
-            bad = [k for k in names if k not in KERNEL_TYPES]
-            if bad or not names:
-                raise ValueError(f"{lst} has unknown kernel type(s) {bad}; known: {KERNEL_TYPES}")
-            _check_probs(prob, getattr(self, prob), len(names))
+            _check_kernels(lst, getattr(self, lst), prob, getattr(self, prob))
         k0, k1 = self.min_kernel_size, self.blur_kernel_size
         if k0 % 2 == 0 or k1 % 2 == 0 or not 1 <= k0 <= k1:
             raise ValueError(
@@ -194,6 +200,14 @@ def _check_probs(name: str, probs: Sequence[float], n: int) -> None:
     """Raise unless ``probs`` has ``n`` non-negative entries summing to 1."""
     if len(probs) != n or any(p < 0 for p in probs) or abs(sum(probs) - 1.0) > 1e-6:
         raise ValueError(f"{name}={tuple(probs)} must be {n} non-negative probabilities summing to 1")
+
+
+def _check_kernels(name: str, names: Sequence[str], prob_name: str, probs: Sequence[float]) -> None:
+    """Raise unless ``names`` is a non-empty list of known kernel types with one probability each."""
+    bad = [k for k in names if k not in KERNEL_TYPES]
+    if bad or not names:
+        raise ValueError(f"{name} has unknown kernel type(s) {bad}; known: {KERNEL_TYPES}")
+    _check_probs(prob_name, probs, len(names))
 
 
 def _check_range(name: str, rng: Sequence[float]) -> tuple[float, float]:

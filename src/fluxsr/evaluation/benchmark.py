@@ -133,7 +133,7 @@ def check_outputs_apart(pairs: Sequence[ImagePair], out: Path, keys: Iterable[st
     )
 
 
-def run_benchmark(
+def run_benchmark(  # noqa: PLR0913 (public Python API, docs/architecture.md)
     dataset: Dataset,
     factories: dict[str, Callable[[], object]],
     out: Path,

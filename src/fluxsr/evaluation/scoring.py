@@ -198,7 +198,7 @@ def check_metric_inputs(names: Sequence[str], has_gt: bool, has_lr: bool) -> Non
         raise ValueError(f"{', '.join(lr)} need the LR inputs (--lr)")
 
 
-def evaluate_dirs(
+def evaluate_dirs(  # noqa: PLR0913 (public Python API, docs/architecture.md)
     pred_dir: Path,
     gt_dir: Path | None,
     metric_names: str | Sequence[str] | None = None,

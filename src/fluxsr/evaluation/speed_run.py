@@ -22,7 +22,7 @@ from typing import Any
 import diffusers
 import torch
 
-from ..inference import memory
+from ..inference import memory, oom
 from ..inference.fastpath import apply_fast_path, sdpa_context
 from ..inference.pipeline import FluxSRPipeline, default_dtype, resolve_device
 from ..io.cache import MissingWeightsError
@@ -318,7 +318,7 @@ def _run_row(
         return row
     except (RuntimeError, MemoryError, ValueError, NotImplementedError) as e:
         log(f"{name} @ {size}: {type(e).__name__}: {e}")
-        memory.free_cached(run.device)
+        oom.free_cached(run.device)
         return {
             "row": name,
             "size": size,

@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from ..inference import memory
+from ..inference import oom
 from ..inference.pipeline import FluxSRPipeline, UpscaleOptions
 from ..inference.tiling import TileSpec, snapped
 from ..io.images import read_image, resize
@@ -36,9 +36,9 @@ def untiled_output(pipe: FluxSRPipeline, rgb: torch.Tensor, opts: UpscaleOptions
     try:
         out = pipe.upscale_tensor(rgb, replace(opts, tile=side, overlap=0, tile_batch=1))
     except (RuntimeError, MemoryError) as e:
-        if not memory.is_oom(e):
+        if not oom.is_oom(e):
             raise
-        memory.free_cached(pipe.device)
+        oom.free_cached(pipe.device)
         return None
     return out if pipe.plan is None or pipe.plan.tile >= side else None
 

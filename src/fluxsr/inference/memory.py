@@ -17,12 +17,9 @@ Measuring memory (peaks, RSS, what is free) lives in :mod:`fluxsr.inference.prob
 
 from __future__ import annotations
 
-import gc
 import math
 import re
-from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TypeVar
 
 import torch
 
@@ -33,19 +30,6 @@ GiB = 1 << 30
 AUTO_TILE_BATCH = (
     4  # most tiles per forward pass the planner picks on its own (docs/performance.md, "Memory planner")
 )
-OOM_ERRORS: tuple[type[BaseException], ...] = (torch.cuda.OutOfMemoryError, MemoryError)
-
-
-def is_oom(error: BaseException) -> bool:
-    """True for an out-of-memory error: CUDA's, Python's ``MemoryError``, or a plain ``RuntimeError`` that says so
-    (PyTorch's CPU allocator: "can't allocate memory"; some CUDA libraries: "CUDA error: out of memory")."""
-    text = str(error).lower()
-    return isinstance(error, OOM_ERRORS) or (
-        isinstance(error, RuntimeError) and ("can't allocate memory" in text or "out of memory" in text)
-    )
-
-
-T = TypeVar("T")
 
 
 def device_budget(device: torch.device | str, max_memory: int | None = None) -> tuple[int, str]:
@@ -367,54 +351,71 @@ def min_tile_for(multiple: int) -> int:
     return max(64, 4 * multiple)
 
 
+@dataclass(frozen=True)
+class TileRequest:
+    """The tiling asked of :func:`plan_memory`: the largest ``tile`` (px), the ``overlap``, the tiles per pass
+    ``batch`` (0: up to :data:`AUTO_TILE_BATCH`), and the model's size ``multiple`` and smallest tile."""
+
+    tile: int
+    overlap: int = 0
+    batch: int = 1
+    multiple: int = 16
+    min_tile: int = 128
+
+
+@dataclass(frozen=True)
+class Budget:
+    """What a plan is made against: the bytes this process may use on the device, where that number came from
+    (:func:`device_budget`), and the device type (the CPU keeps the whole image in RAM either way)."""
+
+    bytes: int
+    source: str = "given"
+    device_type: str = "cuda"
+
+
 def plan_memory(
     image_hw: tuple[int, int],
-    budget: int,
+    budget: Budget,
     dims: ModelDims,
     dtype_bytes: int,
-    requested_tile: int,
+    request: TileRequest,
     *,
-    multiple: int = 16,
-    min_tile: int = 128,
     cost: CostModel = DEFAULT_COST,
-    source: str = "given",
-    overlap: int = 0,
-    requested_batch: int = 1,
-    device_type: str = "cuda",
     resident: dict[str, int] | None = None,
 ) -> MemoryPlan:
     """Choose the tile, tiles per pass and where the whole image lives so that the estimated peak fits ``budget``.
 
-    Tries tiles from ``requested_tile`` down by halving; for each, first with the full image on the device, then
-    off it; for each, the most tiles per pass up to ``requested_batch`` (0: up to :data:`AUTO_TILE_BATCH`) and the
+    Tries tiles from ``request.tile`` down by halving; for each, first with the full image on the device, then
+    off it; for each, the most tiles per pass up to ``request.batch`` (0: up to :data:`AUTO_TILE_BATCH`) and the
     number of tiles, down to one. Stage costs grow linearly with the tiles in a pass. The first that fits wins:
     largest tile first, then on-device, then the largest batch. Tiles never exceed the (padded) image, so small
     images cost what they are. ``resident``: weight bytes on the device per stage (counted beside the estimates).
     """
+    multiple, min_tile = request.multiple, request.min_tile
     h, w = (-(-s // multiple) * multiple for s in image_hw)
-    candidates = image_tile_candidates((h, w), requested_tile, multiple, min_tile)
-    want = requested_batch if requested_batch > 0 else AUTO_TILE_BATCH
+    candidates = image_tile_candidates((h, w), request.tile, multiple, min_tile)
+    want = request.batch if request.batch > 0 else AUTO_TILE_BATCH
     last = None
     for tile in candidates:
         tile_px = min(tile, h) * min(tile, w)
-        tiles = tile_count((h, w), snapped(tile, overlap, multiple))
+        tiles = tile_count((h, w), snapped(tile, request.overlap, multiple))
         stages = cost.stages(tile_px, dims, dtype_bytes)
         for on_device in (True, False):
             for batch in range(min(want, tiles), 0, -1):
                 est = dict(
                     {k: v * batch for k, v in stages.items()},
-                    full_image=cost.full_image(h * w, on_device, device_type),
+                    full_image=cost.full_image(h * w, on_device, budget.device_type),
                 )
                 last = MemoryPlan(
                     tile,
                     candidates[0],
                     on_device,
-                    budget,
-                    source,
+                    budget.bytes,
+                    budget.source,
                     tuple(image_hw),
                     est,
                     batch=batch,
-                    requested_batch=requested_batch,
+                    requested_batch=request.batch,
                     tiles=tiles,
                     safety=cost.safety,
                     multiple=multiple,
@@ -432,7 +433,6 @@ def plan_for(
     image_hw: tuple[int, int],
     requested_tile: int | None,
     max_memory: int | None = None,
-    cost: CostModel = DEFAULT_COST,
     overlap: int | None = None,
     requested_batch: int | None = 1,
     resident: dict[str, int] | None = None,
@@ -445,50 +445,24 @@ def plan_for(
     ``requested_batch`` None or 0: the planner chooses the tiles per pass. ``resident``: weights per stage, counted
     instead of the ``on_device`` weight bytes the budget's measurement took off.
     """
-    budget, source = device_budget(pipe.device, max_memory)
-    budget += on_device
+    free, source = device_budget(pipe.device, max_memory)
+    budget = Budget(free + on_device, source, torch.device(pipe.device).type)
     dtype_bytes = torch.empty((), dtype=pipe.dtype).element_size()
     m, spec = pipe.model.multiple, pipe.model.spec
     if not requested_tile or requested_tile <= 0:
         requested_tile = spec.tile
+    request = TileRequest(
+        requested_tile,
+        overlap=spec.overlap if overlap is None else overlap,
+        batch=requested_batch or 0,
+        multiple=m,
+        min_tile=min_tile_for(m),
+    )
     return plan_memory(
         image_hw,
         budget,
         ModelDims.from_model(pipe.model),
         dtype_bytes,
-        requested_tile,
-        multiple=m,
-        min_tile=min_tile_for(m),
-        cost=cost,
-        source=source,
-        overlap=spec.overlap if overlap is None else overlap,
-        requested_batch=requested_batch or 0,
-        device_type=torch.device(pipe.device).type,
+        request,
         resident=resident,
     )
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Out-of-memory retry
-# ----------------------------------------------------------------------------------------------------------------
-
-
-def free_cached(device: torch.device | str) -> None:
-    """Give PyTorch's cached, unused device blocks back after an OOM (a no-op on the CPU)."""
-    gc.collect()
-    if torch.device(device).type == "cuda":
-        torch.cuda.empty_cache()
-
-
-def run_with_oom_retry(
-    attempt: Callable[[], T], after_oom: Callable[[BaseException], bool], device: torch.device | str = "cpu"
-) -> T:
-    """``attempt()``, again after each out-of-memory error (:func:`is_oom`) for which ``after_oom(error)`` made a
-    smaller plan (typically :meth:`MemoryPlan.after_oom`); re-raised when it returns False."""
-    while True:
-        try:
-            return attempt()
-        except Exception as error:
-            if not is_oom(error) or not after_oom(error):
-                raise
-        free_cached(device)  # outside the except block: the traceback no longer pins the failed tensors

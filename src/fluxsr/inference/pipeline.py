@@ -24,7 +24,7 @@ from ..io.images import MAX_PIXELS, check_output_pixels, pil_to_tensor, resize, 
 from ..model.flow import one_step
 from ..model.loader import load_model
 from ..model.model import FluxSRModel, velocity
-from . import memory, probes
+from . import memory, oom, probes
 from .color import color_fix, color_fix_tiled
 from .offload import device_weight_bytes, resident_weights
 from .placement import Placement, place_model
@@ -356,7 +356,7 @@ class FluxSRPipeline:
                 print(f"fluxsr: {plan.retries[-1]}", file=sys.stderr)
             return retry
 
-        return memory.run_with_oom_retry(attempt, after_oom, self.device)
+        return oom.run_with_oom_retry(attempt, after_oom, self.device)
 
     def _upscale(self, rgb: Tensor, opts: UpscaleOptions, out_hw: tuple[int, int], on_device: bool) -> Tensor:
         """One attempt at :meth:`upscale_tensor` with fixed tiles; ``on_device=False`` keeps the full-size image

@@ -21,9 +21,11 @@ import torch
 from ..model.model import FluxSRModel, to_device
 from .memory import (
     DEFAULT_COST,
+    Budget,
     CostModel,
     MemoryPlan,
     ModelDims,
+    TileRequest,
     device_budget,
     format_bytes,
     min_tile_for,
@@ -34,15 +36,6 @@ from .quantize import check_quantize, quantize_transformer
 
 OFFLOAD_CHOICES = ("auto", *OFFLOAD_MODES)
 """``--offload`` choices: ``auto`` picks the least offload that fits the memory budget."""
-
-
-@dataclass(frozen=True)
-class Budget:
-    """What the choice plans against: bytes the process may use on the device and where that number came from."""
-
-    bytes: int
-    source: str
-    device_type: str = "cuda"
 
 
 @dataclass(frozen=True)
@@ -103,15 +96,11 @@ def tile_plan(
     device; the full image may leave the device."""
     return plan_memory(
         (tile, tile),
-        budget.bytes,
+        budget,
         size.dims,
         size.dtype_bytes,
-        tile,
-        multiple=size.multiple,
-        min_tile=tile,
+        TileRequest(tile, multiple=size.multiple, min_tile=tile),
         cost=cost,
-        source=budget.source,
-        device_type=budget.device_type,
         resident=resident_weights(size.weights, mode, budget.device_type),
     )
 

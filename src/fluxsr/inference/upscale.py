@@ -39,7 +39,7 @@ from ..io.images import (
     unsupported_reason,
     write_image,
 )
-from . import memory
+from . import oom
 from .fidelity import fidelity_map, fidelity_path
 from .pipeline import FluxSRPipeline, NonFiniteOutputError, UpscaleOptions, resolve_device
 
@@ -207,9 +207,9 @@ def upscale_one(
     except (ImageError, NonFiniteOutputError, ValueError, OSError) as e:
         return failure(src, e, time.perf_counter() - start)
     except Exception as e:  # out of memory even at the smallest tile: this file fails, the batch goes on
-        if not memory.is_oom(e):
+        if not oom.is_oom(e):
             raise
-        memory.free_cached(getattr(backend, "device", "cpu"))
+        oom.free_cached(getattr(backend, "device", "cpu"))
         return failure(
             src,
             f"out of memory ({type(e).__name__}); try a smaller --max-memory or --tile, or fewer "

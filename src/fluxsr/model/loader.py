@@ -15,7 +15,7 @@ from .model import EMBEDS_FILE, FluxSRModel, ModelSpec, TextCond
 from .presets import BUNDLED_MODEL, PRESETS, build_random_flux, build_tiny
 
 
-def load_model(
+def load_model(  # noqa: PLR0913 (public Python API, docs/architecture.md)
     name: str | Path | None = None,
     *,
     ae: Path | None = None,

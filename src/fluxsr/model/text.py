@@ -8,7 +8,7 @@ encoders and tokenizers of a local FLUX.1-dev diffusers folder::
     text_encoder_2/   T5EncoderModel   -> T5 last hidden state (1, max_length, 4096): padded to max_length
     tokenizer_2/      T5TokenizerFast
 
-and computes the embeddings exactly as diffusers' ``FluxPipeline.encode_prompt`` does (``tests/test_text.py``
+and computes the embeddings exactly as diffusers' ``FluxPipeline.encode_prompt`` does (``tests/model/test_text.py``
 checks it against the pipeline). The encoders load one after the other and are freed as soon as they are used.
 
 ``max_length`` (T5 tokens) trades memory and speed for nothing else when the prompt is short: FLUX.1-dev uses 512,

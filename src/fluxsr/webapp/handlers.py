@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..inference.fidelity import fidelity_map
-from ..inference.memory import is_oom
+from ..inference.oom import is_oom
 from ..inference.pipeline import FluxSRPipeline, NonFiniteOutputError, UpscaleOptions
 from ..inference.upscale import BicubicBackend
 from ..io.images import LoadedImage, resize, tensor_to_pil, write_image

@@ -157,29 +157,34 @@ def decode_deep(path: Path, gray: bool) -> np.ndarray:
     return array
 
 
-def pil_pixels(path: Path, im: Image.Image) -> tuple[np.ndarray, bool, str]:
-    """Pixels of a loaded PIL image as (H,W,C) integers or floats, whether it is gray, and the mode it came from.
+GRAY_MODES = ("L", "LA", "I;16", "I;16L", "I;16B", "I;16N", "I", "F")
+"""PIL modes whose pixels are grayscale (with or without alpha, 8, 16 or 32 bits)."""
 
-    Palette, 1-bit, premultiplied and CMYK images are converted; 32-bit integer ('I') and float ('F') grayscale are
-    accepted only inside 0..65535 and 0..1 respectively and are then treated as 16-bit.
-    """
+
+def supported_mode_image(path: Path, im: Image.Image) -> Image.Image:
+    """``im`` in a mode :func:`pil_pixels` reads as it is: palette, 1-bit, premultiplied, padded, YCbCr and CMYK
+    images are converted (transparency becomes alpha); an unknown mode is an :class:`ImageError`."""
     mode = im.mode
     transparent = "transparency" in im.info
     if mode == "1":
-        im = im.convert("L")
-    elif mode == "P":
-        im = im.convert("RGBA" if transparent or im.palette.mode == "RGBA" else "RGB")
-    elif mode == "PA" or mode == "RGBa" or (mode in ("RGB", "RGBX") and transparent):
-        im = im.convert("RGBA")
-    elif mode == "La" or (mode == "L" and transparent):
-        im = im.convert("LA")
-    elif mode in ("RGBX", "YCbCr"):
-        im = im.convert("RGB")
-    elif mode == "CMYK":
-        im = cmyk_to_rgb(im, im.info.get("icc_profile"))
-    elif mode not in ("L", "LA", "RGB", "RGBA", "I;16", "I;16L", "I;16B", "I;16N", "I", "F"):
+        return im.convert("L")
+    if mode == "P":
+        return im.convert("RGBA" if transparent or im.palette.mode == "RGBA" else "RGB")
+    if mode == "PA" or mode == "RGBa" or (mode in ("RGB", "RGBX") and transparent):
+        return im.convert("RGBA")
+    if mode == "La" or (mode == "L" and transparent):
+        return im.convert("LA")
+    if mode in ("RGBX", "YCbCr"):
+        return im.convert("RGB")
+    if mode == "CMYK":
+        return cmyk_to_rgb(im, im.info.get("icc_profile"))
+    if mode not in (*GRAY_MODES, "RGB", "RGBA"):
         raise ImageError(path, f"unsupported pixel mode {mode!r}")
-    array = np.asarray(im)
+    return im
+
+
+def check_wide_range(path: Path, mode: str, array: np.ndarray) -> None:
+    """Refuse 32-bit integer ('I') pixels outside 0..65535 and float ('F') pixels outside 0..1 (or not finite)."""
     if mode == "I" and array.size and (array.min() < 0 or array.max() > 65535):
         raise ImageError(path, "unsupported 32-bit integer pixels outside 0..65535")
     if (
@@ -188,9 +193,21 @@ def pil_pixels(path: Path, im: Image.Image) -> tuple[np.ndarray, bool, str]:
         and not (np.isfinite(array).all() and array.min() >= 0 and array.max() <= 1)
     ):
         raise ImageError(path, "unsupported float pixels outside 0..1 (or NaN/Inf)")
+
+
+def pil_pixels(path: Path, im: Image.Image) -> tuple[np.ndarray, bool, str]:
+    """Pixels of a loaded PIL image as (H,W,C) integers or floats, whether it is gray, and the mode it came from.
+
+    Palette, 1-bit, premultiplied and CMYK images are converted; 32-bit integer ('I') and float ('F') grayscale are
+    accepted only inside 0..65535 and 0..1 respectively and are then treated as 16-bit.
+    """
+    mode = im.mode
+    im = supported_mode_image(path, im)
+    array = np.asarray(im)
+    check_wide_range(path, mode, array)
     if array.ndim == 2:
         array = array[..., None]
-    return array, im.mode in ("L", "LA", "I;16", "I;16L", "I;16B", "I;16N", "I", "F"), mode
+    return array, im.mode in GRAY_MODES, mode
 
 
 def to_unit_float(array: np.ndarray, mode: str) -> tuple[np.ndarray, int]:
@@ -200,6 +217,63 @@ def to_unit_float(array: np.ndarray, mode: str) -> tuple[np.ndarray, int]:
     if mode == "F":
         return array.astype(np.float32), 16
     return array.astype(np.float32) / 65535.0, 16
+
+
+def check_regular_file(path: Path) -> None:
+    """Refuse (:class:`ImageError`) what is not a non-empty regular file: a named pipe would block the read."""
+    info = path.stat()
+    if not stat.S_ISREG(info.st_mode):
+        raise ImageError(path, f"is a {file_kind(info.st_mode)}, not an image file")
+    if info.st_size == 0:
+        raise ImageError(path, "empty file (0 bytes)")
+
+
+def check_header(
+    path: Path, im: Image.Image, max_pixels: int | None, check_size: Callable[[int, int], object] | None
+) -> None:
+    """The pixel limit and ``check_size(height, width)`` on the header's size, before any decoding."""
+    check_pixels(path, im.size, max_pixels)
+    if check_size is not None:
+        try:
+            check_size(im.height, im.width)
+        except ValueError as refused:
+            raise ImageError(path, str(refused)) from None
+
+
+def load_data(path: Path, im: Image.Image) -> tuple[bool, bool]:
+    """Decode an opened image's data (:class:`ImageError` when corrupt or truncated); returns whether it is deep
+    colour (:func:`is_deep_color`) and whether its raw mode is gray with alpha, both read before the load."""
+    deep, deep_gray = is_deep_color(im), raw_mode(im).startswith("LA")
+    try:
+        im.load()
+    except Exception as error:
+        raise ImageError(
+            path, f"corrupt or truncated image data ({type(error).__name__}: {error})"
+        ) from error
+    return deep, deep_gray
+
+
+def loaded_pixels(path: Path, im: Image.Image, deep: bool, deep_gray: bool) -> tuple[np.ndarray, bool, str]:
+    """A loaded image's (H,W,C) pixels, whether it is gray and its mode (:func:`decode_deep` or :func:`pil_pixels`)."""
+    if deep:
+        return decode_deep(path, deep_gray), deep_gray, im.mode
+    return pil_pixels(path, im)
+
+
+def read_error(path: Path, error: Exception, max_pixels: int | None) -> ImageError:
+    """The one-line :class:`ImageError` for an error PIL or the file system raised while reading ``path``."""
+    if isinstance(
+        error, Image.DecompressionBombError
+    ):  # PIL refuses past twice its limit, before check_pixels
+        found = re.search(r"\((\d+) pixels\)", str(error))
+        pixels = f"{found.group(1)} pixels" if found else "too many pixels"
+        limit = min(pixel_limit(max_pixels) or Image.MAX_IMAGE_PIXELS * 2, Image.MAX_IMAGE_PIXELS * 2)
+        return ImageError(path, f"{pixels} is over the limit of {limit} pixels")
+    if isinstance(error, UnidentifiedImageError):
+        return ImageError(path, unsupported_reason(sniff_format(path)))
+    if isinstance(error, OSError):
+        return ImageError(path, f"cannot read file ({error.strerror or error})")
+    return ImageError(path, f"corrupt image header ({type(error).__name__}: {error})")
 
 
 def read_image(
@@ -215,49 +289,21 @@ def read_image(
     """
     path = Path(path)
     try:
-        info = path.stat()
-        if not stat.S_ISREG(info.st_mode):  # a named pipe would block the read forever
-            raise ImageError(path, f"is a {file_kind(info.st_mode)}, not an image file")
-        if info.st_size == 0:
-            raise ImageError(path, "empty file (0 bytes)")
+        check_regular_file(path)
         with Image.open(path, formats=READ_FORMATS) as im:
-            check_pixels(path, im.size, max_pixels)
-            if check_size is not None:
-                try:
-                    check_size(im.height, im.width)
-                except ValueError as refused:
-                    raise ImageError(path, str(refused)) from None
+            check_header(path, im, max_pixels, check_size)
             frames = int(getattr(im, "n_frames", 1))
-            deep, deep_gray = is_deep_color(im), raw_mode(im).startswith("LA")
-            try:
-                im.load()
-            except Exception as error:
-                raise ImageError(
-                    path, f"corrupt or truncated image data ({type(error).__name__}: {error})"
-                ) from error
+            deep, deep_gray = load_data(path, im)
             orientation = orientation_of(im)
             exif = exif_without_orientation(im.info.get("exif"))
-            icc = im.info.get("icc_profile") or None
-            if deep:
-                array, is_gray, mode = decode_deep(path, deep_gray), deep_gray, im.mode
-            else:
-                array, is_gray, mode = pil_pixels(path, im)
-            if im.mode == "CMYK":
-                icc = None  # pixels are sRGB now; a CMYK profile would be wrong on them
+            # CMYK pixels become sRGB: a CMYK profile would be wrong on them
+            icc = None if im.mode == "CMYK" else im.info.get("icc_profile") or None
+            array, is_gray, mode = loaded_pixels(path, im, deep, deep_gray)
             file_format = im.format or "unknown"
     except ImageError:
         raise
-    except Image.DecompressionBombError as error:  # PIL refuses past twice its own limit, before check_pixels
-        found = re.search(r"\((\d+) pixels\)", str(error))
-        pixels = f"{found.group(1)} pixels" if found else "too many pixels"
-        limit = min(pixel_limit(max_pixels) or Image.MAX_IMAGE_PIXELS * 2, Image.MAX_IMAGE_PIXELS * 2)
-        raise ImageError(path, f"{pixels} is over the limit of {limit} pixels") from error
-    except UnidentifiedImageError as error:
-        raise ImageError(path, unsupported_reason(sniff_format(path))) from error
-    except OSError as error:
-        raise ImageError(path, f"cannot read file ({error.strerror or error})") from error
     except Exception as error:
-        raise ImageError(path, f"corrupt image header ({type(error).__name__}: {error})") from error
+        raise read_error(path, error, max_pixels) from error
     pixels, bit_depth = to_unit_float(orient(array, orientation), mode)
     rgb, alpha = split_planes(pixels, is_gray)
     return LoadedImage(path, rgb, alpha, is_gray, bit_depth, icc, exif, file_format, frames)
