@@ -7,7 +7,7 @@ that one choice itself, keeping the plugin accelerate built from the launch conf
 unchanged ``fluxsr`` CLI: accelerate prepares the transformer with its own FSDP2 code (torch ``fully_shard``) on the
 gloo process group, as it does on GPUs with NCCL.
 
-    accelerate launch --config_file configs/accelerate-fsdp.yaml --num_processes 2 --mixed_precision no \
+    accelerate launch --config_file configs/accelerate/fsdp.yaml --num_processes 2 --mixed_precision no \
         tests/training/fsdp_cpu.py train --config ...
 """
 

@@ -2,7 +2,7 @@
 
 accelerate turns an FSDP launch into plain DDP on a machine without CUDA; tests/training/fsdp_cpu.py makes that one choice
 (documented there), so these runs go through fluxsr's ``train`` and accelerate's own FSDP2 preparation (torch
-``fully_shard``, each FLUX block a shard unit, per configs/accelerate-fsdp.yaml)."""
+``fully_shard``, each FLUX block a shard unit, per configs/accelerate/fsdp.yaml)."""
 
 import os
 import shutil
@@ -49,12 +49,12 @@ def recipe(*extra):
 
 
 def launch(kind: str, pairs: Path, out: Path, *extra: str) -> None:
-    """``fluxsr train`` as two CPU processes under ``accelerate launch``: ``fsdp`` (configs/accelerate-fsdp.yaml
+    """``fluxsr train`` as two CPU processes under ``accelerate launch``: ``fsdp`` (configs/accelerate/fsdp.yaml
     through tests/training/fsdp_cpu.py) or ``ddp`` (``--multi_gpu``, which runs on the CPU with gloo)."""
     how = (
         [
             "--config_file",
-            str(ROOT / "configs" / "accelerate-fsdp.yaml"),
+            str(ROOT / "configs" / "accelerate" / "fsdp.yaml"),
             str(ROOT / "tests" / "training" / "fsdp_cpu.py"),
         ]
         if kind == "fsdp"

@@ -36,6 +36,7 @@ from fluxsr.inference.upscale import BicubicBackend  # noqa: E402
 from fluxsr.io.images import read_image  # noqa: E402
 from fluxsr.model.model import ModelSpec  # noqa: E402
 from fluxsr.webapp import ServeLimits, Upscaler, checks  # noqa: E402
+from tests.paths import ROOT  # noqa: E402
 
 CHROMIUM = os.environ.get("FLUXSR_CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -132,7 +133,7 @@ def test_upscale_gives_input_times_scale(tiny_pipe, tmp_path, size, scale, expec
 
 
 def test_upscale_shows_the_fidelity_map_when_asked(fake, tmp_path):
-    photo = Path(__file__).resolve().parents[1] / "examples" / "building.png"
+    photo = ROOT / "examples" / "building.png"
     app = upscaler_for(fake, tmp_path)
     (_, result), _, _, fidelity = app.upscale(str(photo), 2, "none", 1024, True)
     assert Path(fidelity).parent == Path(result).parent and Path(fidelity).name == "building_x2_fidelity.png"
