@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -142,3 +143,22 @@ def put_in_hub_cache(cache, repo_id: str, folder, revision: str = "main") -> str
     (repo / "refs").mkdir(exist_ok=True)
     (repo / "refs" / revision).write_text(commit)
     return commit
+
+
+TWO_CPU_PROCESSES = [
+    sys.executable,
+    "-m",
+    "accelerate.commands.launch",
+    "--multi_gpu",  # torchrun; on a machine without CUDA fluxsr runs the two processes on the CPU (gloo)
+    "--num_processes",
+    "2",
+    "--num_machines",
+    "1",
+    "--mixed_precision",
+    "no",
+    "--dynamo_backend",
+    "no",
+    "-m",
+    "fluxsr.cli",
+]
+"""``accelerate launch`` of ``fluxsr`` as two CPU processes: append the command and its arguments."""

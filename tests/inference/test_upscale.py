@@ -12,6 +12,7 @@ from PIL import Image
 
 from fluxsr.cli import main
 from fluxsr.io.images import read_image
+from tests.builders import TWO_CPU_PROCESSES
 
 
 def run(*args):
@@ -133,25 +134,8 @@ def test_upscale_split_across_two_processes(photos, tmp_path):
 
     The two bad files fall to the second process, which finishes first: it must wait for the first process
     instead of exiting with a failure (the launcher would then stop the first one mid-batch)."""
-    import os
-
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    launch = [
-        sys.executable,
-        "-m",
-        "accelerate.commands.launch",
-        "--multi_gpu",
-        "--num_processes",
-        "2",
-        "--num_machines",
-        "1",
-        "--mixed_precision",
-        "no",
-        "--dynamo_backend",
-        "no",
-        "-m",
-        "fluxsr.cli",
-    ]
+    launch = TWO_CPU_PROCESSES
     args = [
         "upscale",
         "--model",

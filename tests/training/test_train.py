@@ -4,7 +4,6 @@ import json
 import math
 import os
 import subprocess
-import sys
 
 import pytest
 import torch
@@ -17,6 +16,7 @@ from fluxsr.training.pairs import complete_indices, generate_pairs, is_complete,
 from fluxsr.training.recipe import load_recipe
 from fluxsr.training.step import Batch, batch_indices, training_step
 from fluxsr.training.student import build_student
+from tests.builders import TWO_CPU_PROCESSES
 from tests.paths import ROOT
 
 TINY = ROOT / "configs" / "tiny.yaml"
@@ -244,22 +244,7 @@ def test_accelerate_two_processes(tmp_path):
     accelerate's `--cpu` launcher starts several processes only through MPI; `--multi_gpu` starts them with torchrun,
     and on a machine without CUDA fluxsr runs them on the CPU (gloo backend)."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    launch = [
-        sys.executable,
-        "-m",
-        "accelerate.commands.launch",
-        "--multi_gpu",
-        "--num_processes",
-        "2",
-        "--num_machines",
-        "1",
-        "--mixed_precision",
-        "no",
-        "--dynamo_backend",
-        "no",
-        "-m",
-        "fluxsr.cli",
-    ]
+    launch = TWO_CPU_PROCESSES
     sets = [f"--set={s}" for s in FAST] + ["--set=pairs.count=5", "--set=train.steps=2", "-q"]
     res = subprocess.run(
         [*launch, "gen-pairs", "--config", str(TINY), "--out", str(tmp_path / "p"), *sets],
