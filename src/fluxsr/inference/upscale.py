@@ -38,6 +38,7 @@ from ..io.images import (
     sniff_format,
     unsupported_reason,
     write_image,
+    write_like,
 )
 from . import oom
 from .fidelity import fidelity_map, fidelity_path
@@ -192,16 +193,7 @@ def upscale_one(
     try:
         img = read_image(src, batch.max_pixels, check_size=opts.size_for)  # output cap before decoding
         rgb = backend.upscale_tensor(img.rgb, opts)
-        alpha = resize(img.alpha[None].float(), tuple(rgb.shape[-2:]))[0] if img.alpha is not None else None
-        write_image(
-            dst,
-            rgb,
-            alpha,
-            is_gray=img.is_gray,
-            bit_depth=img.bit_depth,
-            icc_profile=img.icc_profile,
-            exif=img.exif,
-        )
+        write_like(dst, rgb, img)
         if batch.fidelity_map:
             write_image(fidelity_path(dst), fidelity_map(rgb, img.rgb))
     except (ImageError, NonFiniteOutputError, ValueError, OSError) as e:

@@ -14,7 +14,7 @@ from ..inference.fidelity import fidelity_map
 from ..inference.oom import is_oom
 from ..inference.pipeline import FluxSRPipeline, NonFiniteOutputError, UpscaleOptions
 from ..inference.upscale import BicubicBackend
-from ..io.images import LoadedImage, resize, tensor_to_pil, write_image
+from ..io.images import LoadedImage, resize, tensor_to_pil, write_image, write_like
 from .checks import (
     MAX_SCALE,
     check_budget,
@@ -175,8 +175,8 @@ class Upscaler:
         model_s = time.perf_counter() - start
         folder = self.new_folder()
         name = f"{safe_stem(path)}_x{scale:g}"
-        result = self.write(folder / f"{name}_fluxsr.png", rgb, image)
-        bicubic = self.write(folder / f"{name}_bicubic.png", bicubic_upscale(image, opts), image)
+        result = write_like(folder / f"{name}_fluxsr.png", rgb, image)
+        bicubic = write_like(folder / f"{name}_bicubic.png", bicubic_upscale(image, opts), image)
         heat = (
             write_image(folder / f"{name}_fidelity.png", fidelity_map(rgb, image.rgb)) if fidelity else None
         )
@@ -209,22 +209,6 @@ class Upscaler:
         for old in sorted(p for p in self.results.iterdir() if p.is_dir())[: -self.keep]:
             shutil.rmtree(old, ignore_errors=True)
         return folder
-
-    @staticmethod
-    def write(path: Path, rgb: Any, image: LoadedImage) -> Path:
-        """Write ``rgb`` as PNG keeping the input's alpha (upscaled bicubic), greyness, bit depth, ICC and EXIF."""
-        alpha = (
-            resize(image.alpha[None].float(), tuple(rgb.shape[-2:]))[0] if image.alpha is not None else None
-        )
-        return write_image(
-            path,
-            rgb,
-            alpha,
-            is_gray=image.is_gray,
-            bit_depth=image.bit_depth,
-            icc_profile=image.icc_profile,
-            exif=image.exif,
-        )
 
 
 def bicubic_upscale(image: LoadedImage, opts: Any):

@@ -31,7 +31,7 @@ from .reading import (
     unsupported_reason,
 )
 from .sizes import check_output_pixels, resize, target_size
-from .writing import format_for, quantize, tensor_to_pil, write_image
+from .writing import format_for, quantize, tensor_to_pil, write_image, write_like
 
 __all__ = [
     "FORMAT_BY_EXTENSION",
@@ -59,4 +59,5 @@ __all__ = [
     "tensor_to_pil",
     "unsupported_reason",
     "write_image",
+    "write_like",
 ]

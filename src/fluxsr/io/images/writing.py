@@ -15,7 +15,8 @@ from PIL import Image
 
 from ..cache import write_atomic as write_file_atomic
 from .formats import FORMAT_BY_EXTENSION, ICC_TAG, IMAGE_EXTENSIONS, ImageError
-from .reading import exif_without_orientation, icc_color_space
+from .reading import LoadedImage, exif_without_orientation, icc_color_space
+from .sizes import resize
 
 
 def quantize(x: torch.Tensor, bit_depth: int) -> torch.Tensor:
@@ -205,6 +206,23 @@ def write_image(
     options = pil_save_options(file_format, icc, exif, quality)
     write_atomic(path, lambda handle: image.save(handle, format=file_format, **options))
     return path
+
+
+def write_like(path: Path, rgb: torch.Tensor, source: LoadedImage) -> Path:
+    """Write an upscale ``rgb`` of ``source`` keeping what the source had: its alpha (resized bicubic to ``rgb``),
+    greyness, bit depth, ICC profile and EXIF (:func:`write_image`). Returns ``path``."""
+    alpha = source.alpha
+    if alpha is not None:
+        alpha = resize(alpha[None].float(), tuple(rgb.shape[-2:]))[0]
+    return write_image(
+        path,
+        rgb,
+        alpha,
+        is_gray=source.is_gray,
+        bit_depth=source.bit_depth,
+        icc_profile=source.icc_profile,
+        exif=source.exif,
+    )
 
 
 def tensor_to_pil(rgb: torch.Tensor, alpha: torch.Tensor | None = None, is_gray: bool = False) -> Image.Image:
