@@ -3,6 +3,7 @@
 
     python scripts/measure_load_rss.py --make /tmp/fluxw          # write the folders (seconds, ~3 GB on disk)
     python scripts/measure_load_rss.py --measure /tmp/fluxw       # diffusers folder and BFL single file
+    python scripts/measure_load_rss.py --ranks 2 /tmp/fluxw       # what each `accelerate launch` process holds
 
 ``--make`` writes, with random weights in bf16, a FLUX.1-dev-WIDTH model: the transformer at FLUX.1-dev's width
 (3072 hidden = 24 heads x 128, 4096-dim T5 context, 768-dim pooled CLIP, rotary axes 16/56/56, guidance embedding)
@@ -13,6 +14,14 @@ in both layouts fluxsr loads: ``DIR/diffusers`` (transformer/, vae/, prompt_embe
 ``--measure`` runs ``fluxsr upscale --flux ... --dtype bf16 --device cpu`` on a 64x64 image for each layout and
 samples ``/proc/PID/status`` VmRSS every 50 ms (the kernel's own high-water mark under-reports on these VMs), and
 prints the peak against the target ``1.25 x bf16 weight bytes + 0.8 GB`` (process overhead: torch, diffusers).
+
+``--ranks N`` launches N CPU processes with ``accelerate launch`` that each load both layouts as gen-pairs loads its
+teacher (``load_model(dtype=bf16)``) and then read every weight, as the teacher's copy to its GPU would (on a CPU
+that copy itself is left out: accelerate names the CPU ``cpu:0``, so ``.to`` would copy into host memory what on a
+GPU machine goes to the GPU). Each process reports, from ``/proc/self/status`` and ``/proc/self/smaps_rollup``, its private
+memory (RssAnon), its file-backed memory (RssFile: the memory-mapped weights, pages of the page cache shared by
+every process) and its proportional share (Pss: shared pages divided among the processes that map them), as
+growth over what it held before the load.
 """
 
 from __future__ import annotations
@@ -155,16 +164,77 @@ def measure(folder: Path) -> list[dict]:
     return rows
 
 
+def memory_mb() -> dict[str, float]:
+    """This process's RssAnon, RssFile (/proc/self/status) and Pss (/proc/self/smaps_rollup), in MB."""
+    out = {}
+    for source, keys in (("status", ("RssAnon", "RssFile")), ("smaps_rollup", ("Pss",))):
+        for line in Path(f"/proc/self/{source}").read_text().splitlines():
+            key = line.split(":")[0]
+            if key in keys:
+                out[key] = int(line.split()[1]) / 1024
+    return out
+
+
+def rank_load(folder: Path) -> None:
+    """One process of ``--ranks``: load each layout in bf16, read every weight, report."""
+    import torch
+    from accelerate import PartialState
+
+    from fluxsr.model.loader import load_model
+
+    state = PartialState(cpu=not torch.cuda.is_available())  # as fluxsr gen-pairs and train: gloo on a CPU
+    for layout, target in (
+        ("diffusers", folder / "diffusers"),
+        ("bfl", folder / "bfl" / "flux1-dev.safetensors"),
+    ):
+        state.wait_for_everyone()
+        start = memory_mb()
+        model = load_model(target, dtype=torch.bfloat16)
+        loaded = memory_mb()
+        with torch.no_grad():  # every weight read once: what a copy to the GPU does to the mapped pages
+            total = sum(float(t.float().sum()) for t in model.transformer.state_dict().values())
+        state.wait_for_everyone()  # all processes hold their pages before any measures its share
+        read = memory_mb()
+        row = {
+            "rank": state.process_index,
+            "layout": layout,
+            "weight_gb": round(weight_bytes(folder / layout) / 1e9, 3),
+        }
+        for stage, mem in (("loaded", loaded), ("read", read)):
+            row |= {f"{stage}_{k}_mb": round(mem[k] - start[k]) for k in ("RssAnon", "RssFile", "Pss")}
+        print(json.dumps(row | {"checksum_finite": total == total}), flush=True)
+        del model
+        state.wait_for_everyone()
+
+
+def ranks(folder: Path, count: int) -> int:
+    """Launch ``count`` CPU processes running :func:`rank_load`; their JSON lines go to stdout."""
+    cmd = [
+        sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(count),
+        "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+        str(Path(__file__).resolve()), "--rank-load", str(folder),
+    ]  # fmt: skip
+    return subprocess.run(cmd, check=False).returncode
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--make", type=Path, help="write the FLUX-width layouts into this folder")
     ap.add_argument("--measure", type=Path, help="measure peak RSS of both layouts in this folder")
+    ap.add_argument(
+        "--ranks", nargs=2, metavar=("N", "DIR"), help="memory held by each of N launched processes"
+    )
+    ap.add_argument("--rank-load", type=Path, help=argparse.SUPPRESS)
     args = ap.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     if args.make:
         make(args.make)
     if args.measure:
         measure(args.measure)
+    if args.rank_load:
+        rank_load(args.rank_load)
+    if args.ranks:
+        return ranks(Path(args.ranks[1]), int(args.ranks[0]))
     return 0
 
 

@@ -11,11 +11,20 @@ from fluxsr.io import cache
 from fluxsr.model import flux_dev
 from fluxsr.model.bfl_keys import bfl_to_diffusers, diffusers_to_bfl, vae_to_ldm
 from fluxsr.model.flow import img_ids, pack, txt_ids, unpack
-from fluxsr.model.flux_dev import cast_state, transformer_config_from_bfl
+from fluxsr.model.flux_dev import cast_state, read_dtype, transformer_config_from_bfl
 from fluxsr.model.folders import LORA_FILE, save_model_folder
 from fluxsr.model.loader import load_model
 from fluxsr.model.lora import DEFAULT_LORA_TARGETS, add_lora, apply_lora, lora_state_dict, save_lora
-from fluxsr.model.model import EMBEDS_FILE, SPEC_FILE, FluxSRModel, ModelSpec, TextCond, model_time, velocity
+from fluxsr.model.model import (
+    EMBEDS_FILE,
+    SPEC_FILE,
+    FluxSRModel,
+    ModelSpec,
+    TextCond,
+    model_time,
+    to_device,
+    velocity,
+)
 from fluxsr.model.presets import (
     FLUX_DEV_TRANSFORMER,
     TINY_TEXT_LEN,
@@ -460,21 +469,27 @@ def test_model_time_is_the_time_the_transformer_sees():
     assert torch.allclose(model_time(t, torch.float32), t)
 
 
-def test_every_layout_loads_straight_into_the_requested_dtype(tiny, tmp_path):
-    """bf16 weights on disk, loaded with dtype=bf16 from a model folder (with a LoRA merged), a diffusers folder and
-    BFL single files: every tensor is bf16 and bit-equal to the file (no float32 round trip that could round), and
-    float32 is the default. scripts/measure_load_rss.py measures the memory this saves (docs/performance.md)."""
+def _bf16_layouts(folder: Path) -> tuple[FluxSRModel, tuple[Path, Path, Path]]:
+    """A tiny model in bf16 and the three layouts it is written in under ``folder``: a fluxsr model folder, a
+    diffusers folder and BFL single files (the transformer file's path)."""
     bf16 = build_tiny(seed=3)
     for part in (bf16.transformer, bf16.vae):
         part.to(torch.bfloat16)
     bf16.cond = bf16.cond.to(dtype=torch.bfloat16)
-    save_model_folder(bf16, tmp_path / "folder")
-    bf16.transformer.save_pretrained(tmp_path / "diffusers" / "transformer")
-    bf16.vae.save_pretrained(tmp_path / "diffusers" / "vae")
-    bf16.cond.save(tmp_path / "diffusers" / EMBEDS_FILE)
-    (tmp_path / "bfl").mkdir()
-    _write_bfl_files(bf16, tmp_path / "bfl")
-    sources = (tmp_path / "folder", tmp_path / "diffusers", tmp_path / "bfl" / "flux1-dev.safetensors")
+    save_model_folder(bf16, folder / "folder")
+    bf16.transformer.save_pretrained(folder / "diffusers" / "transformer")
+    bf16.vae.save_pretrained(folder / "diffusers" / "vae")
+    bf16.cond.save(folder / "diffusers" / EMBEDS_FILE)
+    (folder / "bfl").mkdir()
+    _write_bfl_files(bf16, folder / "bfl")
+    return bf16, (folder / "folder", folder / "diffusers", folder / "bfl" / "flux1-dev.safetensors")
+
+
+def test_every_layout_loads_straight_into_the_requested_dtype(tiny, tmp_path):
+    """bf16 weights on disk, loaded with dtype=bf16 from a model folder (with a LoRA merged), a diffusers folder and
+    BFL single files: every tensor is bf16 and bit-equal to the file (no float32 round trip that could round), and
+    float32 is the default. scripts/measure_load_rss.py measures the memory this saves (docs/performance.md)."""
+    bf16, sources = _bf16_layouts(tmp_path)
     for source in sources:
         loaded = load_model(source, dtype=torch.bfloat16)
         for got, want in ((loaded.transformer, bf16.transformer), (loaded.vae, bf16.vae)):
@@ -486,6 +501,58 @@ def test_every_layout_loads_straight_into_the_requested_dtype(tiny, tmp_path):
     save_lora(lora_state_dict(base.transformer), cfg, tmp_path / "lora.safetensors")
     merged = load_model(tmp_path / "folder", lora=tmp_path / "lora.safetensors", dtype=torch.bfloat16)
     assert {p.dtype for p in merged.transformer.parameters()} == {torch.bfloat16}
+
+
+def _mapped_file(t: torch.Tensor) -> str:
+    """The file whose memory mapping holds ``t``'s storage ('' for anonymous memory), from /proc/self/maps."""
+    ptr = t.untyped_storage().data_ptr()
+    for line in Path("/proc/self/maps").read_text().splitlines():
+        fields = line.split()
+        start, end = (int(x, 16) for x in fields[0].split("-"))
+        if start <= ptr < end:
+            return fields[5] if len(fields) > 5 else ""
+    return ""
+
+
+@pytest.mark.skipif(not Path("/proc/self/maps").is_file(), reason="reads Linux's /proc/self/maps")
+def test_weights_read_as_stored_stay_views_of_the_mapped_files(tmp_path):
+    """No private host copy: bf16 weights read in bf16 (and, with widen_later, for float32) are views of the
+    memory-mapped safetensors files, which every process of an ``accelerate launch`` on the node shares in the
+    page cache. The one exception: the BFL file's norm_out, whose shift and scale halves are swapped (a new tensor).
+    Moving them to accelerate's CPU device (``cpu:0``) keeps them mapped. Widening while reading (the default for
+    float32) must copy, and does."""
+    bf16, sources = _bf16_layouts(tmp_path)
+    for source in sources:
+        for dtype, widen_later in ((torch.bfloat16, False), (torch.float32, True)):
+            model = load_model(source, dtype=dtype, widen_later=widen_later)
+            if not widen_later:  # accelerate's CPU device is "cpu:0": moving there must not copy
+                to_device(model, "cpu:0", dtype)
+            for part in (model.transformer, model.vae):
+                unmapped = {
+                    name
+                    for name, t in part.state_dict().items()
+                    if not _mapped_file(t).endswith(".safetensors")
+                }
+                swapped = {"norm_out.linear.weight", "norm_out.linear.bias"} if source.is_file() else set()
+                assert unmapped == (swapped if part is model.transformer else set()), (source, dtype)
+            assert {p.dtype for p in model.transformer.parameters()} == {torch.bfloat16}
+        widened = load_model(source, dtype=torch.float32)
+        assert not any(
+            _mapped_file(t).endswith(".safetensors") for t in widened.transformer.state_dict().values()
+        )
+
+
+def test_widen_later_reads_only_a_narrower_stored_dtype(tiny, tmp_path):
+    """read_dtype: the stored dtype only when asked, narrower and unique; float32 weights read for bf16 stay bf16
+    (narrowing is never postponed), and a float32 model folder read with widen_later is float32 as before."""
+    assert read_dtype({torch.bfloat16}, torch.float32, widen_later=True) == torch.bfloat16
+    assert read_dtype({torch.bfloat16}, torch.float32) == torch.float32
+    assert read_dtype({torch.float32}, torch.bfloat16, widen_later=True) == torch.bfloat16
+    assert read_dtype({torch.bfloat16, torch.float16}, torch.float32, widen_later=True) == torch.float32
+    assert read_dtype(set(), None, widen_later=True) == torch.float32
+    save_model_folder(tiny, tmp_path / "fp32")
+    model = load_model(tmp_path / "fp32", widen_later=True)
+    assert {p.dtype for p in model.transformer.parameters()} == {torch.float32}
 
 
 def test_cast_state_takes_tensors_out_as_it_casts():

@@ -149,6 +149,27 @@ def test_grad_norms_leave_the_step_unchanged_and_report_zero_weight_terms():
     assert all(torch.equal(a[k], b[k]) for k in a)  # ... nor any weight
 
 
+def test_full_fine_tuning_widens_a_bf16_base_on_its_move(tmp_path):
+    """Full fine-tuning of a bf16 base: build_student(widen_later=True) reads it as stored (memory-mapped, no
+    private float32 copy per process) and place_student widens it to float32 master weights on its move, equal to
+    the bf16 weights and trainable, as a float32 read gives."""
+    from fluxsr.model.folders import save_model_folder
+    from fluxsr.model.presets import build_tiny
+    from fluxsr.training.loop import place_student
+
+    base = build_tiny(seed=5)
+    base.transformer.to(torch.bfloat16)
+    save_model_folder(base, tmp_path / "bf16")
+    r = recipe("train.lora_rank=0", f"model.base={tmp_path / 'bf16'}")
+    read, _ = build_student(r, "cpu", torch.float32, widen_later=True)
+    assert {p.dtype for p in read.transformer.parameters()} == {torch.bfloat16}
+    assert place_student(r, read, False, "cpu", torch.float32) == torch.float32
+    wide, _ = build_student(r, "cpu", torch.float32)
+    got, want = read.transformer.state_dict(), wide.transformer.state_dict()
+    assert all(got[k].dtype == torch.float32 and torch.equal(got[k], want[k]) for k in want)
+    assert all(p.requires_grad for p in read.transformer.parameters())
+
+
 def test_loss_falls_when_overfitting_one_pair(pairs, tmp_path):
     r = recipe(
         "pairs.count=1",

@@ -7,8 +7,6 @@ import json
 from pathlib import Path
 
 import torch
-from diffusers import AutoencoderKL, FluxTransformer2DModel
-from diffusers.loaders.single_file_utils import convert_ldm_vae_checkpoint
 from torch import Tensor
 
 from ..io.cache import DamagedFileError, read_safetensors, safetensors_header
@@ -16,13 +14,49 @@ from .bfl_keys import bfl_to_diffusers, block_indices
 from .model import SPEC_FILE, FluxSRModel, ModelSpec, TextCond
 from .presets import FLUX_VAE, build_transformer, build_vae
 
+SAFETENSORS_FLOATS = {
+    "F64": torch.float64,
+    "F32": torch.float32,
+    "BF16": torch.bfloat16,
+    "F16": torch.float16,
+}
+"""safetensors' names of the floating-point dtypes fluxsr reads."""
 
-def pretrained(cls, folder: Path, dtype: torch.dtype | None = None):
-    """``cls.from_pretrained(folder)`` from local safetensors only, straight into ``dtype`` (default: float32):
-    diffusers builds the model on the meta device and assigns each tensor as it is read, cast to ``dtype``, so a
-    bf16 FLUX.1-dev is never materialised in float32 on the host (scripts/measure_load_rss.py). A missing
-    ``config.json`` or weights that exist only as pickles (``.bin``, never loaded by fluxsr) are a
-    FileNotFoundError naming the folder."""
+
+def stored_floats(files: list[Path]) -> set[torch.dtype]:
+    """The floating-point dtypes the tensors of safetensors ``files`` are stored in, from their headers."""
+    from safetensors import safe_open
+
+    found = set()
+    for file in files:
+        with safe_open(str(file), "pt") as f:
+            found |= {f.get_slice(k).get_dtype() for k in f.keys()}
+    return {SAFETENSORS_FLOATS[name] for name in found if name in SAFETENSORS_FLOATS}
+
+
+def read_dtype(stored: set[torch.dtype], dtype: torch.dtype | None, widen_later: bool = False) -> torch.dtype:
+    """The dtype to read weights stored in ``stored`` dtypes in: ``dtype`` (default float32), or, with
+    ``widen_later``, the files' own float type when it is one and narrower (bf16 files, float32 asked).
+
+    Weights read in the dtype they are stored in are not copied: they stay views of the memory-mapped file, pages
+    of the page cache that every process on the node shares. Widening them while reading would give each process a
+    private float32 copy (48 GB for FLUX.1-dev, per rank under ``accelerate launch``); the caller instead widens
+    them as it moves them to its device (``module.to(device, dtype)``, one tensor at a time)."""
+    dtype = dtype or torch.float32
+    if widen_later and len(stored) == 1:
+        (kept,) = stored
+        if kept.itemsize < dtype.itemsize:
+            return kept
+    return dtype
+
+
+def pretrained(cls, folder: Path, dtype: torch.dtype | None = None, widen_later: bool = False):
+    """``cls.from_pretrained(folder)`` from local safetensors only, straight into ``dtype`` (default: float32;
+    ``widen_later``: see :func:`read_dtype`): diffusers builds the model on the meta device and assigns each tensor
+    as it is read, cast to ``dtype``, so a bf16 FLUX.1-dev is never materialised in float32 on the host
+    (scripts/measure_load_rss.py); read in its stored dtype, it stays memory-mapped. A missing ``config.json`` or
+    weights that exist only as pickles (``.bin``, never loaded by fluxsr) are a FileNotFoundError naming the
+    folder."""
     folder = Path(folder)
     if not (folder / "config.json").is_file():
         raise FileNotFoundError(f"{folder}/config.json is missing: not a diffusers {cls.__name__} folder")
@@ -43,8 +77,20 @@ def pretrained(cls, folder: Path, dtype: torch.dtype | None = None):
         folder,
         local_files_only=True,
         use_safetensors=True,
-        torch_dtype=dtype or torch.float32,
+        torch_dtype=read_dtype(stored_floats(weights), dtype, widen_later),
         low_cpu_mem_usage=True,
+    )
+
+
+def pretrained_parts(folder: Path, dtype: torch.dtype | None = None, widen_later: bool = False) -> tuple:
+    """(transformer, VAE) from ``folder/transformer`` and ``folder/vae`` (a fluxsr model folder or a diffusers FLUX
+    folder), each through :func:`pretrained`. diffusers is imported here, where a model is loaded, not with the
+    module: commands that load no model start without it."""
+    from diffusers import AutoencoderKL, FluxTransformer2DModel
+
+    return (
+        pretrained(FluxTransformer2DModel, folder / "transformer", dtype, widen_later),
+        pretrained(AutoencoderKL, folder / "vae", dtype, widen_later),
     )
 
 
@@ -93,24 +139,29 @@ def load_flux(
     spec: ModelSpec | None = None,
     dtype: torch.dtype | None = None,
     ae: Path | None = None,
+    widen_later: bool = False,
 ) -> FluxSRModel:
-    """FLUX.1-dev weights that :func:`check_flux` accepted, in ``dtype`` (default float32): a diffusers folder, or
-    a Black Forest Labs single file with its autoencoder ``ae`` (default: ``ae.safetensors`` beside it)."""
+    """FLUX.1-dev weights that :func:`check_flux` accepted, in ``dtype`` (default float32; ``widen_later``: see
+    :func:`read_dtype`): a diffusers folder, or a Black Forest Labs single file with its autoencoder ``ae``
+    (default: ``ae.safetensors`` beside it)."""
     path = Path(path)
     if path.is_dir():
-        return load_flux_diffusers(path, cond, spec, dtype)
-    return load_flux_single_file(path, ae or path.parent / "ae.safetensors", cond, spec, dtype)
+        return load_flux_diffusers(path, cond, spec, dtype, widen_later)
+    return load_flux_single_file(path, ae or path.parent / "ae.safetensors", cond, spec, dtype, widen_later)
 
 
 def load_flux_diffusers(
-    path: Path, cond: TextCond, spec: ModelSpec | None = None, dtype: torch.dtype | None = None
+    path: Path,
+    cond: TextCond,
+    spec: ModelSpec | None = None,
+    dtype: torch.dtype | None = None,
+    widen_later: bool = False,
 ) -> FluxSRModel:
     """FLUX.1-dev from a local diffusers folder that :func:`check_flux_folder` accepted (``transformer/``, ``vae/``;
     text encoders are not loaded), read straight into ``dtype`` (default float32; see :func:`pretrained`)."""
     path = Path(path)
     return FluxSRModel(
-        pretrained(FluxTransformer2DModel, path / "transformer", dtype),
-        pretrained(AutoencoderKL, path / "vae", dtype),
+        *pretrained_parts(path, dtype, widen_later),
         cond,
         spec or ModelSpec(name=f"flux:{path.name}"),
     )
@@ -184,22 +235,30 @@ def load_flux_single_file(
     cond: TextCond,
     spec: ModelSpec | None = None,
     dtype: torch.dtype | None = None,
+    widen_later: bool = False,
 ) -> FluxSRModel:
     """FLUX.1-dev from Black Forest Labs single files (``flux1-dev.safetensors``, which :func:`check_flux_file`
-    accepted, and ``ae.safetensors``) in ``dtype`` (default float32): both models are built on the meta device and take the file's tensors by assignment
-    (:func:`cast_state`), so a bf16 file loaded in bf16 is held once."""
+    accepted, and ``ae.safetensors``) in ``dtype`` (default float32; ``widen_later``: see :func:`read_dtype`): both
+    models are built on the meta device and take the file's tensors by assignment (:func:`cast_state`), so a bf16
+    file loaded in bf16 is held once, memory-mapped."""
     if not Path(ae_file).is_file():
         raise FileNotFoundError(
             f"{ae_file} not found: the FLUX autoencoder of {transformer_file} (pass --ae FILE)"
         )
     sd, meta = read_safetensors(transformer_file)
-    dtype = dtype or torch.float32
+    floats = {t.dtype for t in sd.values() if t.is_floating_point()}
     transformer = build_transformer(transformer_config_from_bfl(sd, meta), meta=True)
     state = bfl_to_diffusers(sd)
     del sd
-    transformer.load_state_dict(cast_state(state, dtype), strict=True, assign=True)
+    transformer.load_state_dict(
+        cast_state(state, read_dtype(floats, dtype, widen_later)), strict=True, assign=True
+    )
     ae, ae_meta = read_safetensors(ae_file)
+    floats = {t.dtype for t in ae.values() if t.is_floating_point()}
     vae_cfg = vae_config_from_ldm(ae, ae_meta)
     vae = build_vae(vae_cfg, meta=True)
-    vae.load_state_dict(cast_state(convert_ldm_vae_checkpoint(ae, vae_cfg), dtype), strict=True, assign=True)
+    from diffusers.loaders.single_file_utils import convert_ldm_vae_checkpoint
+
+    vae_state = cast_state(convert_ldm_vae_checkpoint(ae, vae_cfg), read_dtype(floats, dtype, widen_later))
+    vae.load_state_dict(vae_state, strict=True, assign=True)
     return FluxSRModel(transformer, vae, cond, spec or ModelSpec(name=f"flux:{Path(transformer_file).name}"))

@@ -16,10 +16,9 @@ from dataclasses import asdict
 from pathlib import Path
 
 import torch
-from diffusers import AutoencoderKL, FluxTransformer2DModel
 
 from ..io.hub import base_path
-from .flux_dev import check_flux, check_flux_folder, load_flux, pretrained
+from .flux_dev import check_flux, check_flux_folder, load_flux, pretrained_parts
 from .lora import apply_lora, save_lora
 from .model import EMBEDS_FILE, SPEC_FILE, FluxSRModel, ModelSpec, TextCond
 
@@ -59,29 +58,31 @@ def is_model_dir(path: Path) -> bool:
 
 
 def load_model_folder(
-    path: Path, *, lora_scale: float = 1.0, merge_lora: bool = True, dtype: torch.dtype | None = None
+    path: Path,
+    *,
+    lora_scale: float = 1.0,
+    merge_lora: bool = True,
+    dtype: torch.dtype | None = None,
+    widen_later: bool = False,
 ) -> FluxSRModel:
-    """Load a fluxsr model folder on the CPU in ``dtype`` (default float32; move with :func:`to_device`)."""
+    """Load a fluxsr model folder on the CPU in ``dtype`` (default float32; ``widen_later``: see
+    :func:`fluxsr.model.flux_dev.read_dtype`; move with :func:`to_device`)."""
     path = Path(path)
     if not is_model_folder(path):
         raise FileNotFoundError(f"{path} is not a fluxsr model folder (no {SPEC_FILE})")
     spec = ModelSpec.read(path)
     cond = TextCond.load(path / EMBEDS_FILE)
     if (path / "transformer").is_dir():
-        model = FluxSRModel(
-            pretrained(FluxTransformer2DModel, path / "transformer", dtype),
-            pretrained(AutoencoderKL, path / "vae", dtype),
-            cond,
-            spec,
-        )
+        model = FluxSRModel(*pretrained_parts(path, dtype, widen_later), cond, spec)
     elif spec.base:
         base = base_path(path, spec.base)  # an absolute base stays absolute; a Hub repo id is fetched
         if is_model_folder(base):  # a LoRA on a model folder (itself possibly with a LoRA)
-            model = load_model_folder(base, dtype=dtype)
+            model = load_model_folder(base, dtype=dtype, widen_later=widen_later)
             model.cond, model.spec = cond, spec
         else:
             check_flux(base)
-            model = load_flux(base, cond, spec, dtype, path / Path(spec.ae).expanduser() if spec.ae else None)
+            ae = path / Path(spec.ae).expanduser() if spec.ae else None
+            model = load_flux(base, cond, spec, dtype, ae, widen_later)
     else:
         raise FileNotFoundError(f"{path}: no transformer/ folder and no 'base' in {SPEC_FILE}")
     if (path / LORA_FILE).is_file():

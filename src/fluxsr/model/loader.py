@@ -27,9 +27,13 @@ def load_model(  # noqa: PLR0913 (public Python API, docs/architecture.md)
     device=None,
     dtype=None,
     text_len: int = 512,
+    widen_later: bool = False,
 ) -> FluxSRModel:
     """Resolve a model name or path to a :class:`FluxSRModel` on the CPU, its weights read straight into ``dtype``
-    (default float32: no float32 copy of a bf16 FLUX.1-dev when ``dtype=torch.bfloat16``).
+    (default float32: no float32 copy of a bf16 FLUX.1-dev when ``dtype=torch.bfloat16``); read as stored, they stay
+    views of the memory-mapped files, one page-cache copy shared by a node's processes. ``widen_later``: weights
+    stored narrower than ``dtype`` are read as stored, for the caller to widen on its move to the device
+    (:func:`fluxsr.model.flux_dev.read_dtype`); a LoRA is then merged in the stored dtype.
 
     - ``None`` or ``"bundled"``: the small model shipped inside the package;
     - ``"tiny"``: random-weight tiny FLUX (tests);
@@ -61,9 +65,11 @@ def load_model(  # noqa: PLR0913 (public Python API, docs/architecture.md)
     elif key == "bundled" and not is_model_folder(BUNDLED_MODEL):
         raise FileNotFoundError("the bundled model is not installed with this copy of fluxsr")
     elif folder is not None:
-        model = load_model_folder(folder, lora_scale=lora_scale, merge_lora=merge_lora, dtype=dtype)
+        model = load_model_folder(
+            folder, lora_scale=lora_scale, merge_lora=merge_lora, dtype=dtype, widen_later=widen_later
+        )
     else:
-        model = load_flux_with_embeds(path, prompt_embeds, spec, dtype, ae)
+        model = load_flux_with_embeds(path, prompt_embeds, spec, dtype, ae, widen_later)
     if spec is not None:
         model.spec = spec
     if lora is not None:  # its own adapter name: a model folder may already carry a LoRA named "fluxsr"
@@ -100,7 +106,12 @@ def check_load_arguments(
 
 
 def load_flux_with_embeds(
-    path: Path, prompt_embeds: Path | None, spec: ModelSpec | None, dtype: torch.dtype | None, ae: Path | None
+    path: Path,
+    prompt_embeds: Path | None,
+    spec: ModelSpec | None,
+    dtype: torch.dtype | None,
+    ae: Path | None,
+    widen_later: bool = False,
 ) -> FluxSRModel:
     """FLUX.1-dev weights at ``path`` (a diffusers folder or a BFL single file) with the prompt embeddings
     ``prompt_embeds`` (default: ``prompt_embeds.safetensors`` beside the weights): the weights are checked first
@@ -113,6 +124,6 @@ def load_flux_with_embeds(
             f"`fluxsr embed-prompt --flux DIR --out {embeds}` (or pass --prompt-embeds FILE)"
         )
     cond = TextCond.load(embeds)
-    model = load_flux(path, cond, spec, dtype, ae)
+    model = load_flux(path, cond, spec, dtype, ae, widen_later)
     cond.check_fits(model.transformer, embeds)
     return model

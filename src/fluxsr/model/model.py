@@ -166,7 +166,12 @@ class FluxSRModel:
 
 
 def move(module: torch.nn.Module, device, dtype) -> torch.nn.Module:
-    """``module.to(device, dtype)``, casting only when the dtype differs (diffusers warns on every cast)."""
+    """``module.to(device, dtype)``, casting only when the dtype differs (diffusers warns on every cast). A CPU
+    device with an index (accelerate's ``cpu:0``) is the plain CPU: ``.to("cpu:0")`` would copy every weight,
+    memory-mapped ones included, although CPU tensors have no index."""
+    device = torch.device(device)
+    if device.type == "cpu":
+        device = torch.device("cpu")
     if next(module.parameters()).dtype == dtype:
         return module.to(device=device)
     return module.to(device=device, dtype=dtype)

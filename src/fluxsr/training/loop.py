@@ -223,7 +223,7 @@ def prepare_run(
     check_validation_images(recipe)
     acc = make_accelerator(recipe, run)
     weight_dtype = torch.bfloat16 if acc.mixed_precision == "bf16" else torch.float32
-    model, lora = build_student(recipe, acc.device, weight_dtype)
+    model, lora = build_student(recipe, acc.device, weight_dtype, widen_later=True)
     t_l = training_t_l(recipe, model, pairs_dir, indices[0])
     model_dtype = place_student(recipe, model, lora, acc.device, weight_dtype)
     trainer = build_trainer(recipe, model, acc, t_l, model_dtype)

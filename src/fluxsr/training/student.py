@@ -19,9 +19,13 @@ from ..model.model import FluxSRModel, ModelSpec, move
 from .recipe import Recipe
 
 
-def build_student(recipe: Recipe, device=None, dtype=None) -> tuple[FluxSRModel, bool]:
+def build_student(
+    recipe: Recipe, device=None, dtype=None, widen_later: bool = False
+) -> tuple[FluxSRModel, bool]:
     """Base model with its trainable part (LoRA via peft, or every transformer weight); VAE frozen. A LoRA trains
-    on a frozen base read in ``dtype`` (the mixed-precision dtype); full fine-tuning keeps float32 master weights."""
+    on a frozen base read in ``dtype`` (the mixed-precision dtype); full fine-tuning keeps float32 master weights,
+    which with ``widen_later`` are read as stored (a bf16 base stays memory-mapped, shared by the node's processes)
+    and widened as :func:`fluxsr.training.loop.place_student` moves them to the device."""
     m = recipe.model
     lora = recipe.train.lora_rank > 0
     model = load_model(
@@ -31,6 +35,7 @@ def build_student(recipe: Recipe, device=None, dtype=None) -> tuple[FluxSRModel,
         device=device,
         dtype=dtype if lora else torch.float32,
         text_len=recipe.pairs.text_len,
+        widen_later=widen_later and not lora,
     )
     model.spec = replace(model.spec, t_l=m.t_l, guidance=m.guidance)
     model.vae.requires_grad_(False).eval()
