@@ -7,10 +7,10 @@ import argparse
 import sys
 from pathlib import Path
 
-from ..training.hub_export import export_for_hub
-
 
 def cmd_export(args: argparse.Namespace) -> int:
+    from ..training.hub_export import export_for_hub  # accelerate and peft: loaded by this command only
+
     out = export_for_hub(
         args.src,
         args.out,

@@ -12,7 +12,6 @@ import torch
 
 from ..data.degrade import degrade_file
 from ..model.text import default_embeds_path, embed_prompt, save_prompt_embeds
-from ..training import train
 from ..training.pairs import generate_pairs, write_manifest
 from ..training.pretrain import train_teacher, train_vae
 from ..training.recipe import Recipe, load_recipe
@@ -67,6 +66,8 @@ def cmd_gen_pairs(args: argparse.Namespace) -> int:
 
 def cmd_train(args: argparse.Namespace) -> int:
     """Train, then say where the model folder is."""
+    from ..training.loop import train  # accelerate and peft: loaded by this command only
+
     final = train(
         recipe_from_args(args),
         args.pairs,

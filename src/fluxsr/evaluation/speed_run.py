@@ -16,10 +16,10 @@ import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
-import diffusers
 import torch
 
 from ..inference import memory, oom
@@ -64,7 +64,7 @@ def environment(device: torch.device, dtype: torch.dtype) -> dict[str, Any]:
         "device_name": device_name(device),
         "dtype": str(dtype).removeprefix("torch."),
         "torch": torch.__version__,
-        "diffusers": diffusers.__version__,
+        "diffusers": version("diffusers"),
         "python": platform.python_version(),
         "cuda": torch.version.cuda,
         "threads": torch.get_num_threads(),

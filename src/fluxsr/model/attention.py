@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from diffusers.models.transformers.transformer_flux import FluxAttnProcessor
 from einops import rearrange
 from torch import Tensor
 
@@ -38,12 +37,36 @@ def _heads(x: Tensor, head_dim: int) -> Tensor:
     return rearrange(x, "b s (h d) -> b s h d", d=head_dim)
 
 
-class TileAttnProcessor(FluxAttnProcessor):
+class TileAttnProcessor:
     """diffusers' FLUX attention processor, plus per-sample rotary embeddings when ``tile_rope`` is given.
 
     Joint blocks (text and image streams): text queries/keys/values are prepended to the image ones, as in FLUX;
     single blocks get the already concatenated sequence. ``tile_rope`` covers the whole sequence (text first).
+    Without ``tile_rope`` it calls the diffusers processor it holds (imported when the first one is made, as the
+    model layer imports diffusers only where it builds or loads a model: ``fluxsr --help`` does not pay for it);
+    diffusers' attention-backend settings reach that processor.
     """
+
+    def __init__(self):
+        from diffusers.models.transformers.transformer_flux import FluxAttnProcessor
+
+        self.plain = FluxAttnProcessor()
+
+    @property
+    def _attention_backend(self):
+        return self.plain._attention_backend
+
+    @_attention_backend.setter
+    def _attention_backend(self, value) -> None:
+        self.plain._attention_backend = value
+
+    @property
+    def _parallel_config(self):
+        return self.plain._parallel_config
+
+    @_parallel_config.setter
+    def _parallel_config(self, value) -> None:
+        self.plain._parallel_config = value
 
     def __call__(
         self,
@@ -55,9 +78,7 @@ class TileAttnProcessor(FluxAttnProcessor):
         tile_rope: tuple[Tensor, Tensor] | None = None,
     ):
         if tile_rope is None:
-            return super().__call__(
-                attn, hidden_states, encoder_hidden_states, attention_mask, image_rotary_emb
-            )
+            return self.plain(attn, hidden_states, encoder_hidden_states, attention_mask, image_rotary_emb)
         d = attn.head_dim
         q = attn.norm_q(_heads(attn.to_q(hidden_states), d))
         k = attn.norm_k(_heads(attn.to_k(hidden_states), d))
