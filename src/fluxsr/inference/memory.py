@@ -428,6 +428,18 @@ def plan_memory(
     return last
 
 
+def budget_beside_weights(
+    device: torch.device | str, max_memory: int | None = None, on_device: int = 0
+) -> Budget:
+    """The :class:`Budget` of ``device`` (:func:`device_budget`) with the ``on_device`` bytes of weights already on
+    it given back: the planners count the weights themselves (``resident``, per stage and offload mode), so the
+    measurement must not have taken them off as well. The one place both the tile planner (:func:`plan_for`) and
+    the offload choice (:func:`fluxsr.inference.placement.choose_placement`) get their budget from."""
+    device = torch.device(device)
+    free, source = device_budget(device, max_memory)
+    return Budget(free + on_device, source, device.type)
+
+
 def plan_for(
     pipe,
     image_hw: tuple[int, int],
@@ -445,8 +457,7 @@ def plan_for(
     ``requested_batch`` None or 0: the planner chooses the tiles per pass. ``resident``: weights per stage, counted
     instead of the ``on_device`` weight bytes the budget's measurement took off.
     """
-    free, source = device_budget(pipe.device, max_memory)
-    budget = Budget(free + on_device, source, torch.device(pipe.device).type)
+    budget = budget_beside_weights(pipe.device, max_memory, on_device)
     dtype_bytes = torch.empty((), dtype=pipe.dtype).element_size()
     m, spec = pipe.model.multiple, pipe.model.spec
     if not requested_tile or requested_tile <= 0:

@@ -26,7 +26,7 @@ from .memory import (
     MemoryPlan,
     ModelDims,
     TileRequest,
-    device_budget,
+    budget_beside_weights,
     format_bytes,
     min_tile_for,
     plan_memory,
@@ -147,8 +147,7 @@ def choose_placement(
         if offload not in OFFLOAD_CHOICES:
             raise ValueError(f"unknown offload {offload!r}: choose one of {', '.join(OFFLOAD_CHOICES)}")
         return Placement("none" if offload == "auto" else offload, quantize, WeightBytes.of(model, dtype))
-    free, source = device_budget(device, max_memory)
-    budget = Budget(free + device_weight_bytes(model, device), source, device.type)  # weights counted apart
+    budget = budget_beside_weights(device, max_memory, device_weight_bytes(model, device))
     return choose_offload(offload, ModelSize.of(model, dtype), budget, quantize)
 
 
