@@ -39,15 +39,13 @@ FLUX_VAE = dict(
     shift_factor=0.1159,
 )
 TINY_TRANSFORMER = dict(
-    patch_size=1,
-    in_channels=64,
+    FLUX_DEV_TRANSFORMER,
     num_layers=1,
     num_single_layers=1,
     attention_head_dim=16,
     num_attention_heads=2,
     joint_attention_dim=32,
     pooled_projection_dim=32,
-    guidance_embeds=True,
     axes_dims_rope=(4, 6, 6),
 )
 TINY_VAE = dict(FLUX_VAE, block_out_channels=(8, 16, 16, 16), layers_per_block=1, norm_num_groups=4)
