@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import Tensor
 
 from ..baselines.realesrgan import RealESRGAN
 from ..baselines.rrdbnet import RRDBNet
@@ -128,21 +129,24 @@ def _io_run(
 
 def bench_pipeline(
     pipe: FluxSRPipeline, cfg: BenchConfig, size: int, img_path: Path, out_path: Path, name: str, ctx
-) -> dict[str, Any]:
-    """One row for ``pipe`` (one-step FluxSR or the teacher): read, the pipeline's stages, write."""
+) -> tuple[dict[str, Any], Tensor]:
+    """One row for ``pipe`` (one-step FluxSR or the teacher): read, the pipeline's stages, write; with the last
+    timed run's output (the seam columns score it: :func:`fluxsr.evaluation.speed_seams.pipeline_seams`)."""
     opts = cfg.upscale_options()
+    last: list[Tensor] = []
 
     def body(img, times):
         with ctx():
             out = pipe.upscale_tensor(img.rgb, opts)
         times.update(pipe.timings)
+        last[:] = [out]
         return out, dict(pipe.peaks)
 
     result = measure(
         lambda: _io_run(img_path, out_path, pipe.device, body), pipe.device, cfg.warmup, cfg.repeat
     )
     plan = pipe.plan
-    return row_result(
+    row = row_result(
         name,
         size,
         result,
@@ -152,6 +156,7 @@ def bench_pipeline(
         retries=list(plan.retries) if plan else [],
         stage_peak_bytes=dict(pipe.peaks),
     )
+    return row, last[0]
 
 
 def bench_realesrgan(

@@ -224,17 +224,6 @@ def bench_input(cfg: BenchConfig, path: Path, size: int) -> Path:
     return photo_input(cfg.photo, path, size) if cfg.photo else make_input(path, size, cfg.seed)
 
 
-def seam_columns(run: BenchRun, name: str, size: int, img_path: Path) -> dict[str, Any]:
-    """The seam columns of a row (:mod:`fluxsr.evaluation.speed_seams`); none for Real-ESRGAN (its own tiles)."""
-    if name == "fluxsr":
-        return pipeline_seams(run.pipe, run.cfg, img_path, run.ctx)
-    if name == "teacher":
-        return pipeline_seams(run.teacher, run.cfg, img_path, run.ctx)
-    if name == "bicubic":
-        return bicubic_seams(run.pipe, run.cfg, img_path, size)
-    return {}
-
-
 def _skip(name: str, size: int, why: str) -> dict[str, Any]:
     return {"row": name, "size": size, "in_size": size // 4, "skipped": why}
 
@@ -242,9 +231,11 @@ def _skip(name: str, size: int, why: str) -> dict[str, Any]:
 def _fluxsr_row(run: BenchRun, size: int, img_path: Path, out_path: Path) -> dict[str, Any]:
     """The one-step FluxSR row, with its FLOP floor and (CUDA) the cost model's constants from its stage peaks."""
     cfg, pipe = run.cfg, run.pipe
-    row = bench_pipeline(
+    row, out = bench_pipeline(
         pipe, cfg, size, img_path, out_path, f"fluxsr:{pipe.model.spec.name}{run.label}", run.ctx
     )
+    if cfg.seams:
+        row.update(pipeline_seams(pipe, cfg, img_path, out, run.ctx))
     if cfg.analytic:
         _add_analytic(row, pipe.model, cfg, 1)
     if run.device.type == "cuda" and row.get("stage_peak_bytes") and row.get("tile"):
@@ -268,7 +259,9 @@ def _teacher_row(run: BenchRun, size: int, img_path: Path, out_path: Path) -> di
     if cfg.teacher_max_size and size > cfg.teacher_max_size:
         return _skip("teacher", size, f"teacher rows only up to --teacher-max-size {cfg.teacher_max_size}")
     name = f"teacher:{cfg.teacher_steps}-step{run.label}"
-    row = bench_pipeline(teacher, cfg, size, img_path, out_path, name, run.ctx)
+    row, out = bench_pipeline(teacher, cfg, size, img_path, out_path, name, run.ctx)
+    if cfg.seams:
+        row.update(pipeline_seams(teacher, cfg, img_path, out, run.ctx))
     row.update(teacher_steps=cfg.teacher_steps, teacher_run_steps=teacher.steps)
     _scale_teacher(row, cfg.teacher_steps / teacher.steps)
     if cfg.analytic:
@@ -294,8 +287,11 @@ def _realesrgan_row(run: BenchRun, size: int, img_path: Path, out_path: Path) ->
 
 
 def _bicubic_row(run: BenchRun, size: int, img_path: Path, out_path: Path) -> dict[str, Any]:
-    """The bicubic row."""
-    return bench_bicubic(run.cfg, run.device, size, img_path, out_path)
+    """The bicubic row, with its seam columns at the FluxSR model's tiles under ``--seams``."""
+    row = bench_bicubic(run.cfg, run.device, size, img_path, out_path)
+    if run.cfg.seams:
+        row.update(bicubic_seams(run.pipe, run.cfg, img_path, size))
+    return row
 
 
 ROW_RUNNERS: dict[str, Callable[[BenchRun, int, Path, Path], dict[str, Any]]] = {
@@ -312,10 +308,7 @@ def _run_row(
 ) -> dict[str, Any]:
     """One row, or a ``skipped``/``error`` entry: a failing row never stops the benchmark."""
     try:
-        row = ROW_RUNNERS[name](run, size, img_path, out_path)  # rows are checked by BenchConfig
-        if run.cfg.seams and "skipped" not in row:
-            row.update(seam_columns(run, name, size, img_path))
-        return row
+        return ROW_RUNNERS[name](run, size, img_path, out_path)  # rows are checked by BenchConfig
     except (RuntimeError, MemoryError, ValueError, NotImplementedError) as e:
         log(f"{name} @ {size}: {type(e).__name__}: {e}")
         oom.free_cached(run.device)

@@ -129,9 +129,7 @@ def attach_model_offload(model: FluxSRModel, device: torch.device) -> None:
     """accelerate's ``cpu_offload_with_hook`` on the VAE and the transformer, chained both ways: each one's
     forward (the VAE's ``encode``/``decode`` too, through diffusers' ``apply_forward_hook``) first sends the other
     back to the CPU."""
-    from accelerate import (
-        cpu_offload_with_hook,  # where the hooks are attached: loading fluxsr does not need it
-    )
+    from accelerate import cpu_offload_with_hook  # imported where the hooks are attached, not at start-up
 
     _, vae_hook = cpu_offload_with_hook(model.vae, device)
     _, transformer_hook = cpu_offload_with_hook(model.transformer, device, prev_module_hook=vae_hook)

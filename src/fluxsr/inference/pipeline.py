@@ -214,6 +214,7 @@ class FluxSRPipeline:
         self.peaks: dict[str, int] = {}  # peak bytes per stage (CUDA allocator, or CPU peak RSS)
         self.max_memory = max_memory  # cap for the memory planner (bytes, weights included)
         self.plan: memory.MemoryPlan | None = None  # the last image's memory plan
+        self.tiles: TileSpec | None = None  # the pixel tiles the last image ran with (after any retry)
         self._stage = ""
 
     @classmethod
@@ -266,7 +267,8 @@ class FluxSRPipeline:
             yield
         self.peaks[stage] = max(self.peaks.get(stage, 0), probes.read_peak(self.device))
 
-    def _pixel_tiles(self, opts: UpscaleOptions) -> TileSpec:
+    def pixel_tiles(self, opts: UpscaleOptions) -> TileSpec:
+        """The pixel tiles of ``opts`` (its tile and overlap, else the model's), snapped to the model's multiple."""
         spec = self.model.spec
         return snapped(
             opts.tile or spec.tile,
@@ -275,7 +277,7 @@ class FluxSRPipeline:
         )
 
     def _latent_tiles(self, opts: UpscaleOptions) -> TileSpec:
-        return latent_tiles(self._pixel_tiles(opts), self.model.vae_scale)
+        return latent_tiles(self.pixel_tiles(opts), self.model.vae_scale)
 
     @staticmethod
     def _batch(opts: UpscaleOptions) -> int:
@@ -288,7 +290,7 @@ class FluxSRPipeline:
         z = tiled_map(
             lambda tiles, _offsets: self.model.vae_latent(tiles),
             x,
-            self._pixel_tiles(opts),
+            self.pixel_tiles(opts),
             scale,
             batch=self._batch(opts),
         )
@@ -361,7 +363,7 @@ class FluxSRPipeline:
     def _upscale(self, rgb: Tensor, opts: UpscaleOptions, out_hw: tuple[int, int], on_device: bool) -> Tensor:
         """One attempt at :meth:`upscale_tensor` with fixed tiles; ``on_device=False`` keeps the full-size image
         in CPU RAM (resize there, decoded tiles blended there, colour fix tile by tile on the device)."""
-        self.timings, self.peaks = {}, {}
+        self.timings, self.peaks, self.tiles = {}, {}, self.pixel_tiles(opts)
         out_h, out_w = out_hw
         home = self.device if on_device else torch.device("cpu")
         with self._timed("resize"):
