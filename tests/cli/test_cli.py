@@ -172,7 +172,7 @@ def test_load_pipeline_passes_the_models_note_and_skipped_switches(monkeypatch):
 
 
 def test_model_and_flux_together_are_refused_before_loading(monkeypatch):
-    monkeypatch.setattr("fluxsr.inference.loading.load_model", lambda *a, **k: pytest.fail("model loaded"))
+    monkeypatch.setattr("fluxsr.inference.pipeline.load_model", lambda *a, **k: pytest.fail("model loaded"))
     with pytest.raises(ValueError, match="give --model or --flux, not both"):
         load_pipeline(ModelChoice("tiny", flux=Path("flux1-dev.safetensors"), device="cpu"))
 

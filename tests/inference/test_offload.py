@@ -11,7 +11,6 @@ from PIL import Image
 from fluxsr.cli import main
 from fluxsr.cli.commands import build_parser
 from fluxsr.cli.options import model_choice
-from fluxsr.inference import loading as LOADING
 from fluxsr.inference import memory as MEM
 from fluxsr.inference import pipeline as PIPE
 from fluxsr.inference import quantize as Q
@@ -253,7 +252,7 @@ def test_upscale_with_block_offload_writes_the_same_image(tmp_path):
 
 
 def test_upscale_refuses_fp8_on_the_cpu_in_one_line_before_loading(tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(LOADING, "load_model", lambda *a, **k: pytest.fail("model loaded"))
+    monkeypatch.setattr(PIPE, "load_model", lambda *a, **k: pytest.fail("model loaded"))
     argv = ["upscale", str(tmp_path / "a.png"), "-o", str(tmp_path / "out"), "--device", "cpu"]
     assert main([*argv, "--quantize", "fp8"]) == 2
     err = capsys.readouterr().err
@@ -262,7 +261,7 @@ def test_upscale_refuses_fp8_on_the_cpu_in_one_line_before_loading(tmp_path, mon
 
 def test_quantize_and_the_fp8_speed_switch_together_are_refused(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(Q, "torchao_available", lambda: True)
-    monkeypatch.setattr(LOADING, "load_model", lambda *a, **k: pytest.fail("model loaded"))
+    monkeypatch.setattr(PIPE, "load_model", lambda *a, **k: pytest.fail("model loaded"))
     argv = ["upscale", str(tmp_path / "a.png"), "-o", str(tmp_path / "out"), "--device", "cpu"]
     assert main([*argv, "--quantize", "int8", "--fp8"]) == 2
     assert "--quantize int8 and --fp8 both quantise the transformer" in capsys.readouterr().err

@@ -50,7 +50,6 @@ PYIQA_NAMES = {
 
 ALL_METRICS = FULL_REFERENCE + LR_REFERENCE + BUILTIN_NO_REFERENCE + tuple(PYIQA_NAMES)
 
-LOWER_IS_BETTER = frozenset({"lpips", "lpips-vgg", "dists", "niqe", "periodic"})
 
 DEFAULT_METRICS = ("psnr", "ssim", "lpips", "dists", "niqe")
 

@@ -159,9 +159,7 @@ def load_pipeline(
     start = time.perf_counter()
     # flux-dev-random is made directly on the device (no CPU copy of 11.9 B parameters); others load on the CPU
     model = load_model(cfg.model, device=device, dtype=dtype, text_len=cfg.text_len)
-    pipe = FluxSRPipeline(model, device, dtype, allow_fp16=True)
-    pipe.max_memory = cfg.max_memory
-    pipe.name = f"fluxsr:{model.spec.name}"
+    pipe = FluxSRPipeline(model, device, dtype, allow_fp16=True, max_memory=cfg.max_memory)
     env.update(
         model=model.spec.name,
         model_build_s=round(time.perf_counter() - start, 2),

@@ -14,11 +14,8 @@ from pathlib import Path
 
 import torch
 
-from ..model.loader import load_model
-from ..model.model import FluxSRModel
 from .fastpath import FastPath, apply_fast_path
 from .pipeline import FluxSRPipeline
-from .quantize import check_quantize
 
 
 @dataclass(frozen=True)
@@ -59,41 +56,32 @@ class ModelChoice:
     dynamic_shapes: bool = False
 
 
-def load_chosen_model(choice: ModelChoice, dtype: torch.dtype | None = None) -> FluxSRModel:
-    """The model that ``choice`` names, on the CPU, read straight into ``dtype``, its T_L overridden if asked."""
+def load_pipeline(choice: ModelChoice, note: Callable[[str], None] | None = None) -> FluxSRPipeline:
+    """The pipeline ``choice`` asks for (:meth:`FluxSRPipeline.from_pretrained`, which checks the device, dtype and
+    quantisation before the possibly minutes-long load), its T_L overridden if asked; ``note`` hears each line
+    worth telling the user (the model's note, a speed switch that was skipped and why). The speed switches are
+    applied after the model is on its device."""
+    tell = note or (lambda line: None)
     if choice.flux is not None and choice.model is not None:
         raise ValueError("give --model or --flux, not both")
-    model = load_model(
+    if choice.quantize != "none" and choice.fast.fp8:
+        raise ValueError(f"--quantize {choice.quantize} and --fp8 both quantise the transformer: give one")
+    pipe = FluxSRPipeline.from_pretrained(
         choice.flux or choice.model,
+        choice.device,
+        choice.dtype,
+        allow_fp16=choice.allow_fp16,
+        offload=choice.offload,
+        quantize=choice.quantize,
+        max_memory=choice.max_memory,
         ae=choice.ae,
         prompt_embeds=choice.prompt_embeds,
         lora=choice.lora,
         lora_scale=choice.lora_scale,
         merge_lora=choice.merge_lora,
-        dtype=dtype,
     )
     if choice.t_l is not None:
-        model.spec = replace(model.spec, t_l=choice.t_l)
-    return model
-
-
-def load_pipeline(choice: ModelChoice, note: Callable[[str], None] | None = None) -> FluxSRPipeline:
-    """The pipeline ``choice`` asks for; ``note`` hears each line worth telling the user (the model's note, a
-    speed switch that was skipped and why).
-
-    The device and dtype are checked before the (possibly minutes-long) load; the speed switches are applied
-    after the model is on its device.
-    """
-    tell = note or (lambda line: None)
-    device, dtype = FluxSRPipeline.settings(choice.device, choice.dtype, choice.allow_fp16)
-    check_quantize(choice.quantize, device)
-    if choice.quantize != "none" and choice.fast.fp8:
-        raise ValueError(f"--quantize {choice.quantize} and --fp8 both quantise the transformer: give one")
-    low_vram = {"offload": choice.offload, "quantize": choice.quantize, "max_memory": choice.max_memory}
-    pipe = FluxSRPipeline(
-        load_chosen_model(choice, dtype), device, dtype, allow_fp16=choice.allow_fp16, **low_vram
-    )
-    pipe.name = f"fluxsr:{pipe.model.spec.name}"
+        pipe.model.spec = replace(pipe.model.spec, t_l=choice.t_l)
     if pipe.model.spec.note:
         tell(pipe.model.spec.note)
     for line in apply_fast_path(pipe.model, choice.fast, static_shapes=not choice.dynamic_shapes):

@@ -210,6 +210,7 @@ class FluxSRPipeline:
         if self.placement and (self.placement.budget or self.placement.describe_always):
             print(f"fluxsr: {self.placement.describe()}", file=sys.stderr)
         self.model = model
+        self.name = f"fluxsr:{model.spec.name}"  # the batch runner's backend name
         self.timings: dict[str, float] = {}
         self.peaks: dict[str, int] = {}  # peak bytes per stage (CUDA allocator, or CPU peak RSS)
         self.max_memory = max_memory  # cap for the memory planner (bytes, weights included)

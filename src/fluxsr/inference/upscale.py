@@ -42,7 +42,7 @@ from ..io.images import (
 )
 from . import oom
 from .fidelity import fidelity_map, fidelity_path
-from .pipeline import FluxSRPipeline, NonFiniteOutputError, UpscaleOptions, resolve_device
+from .pipeline import NonFiniteOutputError, UpscaleOptions, resolve_device
 
 
 class Backend(Protocol):
@@ -82,17 +82,14 @@ class RealESRGANBackend:
         return out if tuple(out.shape[-2:]) == size else resize(out, size)
 
 
-def make_backend(backend: str, **fluxsr_kwargs) -> Backend:
-    """``fluxsr`` (kwargs go to :meth:`FluxSRPipeline.from_pretrained`), ``bicubic`` or ``realesrgan``."""
-    if backend == "fluxsr":
-        pipe = FluxSRPipeline.from_pretrained(**fluxsr_kwargs)
-        pipe.name = f"fluxsr:{pipe.model.spec.name}"
-        return pipe
+def make_backend(backend: str, device=None) -> Backend:
+    """A baseline backend: ``bicubic`` or ``realesrgan`` (on ``device``). FluxSR itself loads through
+    :func:`fluxsr.inference.loading.load_pipeline`."""
     if backend == "bicubic":
         return BicubicBackend()
     if backend == "realesrgan":
-        return RealESRGANBackend(device=str(resolve_device(fluxsr_kwargs.get("device"))))
-    raise ValueError(f"unknown backend {backend!r}: choose fluxsr, bicubic or realesrgan")
+        return RealESRGANBackend(device=str(resolve_device(device)))
+    raise ValueError(f"unknown baseline backend {backend!r}: choose bicubic or realesrgan")
 
 
 @dataclass

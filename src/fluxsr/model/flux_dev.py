@@ -77,7 +77,7 @@ def pretrained(cls, folder: Path, dtype: torch.dtype | None = None, widen_later:
         folder,
         local_files_only=True,
         use_safetensors=True,
-        torch_dtype=read_dtype(stored_floats(weights), dtype, widen_later),
+        torch_dtype=read_dtype(stored_floats(weights) if widen_later else set(), dtype, widen_later),
         low_cpu_mem_usage=True,
     )
 
