@@ -188,13 +188,14 @@ def test_the_model_options_make_the_choice():
 
 def test_the_command_line_starts_without_the_model_libraries():
     """``fluxsr --help`` and the commands that load no model (eval, weights, degrade, make-testset) start without
-    importing diffusers, peft, accelerate or transformers (5-6 s of start-up on a 2-core machine): the library
-    imports them where a model is built, loaded, offloaded or trained."""
+    importing diffusers, peft, accelerate, transformers or huggingface_hub (5-6 s of start-up on a 2-core machine):
+    the library imports them where a model is built, loaded, offloaded, trained or fetched from the Hub."""
     import subprocess
 
     code = (
         "import sys; from fluxsr.cli import build_parser; build_parser(); "
-        "print(' '.join(m for m in ('diffusers', 'peft', 'accelerate', 'transformers') if m in sys.modules))"
+        "libs = ('diffusers', 'peft', 'accelerate', 'transformers', 'huggingface_hub'); "
+        "print(' '.join(m for m in libs if m in sys.modules))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
     assert out.stdout.strip() == ""

@@ -14,10 +14,11 @@ from fluxsr.cli import main
 from fluxsr.inference.pipeline import FluxSRPipeline, UpscaleOptions
 from fluxsr.io import hub
 from fluxsr.io.config import ConfigError
-from fluxsr.model.folders import LORA_FILE, save_model_folder
+from fluxsr.io.hub import EMBEDS_FILE, LORA_FILE, SPEC_FILE
+from fluxsr.model.folders import save_model_folder
 from fluxsr.model.loader import load_model
 from fluxsr.model.lora import add_lora, lora_state_dict, save_lora
-from fluxsr.model.model import EMBEDS_FILE, SPEC_FILE, velocity
+from fluxsr.model.model import velocity
 from fluxsr.model.presets import build_tiny
 from fluxsr.training.recipe import load_recipe
 from tests.builders import put_in_hub_cache

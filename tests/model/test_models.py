@@ -8,16 +8,15 @@ import torch
 from safetensors.torch import save_file
 
 from fluxsr.io import cache
+from fluxsr.io.hub import EMBEDS_FILE, LORA_FILE, SPEC_FILE
 from fluxsr.model import flux_dev
 from fluxsr.model.bfl_keys import bfl_to_diffusers, diffusers_to_bfl, vae_to_ldm
 from fluxsr.model.flow import img_ids, pack, txt_ids, unpack
 from fluxsr.model.flux_dev import cast_state, read_dtype, transformer_config_from_bfl
-from fluxsr.model.folders import LORA_FILE, save_model_folder
+from fluxsr.model.folders import save_model_folder
 from fluxsr.model.loader import load_model
 from fluxsr.model.lora import DEFAULT_LORA_TARGETS, add_lora, apply_lora, lora_state_dict, save_lora
 from fluxsr.model.model import (
-    EMBEDS_FILE,
-    SPEC_FILE,
     FluxSRModel,
     ModelSpec,
     TextCond,

@@ -6,8 +6,9 @@ import shutil
 import pytest
 import torch
 
+from fluxsr.io.hub import EMBEDS_FILE
 from fluxsr.model import text as T
-from fluxsr.model.model import EMBEDS_FILE, TextCond, velocity
+from fluxsr.model.model import TextCond, velocity
 from fluxsr.model.presets import TINY_TEXT_LEN, build_tiny
 from tests.builders import write_tiny_text_encoders
 

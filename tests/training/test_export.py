@@ -12,11 +12,12 @@ from safetensors.torch import load_file
 
 from fluxsr.cli import main
 from fluxsr.inference.pipeline import FluxSRPipeline, UpscaleOptions
+from fluxsr.io.hub import EMBEDS_FILE, LORA_FILE, SPEC_FILE
 from fluxsr.io.images import write_image
-from fluxsr.model.folders import LORA_FILE, save_model_folder
+from fluxsr.model.folders import save_model_folder
 from fluxsr.model.loader import load_model
 from fluxsr.model.lora import add_lora, lora_state_dict, save_lora
-from fluxsr.model.model import EMBEDS_FILE, SPEC_FILE, velocity
+from fluxsr.model.model import velocity
 from fluxsr.model.presets import BUNDLED_MODEL, FLUX_DEV_TRANSFORMER, build_tiny
 from fluxsr.training.hub_card import FLUX_DEV_LICENSE, FLUX_DEV_REPO
 from fluxsr.training.loop import train

@@ -8,6 +8,8 @@ transformer) or a diffusers FLUX.1-dev folder (``transformer/`` and ``vae/`` onl
 With ``HF_HUB_OFFLINE=1`` nothing is fetched: the cached snapshot is used or the error says how to get it.
 
 A local path always wins: a name that exists on disk, or a preset (``bundled``, ``tiny``, ...), is returned as it is.
+huggingface_hub is imported only once a name is shaped like a repo id: loading a local model, and starting the
+command line, do not import it.
 """
 
 from __future__ import annotations
@@ -16,21 +18,16 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from huggingface_hub import constants, snapshot_download
-from huggingface_hub.errors import (
-    GatedRepoError,
-    HfHubHTTPError,
-    HFValidationError,
-    LocalEntryNotFoundError,
-    RepositoryNotFoundError,
-    RevisionNotFoundError,
-)
-from huggingface_hub.utils import validate_repo_id
-
 from .cache import read_json
 
 SPEC_FILE = "fluxsr.json"
-"""The spec file of a fluxsr model folder (``fluxsr.model.model.SPEC_FILE``); its presence makes a fluxsr folder."""
+"""The spec file of a fluxsr model folder; its presence makes a fluxsr folder (the model layer uses these names)."""
+EMBEDS_FILE = "prompt_embeds.safetensors"
+"""The cached prompt embeddings of a fluxsr model folder or a FLUX.1-dev folder."""
+LORA_FILE = "lora.safetensors"
+"""The LoRA a fluxsr model folder keeps apart from its transformer."""
+SPEC_EXPECTED = "a JSON object of model settings (t_l, guidance, name, ...)"
+"""What a spec file holds, for the error that names a damaged one."""
 WEIGHT_FILES = (
     "transformer/config.json",
     "transformer/*.safetensors",
@@ -41,9 +38,9 @@ WEIGHT_FILES = (
 """A diffusers transformer and VAE as fluxsr loads them: configs and safetensors (never pickles)."""
 HEAD_FILES = (SPEC_FILE, "model_index.json")
 """Fetched first, alone: they tell a fluxsr folder (and its kind) from a diffusers one (``model_index.json``)."""
-LORA_FOLDER_FILES = (SPEC_FILE, "prompt_embeds.safetensors", "lora.safetensors")
+LORA_FOLDER_FILES = (SPEC_FILE, EMBEDS_FILE, LORA_FILE)
 MODEL_FOLDER_FILES = LORA_FOLDER_FILES + WEIGHT_FILES
-FLUX_FOLDER_FILES = WEIGHT_FILES + ("prompt_embeds.safetensors",)
+FLUX_FOLDER_FILES = (*WEIGHT_FILES, EMBEDS_FILE)
 
 REPO_REF = re.compile(r"(?P<repo>[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*)(?:@(?P<revision>[^\s@]+))?")
 
@@ -64,6 +61,9 @@ def parse_repo_ref(text: str) -> RepoRef | None:
     match = REPO_REF.fullmatch(text)
     if match is None:
         return None
+    from huggingface_hub.errors import HFValidationError
+    from huggingface_hub.utils import validate_repo_id
+
     try:
         validate_repo_id(match["repo"])
     except HFValidationError:
@@ -73,6 +73,8 @@ def parse_repo_ref(text: str) -> RepoRef | None:
 
 def is_offline() -> bool:
     """True when huggingface_hub may not reach the network (``HF_HUB_OFFLINE=1`` when it was imported)."""
+    from huggingface_hub import constants
+
     return bool(constants.HF_HUB_OFFLINE)
 
 
@@ -81,12 +83,14 @@ def folder_files(head: Path) -> tuple[str, ...]:
     spec = head / SPEC_FILE
     if not spec.is_file():
         return FLUX_FOLDER_FILES
-    data = read_json(spec, expected="a JSON object of model settings (t_l, guidance, name, ...)")
+    data = read_json(spec, expected=SPEC_EXPECTED)
     return LORA_FOLDER_FILES if isinstance(data, dict) and data.get("base") else MODEL_FOLDER_FILES
 
 
 def not_cached_message(name: str, ref: RepoRef) -> str:
     """One line for a name that is neither a local path nor a repo in the cache while offline."""
+    from huggingface_hub import constants
+
     return (
         f"model {name!r}: no such file or folder, and Hugging Face repo {ref} is not in the local cache "
         f"({constants.HF_HUB_CACHE}) while offline (HF_HUB_OFFLINE=1): fetch it once online (unset "
@@ -101,6 +105,13 @@ def first_line(error: Exception) -> str:
 
 def hub_error(name: str, ref: RepoRef, error: Exception) -> FileNotFoundError:
     """The one-line error for a repo that could not be resolved, naming the local-path reading too."""
+    from huggingface_hub.errors import (
+        GatedRepoError,
+        LocalEntryNotFoundError,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
+
     neither = f"model {name!r}: no such file or folder, and"
     if isinstance(error, LocalEntryNotFoundError):
         if is_offline():
@@ -124,6 +135,8 @@ def hub_error(name: str, ref: RepoRef, error: Exception) -> FileNotFoundError:
 
 def snapshot(ref: RepoRef, patterns: tuple[str, ...]) -> Path:
     """The cached snapshot folder of ``ref`` holding the files matching ``patterns`` (fetched unless offline)."""
+    from huggingface_hub import snapshot_download
+
     return Path(
         snapshot_download(
             ref.repo_id,
@@ -138,6 +151,8 @@ def snapshot(ref: RepoRef, patterns: tuple[str, ...]) -> Path:
 def fetch_model_folder(name: str, ref: RepoRef) -> Path:
     """The snapshot of ``ref`` with the files its kind of folder needs: first :data:`HEAD_FILES` alone, which
     tell the kind, then those files at the same commit. Errors are one FileNotFoundError line (:func:`hub_error`)."""
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
+
     try:
         head = snapshot(ref, HEAD_FILES)
         return snapshot(RepoRef(ref.repo_id, head.name), folder_files(head))

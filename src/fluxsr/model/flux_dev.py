@@ -10,8 +10,9 @@ import torch
 from torch import Tensor
 
 from ..io.cache import DamagedFileError, read_safetensors, safetensors_header
+from ..io.hub import SPEC_FILE
 from .bfl_keys import bfl_to_diffusers, block_indices
-from .model import SPEC_FILE, FluxSRModel, ModelSpec, TextCond
+from .model import FluxSRModel, ModelSpec, TextCond
 from .presets import FLUX_VAE, build_transformer, build_vae
 
 SAFETENSORS_FLOATS = {

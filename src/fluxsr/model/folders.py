@@ -17,12 +17,10 @@ from pathlib import Path
 
 import torch
 
-from ..io.hub import base_path
+from ..io.hub import EMBEDS_FILE, LORA_FILE, SPEC_FILE, base_path
 from .flux_dev import check_flux, check_flux_folder, load_flux, pretrained_parts
 from .lora import apply_lora, save_lora
-from .model import EMBEDS_FILE, SPEC_FILE, FluxSRModel, ModelSpec, TextCond
-
-LORA_FILE = "lora.safetensors"
+from .model import FluxSRModel, ModelSpec, TextCond
 
 
 def save_model_folder(

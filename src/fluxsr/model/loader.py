@@ -7,11 +7,11 @@ from pathlib import Path
 
 import torch
 
-from ..io.hub import hub_model_path
+from ..io.hub import EMBEDS_FILE, LORA_FILE, hub_model_path
 from .flux_dev import check_flux, load_flux
-from .folders import LORA_FILE, is_model_folder, load_model_folder
+from .folders import is_model_folder, load_model_folder
 from .lora import apply_lora
-from .model import EMBEDS_FILE, FluxSRModel, ModelSpec, TextCond
+from .model import FluxSRModel, ModelSpec, TextCond
 from .presets import BUNDLED_MODEL, PRESETS, build_random_flux, build_tiny
 
 

@@ -16,11 +16,9 @@ from torch import Tensor
 
 from ..io.cache import DamagedFileError, atomic_save_safetensors, read_json, read_safetensors
 from ..io.config import from_dict
+from ..io.hub import SPEC_EXPECTED, SPEC_FILE
 from . import attention
 from .flow import img_ids, pack, txt_ids, unpack
-
-SPEC_FILE = "fluxsr.json"
-EMBEDS_FILE = "prompt_embeds.safetensors"
 
 
 @dataclass
@@ -63,10 +61,9 @@ class ModelSpec:
     def read(cls, folder: Path) -> ModelSpec:
         """The spec in ``folder/fluxsr.json``; a damaged or wrong file is one ValueError line naming it."""
         file = Path(folder) / SPEC_FILE
-        want = "a JSON object of model settings (t_l, guidance, name, ...)"
-        data = read_json(file, expected=want)
+        data = read_json(file, expected=SPEC_EXPECTED)
         if not isinstance(data, dict):
-            raise DamagedFileError(f"{file}: expected {want}, got a JSON {type(data).__name__}")
+            raise DamagedFileError(f"{file}: expected {SPEC_EXPECTED}, got a JSON {type(data).__name__}")
         try:
             return cls.from_dict(data)
         except ValueError as e:

@@ -25,7 +25,8 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from .model import EMBEDS_FILE, TextCond
+from ..io.hub import EMBEDS_FILE
+from .model import TextCond
 
 log = logging.getLogger(__name__)
 

@@ -26,9 +26,9 @@ from huggingface_hub.utils import filter_repo_objects
 
 from ..io.cache import atomic_write_bytes, read_json, read_safetensors
 from ..io.guards import check_inputs_apart
-from ..io.hub import MODEL_FOLDER_FILES, RepoRef, parse_repo_ref
+from ..io.hub import MODEL_FOLDER_FILES, SPEC_FILE, RepoRef, parse_repo_ref
 from ..model.folders import is_model_folder
-from ..model.model import SPEC_FILE, ModelSpec
+from ..model.model import ModelSpec
 from ..model.presets import FLUX_DEV_TRANSFORMER
 from .checkpoints import finished_checkpoints, load_trainable
 from .hub_card import FLUX_DEV_REPO, CardFacts, render_card, results_rows
