@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from ..io.cache import atomic_write_bytes, remove_stale_temp_files
+from ..io.cache import atomic_write_bytes, remove_stale_temp_files, sha256_file
 from ..io.guards import check_inputs_apart
 from ..io.images import ImageError, quantize, read_image, scan_images, write_image
 from .datasets import strip_suffixes
@@ -50,11 +50,6 @@ def prepare_hr(rgb: torch.Tensor, scale: int, crop: int | None) -> torch.Tensor:
 def degrade_one(hr: torch.Tensor, cfg: DegradationConfig, seed: int) -> torch.Tensor:
     """Training degradation of one HR (3, H, W) with a fresh generator seeded ``seed`` -> LR (3, H/s, W/s)."""
     return degrade(hr[None], cfg, torch.Generator().manual_seed(seed))[0]
-
-
-def sha256_file(path: Path) -> str:
-    """Hex sha256 of a file's bytes."""
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 @dataclass
@@ -107,7 +102,8 @@ def _prepare_out(out: Path, overwrite: bool) -> None:
     """Refuse a non-empty ``out/lr`` or ``out/hr`` (ValueError) unless ``overwrite``, which deletes the pairs and
     manifest an earlier :func:`make_testset` wrote there (:func:`testset_files`) and nothing else: a file it did
     not write is refused by name, before anything is deleted. Temporary files of a killed earlier run
-    (:func:`remove_stale_temp_files`) are removed first, as `fluxsr upscale` does in its output folders."""
+    (:func:`remove_stale_temp_files`) are removed first, on every call (not once per process, as atomic writes
+    do): they must not be counted as pairs."""
     for folder in (out, *(out / name for name in TESTSET_FOLDERS)):
         remove_stale_temp_files(folder)
     found = [f for name in TESTSET_FOLDERS for f in sorted((out / name).rglob("*")) if not f.is_dir()]

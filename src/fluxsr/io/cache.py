@@ -13,6 +13,7 @@ file is one :class:`DamagedFileError` line naming it.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -175,6 +176,15 @@ def clean_folder_once(folder: Path) -> None:
     CLEANED_FOLDERS.add(key)
     for temp in remove_stale_temp_files(folder):
         print(f"note: removed {temp}, left by an interrupted run", file=sys.stderr)
+
+
+def sha256_file(path: Path) -> str:
+    """Hex sha256 of a file's bytes, read in 1 MiB blocks (model weights do not fit in memory twice)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def write_atomic(path: Path, write: Callable[[BinaryIO], None]) -> None:

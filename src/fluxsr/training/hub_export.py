@@ -13,7 +13,6 @@ listed in its ``SHA256SUMS`` are replaced and anything else there (a clone's ``.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 import tempfile
@@ -24,7 +23,7 @@ from pathlib import Path
 import torch
 from huggingface_hub.utils import filter_repo_objects
 
-from ..io.cache import atomic_write_bytes, read_json, read_safetensors
+from ..io.cache import atomic_write_bytes, read_json, read_safetensors, sha256_file
 from ..io.guards import check_inputs_apart
 from ..io.hub import MODEL_FOLDER_FILES, SPEC_FILE, RepoRef, parse_repo_ref
 from ..model.folders import is_model_folder
@@ -174,17 +173,9 @@ def read_results(path: Path) -> dict:
     return doc
 
 
-def sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def sums_text(out: Path, names: list[str]) -> str:
     """``SHA256SUMS`` lines (``<hex>  <path>``, as ``sha256sum`` writes and ``sha256sum -c`` reads)."""
-    return "".join(f"{sha256(out / name)}  {name}\n" for name in sorted(names))
+    return "".join(f"{sha256_file(out / name)}  {name}\n" for name in sorted(names))
 
 
 def listed_files(out: Path) -> list[Path]:
