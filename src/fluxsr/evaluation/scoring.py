@@ -113,6 +113,7 @@ def evaluate_items(
     with the ground truth become problems (one line naming the files) and the item is skipped, the others are still
     scored; a prediction that is not ``scale`` times its LR input is one problem line of its LR metrics."""
     images, problems = [], []
+    wants_lr = any(m.against_lr for m in metrics)  # the LR inputs are decoded only for a metric that reads them
     bar = _progress(len(items), "scoring", progress)
     for name, pred_path, gt_path, lr_path in items:
         if bar is not None:
@@ -120,7 +121,7 @@ def evaluate_items(
         try:
             pred = load_rgb(pred_path)
             gt = load_rgb(gt_path) if gt_path is not None else None
-            lr = load_rgb(lr_path) if lr_path is not None else None
+            lr = load_rgb(lr_path) if lr_path is not None and wants_lr else None
         except ImageError as e:
             problems.append(f"unreadable: {e}")
             continue
