@@ -113,7 +113,9 @@ def evaluate_items(
     with the ground truth become problems (one line naming the files) and the item is skipped, the others are still
     scored; a prediction that is not ``scale`` times its LR input is one problem line of its LR metrics."""
     images, problems = [], []
-    wants_lr = any(m.against_lr for m in metrics)  # the LR inputs are decoded only for a metric that reads them
+    wants_lr = any(
+        m.against_lr for m in metrics
+    )  # the LR inputs are decoded only for a metric that reads them
     bar = _progress(len(items), "scoring", progress)
     for name, pred_path, gt_path, lr_path in items:
         if bar is not None:

@@ -31,7 +31,7 @@ from ..model.model import ModelSpec
 from ..model.presets import FLUX_DEV_TRANSFORMER
 from .checkpoints import finished_checkpoints, load_trainable
 from .hub_card import FLUX_DEV_REPO, CardFacts, render_card, results_rows
-from .loop import effective_t_l
+from .loop import crop_t_l
 from .recipe import Recipe, load_recipe
 from .student import build_student, export
 
@@ -104,23 +104,18 @@ def find_source(src: Path, checkpoint: str | None = None) -> ExportSource:
     return ExportSource(src / "final", run=src)
 
 
-def checkpoint_t_l(recipe: Recipe, vae_scale: int) -> float:
-    """The T_L a run trains at (``fluxsr train``: the pairs' side, or the training crop when smaller)."""
-    side = recipe.pairs.resolution
-    if 0 < recipe.train.crop < side:
-        side = recipe.train.crop
-    return effective_t_l(recipe.model.t_l, recipe.model.shift_t_l, (side // vae_scale, side // vae_scale))
-
-
 def materialise_checkpoint(checkpoint: Path, recipe: Recipe, out: Path) -> Path:
     """The model folder ``fluxsr train`` would have written as ``final/`` had it stopped at ``checkpoint``: the
     recipe's base with the checkpoint's trainable weights, exported as the recipe's ``export`` section says."""
-    lora = recipe.train.lora_rank > 0
-    dtype = torch.bfloat16 if lora and recipe.train.mixed_precision == "bf16" else torch.float32
+    dtype = (
+        torch.bfloat16 if recipe.train.mixed_precision == "bf16" else torch.float32
+    )  # a LoRA's base's dtype
     model, lora = build_student(recipe, "cpu", dtype)
     weights, _ = read_safetensors(checkpoint / "trainable.safetensors")
     load_trainable(model.transformer, weights, lora, checkpoint)
-    return export(model, model.transformer, recipe, lora, out, t_l=checkpoint_t_l(recipe, model.vae_scale))
+    side = recipe.pairs.resolution  # the pairs' size, as gen-pairs makes them
+    t_l = crop_t_l(recipe, model.spec.t_l, (side, side), model.vae_scale)
+    return export(model, model.transformer, recipe, lora, out, t_l=t_l)
 
 
 def model_files(folder: Path) -> list[str]:

@@ -144,10 +144,18 @@ def training_t_l(recipe: Recipe, model: FluxSRModel, pairs_dir: Path, first: int
         )
     with Image.open(pair_stem(pairs_dir, first).with_suffix(".png")) as im:
         w, h = im.size
+    return crop_t_l(recipe, model.spec.t_l, (h, w), model.vae_scale)
+
+
+def crop_t_l(recipe: Recipe, t_l: float, hw: tuple[int, int], vae_scale: int) -> float:
+    """The T_L of training crops from pairs of ``hw`` pixels: the whole pair, or ``train.crop`` square when smaller,
+    shifted by its token count when ``model.shift_t_l``. One rule for training and for exporting a checkpoint
+    (:func:`fluxsr.training.hub_export.materialise_checkpoint`)."""
+    h, w = hw
+    crop = recipe.train.crop
     if 0 < crop < min(h, w):
         h = w = crop
-    vs = model.vae_scale
-    return effective_t_l(model.spec.t_l, recipe.model.shift_t_l, (h // vs, w // vs))
+    return effective_t_l(t_l, recipe.model.shift_t_l, (h // vae_scale, w // vae_scale))
 
 
 def place_student(recipe: Recipe, model: FluxSRModel, lora: bool, device, weight_dtype) -> torch.dtype:
