@@ -136,9 +136,11 @@ def long_functions(mod: Module, rel: Path) -> list[str]:
 
 
 def uses_argparse(mod: Module) -> bool:
-    """Whether ``mod`` imports argparse anywhere."""
+    """Whether ``mod`` imports argparse anywhere (``import argparse`` or ``from argparse import ...``)."""
     return any(
-        isinstance(n, ast.Import) and any(a.name == "argparse" for a in n.names) for n in ast.walk(mod.tree)
+        (isinstance(n, ast.Import) and any(a.name == "argparse" for a in n.names))
+        or (isinstance(n, ast.ImportFrom) and n.level == 0 and n.module == "argparse")
+        for n in ast.walk(mod.tree)
     )
 
 

@@ -145,11 +145,10 @@ def put_in_hub_cache(cache, repo_id: str, folder, revision: str = "main") -> str
     return commit
 
 
-TWO_CPU_PROCESSES = [
+LAUNCH_TWO = [
     sys.executable,
     "-m",
     "accelerate.commands.launch",
-    "--multi_gpu",  # torchrun; on a machine without CUDA fluxsr runs the two processes on the CPU (gloo)
     "--num_processes",
     "2",
     "--num_machines",
@@ -158,7 +157,37 @@ TWO_CPU_PROCESSES = [
     "no",
     "--dynamo_backend",
     "no",
-    "-m",
-    "fluxsr.cli",
 ]
+"""``accelerate launch`` of two processes, before the launch mode (``--multi_gpu`` or a config file) and script."""
+DDP_FLUXSR = ["--multi_gpu", "-m", "fluxsr.cli"]
+"""``fluxsr`` under DDP (torchrun; on a machine without CUDA fluxsr runs the processes on the CPU with gloo)."""
+TWO_CPU_PROCESSES = [*LAUNCH_TWO, *DDP_FLUXSR]
 """``accelerate launch`` of ``fluxsr`` as two CPU processes: append the command and its arguments."""
+
+
+def lora_only_folder(base_folder: Path, top: Path, spec: dict, seed: int) -> Path:
+    """A LoRA-only fluxsr model folder at ``top``: a rank-2 LoRA with random ``lora_B`` (seeded) on the model at
+    ``base_folder``, its prompt embeddings, and ``spec`` as its ``fluxsr.json`` (which names the base)."""
+    from fluxsr.io.hub import EMBEDS_FILE, LORA_FILE, SPEC_FILE
+    from fluxsr.model.loader import load_model
+    from fluxsr.model.lora import add_lora, lora_state_dict, save_lora
+
+    base = load_model(base_folder)
+    cfg = add_lora(base.transformer, rank=2, alpha=2)
+    for n, p in base.transformer.named_parameters():
+        if "lora_B" in n:
+            torch.nn.init.normal_(p, std=0.05, generator=torch.Generator().manual_seed(seed))
+    top.mkdir()
+    save_lora(lora_state_dict(base.transformer), cfg, top / LORA_FILE)
+    base.cond.save(top / EMBEDS_FILE)
+    (top / SPEC_FILE).write_text(json.dumps(spec))
+    return top
+
+
+def velocity_probe(model) -> torch.Tensor:
+    """The model's velocity on one fixed random latent at t = 0.25: two models are the same when these are equal."""
+    from fluxsr.model.model import velocity
+
+    z = torch.randn(1, 16, 4, 4, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        return velocity(model, z, 0.25)

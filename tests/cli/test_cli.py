@@ -4,7 +4,7 @@ shared argument types, and the one loader behind every front end (:func:`fluxsr.
 from __future__ import annotations
 
 import argparse
-import ast
+import importlib.util
 import re
 import sys
 from pathlib import Path
@@ -18,7 +18,6 @@ from fluxsr.inference.fastpath import FastPath
 from fluxsr.inference.loading import ModelChoice, load_pipeline
 from tests.paths import ROOT
 
-PACKAGE = ROOT / "src" / "fluxsr"
 COMMANDS = [
     "upscale",
     "demo",
@@ -38,30 +37,16 @@ COMMANDS = [
 ]
 
 
-def library_modules():
-    """(dotted name, parsed source) of every module outside ``fluxsr/cli``."""
-    for path in sorted(PACKAGE.rglob("*.py")):
-        rel = path.relative_to(PACKAGE.parent)
-        if rel.parts[1] != "cli":
-            yield ".".join(rel.with_suffix("").parts), ast.parse(path.read_text())
+def _check_layout():
+    """scripts/check_layout.py (the layout rules ``make lint`` enforces), loaded as a module."""
+    spec = importlib.util.spec_from_file_location("check_layout", ROOT / "scripts" / "check_layout.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
 
 
-def imported_names(module: str, tree: ast.Module):
-    """Absolute names of everything ``tree`` imports, at any depth (``from . import x`` as ``package.x``)."""
-    package = (
-        module.rsplit(".", 1)[0] if not module.endswith("__init__") else module.removesuffix(".__init__")
-    )
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Import):
-            yield from (alias.name for alias in node.names)
-        elif isinstance(node, ast.ImportFrom):
-            base = node.module or ""
-            if node.level:
-                parts = package.split(".")
-                parts = parts[: len(parts) - node.level + 1]
-                base = ".".join([*parts, base] if base else parts)
-            yield base
-            yield from (f"{base}.{alias.name}" for alias in node.names)
+LAYOUT = _check_layout()
 
 
 def test_help_lists_every_command(capsys):
@@ -83,16 +68,18 @@ def test_every_command_has_help(command, capsys):
 
 
 def test_argparse_only_under_cli():
-    users = [name for name, tree in library_modules() if "argparse" in set(imported_names(name, tree))]
+    users = LAYOUT.check(LAYOUT.load_modules())["argparse"]
     assert users == []
 
 
 def test_nothing_outside_cli_imports_cli():
     """The web app once imported the command line's private helpers: a cycle cli <-> webapp."""
+    mods = LAYOUT.load_modules()
     users = [
-        name
-        for name, tree in library_modules()
-        if any(n == "fluxsr.cli" or n.startswith("fluxsr.cli.") for n in imported_names(name, tree))
+        mod.name
+        for mod in mods.values()
+        if not LAYOUT.is_cli(mod.name)
+        and any(LAYOUT.is_cli(target) for _, target, _, _ in LAYOUT.imported(mods, mod))
     ]
     assert users == []
 

@@ -54,7 +54,7 @@ def test_switches_are_checked():
     "flags,message",
     [
         (["--compile", "--compile-full"], "not allowed with"),
-        (["--compile-mode", "reduce-overhead"], "needs --compile"),
+        # --compile-mode alone: tests/cli/test_cli.py::test_compile_mode_alone_is_a_one_line_error
         (["--tile-batch", "-2"], "must be >= 0"),
     ],
 )

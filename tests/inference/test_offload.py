@@ -19,7 +19,7 @@ from fluxsr.inference.offload import WeightBytes, resident_weights
 from fluxsr.inference.pipeline import FluxSRPipeline, UpscaleOptions
 from fluxsr.inference.placement import ModelSize, choose_offload, choose_placement
 
-GiB = 1 << 30
+GiB = MEM.GiB
 TILES = UpscaleOptions(tile=64, overlap=16, tile_batch=2)  # 64 x 160 output: 3 tiles, two per pass
 
 
@@ -227,15 +227,15 @@ def test_tile_plan_counts_the_weights_each_offload_keeps():
     assert unweighted.tile == 1024 and not unweighted.weights
 
 
-def test_on_the_cpu_auto_is_no_offload_and_the_pipeline_plans_with_its_weights(plain):
-    assert plain.placement.offload == "none" and plain.placement.budget is None
+def test_on_the_cpu_auto_is_no_offload_and_the_pipeline_plans_with_its_weights(tiny_pipe):
+    assert tiny_pipe.placement.offload == "none" and tiny_pipe.placement.budget is None
     placement = choose_placement(
-        plain.model, torch.device("cpu"), torch.float32, "auto", "none", max_memory=1
+        tiny_pipe.model, torch.device("cpu"), torch.float32, "auto", "none", max_memory=1
     )
     assert placement.offload == "none"
-    plain.upscale_tensor(image(), TILES)
-    total = plain.placement.weights.total
-    assert plain.plan.weights == {"encode": total, "transformer": total, "decode": total}
+    tiny_pipe.upscale_tensor(image(), TILES)
+    total = tiny_pipe.placement.weights.total
+    assert tiny_pipe.plan.weights == {"encode": total, "transformer": total, "decode": total}
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -17,22 +17,14 @@ from fluxsr.io.config import ConfigError
 from fluxsr.io.hub import EMBEDS_FILE, LORA_FILE, SPEC_FILE
 from fluxsr.model.folders import save_model_folder
 from fluxsr.model.loader import load_model
-from fluxsr.model.lora import add_lora, lora_state_dict, save_lora
-from fluxsr.model.model import velocity
 from fluxsr.model.presets import build_tiny
 from fluxsr.training.recipe import load_recipe
-from tests.builders import put_in_hub_cache
+from tests.builders import lora_only_folder, put_in_hub_cache, velocity_probe
 
 
 @pytest.fixture(scope="module")
 def tiny_folder(tmp_path_factory):
     return save_model_folder(build_tiny(seed=2), tmp_path_factory.mktemp("tiny") / "model")
-
-
-def _velocity(model):
-    z = torch.randn(1, 16, 4, 4, generator=torch.Generator().manual_seed(0))
-    with torch.no_grad():
-        return velocity(model, z, 0.25)
 
 
 @pytest.mark.parametrize(
@@ -117,24 +109,17 @@ def test_unknown_id_offline_is_one_line_naming_both_readings(hub_cache, tmp_path
 def test_lora_only_folder_with_its_base_on_the_hub(tiny_folder, hub_cache, tmp_path):
     """A LoRA-only folder whose spec names its base by repo id: both come from the cache, and the result is the
     same model as the LoRA on the local base."""
-    base = load_model(tiny_folder)
-    cfg = add_lora(base.transformer, rank=2, alpha=2)
-    for n, p in base.transformer.named_parameters():
-        if "lora_B" in n:
-            torch.nn.init.normal_(p, std=0.05, generator=torch.Generator().manual_seed(3))
-    top = tmp_path / "lora-only"
-    top.mkdir()
-    save_lora(lora_state_dict(base.transformer), cfg, top / LORA_FILE)
-    base.cond.save(top / EMBEDS_FILE)
-    (top / SPEC_FILE).write_text(json.dumps({"base": "someone/base", "name": "lora"}))
+    top = lora_only_folder(
+        tiny_folder, tmp_path / "lora-only", {"base": "someone/base", "name": "lora"}, seed=3
+    )
     put_in_hub_cache(hub_cache, "someone/base", tiny_folder)
     put_in_hub_cache(hub_cache, "someone/lora", top)
     via_hub = load_model("someone/lora")
     local = tmp_path / "local-lora"
     shutil.copytree(top, local)
     (local / SPEC_FILE).write_text(json.dumps({"base": str(tiny_folder), "name": "lora"}))
-    torch.testing.assert_close(_velocity(via_hub), _velocity(load_model(local)), atol=0, rtol=0)
-    assert not torch.allclose(_velocity(via_hub), _velocity(load_model(tiny_folder)), atol=1e-4)
+    torch.testing.assert_close(velocity_probe(via_hub), velocity_probe(load_model(local)), atol=0, rtol=0)
+    assert not torch.allclose(velocity_probe(via_hub), velocity_probe(load_model(tiny_folder)), atol=1e-4)
 
 
 def test_a_recipe_refuses_a_repo_id(tmp_path, monkeypatch):
@@ -158,7 +143,10 @@ def test_a_diffusers_flux_repo_loads_with_its_prompt_embeddings(hub_cache, tmp_p
     (folder / "model_index.json").write_text(json.dumps({"_class_name": "FluxPipeline"}))
     put_in_hub_cache(hub_cache, "someone/flux-diffusers", folder)
     torch.testing.assert_close(
-        _velocity(load_model("someone/flux-diffusers")), _velocity(load_model(folder)), atol=0, rtol=0
+        velocity_probe(load_model("someone/flux-diffusers")),
+        velocity_probe(load_model(folder)),
+        atol=0,
+        rtol=0,
     )
 
 

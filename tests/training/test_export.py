@@ -16,13 +16,11 @@ from fluxsr.io.hub import EMBEDS_FILE, LORA_FILE, SPEC_FILE
 from fluxsr.io.images import write_image
 from fluxsr.model.folders import save_model_folder
 from fluxsr.model.loader import load_model
-from fluxsr.model.lora import add_lora, lora_state_dict, save_lora
-from fluxsr.model.model import velocity
 from fluxsr.model.presets import BUNDLED_MODEL, FLUX_DEV_TRANSFORMER, build_tiny
 from fluxsr.training.hub_card import FLUX_DEV_LICENSE, FLUX_DEV_REPO
 from fluxsr.training.loop import train
 from fluxsr.training.recipe import load_recipe
-from tests.builders import put_in_hub_cache
+from tests.builders import lora_only_folder, put_in_hub_cache, velocity_probe
 from tests.paths import ROOT
 
 REQUIRED = {"license", "pipeline_tag", "library_name", "tags"}
@@ -98,23 +96,10 @@ def test_flux_dev_sized_weights_carry_the_flux_licence(tmp_path):
     assert "FLUX.1 [dev] Non-Commercial License" in (tmp_path / "out" / "README.md").read_text()
 
 
-def _lora_only_folder(base_folder: Path, top: Path) -> Path:
-    base = load_model(base_folder)
-    cfg = add_lora(base.transformer, rank=2, alpha=2)
-    for n, p in base.transformer.named_parameters():
-        if "lora_B" in n:
-            torch.nn.init.normal_(p, std=0.05, generator=torch.Generator().manual_seed(4))
-    top.mkdir()
-    save_lora(lora_state_dict(base.transformer), cfg, top / LORA_FILE)
-    base.cond.save(top / EMBEDS_FILE)
-    spec = {"base": str(base_folder), "ae": str(top.parent / "ae.safetensors"), "name": "tiny-lora"}
-    (top / SPEC_FILE).write_text(json.dumps(spec))
-    return top
-
-
 def test_lora_only_export_names_its_base_on_the_hub(tmp_path, hub_cache, capsys):
     base = save_model_folder(build_tiny(seed=6), tmp_path / "base")
-    top = _lora_only_folder(base, tmp_path / "top")
+    spec = {"base": str(base), "ae": str(tmp_path / "ae.safetensors"), "name": "tiny-lora"}
+    top = lora_only_folder(base, tmp_path / "top", spec, seed=4)
     assert main(["export", str(top), str(tmp_path / "out")]) == 2  # its base is a local path: refused
     err = capsys.readouterr().err
     assert "--base REPO_ID" in err and "\n" not in err.strip() and not (tmp_path / "out").exists()
@@ -131,10 +116,7 @@ def test_lora_only_export_names_its_base_on_the_hub(tmp_path, hub_cache, capsys)
     )
     put_in_hub_cache(hub_cache, "me/tiny-base", base)
     put_in_hub_cache(hub_cache, "me/tiny-lora", out)
-    z = torch.randn(1, 16, 4, 4, generator=torch.Generator().manual_seed(0))
-    with torch.no_grad():
-        by_id = velocity(load_model("me/tiny-lora"), z, 0.25)
-        local = velocity(load_model(top), z, 0.25)
+    by_id, local = velocity_probe(load_model("me/tiny-lora")), velocity_probe(load_model(top))
     torch.testing.assert_close(by_id, local, atol=0, rtol=0)
 
 

@@ -7,7 +7,6 @@ accelerate turns an FSDP launch into plain DDP on a machine without CUDA; tests/
 import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -27,6 +26,7 @@ from fluxsr.training.checkpoints import (
 from fluxsr.training.loop import build_trainer, lr_lambda
 from fluxsr.training.recipe import load_recipe
 from fluxsr.training.student import build_student
+from tests.builders import DDP_FLUXSR, LAUNCH_TWO
 from tests.paths import ROOT
 
 TINY = ROOT / "configs" / "tiny.yaml"
@@ -58,12 +58,11 @@ def launch(kind: str, pairs: Path, out: Path, *extra: str) -> None:
             str(ROOT / "tests" / "training" / "fsdp_cpu.py"),
         ]
         if kind == "fsdp"
-        else ["--multi_gpu", "-m", "fluxsr.cli"]
+        else DDP_FLUXSR
     )
     res = subprocess.run(
         [
-            sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "2", "--num_machines", "1",
-            "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "0", *how,
+            *LAUNCH_TWO, "--main_process_port", "0", *how,
             "train", "--config", str(TINY), "--pairs", str(pairs), "--out", str(out),
             *[f"--set={s}" for s in FAST], "-q", *extra,
         ],
