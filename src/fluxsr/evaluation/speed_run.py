@@ -244,7 +244,7 @@ def _fluxsr_row(run: BenchRun, size: int, img_path: Path, out_path: Path) -> dic
             row,
             _weight_bytes(pipe.model),
             tile_px * per_pass,
-            torch.empty((), dtype=run.dtype).element_size(),
+            run.dtype.itemsize,
             memory.ModelDims.from_model(pipe.model).tokens(tile_px) * per_pass,
             tcfg.num_attention_heads * tcfg.attention_head_dim,
         )

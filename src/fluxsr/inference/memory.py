@@ -458,7 +458,7 @@ def plan_for(
     instead of the ``on_device`` weight bytes the budget's measurement took off.
     """
     budget = budget_beside_weights(pipe.device, max_memory, on_device)
-    dtype_bytes = torch.empty((), dtype=pipe.dtype).element_size()
+    dtype_bytes = pipe.dtype.itemsize
     m, spec = pipe.model.multiple, pipe.model.spec
     if not requested_tile or requested_tile <= 0:
         requested_tile = spec.tile

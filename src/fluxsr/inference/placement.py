@@ -52,7 +52,7 @@ class ModelSize:
     @classmethod
     def of(cls, model: FluxSRModel, dtype: torch.dtype) -> ModelSize:
         """Measure a loaded (quantised) model."""
-        dtype_bytes = torch.empty((), dtype=dtype).element_size()
+        dtype_bytes = dtype.itemsize
         dims = ModelDims.from_model(model)
         return cls(WeightBytes.of(model, dtype), dims, dtype_bytes, model.multiple, model.spec.tile)
 
